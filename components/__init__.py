@@ -1,0 +1,1 @@
+"""Pipeline stages for the kidney CT classifier; each stage is `components.<stage>`."""

@@ -1,0 +1,1 @@
+"""Helpers shared by every stage: typed params, object storage, image IO, logging."""

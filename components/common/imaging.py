@@ -1,0 +1,118 @@
+"""Image IO and the ONE preprocessing function shared by training and serving."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image this pipeline can read; the message says why."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """Decoded pixels: Hounsfield units for DICOM, 0-255 gray levels for PNG/JPEG."""
+
+    pixels: np.ndarray  # 2-D float32
+    kind: Literal["dicom", "raster"]
+    mode: str  # original mode/dtype, e.g. "int16" or "L"/"RGB"
+
+
+def looks_like_dicom(data: bytes) -> bool:
+    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def decode_dicom(data: bytes) -> LoadedImage:
+    """Decode a DICOM file to Hounsfield units using RescaleSlope/Intercept."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
+        raise ImageDecodeError(f"not a readable DICOM file ({exc})") from None
+    if "PixelData" not in ds:
+        raise ImageDecodeError("DICOM file has no pixel data")
+    try:
+        raw = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types for broken pixel data
+        raise ImageDecodeError(f"DICOM pixel data cannot be decoded ({exc})") from None
+    if raw.ndim != 2:
+        raise ImageDecodeError(f"expected one 2-D slice, got pixel array of shape {raw.shape}")
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    hu = raw.astype(np.float32) * slope + intercept
+    return LoadedImage(pixels=hu, kind="dicom", mode=str(raw.dtype))
+
+
+def decode_raster(data: bytes, max_pixels: int = 64_000_000) -> LoadedImage:
+    """Decode PNG/JPEG bytes to a grayscale float32 array (0-255)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > max_pixels:
+                raise ImageDecodeError(f"image of {img.width}x{img.height} pixels is larger than allowed")
+            mode = img.mode
+            img.load()
+            gray = np.asarray(img.convert("L"), dtype=np.float32)
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not a PNG or JPEG image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"image file is damaged or truncated ({exc})") from None
+    return LoadedImage(pixels=gray, kind="raster", mode=mode)
+
+
+def decode_image(data: bytes) -> LoadedImage:
+    """Decode DICOM, PNG or JPEG bytes, sniffing the format from the content."""
+    if not data:
+        raise ImageDecodeError("file is empty")
+    return decode_dicom(data) if looks_like_dicom(data) else decode_raster(data)
+
+
+def window_unit(image: LoadedImage, center: float, width: float) -> np.ndarray:
+    """Map pixels to [0, 1]: HU windowing for DICOM, plain scaling for 8-bit rasters."""
+    if image.kind == "dicom":
+        low = center - width / 2.0
+        return np.clip((image.pixels - low) / width, 0.0, 1.0).astype(np.float32)
+    return np.clip(image.pixels / 255.0, 0.0, 1.0).astype(np.float32)
+
+
+def resize(unit: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of a 2-D float image to size x size."""
+    from PIL import Image
+
+    if unit.shape == (size, size):
+        return unit.astype(np.float32)
+    img = Image.fromarray(unit.astype(np.float32), mode="F")
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def standardise(unit: np.ndarray) -> np.ndarray:
+    """Per-image zero mean, unit variance (a flat image stays all zeros)."""
+    std = float(unit.std())
+    return ((unit - unit.mean()) / (std if std > 1e-6 else 1.0)).astype(np.float32)
+
+
+def prepare_for_model(image: LoadedImage, size: int, center: float, width: float) -> np.ndarray:
+    """Window, resize and standardise one image into the model's (size, size) input.
+
+    Training (preprocess stage) and serving both call this function, so they cannot drift.
+    """
+    return standardise(resize(window_unit(image, center, width), size))
+
+
+def to_display(unit_or_std: np.ndarray) -> np.ndarray:
+    """Rescale any 2-D array to uint8 0-255 for figures and previews."""
+    arr = unit_or_std.astype(np.float32)
+    low, high = float(arr.min()), float(arr.max())
+    scaled = (arr - low) / (high - low) if high > low else np.zeros_like(arr)
+    return (scaled * 255).round().astype(np.uint8)

@@ -1,0 +1,160 @@
+"""The one typed params object, loaded once from params.yaml at a stage's edge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(_Strict):
+    generated_export: str
+    source: str
+    store: str
+    ingested: str
+    validation: str
+    prepared: str
+    augment_preview: str
+    models: str
+    evaluation: str
+    registration: str
+    package: str
+
+
+class StorageParams(_Strict):
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+
+
+class GenerateParams(_Strict):
+    seed: int = 7
+    patients_per_class: int = Field(6, ge=1)
+    slices_per_patient: int = Field(6, ge=1)
+    matrix: int = Field(512, ge=64)
+
+
+class IngestParams(_Strict):
+    salt_env: str = "KIDNEY_CT_SALT"
+    default_salt: str = "kidney-ct-default-salt"
+
+
+class ValidateParams(_Strict):
+    min_width: int = 64
+    max_width: int = 4096
+    min_class_share: float = Field(0.05, ge=0, le=1)
+    max_class_share: float = Field(0.7, ge=0, le=1)
+
+
+class PreprocessParams(_Strict):
+    image_size: int = Field(180, ge=16)
+    window_center: float = 40
+    window_width: float = Field(400, gt=0)
+    test_fraction: float = Field(0.25, gt=0, lt=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    duplicate_threshold: float = Field(0.92, gt=0, le=1)
+    duplicate_size: int = Field(32, ge=4)
+    seed: int = 13
+
+
+class AugmentParams(_Strict):
+    rotation: float = Field(0.05, ge=0, le=0.5)
+    zoom: float = Field(0.1, ge=0, lt=1)
+    contrast: float = Field(0.2, ge=0, lt=1)
+    preview_samples: int = Field(4, ge=1)
+
+
+class CandidateParams(_Strict):
+    architecture: Literal["paper_cnn"] = "paper_cnn"
+    filters: list[int] = [32, 64, 128, 128]
+    dense_units: int = 128
+    dropout: float = Field(0.5, ge=0, lt=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(16, ge=1)
+    patience: int = Field(4, ge=1)
+
+
+class TrainParams(_Strict):
+    seed: int = 1
+    candidates: dict[str, CandidateParams]
+
+    @field_validator("candidates")
+    @classmethod
+    def _at_least_one(cls, value: dict[str, CandidateParams]) -> dict[str, CandidateParams]:
+        if not value:
+            raise ValueError("list at least one candidate under train.candidates")
+        return value
+
+
+class EvaluateParams(_Strict):
+    gate_metric: Literal["accuracy", "macro_f1"] = "macro_f1"
+    min_accuracy: float = Field(0.6, ge=0, le=1)
+    min_macro_f1: float = Field(0.55, ge=0, le=1)
+
+
+class RegisterParams(_Strict):
+    model_name: str = "kidney-ct-classifier"
+    champion_margin: float = 0.0
+
+
+class MlflowParams(_Strict):
+    tracking_uri: str = "sqlite:///mlruns.db"
+    experiment: str = "kidney-ct"
+
+
+class PackageParams(_Strict):
+    bento_name: str = "kidney_ct_classifier"
+    bentoml_home: str = ".bentoml"
+
+
+class Params(_Strict):
+    classes: list[str]
+    paths: Paths
+    storage: StorageParams = StorageParams()
+    generate: GenerateParams = GenerateParams()
+    ingest: IngestParams = IngestParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    preprocess: PreprocessParams = PreprocessParams()
+    augment: AugmentParams = AugmentParams()
+    train: TrainParams
+    evaluate: EvaluateParams = EvaluateParams()
+    register: RegisterParams = RegisterParams()
+    mlflow: MlflowParams = MlflowParams()
+    package: PackageParams = PackageParams()
+
+    @model_validator(mode="after")
+    def _classes_distinct(self) -> "Params":
+        if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
+            raise ValueError("`classes` must list at least two distinct labels")
+        return self
+
+
+class ParamsError(Exception):
+    """params.yaml is missing or invalid; the message says which key and why."""
+
+
+def parse_params(raw: dict) -> Params:
+    """Validate a params mapping into the typed object, with readable errors."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise ParamsError("invalid params:\n" + "\n".join(lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise ParamsError with a clear message on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    return parse_params(raw)
