@@ -96,18 +96,15 @@ def resize(unit: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
-def standardise(unit: np.ndarray) -> np.ndarray:
-    """Per-image zero mean, unit variance (a flat image stays all zeros)."""
-    std = float(unit.std())
-    return ((unit - unit.mean()) / (std if std > 1e-6 else 1.0)).astype(np.float32)
-
-
 def prepare_for_model(image: LoadedImage, size: int, center: float, width: float) -> np.ndarray:
-    """Window, resize and standardise one image into the model's (size, size) input.
+    """Window, resize and quantise one image to the model's (size, size) uint8 input.
 
     Training (preprocess stage) and serving both call this function, so they cannot drift.
+    Standardisation is the model's own first layers (Rescaling + Normalization with the training
+    split's statistics), so a served image is standardised exactly as a training image was.
     """
-    return standardise(resize(window_unit(image, center, width), size))
+    unit = resize(window_unit(image, center, width), size)
+    return np.clip(np.round(unit * 255.0), 0, 255).astype(np.uint8)
 
 
 def to_display(unit_or_std: np.ndarray) -> np.ndarray:

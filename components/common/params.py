@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -113,26 +114,30 @@ class PackageParams(_Strict):
     bentoml_home: str = ".bentoml"
 
 
-class Params(_Strict):
-    classes: list[str]
-    paths: Paths
-    storage: StorageParams = StorageParams()
-    generate: GenerateParams = GenerateParams()
-    ingest: IngestParams = IngestParams()
-    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
-    preprocess: PreprocessParams = PreprocessParams()
-    augment: AugmentParams = AugmentParams()
-    train: TrainParams
-    evaluate: EvaluateParams = EvaluateParams()
-    register: RegisterParams = RegisterParams()
-    mlflow: MlflowParams = MlflowParams()
-    package: PackageParams = PackageParams()
+# `register` is a params key and also ABCMeta.register on pydantic models; the shadowing is harmless.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "register"')
 
-    @model_validator(mode="after")
-    def _classes_distinct(self) -> "Params":
-        if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
-            raise ValueError("`classes` must list at least two distinct labels")
-        return self
+    class Params(_Strict):
+        classes: list[str]
+        paths: Paths
+        storage: StorageParams = StorageParams()
+        generate: GenerateParams = GenerateParams()
+        ingest: IngestParams = IngestParams()
+        validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+        preprocess: PreprocessParams = PreprocessParams()
+        augment: AugmentParams = AugmentParams()
+        train: TrainParams
+        evaluate: EvaluateParams = EvaluateParams()
+        register: RegisterParams = RegisterParams()
+        mlflow: MlflowParams = MlflowParams()
+        package: PackageParams = PackageParams()
+
+        @model_validator(mode="after")
+        def _classes_distinct(self) -> "Params":
+            if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
+                raise ValueError("`classes` must list at least two distinct labels")
+            return self
 
 
 class ParamsError(Exception):

@@ -1,0 +1,1 @@
+"""augment: the augmentation policy as Keras preprocessing layers, plus a preview grid."""

@@ -1,0 +1,50 @@
+"""The augmentation policy: Keras 3 preprocessing layers that training runs inside the model graph."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from components.common.params import AugmentParams
+
+
+def augmentation_layers(params: AugmentParams, seed: int) -> list:
+    """Rotation, zoom and contrast layers on [0, 1] images; inactive at inference."""
+    import keras
+
+    layers = []
+    if params.rotation > 0:
+        layers.append(keras.layers.RandomRotation(params.rotation, fill_mode="constant", seed=seed, name="aug_rotation"))
+    if params.zoom > 0:
+        layers.append(keras.layers.RandomZoom((-params.zoom, params.zoom), fill_mode="constant", seed=seed + 1,
+                                              name="aug_zoom"))
+    if params.contrast > 0:
+        layers.append(keras.layers.RandomContrast(params.contrast, value_range=(0.0, 1.0), seed=seed + 2,
+                                                  name="aug_contrast"))
+    return layers
+
+
+def describe_policy(params: AugmentParams) -> dict:
+    """A JSON-able description of the policy, for DVC and the report."""
+    return {
+        "rotation_degrees": round(params.rotation * 360, 2),
+        "zoom": params.zoom,
+        "contrast": params.contrast,
+        "layers": ["RandomRotation", "RandomZoom", "RandomContrast"],
+        "applied": "inside the model graph during training only",
+    }
+
+
+def augment_batch(images_unit: np.ndarray, params: AugmentParams, seed: int) -> np.ndarray:
+    """Apply the policy in training mode to (N, H, W, 1) images in [0, 1]."""
+    import keras
+
+    x = keras.ops.convert_to_tensor(images_unit.astype("float32"))
+    for layer in augmentation_layers(params, seed):
+        x = layer(x, training=True)
+    return np.clip(keras.ops.convert_to_numpy(x), 0.0, 1.0)
+
+
+def pick_preview_images(x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, list[int]]:
+    """First image of each class present in (x, y), as [0, 1] floats."""
+    picks = [int(np.flatnonzero(y == c)[0]) for c in range(n_classes) if np.any(y == c)]
+    return x[picks].astype("float32") / 255.0, [int(y[i]) for i in picks]

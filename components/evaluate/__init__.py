@@ -1,0 +1,1 @@
+"""evaluate: test-split metrics, plots and the gate verdict for every candidate."""

@@ -1,0 +1,48 @@
+"""Pure core of evaluate: metrics from predictions, the gate, and the winner."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
+
+from components.common.params import EvaluateParams
+
+
+def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, macro precision/recall/F1, test loss, per-class report and confusion matrix."""
+    if len(y_true) == 0:
+        raise ValueError("the test split is empty: nothing to evaluate")
+    labels = list(range(len(classes)))
+    y_pred = probabilities.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    clipped = np.clip(probabilities, 1e-7, 1.0)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "test_loss": float(log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=labels)),
+        "test_images": int(len(y_true)),
+        "per_class": {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                      for c, p, r, f, s in zip(classes, precision, recall, f1, support)},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def gate_verdict(metrics: dict, gate: EvaluateParams) -> tuple[bool, list[str]]:
+    """Whether metrics clear the minimums in params, with a plain reason for each miss."""
+    reasons = []
+    if metrics["accuracy"] < gate.min_accuracy:
+        reasons.append(f"accuracy {metrics['accuracy']:.3f} is below the minimum {gate.min_accuracy:.3f}")
+    if metrics["macro_f1"] < gate.min_macro_f1:
+        reasons.append(f"macro-F1 {metrics['macro_f1']:.3f} is below the minimum {gate.min_macro_f1:.3f}")
+    return not reasons, reasons
+
+
+def pick_winner(results: dict[str, dict], gate_metric: str) -> str | None:
+    """Best candidate that passed the gate by `gate_metric`; ties go to fewer parameters."""
+    passed = {name: r for name, r in results.items() if r["passed"]}
+    if not passed:
+        return None
+    return min(passed, key=lambda n: (-passed[n]["metrics"][gate_metric], passed[n].get("parameters", 0), n))

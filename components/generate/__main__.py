@@ -1,0 +1,76 @@
+"""CLI: write the embedded default PACS export (`params.paths.generated_export`) from `params.generate`."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from components.common.cli import StageError, log, run_stage, stage_parser
+from components.common.params import Params
+from components.generate.core import dicom_bytes, generate_export, lesion_kind
+
+GENERATED_FILE = re.compile(r"^[^/]+/study-[0-9a-f]{10}/IM\d{5}\.dcm$")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("Generate the embedded default PACS export: DICOM CT kidney phantoms.")
+    return run_stage("generate", _generate, parser, argv)
+
+
+def _generate(params: Params, _: argparse.Namespace) -> None:
+    """Write every file into a staging folder, then swap it in place of the old export."""
+    export = Path(params.paths.generated_export)
+    _check_classes(params.classes)
+    _check_replaceable(export)
+    staging = export.with_name(export.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)  # left by an interrupted run of this stage
+    settings = params.generate
+    total = len(params.classes) * settings.patients_per_class * settings.slices_per_patient
+    per_class: Counter[str] = Counter()
+    size = 0
+    for item in tqdm(generate_export(settings, params.classes), total=total, desc="generate", unit="file"):
+        data = dicom_bytes(item.dataset)
+        path = staging / item.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        per_class[item.label] += 1
+        size += len(data)
+    if export.exists():
+        shutil.rmtree(export)
+    staging.rename(export)
+    counts = ", ".join(f"{label} {per_class[label]}" for label in params.classes)
+    print(f"generate: wrote {sum(per_class.values())} DICOM files ({size / 1e6:.1f} MB) to {export} ({counts})")
+
+
+def _check_classes(classes: list[str]) -> None:
+    for label in classes:
+        try:
+            lesion_kind(label)
+        except ValueError as exc:
+            raise StageError(str(exc)) from None
+
+
+def _check_replaceable(export: Path) -> None:
+    """Refuse to delete a folder that holds anything this stage did not write."""
+    if not export.exists():
+        return
+    if not export.is_dir():
+        raise StageError(f"{export} exists and is not a folder; point paths.generated_export elsewhere")
+    for path in sorted(p for p in export.rglob("*") if not p.is_dir()):
+        relative = path.relative_to(export).as_posix()
+        if not GENERATED_FILE.match(relative):
+            raise StageError(
+                f"refusing to replace {export}: it holds {relative!r}, which generate did not write; "
+                "point paths.generated_export to another folder or remove it yourself"
+            )
+    log.info("replacing the previously generated export in %s", export)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""CLI: ingest the export at `params.paths.source` into the object store `params.paths.store`.
+
+Writes `<ingested>/manifest.csv` (also copied to the store), `<ingested>/quarantine.csv` and
+`<ingested>/ingest.json`. The source folder is only read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Iterator
+
+from botocore.exceptions import BotoCoreError, ClientError
+from tqdm import tqdm
+
+from components.common.cli import StageError, log, run_stage, stage_parser, write_json
+from components.common.params import Params
+from components.common.storage import StorageError, open_store
+from components.ingest.core import (
+    MANIFEST_COLUMNS,
+    QUARANTINE_COLUMNS,
+    IngestResult,
+    SourceFile,
+    ingest,
+    resolve_salt,
+    rows_to_csv,
+    summary,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("Ingest a PACS export (DICOM, or class folders of PNG/JPEG) into object storage.")
+    return run_stage("ingest", _ingest, parser, argv)
+
+
+def _ingest(params: Params, _: argparse.Namespace) -> None:
+    source = Path(params.paths.source)
+    files = list_export(source)
+    salt, salt_source = resolve_salt(params.ingest)
+    try:
+        store = open_store(params.paths.store, params.storage)
+        result = ingest(read_files(source, files), store, params.classes, salt)
+        manifest_csv = rows_to_csv(result.manifest, MANIFEST_COLUMNS)
+        store.put("manifest.csv", manifest_csv)
+    except (StorageError, BotoCoreError, ClientError) as exc:
+        raise StageError(f"object store {params.paths.store} failed: {exc}") from None
+    payload = summary(result, params.classes, store.uri, salt_source)
+    _write_outputs(Path(params.paths.ingested), manifest_csv, result, payload)
+    _report(payload, params.paths.ingested)
+    if not result.manifest:
+        raise StageError(f"no usable images in {source}: all {len(files)} files were quarantined "
+                         f"(reasons in {params.paths.ingested}/quarantine.csv)")
+
+
+def list_export(source: Path) -> list[Path]:
+    """Every file under the export folder, in a stable order; refuse a missing or empty export."""
+    if not source.exists():
+        raise StageError(f"source folder {source} does not exist: set paths.source to a PACS export folder "
+                         "(or run `python -m components.generate` for the embedded default)")
+    if not source.is_dir():
+        raise StageError(f"source {source} is not a folder: paths.source must point to an export folder")
+    files = [Path(root, name) for root, dirs, names in os.walk(source) for name in names]
+    if not files:
+        raise StageError(f"source folder {source} holds no files: nothing to ingest")
+    return sorted(files, key=lambda path: path.relative_to(source).as_posix())
+
+
+def read_files(source: Path, files: list[Path]) -> Iterator[SourceFile]:
+    """Read each file's bytes (with a progress bar); an unreadable file becomes a reasoned SourceFile."""
+    for path in tqdm(files, desc="ingest", unit="file"):
+        relative = path.relative_to(source).as_posix()
+        try:
+            yield SourceFile(relative, path.read_bytes())
+        except OSError as exc:
+            yield SourceFile(relative, None, f"file cannot be read ({exc.strerror or exc})")
+
+
+def _write_outputs(folder: Path, manifest_csv: bytes, result: IngestResult, payload: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.csv").write_bytes(manifest_csv)
+    (folder / "quarantine.csv").write_bytes(rows_to_csv(result.quarantine, QUARANTINE_COLUMNS))
+    write_json(folder / "ingest.json", payload)
+
+
+def _report(payload: dict, ingested: str) -> None:
+    classes = ", ".join(f"{label} {count}" for label, count in payload["per_class"].items())
+    print(f"ingest: {payload['files_seen']} files seen -> {payload['ingested_new']} new, "
+          f"{payload['already_present']} already in store, {payload['duplicates']} duplicates, "
+          f"{payload['quarantined']} quarantined; {payload['images']} images ({classes}) in {payload['store']}; "
+          f"manifest in {ingested}/manifest.csv")
+    if payload["quarantined"]:
+        log.warning("%d files quarantined: see %s/quarantine.csv", payload["quarantined"], ingested)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,232 @@
+"""Pure core of `ingest`: label, check, de-identify and store each file of a PACS export.
+
+A file is judged on its own (`examine`: bytes in, verdict out); `ingest` walks the verdicts, writes
+each object to the store once (idempotent re-runs), drops byte-identical duplicates and tallies counts
+that must add up: files_seen = ingested_new + already_present + duplicates + quarantined.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Iterable, Mapping, Sequence
+
+from components.common.imaging import ImageDecodeError, decode_image, looks_like_dicom
+from components.common.params import IngestParams
+from components.common.storage import ObjectStore
+from components.ingest.deid import dataset_bytes, deidentify
+
+log = logging.getLogger("kidney_ct")
+
+MANIFEST_COLUMNS = ("key", "sha256", "source", "label", "group", "series", "format")
+QUARANTINE_COLUMNS = ("source", "reason", "key")
+EXTENSIONS = {"dicom": "dcm", "png": "png", "jpeg": "jpg"}
+COUNTS = ("files_seen", "ingested_new", "already_present", "duplicates", "quarantined")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file of the export: its path relative to the export folder and its bytes."""
+
+    path: str  # POSIX, relative to the export folder
+    data: bytes | None  # None when the file could not be read
+    read_error: str = ""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A usable image: the bytes to store (de-identified for DICOM) and its manifest fields."""
+
+    source: str
+    label: str
+    source_sha256: str
+    stored: bytes = field(repr=False)
+    format: str  # dicom | png | jpeg
+    group: str = ""
+    series: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"images/{self.label}/{self.source_sha256[:20]}.{EXTENSIONS[self.format]}"
+
+    def manifest_row(self) -> dict[str, str]:
+        sha = hashlib.sha256(self.stored).hexdigest()
+        return dict(key=self.key, sha256=sha, source=self.source, label=self.label,
+                    group=self.group, series=self.series, format=self.format)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A file that goes to quarantine, with the reason a person can act on."""
+
+    source: str
+    reason: str
+    data: bytes | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> str:
+        """quarantine/<sha20>/<file name>, or '' when there are no bytes to keep."""
+        if self.data is None:
+            return ""
+        return f"quarantine/{hashlib.sha256(self.data).hexdigest()[:20]}/{PurePosixPath(self.source).name}"
+
+    def quarantine_row(self) -> dict[str, str]:
+        return dict(source=self.source, reason=self.reason, key=self.key)
+
+
+class Rejection(Exception):
+    """Raised inside `examine` to quarantine a file; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """Manifest and quarantine rows plus the counts of one ingest run."""
+
+    manifest: list[dict[str, str]]
+    quarantine: list[dict[str, str]]
+    counts: dict[str, int]
+
+    def per_class(self, classes: Sequence[str]) -> dict[str, int]:
+        tally = Counter(row["label"] for row in self.manifest)
+        return {label: tally.get(label, 0) for label in classes}
+
+
+def resolve_salt(settings: IngestParams, environ: Mapping[str, str] = os.environ) -> tuple[str, str]:
+    """The salt for patient hashes and where it came from ('env' or 'default', with a warning)."""
+    value = environ.get(settings.salt_env, "")
+    if value:
+        return value, "env"
+    log.warning("%s is not set: using params.ingest.default_salt, so patient keys can be guessed by anyone "
+                "with this repository; set %s to a secret for real data", settings.salt_env, settings.salt_env)
+    return settings.default_salt, "default"
+
+
+def resolve_label(path: str, classes: Sequence[str]) -> str:
+    """The class named by the first folder of `path`: exact match first, then case-insensitive."""
+    parts = PurePosixPath(path).parts
+    if len(parts) < 2:
+        raise Rejection("no label folder: the file sits directly in the export folder, not in a class folder")
+    folder = parts[0]
+    if folder in classes:
+        return folder
+    matches = [label for label in classes if label.lower() == folder.lower()]
+    if len(matches) == 1:
+        return matches[0]
+    raise Rejection(f"unknown label folder {folder!r} (expected one of {', '.join(classes)})")
+
+
+def sniff_format(data: bytes) -> str:
+    """dicom, png or jpeg from the content (not the file name)."""
+    if looks_like_dicom(data):
+        return "dicom"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    raise Rejection("unsupported image format (expected DICOM, PNG or JPEG)")
+
+
+def examine(file: SourceFile, classes: Sequence[str], salt: str) -> Accepted | Rejected:
+    """Judge one file: label folder, decodable pixels, format; de-identify DICOM."""
+    if file.data is None:
+        return Rejected(file.path, file.read_error or "file could not be read")
+    try:
+        label = resolve_label(file.path, classes)
+        _check_decodes(file.data)
+        fmt = sniff_format(file.data)
+        stored, group, series = _deidentified(file.data, salt) if fmt == "dicom" else (file.data, "", "")
+    except Rejection as rejection:
+        return Rejected(file.path, str(rejection), file.data)
+    sha = hashlib.sha256(file.data).hexdigest()
+    return Accepted(file.path, label, sha, stored, fmt, group, series)
+
+
+def _check_decodes(data: bytes) -> None:
+    try:
+        decode_image(data)
+    except ImageDecodeError as exc:
+        raise Rejection(str(exc)) from None
+    except Exception as exc:  # a decoder bug or exotic input must not stop the whole export
+        raise Rejection(f"image cannot be decoded ({type(exc).__name__}: {exc})") from None
+
+
+def _deidentified(data: bytes, salt: str) -> tuple[bytes, str, str]:
+    """De-identified DICOM bytes plus the salted group and series keys."""
+    import pydicom
+
+    try:
+        result = deidentify(pydicom.dcmread(io.BytesIO(data)), salt)
+        return dataset_bytes(result.dataset), result.group, result.series
+    except Exception as exc:  # pydicom raises many types on odd files
+        raise Rejection(f"DICOM file cannot be de-identified ({type(exc).__name__}: {exc})") from None
+
+
+def ingest(files: Iterable[SourceFile], store: ObjectStore, classes: Sequence[str], salt: str) -> IngestResult:
+    """Examine every file, store new objects once, drop duplicates, quarantine the rest."""
+    existing = set(store.keys("images/")) | set(store.keys("quarantine/"))
+    first_by_sha: dict[str, tuple[str, str]] = {}  # source sha256 -> (label, source) of its first copy
+    manifest: list[dict[str, str]] = []
+    quarantine: list[dict[str, str]] = []
+    counts: Counter[str] = Counter({name: 0 for name in COUNTS})
+    for file in files:
+        counts["files_seen"] += 1
+        outcome = examine(file, classes, salt)
+        if isinstance(outcome, Accepted):
+            earlier = first_by_sha.get(outcome.source_sha256)
+            if earlier is None:
+                first_by_sha[outcome.source_sha256] = (outcome.label, outcome.source)
+                counts[_put_once(store, outcome.key, outcome.stored, existing)] += 1
+                manifest.append(outcome.manifest_row())
+                continue
+            if earlier[0] == outcome.label:
+                log.info("duplicate: %s has the same bytes as %s", outcome.source, earlier[1])
+                counts["duplicates"] += 1
+                continue
+            outcome = Rejected(file.path, f"same bytes as {earlier[1]!r}, which is labelled {earlier[0]}: "
+                               "conflicting labels", file.data)
+        if outcome.key:
+            _put_once(store, outcome.key, file.data or b"", existing)
+        counts["quarantined"] += 1
+        quarantine.append(outcome.quarantine_row())
+    check_counts(counts)
+    manifest.sort(key=lambda row: row["key"])
+    return IngestResult(manifest=manifest, quarantine=quarantine, counts=dict(counts))
+
+
+def _put_once(store: ObjectStore, key: str, data: bytes, existing: set[str]) -> str:
+    """Upload unless the key is already in the store; say which happened."""
+    if key in existing:
+        return "already_present"
+    store.put(key, data)
+    existing.add(key)
+    return "ingested_new"
+
+
+def check_counts(counts: Mapping[str, int]) -> None:
+    """Every file seen is accounted for exactly once."""
+    accounted = sum(counts[name] for name in COUNTS[1:])
+    if counts["files_seen"] != accounted:
+        raise AssertionError(f"ingest counts do not add up: {dict(counts)}")
+
+
+def summary(result: IngestResult, classes: Sequence[str], store_uri: str, salt_source: str) -> dict:
+    """The ingest.json payload."""
+    formats = Counter(row["format"] for row in result.manifest)
+    return {**result.counts, "images": len(result.manifest), "per_class": result.per_class(classes),
+            "formats": dict(sorted(formats.items())), "store": store_uri, "salt": salt_source}  # fmt: skip
+
+
+def rows_to_csv(rows: Iterable[Mapping[str, str]], columns: Sequence[str]) -> bytes:
+    """CSV bytes with a header, '\\n' line ends, columns in the given order."""
+    import csv
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode()

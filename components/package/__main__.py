@@ -1,0 +1,152 @@
+"""CLI edge of the package stage: `python -m components.package`.
+
+Resolves the registry's champion, copies its Keras model into the BentoML model store (once per
+registry version), builds a Bento from serving/bentofile.yaml pinned to that model, writes bento.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from components.common.cli import StageError, log, read_json, run_stage, stage_parser, write_json
+from components.common.params import Params
+from components.package.core import (
+    CHAMPION_ALIAS,
+    MODEL_FILE,
+    AliasLookup,
+    Champion,
+    bento_model_labels,
+    bento_model_metadata,
+    bento_record,
+    check_model_shapes,
+    check_registration,
+    find_packaged,
+    pin_packages,
+    resolve_champion,
+)
+
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the code (build context), not the data (cwd)
+BENTOFILE = SOURCE_ROOT / "serving" / "bentofile.yaml"
+CONSTRAINTS = SOURCE_ROOT / "requirements" / "constraints.txt"
+
+
+def configure_bentoml_env(params: Params) -> str:
+    """Point BentoML at its store; must run before `bentoml` is first imported in this process."""
+    home = os.environ.get("BENTOML_HOME") or str(Path(params.package.bentoml_home).resolve())
+    os.environ["BENTOML_HOME"] = home
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")  # no usage telemetry from a pipeline
+    return home
+
+
+def tracking_uri(params: Params) -> str:
+    """MLFLOW_TRACKING_URI wins over params; a missing sqlite file is refused, not silently created."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise StageError(f"no MLflow registry at {uri}: run the train and register stages first")
+    return uri
+
+
+def connect_mlflow(uri: str) -> None:
+    """Point this process's MLflow tracking and registry at `uri` (models:/ URIs resolve there)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
+def mlflow_alias_lookup(uri: str) -> AliasLookup:
+    """An alias lookup on the real registry: None when the model or alias does not exist."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def lookup(model_name: str, alias: str):
+        try:
+            return client.get_model_version_by_alias(model_name, alias)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise StageError(f"cannot read the MLflow registry at {uri}: {exc.message}") from None
+
+    return lookup
+
+
+def load_registered_keras(champion: Champion):
+    """Download the champion's MLflow model (from the connected registry) and load it in Keras."""
+    import mlflow.keras
+
+    with tempfile.TemporaryDirectory(prefix="kidney-ct-package-") as tmp:
+        try:
+            return mlflow.keras.load_model(champion.model_uri, dst_path=tmp)
+        except Exception as exc:  # mlflow/keras raise many types for a missing or broken artifact
+            raise StageError(f"cannot load {champion.model_uri} as a Keras model: {exc}") from None
+
+
+def ensure_bento_model(champion: Champion, name: str) -> tuple[str, bool]:
+    """Tag of the BentoML model for this registry version, creating it only if absent."""
+    import bentoml
+
+    stored = [(str(m.tag), m.info.labels) for m in bentoml.models.list()]
+    existing = find_packaged(stored, name, champion)
+    if existing:
+        log.info("reusing BentoML model %s (already packaged from %s)", existing, champion.model_uri)
+        return existing, True
+    keras_model = load_registered_keras(champion)
+    check_model_shapes(keras_model.input_shape, keras_model.output_shape, champion)
+    with bentoml.models.create(name, labels=bento_model_labels(champion),
+                               metadata=bento_model_metadata(champion)) as bento_model:
+        keras_model.save(bento_model.path_of(MODEL_FILE))
+    log.info("saved %s into the BentoML model store as %s", champion.model_uri, bento_model.tag)
+    return str(bento_model.tag), False
+
+
+def build_bento(name: str, model_tag: str, champion: Champion) -> str:
+    """Build the Bento from serving/bentofile.yaml, pinning the model as alias `champion`."""
+    import bentoml
+    from bentoml.exceptions import BentoMLException
+
+    config = yaml.safe_load(BENTOFILE.read_text()) or {}
+    python = dict(config.get("python") or {})
+    constraints = CONSTRAINTS.read_text() if CONSTRAINTS.is_file() else ""
+    python["packages"] = pin_packages(python.get("packages") or [], constraints)
+    labels = {**(config.get("labels") or {}), **bento_model_labels(champion), "bento_model": model_tag}
+    options = {**config, "python": python, "labels": labels, "name": name,
+               "models": [{"tag": model_tag, "alias": CHAMPION_ALIAS}]}
+    try:
+        bento = bentoml.build(**options, build_ctx=str(SOURCE_ROOT))
+    except (BentoMLException, ImportError) as exc:
+        raise StageError(f"building the Bento from {BENTOFILE} failed: {exc}") from None
+    log.info("built Bento %s serving %s", bento.tag, model_tag)
+    return str(bento.tag)
+
+
+def package(params: Params, args: argparse.Namespace) -> None:
+    """Stage body: champion -> BentoML model -> Bento -> bento.json."""
+    configure_bentoml_env(params)
+    uri = tracking_uri(params)
+    connect_mlflow(uri)
+    champion = resolve_champion(mlflow_alias_lookup(uri), params.register.model_name)
+    check_registration(read_json(Path(params.paths.registration) / "registration.json"), champion)
+    log.info("champion is %s", champion.model_uri)
+    model_tag, reused = ensure_bento_model(champion, params.package.bento_name)
+    bento_tag = build_bento(params.package.bento_name, model_tag, champion)
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    out = Path(params.paths.package) / "bento.json"
+    write_json(out, bento_record(champion, bento_tag, model_tag, reused, created))
+    log.info("wrote %s", out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("Package the registry's champion model as a BentoML Bento.")
+    return run_stage("package", package, parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

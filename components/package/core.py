@@ -1,0 +1,156 @@
+"""Pure core of the package stage: which registry version to serve, and what to record about it.
+
+Everything here works on plain in-memory objects (fakes in tests); the CLI adapter does the IO.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Protocol
+
+from components.common.cli import StageError
+
+CHAMPION_ALIAS = "champion"
+MODEL_FILE = "model.keras"  # file name of the Keras model inside the BentoML model
+REQUIRED_TAGS = ("classes", "image_size", "window_center", "window_width")
+
+
+class VersionLike(Protocol):
+    """The fields of an MLflow ModelVersion this stage reads."""
+
+    version: str
+    run_id: str | None
+    tags: dict[str, str]
+
+
+# (model name, alias) -> the version carrying that alias, or None when there is none.
+AliasLookup = Callable[[str, str], "VersionLike | None"]
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The registry version that gets served, with the preprocessing it was trained for."""
+
+    model_name: str
+    version: str
+    run_id: str
+    classes: tuple[str, ...]
+    image_size: int
+    window_center: float
+    window_width: float
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.model_name}/{self.version}"
+
+
+def resolve_champion(lookup: AliasLookup, model_name: str) -> Champion:
+    """THE one place that turns `models:/<name>@champion` into a Champion, or refuses."""
+    found = lookup(model_name, CHAMPION_ALIAS)
+    if found is None:
+        raise StageError(
+            f"no version of registered model '{model_name}' carries the alias '{CHAMPION_ALIAS}': "
+            "run the register stage (a candidate must pass the gate) before packaging"
+        )
+    return champion_from_version(model_name, found)
+
+
+def champion_from_version(model_name: str, found: VersionLike) -> Champion:
+    """Read the serving contract (classes, size, HU window) from a version's tags."""
+    tags = dict(found.tags or {})
+    where = f"'{model_name}' version {found.version}"
+    missing = [key for key in REQUIRED_TAGS if key not in tags]
+    if missing:
+        raise StageError(f"{where} lacks the tag(s) {', '.join(missing)}; re-run the register stage")
+    try:
+        classes = json.loads(tags["classes"])
+        image_size = int(tags["image_size"])
+        center, width = float(tags["window_center"]), float(tags["window_width"])
+    except (ValueError, TypeError) as exc:
+        raise StageError(f"{where} has an unreadable serving tag ({exc})") from None
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise StageError(f"{where}: tag 'classes' must be a JSON list of at least two labels, got {tags['classes']!r}")
+    if image_size < 1 or width <= 0:
+        raise StageError(f"{where}: image_size and window_width must be positive")
+    return Champion(model_name, str(found.version), found.run_id or "", tuple(classes), image_size, center, width)
+
+
+def check_registration(record: Mapping[str, Any], champion: Champion) -> None:
+    """Refuse when register says the candidate failed the gate, or names another champion."""
+    if "gate_passed" not in record:
+        raise StageError("registration.json has no 'gate_passed' field: re-run the register stage")
+    if record["gate_passed"] is not True:
+        raise StageError(
+            "the latest candidate did not pass the evaluation gate (registration.json gate_passed=false); "
+            "nothing new to package"
+        )
+    recorded = record.get("champion_version")
+    if recorded is None:
+        raise StageError("registration.json has no 'champion_version': re-run the register stage")
+    if str(recorded) != champion.version:
+        raise StageError(
+            f"registration.json names champion version {recorded}, but the registry's '{CHAMPION_ALIAS}' "
+            f"alias points at version {champion.version}; re-run the register stage"
+        )
+
+
+def check_model_shapes(input_shape: tuple, output_shape: tuple, champion: Champion) -> None:
+    """The Keras model must take (N, size, size, 1) and emit one probability per class."""
+    size = champion.image_size
+    if tuple(input_shape[1:]) != (size, size, 1):
+        raise StageError(f"{champion.model_uri} expects input {tuple(input_shape[1:])}, "
+                         f"but its tags promise ({size}, {size}, 1)")
+    if output_shape[-1] != len(champion.classes):
+        raise StageError(f"{champion.model_uri} outputs {output_shape[-1]} scores for "
+                         f"{len(champion.classes)} classes {list(champion.classes)}")
+
+
+def bento_model_labels(champion: Champion) -> dict[str, str]:
+    """Labels that identify which registry version a BentoML model was packaged from."""
+    return {"mlflow_model": champion.model_name, "mlflow_version": champion.version,
+            "mlflow_run_id": champion.run_id}
+
+
+def bento_model_metadata(champion: Champion) -> dict[str, Any]:
+    """What the service reads back at start-up: the preprocessing contract and provenance."""
+    return {"model_file": MODEL_FILE, "classes": list(champion.classes), "image_size": champion.image_size,
+            "window_center": champion.window_center, "window_width": champion.window_width,
+            "mlflow_model": champion.model_name, "mlflow_version": champion.version,
+            "mlflow_run_id": champion.run_id}
+
+
+def find_packaged(stored: Iterable[tuple[str, Mapping[str, str]]], name: str, champion: Champion) -> str | None:
+    """Tag of an existing BentoML model named `name` packaged from this same registry version."""
+    wanted = bento_model_labels(champion)
+    for tag, labels in stored:
+        if tag.split(":", 1)[0] == name and all(labels.get(k) == v for k, v in wanted.items()):
+            return tag
+    return None
+
+
+def pin_packages(names: Iterable[str], constraints: str) -> list[str]:
+    """Pin each bare package name to its version in a pip constraints file (unknown names stay bare)."""
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    pins = {}
+    for line in constraints.splitlines():
+        match = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)", line)
+        if match:
+            pins[norm(match.group(1))] = match.group(2)
+    pinned = []
+    for name in names:
+        bare = re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name) is not None
+        pinned.append(f"{name}=={pins[norm(name)]}" if bare and norm(name) in pins else name)
+    return pinned
+
+
+def bento_record(champion: Champion, bento_tag: str, model_tag: str, reused: bool, created: str) -> dict[str, Any]:
+    """The bento.json the stage writes for DVC and for whoever deploys the Bento."""
+    return {"bento": bento_tag, "bento_model": model_tag, "bento_model_reused": reused,
+            "mlflow_model_name": champion.model_name, "mlflow_model_version": champion.version,
+            "mlflow_run_id": champion.run_id, "classes": list(champion.classes),
+            "image_size": champion.image_size, "window_center": champion.window_center,
+            "window_width": champion.window_width, "created": created}

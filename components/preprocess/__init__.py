@@ -1,0 +1,1 @@
+"""preprocess: window, resize, group and split images into compact arrays."""

@@ -1,0 +1,1 @@
+"""train: build and fit one candidate model, logged to MLflow."""

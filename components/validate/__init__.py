@@ -1,0 +1,1 @@
+"""Validate stage: image table from the manifest, checked by a Great Expectations suite."""

@@ -1,0 +1,102 @@
+"""Run the declared expectation suite with Great Expectations 1.x (offline, in memory)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+SUITE_FILE = Path(__file__).parent / "expectations" / "kidney_ct_manifest.json"
+DOCS_SITE = "validation"
+
+
+@dataclass(frozen=True)
+class SuiteOutcome:
+    """What one validation run found, as plain Python values (no GX objects)."""
+
+    suite_name: str
+    success: bool
+    statistics: dict[str, Any]
+    results: list[dict[str, Any]]  # one per expectation: type, kwargs, meta, success, result, exception
+
+
+def load_declared_suite(path: Path = SUITE_FILE) -> dict[str, Any]:
+    """Read the suite JSON kept in the repo (the declared list of expectations)."""
+    return json.loads(Path(path).read_text())
+
+
+def _context(docs_dir: Path | None):
+    """An ephemeral GX context: in-memory stores, no analytics, no GX project folder anywhere."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig)
+
+    sites = {}
+    if docs_dir is not None:
+        sites[DOCS_SITE] = {
+            "class_name": "SiteBuilder",
+            "show_how_to_buttons": False,
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        }
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        data_docs_sites=sites,
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def _plain(value: Any) -> Any:
+    """GX result values (numpy scalars, pandas NA, nested) -> JSON-friendly Python values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    if value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def _result_dict(result: Any) -> dict[str, Any]:
+    config = result.expectation_config
+    exception = result.exception_info or {}
+    return {
+        "type": config.type,
+        "kwargs": _plain({k: v for k, v in config.kwargs.items() if k != "batch_id"}),
+        "meta": _plain(dict(config.meta or {})),
+        "success": bool(result.success),
+        "result": _plain(dict(result.result or {})),
+        "exception": exception.get("exception_message") if exception.get("raised_exception") else None,
+    }
+
+
+def run_suite(table: pd.DataFrame, suite: dict[str, Any], parameters: dict[str, Any],
+              docs_dir: Path | None = None) -> SuiteOutcome:
+    """Validate `table` against `suite` with `parameters`; build Data Docs into `docs_dir` if given."""
+    import great_expectations as gx
+
+    context = _context(docs_dir)
+    batch = (context.data_sources.add_pandas("manifest").add_dataframe_asset("image_table")
+             .add_batch_definition_whole_dataframe("all_images"))
+    gx_suite = context.suites.add(gx.ExpectationSuite(**suite))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{gx_suite.name}_run", data=batch, suite=gx_suite))
+    actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])] if docs_dir else []
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name=f"{gx_suite.name}_checkpoint", validation_definitions=[definition],
+        actions=actions, result_format="SUMMARY"))
+    outcome = checkpoint.run(batch_parameters={"dataframe": table}, expectation_parameters=parameters)
+    (validation,) = outcome.run_results.values()
+    return SuiteOutcome(suite_name=gx_suite.name, success=bool(validation.success), statistics=_plain(dict(validation.statistics)),
+                        results=[_result_dict(r) for r in validation.results])
