@@ -53,7 +53,7 @@ class ValidateParams(_Strict):
 
 
 class PreprocessParams(_Strict):
-    image_size: int = Field(180, ge=16)
+    image_size: int = Field(180, ge=8)
     window_center: float = 40
     window_width: float = Field(400, gt=0)
     test_fraction: float = Field(0.25, gt=0, lt=1)
@@ -72,7 +72,7 @@ class AugmentParams(_Strict):
 
 class CandidateParams(_Strict):
     architecture: Literal["paper_cnn"] = "paper_cnn"
-    filters: list[int] = [32, 64, 128, 128]
+    filters: list[int] = [16, 32, 64, 128]
     dense_units: int = 128
     dropout: float = Field(0.5, ge=0, lt=1)
     learning_rate: float = Field(1e-3, gt=0)

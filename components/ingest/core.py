@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Iterable, Mapping, Sequence
 
-from components.common.imaging import ImageDecodeError, decode_image, looks_like_dicom
+from components.common.imaging import DICOM_SUFFIXES, ImageDecodeError, decode_image, looks_like_dicom
 from components.common.params import IngestParams
 from components.common.storage import ObjectStore
 from components.ingest.deid import dataset_bytes, deidentify
@@ -137,7 +137,7 @@ def examine(file: SourceFile, classes: Sequence[str], salt: str) -> Accepted | R
         return Rejected(file.path, file.read_error or "file could not be read")
     try:
         label = resolve_label(file.path, classes)
-        _check_decodes(file.data)
+        _check_decodes(file.path, file.data)
         fmt = sniff_format(file.data)
         stored, group, series = _deidentified(file.data, salt) if fmt == "dicom" else (file.data, "", "")
     except Rejection as rejection:
@@ -146,10 +146,12 @@ def examine(file: SourceFile, classes: Sequence[str], salt: str) -> Accepted | R
     return Accepted(file.path, label, sha, stored, fmt, group, series)
 
 
-def _check_decodes(data: bytes) -> None:
+def _check_decodes(path: str, data: bytes) -> None:
     try:
         decode_image(data)
     except ImageDecodeError as exc:
+        if data and not looks_like_dicom(data) and path.lower().endswith(DICOM_SUFFIXES):
+            raise Rejection("not a DICOM Part 10 file (no 'DICM' marker after the preamble)") from None
         raise Rejection(str(exc)) from None
     except Exception as exc:  # a decoder bug or exotic input must not stop the whole export
         raise Rejection(f"image cannot be decoded ({type(exc).__name__}: {exc})") from None

@@ -58,13 +58,19 @@ def _nulls(entry: dict, table: pd.DataFrame, limits: ShareLimits) -> str:
     return f"{result['unexpected_count']} null value(s) in column '{column}' (rows: {', '.join(names)})"
 
 
+def _short(value: Any, length: int = 12) -> str:
+    text = str(value)
+    return text if len(text) <= length else text[:length] + "..."
+
+
 def _duplicates(entry: dict, table: pd.DataFrame, limits: ShareLimits) -> str:
     column = entry["kwargs"]["column"]
     counts = table[column].dropna().value_counts()
     repeated = counts[counts > 1]
-    examples = ", ".join(f"{value} x{count}" for value, count in list(repeated.items())[:MAX_EXAMPLES])
-    return (f"{len(repeated)} duplicate {column} value(s), shared by {_images(int(repeated.sum()))} "
-            f"({examples})")
+    examples = "; ".join(
+        f"{_short(value)} in {', '.join(_row_names(table, list(table.index[table[column] == value])))}"
+        for value in list(repeated.index)[:MAX_EXAMPLES])
+    return f"{len(repeated)} duplicate {column} value(s), shared by {_images(int(repeated.sum()))}: {examples}"
 
 
 def _outside_classes(entry: dict, table: pd.DataFrame, limits: ShareLimits) -> str:
@@ -113,7 +119,7 @@ PROBLEMS: dict[tuple[str, str | None], Callable[[dict, pd.DataFrame, ShareLimits
 def describe_problem(entry: dict[str, Any], table: pd.DataFrame, limits: ShareLimits) -> str:
     """One plain sentence on why an expectation failed."""
     if entry.get("exception"):
-        return f"{entry['meta'].get('description', entry['type'])}: could not be checked ({entry['exception']})"
+        return f"{entry.get('notes') or entry['type']}: could not be checked ({entry['exception']})"
     column = entry["kwargs"].get("column")
     explain = PROBLEMS.get((entry["type"], column)) or PROBLEMS.get((entry["type"], None))
     if explain is None:
@@ -160,7 +166,7 @@ def summarise(results: list[dict[str, Any]], table: pd.DataFrame, limits: ShareL
     entries = []
     for entry in results:
         item = {"expectation": entry["type"], "column": entry["kwargs"].get("column"),
-                "description": entry["meta"].get("description"), "success": entry["success"],
+                "description": entry.get("notes"), "success": entry["success"],
                 "observed": _observed(entry, len(table)), "expected": _expected(entry, limits),
                 "problem": None if entry["success"] else describe_problem(entry, table, limits)}
         if entry["meta"].get("class") is not None:

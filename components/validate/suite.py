@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ class SuiteOutcome:
     suite_name: str
     success: bool
     statistics: dict[str, Any]
-    results: list[dict[str, Any]]  # one per expectation: type, kwargs, meta, success, result, exception
+    results: list[dict[str, Any]]  # one per expectation: type, kwargs, meta, notes, success, result, exception
 
 
 def load_declared_suite(path: Path = SUITE_FILE) -> dict[str, Any]:
@@ -29,9 +30,14 @@ def load_declared_suite(path: Path = SUITE_FILE) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
+def _quiet_offline_gx() -> None:
+    """Before GX is imported: no usage statistics, and no INFO chatter in the stage's log."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+
 def _context(docs_dir: Path | None):
     """An ephemeral GX context: in-memory stores, no analytics, no GX project folder anywhere."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
         DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig)
@@ -75,6 +81,7 @@ def _result_dict(result: Any) -> dict[str, Any]:
         "type": config.type,
         "kwargs": _plain({k: v for k, v in config.kwargs.items() if k != "batch_id"}),
         "meta": _plain(dict(config.meta or {})),
+        "notes": config.notes if isinstance(config.notes, str) else " ".join(config.notes or []),
         "success": bool(result.success),
         "result": _plain(dict(result.result or {})),
         "exception": exception.get("exception_message") if exception.get("raised_exception") else None,
@@ -84,6 +91,7 @@ def _result_dict(result: Any) -> dict[str, Any]:
 def run_suite(table: pd.DataFrame, suite: dict[str, Any], parameters: dict[str, Any],
               docs_dir: Path | None = None) -> SuiteOutcome:
     """Validate `table` against `suite` with `parameters`; build Data Docs into `docs_dir` if given."""
+    _quiet_offline_gx()
     import great_expectations as gx
 
     context = _context(docs_dir)

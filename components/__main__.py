@@ -1,0 +1,64 @@
+"""python -m components — where the last pipeline run put its results, and how to look at them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from components.common.params import ParamsError, load_params
+from components.common.tracking import tracking_uri
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def summary_lines(params_path: str = "params.yaml") -> list[str]:
+    """Human-readable lines about each stage's outputs."""
+    p = load_params(params_path)
+    paths = p.paths
+    lines = ["Kidney CT pipeline — results of the last run", ""]
+    ingest = _read(Path(paths.ingested) / "ingest.json")
+    if ingest:
+        lines.append(f"ingest     {ingest.get('files_seen')} files seen, {ingest.get('ingested_new')} new, "
+                     f"{ingest.get('already_present')} already stored, {ingest.get('quarantined')} quarantined -> {paths.store}")
+    validation = _read(Path(paths.validation) / "result.json")
+    if validation:
+        lines.append(f"validate   suite {'PASSED' if validation.get('success') else 'FAILED'}; "
+                     f"Data Docs: {Path(paths.validation) / 'data_docs' / 'index.html'}")
+    prepared = _read(Path(paths.prepared) / "preprocess.json")
+    if prepared:
+        lines.append(f"preprocess {prepared['images']} images in {prepared['groups']} {prepared['group_source']} groups; "
+                     f"split: {prepared['per_split']}")
+    lines.append(f"augment    preview grid: {Path(paths.augment_preview) / 'preview.png'}")
+    metrics = _read(Path(paths.evaluation) / "metrics.json") or {}
+    for name, m in metrics.items():
+        lines.append(f"evaluate   {name}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} on "
+                     f"{m['test_images']} held-out images (group-aware split)")
+    lines.append(f"           plots: {Path(paths.evaluation) / 'plots'}")
+    registration = _read(Path(paths.registration) / "registration.json")
+    if registration:
+        lines.append(f"register   {registration.get('model_name', p.register.model_name)} v{registration.get('version')}: "
+                     f"{registration.get('reason')}; champion is v{registration.get('champion_version')}")
+    bento = _read(Path(paths.package) / "bento.json")
+    if bento:
+        lines.append(f"package    Bento {bento.get('bento_tag')} (model {bento.get('bento_model_tag')})")
+    lines += ["", "Look closer:",
+              f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {tracking_uri(p.mlflow)} --host 127.0.0.1",
+              "  Serve:      make serve   (then open http://127.0.0.1:3000)",
+              "  Metrics:    .venv/bin/dvc metrics show"]
+    return lines
+
+
+def main() -> int:
+    try:
+        print("\n".join(summary_lines(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")))
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,297 @@
+"""The Airflow DAG: parses cleanly and inertly, follows dvc.yaml's order, fails loudly, runs end to end.
+
+Airflow reads its configuration once per process, so every Airflow step runs in a child Python
+whose environment is set with monkeypatch inside the test; nothing Airflow-related is configured
+for the pytest process itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+from components.common.stage_graph import ancestors, load_stage_graph
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dags"
+DAG_FILE = DAGS / "kidney_ct_retraining.py"
+DAG_ID = "kidney_ct_retraining"
+HELPER_TASKS = {"list_candidates": "train"}  # task id -> the stage it belongs to
+PROJECT_ENV = ("KIDNEY_CT_PARAMS", "KIDNEY_CT_PROJECT_DIR", "AIRFLOW_VAR_KIDNEY_CT_PARAMS",
+               "AIRFLOW_VAR_KIDNEY_CT_PROJECT_DIR")
+
+PARSE_SCRIPT = r"""
+import json, os, sys
+from airflow.dag_processing.dagbag import DagBag
+
+touched = []
+
+def watch(event, args):
+    # Record what parsing does that it must not: open params/dvc files, a DB, the network, a process.
+    try:
+        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            if os.path.basename(os.fsdecode(args[0])) in {"params.yaml", "dvc.yaml"}:
+                touched.append("open " + os.fsdecode(args[0]))
+        elif event in {"sqlite3.connect", "socket.connect", "subprocess.Popen"}:
+            touched.append(event + " " + repr(args[:2]))
+    except Exception:
+        pass
+
+sys.addaudithook(watch)
+bag = DagBag(dag_folder=sys.argv[1])
+parse_touched = list(touched)
+dag = bag.dags.get(sys.argv[2])
+report = {"import_errors": {str(k): v for k, v in bag.import_errors.items()}, "dag_ids": bag.dag_ids,
+          "touched": parse_touched}
+if dag is not None:
+    report.update(
+        schedule=str(dag.schedule), timetable=type(dag.timetable).__name__, catchup=dag.catchup,
+        tags=sorted(dag.tags), doc_md=dag.doc_md or "", default_args={k: str(v) for k, v in dag.default_args.items()},
+        params=sorted(dag.params.keys()),
+        tasks={t.task_id: {"upstream": sorted(t.upstream_task_ids), "mapped": bool(getattr(t, "is_mapped", False)),
+                           "expand": sorted(getattr(getattr(t, "op_kwargs_expand_input", None), "value", {}) or {}),
+                           "outlets": [getattr(a, "name", str(a)) for a in t.outlets]} for t in dag.tasks},
+    )
+print("REPORT:" + json.dumps(report))
+"""
+
+RUN_STAGE_SCRIPT = r"""
+import importlib.util, json, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("kidney_ct_dag", sys.argv[1])
+dag_module = sys.modules["kidney_ct_dag"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(dag_module)
+project = Path(sys.argv[2])
+settings = dag_module.StageSettings(project, project / "params.yaml")
+report = {}
+for stage in ("works", "refuses", "crashes"):
+    try:
+        dag_module.run_stage_command(stage, settings, "--candidate", "tiny")
+        report[stage] = {"raised": None}
+    except Exception as exc:
+        report[stage] = {"raised": type(exc).__name__, "message": str(exc)}
+print("REPORT:" + json.dumps(report))
+"""
+
+SETTINGS_SCRIPT = r"""
+import importlib.util, json, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("kidney_ct_dag", sys.argv[1])
+dag_module = sys.modules["kidney_ct_dag"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(dag_module)
+root = Path(sys.argv[2])
+by_param, by_variable, by_env, default = (root / name for name in ("param", "variable", "env", "default"))
+variables = {"kidney_ct_project_dir": str(by_variable), "kidney_ct_params": "v.yaml"}
+env = {"KIDNEY_CT_PROJECT_DIR": str(by_env), "KIDNEY_CT_PARAMS": "e.yaml"}
+
+def resolve(run_params, variables, env):
+    try:
+        s = dag_module.resolve_settings(run_params, variables.get, env, default)
+        return [str(s.project_dir), str(s.params_file)]
+    except Exception as exc:
+        return {"raised": type(exc).__name__, "message": str(exc)}
+
+def candidates(path):
+    try:
+        return dag_module.read_candidate_names(path)
+    except Exception as exc:
+        return {"raised": type(exc).__name__, "message": str(exc)}
+
+report = {
+    "param": resolve({"project_dir": str(by_param), "params_file": "p.yaml"}, variables, env),
+    "variable": resolve({"project_dir": None, "params_file": " "}, variables, env),
+    "env": resolve({}, {}, env),
+    "default": resolve({}, {}, {}),
+    "missing": resolve({"project_dir": str(by_param), "params_file": "nope.yaml"}, {}, {}),
+    "candidates": candidates(root / "two.yaml"),
+    "no_candidates": candidates(root / "none.yaml"),
+}
+print("REPORT:" + json.dumps(report))
+"""
+
+E2E_SCRIPT = r"""
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+assert not bag.import_errors, bag.import_errors
+dag = bag.dags[sys.argv[2]]
+for task in dag.tasks:
+    task.retries = 0  # a failing stage should fail this test now, not after retry_delay
+run = dag.test(run_conf=json.loads(sys.argv[3]))
+report = {"state": str(run.state),
+          "tasks": {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in run.get_task_instances()}}
+print("REPORT:" + json.dumps(report))
+"""
+
+
+def run_python(script: str, *args: str, cwd: Path, timeout: float = 120) -> dict:
+    """Run `script` in a child Python (the environment is this process's); return its REPORT json."""
+    done = subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+    output = done.stdout + done.stderr
+    reports = [line[len("REPORT:"):] for line in done.stdout.splitlines() if line.startswith("REPORT:")]
+    assert done.returncode == 0 and reports, f"child exited {done.returncode}:\n{output[-6000:]}"
+    return json.loads(reports[-1])
+
+
+def isolate_airflow(monkeypatch: pytest.MonkeyPatch, home: Path, sql_conn: str) -> None:
+    """Point Airflow at a throwaway home/DB, no example DAGs, and no project settings from the shell."""
+    monkeypatch.setenv("AIRFLOW_HOME", str(home))
+    monkeypatch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(DAGS))
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", sql_conn)
+    for name in PROJECT_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def parse_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """Parse dags/ once, from an empty cwd, with a DB URL whose folder does not exist."""
+    root = tmp_path_factory.mktemp("parse")
+    empty_cwd = root / "cwd"
+    empty_cwd.mkdir()
+    missing_db = root / "no-such-dir" / "airflow.db"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        isolate_airflow(monkeypatch, root / "airflow_home", f"sqlite:///{missing_db}")
+        report = run_python(PARSE_SCRIPT, str(DAGS), DAG_ID, cwd=empty_cwd)
+    report["cwd_after"] = sorted(p.name for p in empty_cwd.iterdir())
+    report["db_dir_created"] = missing_db.parent.exists()
+    yield report
+
+
+def test_dagbag_imports_cleanly(parse_report: dict) -> None:
+    assert parse_report["import_errors"] == {}
+    assert DAG_ID in parse_report["dag_ids"]
+    assert parse_report["schedule"] == "@weekly"
+    assert parse_report["catchup"] is False
+    assert parse_report["default_args"]["retries"] == "1" and "retry_delay" in parse_report["default_args"]
+    assert "kidney-ct" in parse_report["tags"]
+    assert "list_candidates" in parse_report["doc_md"] and "KIDNEY_CT_PARAMS" in parse_report["doc_md"]
+    assert {"params_file", "project_dir"} <= set(parse_report["params"])
+
+
+def test_parsing_touches_no_db_files_or_network(parse_report: dict) -> None:
+    assert parse_report["touched"] == [], "parsing the DAG file must not read params/dvc, a DB or a socket"
+    assert parse_report["cwd_after"] == [], "parsing wrote into the working directory"
+    assert parse_report["db_dir_created"] is False
+
+
+def test_train_is_mapped_over_candidates_read_at_run_time(parse_report: dict) -> None:
+    tasks = parse_report["tasks"]
+    assert tasks["train"]["mapped"] is True
+    assert tasks["train"]["expand"] == ["candidate"]
+    assert "list_candidates" in tasks["train"]["upstream"]
+    assert tasks["ingest"]["outlets"] == ["kidney_ct_ingested_manifest"]
+
+
+def test_dag_order_matches_dvc_stage_graph(parse_report: dict) -> None:
+    dag_graph: dict[str, set[str]] = {}
+    for task_id, info in parse_report["tasks"].items():
+        stage = HELPER_TASKS.get(task_id, task_id)
+        upstream = {HELPER_TASKS.get(up, up) for up in info["upstream"]} - {stage}
+        dag_graph.setdefault(stage, set()).update(upstream)
+    dvc_graph = load_stage_graph(REPO / "dvc.yaml", REPO / "params.yaml")
+    assert set(dag_graph) == set(dvc_graph)
+    assert ancestors(dag_graph) == ancestors(dvc_graph)
+
+
+def _fake_project(root: Path) -> Path:
+    """A project whose `components` package holds three toy stages: works, refuses (2), crashes (1)."""
+    stages = {
+        "works": "import json, os, sys\n"
+                 "open('called.json', 'w').write(json.dumps({'argv': sys.argv[1:], 'cwd': os.getcwd()}))\n",
+        "refuses": "import sys\nprint('validate failed: 3 images have no label', file=sys.stderr)\nsys.exit(2)\n",
+        "crashes": "raise RuntimeError('disk on fire')\n",
+    }
+    for name, body in stages.items():
+        (root / "components" / name).mkdir(parents=True)
+        (root / "components" / name / "__main__.py").write_text(body)
+    (root / "components" / "__init__.py").write_text("")
+    (root / "params.yaml").write_text("{}\n")
+    return root
+
+
+def test_stage_exit_codes_become_task_failures_with_the_stage_message(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    project = _fake_project(tmp_path / "project")
+    isolate_airflow(monkeypatch, tmp_path / "airflow_home", f"sqlite:///{tmp_path / 'airflow.db'}")
+    report = run_python(RUN_STAGE_SCRIPT, str(DAG_FILE), str(project), cwd=tmp_path)
+
+    assert report["works"] == {"raised": None}
+    called = json.loads((project / "called.json").read_text())
+    assert called["argv"] == ["--params", str(project / "params.yaml"), "--candidate", "tiny"]
+    assert Path(called["cwd"]) == project
+    assert report["refuses"]["raised"] == "AirflowFailException"  # deterministic refusal: no retry
+    assert "3 images have no label" in report["refuses"]["message"]
+    assert report["crashes"]["raised"] == "AirflowException"  # crash: retryable
+    assert "disk on fire" in report["crashes"]["message"]
+
+
+def test_settings_come_from_param_then_variable_then_env_then_default(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    files = {"param": "p.yaml", "variable": "v.yaml", "env": "e.yaml", "default": "params.yaml"}
+    for folder, name in files.items():
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / name).write_text("{}\n")
+    (tmp_path / "two.yaml").write_text("train:\n  candidates:\n    wide: {}\n    deep: {}\n")
+    (tmp_path / "none.yaml").write_text("train: {}\n")
+    isolate_airflow(monkeypatch, tmp_path / "airflow_home", f"sqlite:///{tmp_path / 'airflow.db'}")
+    report = run_python(SETTINGS_SCRIPT, str(DAG_FILE), str(tmp_path), cwd=tmp_path)
+
+    for source, name in files.items():
+        assert report[source] == [str(tmp_path / source), str(tmp_path / source / name)], source
+    assert report["missing"]["raised"] == "AirflowFailException"
+    assert "nope.yaml" in report["missing"]["message"]
+    assert report["candidates"] == ["wide", "deep"]
+    assert report["no_candidates"]["raised"] == "AirflowFailException"
+
+
+def write_tiny_params(tmp_path: Path) -> Path:
+    """The repo's params, shrunk to a seconds-long run, with every output under tmp_path."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["paths"] = {key: value if "://" in value else str(tmp_path / value) for key, value in raw["paths"].items()}
+    raw["generate"].update(patients_per_class=2, slices_per_patient=3)
+    for candidate in raw["train"]["candidates"].values():
+        candidate.update(epochs=1, batch_size=4)
+    raw["evaluate"].update(min_accuracy=0.0, min_macro_f1=0.0)
+    raw["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    raw["package"]["bentoml_home"] = str(tmp_path / "bentoml")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.mark.e2e
+def test_dag_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                             record_property: pytest.RecordProperty) -> None:
+    params_file = write_tiny_params(tmp_path)
+    home = tmp_path / "airflow_home"
+    isolate_airflow(monkeypatch, home, f"sqlite:///{home / 'airflow.db'}")
+    for name in ("MLFLOW_TRACKING_URI", "BENTOML_HOME"):  # they would override the tmp params
+        monkeypatch.delenv(name, raising=False)
+
+    started = time.monotonic()
+    migrate = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, (migrate.stdout + migrate.stderr)[-4000:]
+    record_property("airflow_db_migrate_s", round(time.monotonic() - started, 1))
+
+    conf = {"project_dir": str(REPO), "params_file": str(params_file)}
+    report = run_python(E2E_SCRIPT, str(DAGS), DAG_ID, json.dumps(conf), cwd=tmp_path, timeout=1500)
+
+    assert report["state"] == "success", report["tasks"]
+    candidates = yaml.safe_load(params_file.read_text())["train"]["candidates"]
+    assert {f"train[{i}]" for i in range(len(candidates))} <= set(report["tasks"])
+    assert set(report["tasks"].values()) == {"success"}
+    paths = yaml.safe_load(params_file.read_text())["paths"]
+    assert (Path(paths["ingested"]) / "manifest.csv").is_file()
+    assert (Path(paths["registration"]) / "registration.json").is_file()
+    assert (Path(paths["package"]) / "bento.json").is_file()

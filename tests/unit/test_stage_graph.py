@@ -1,0 +1,105 @@
+"""The dvc.yaml -> stage graph reader, on tiny in-memory pipelines."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.common.stage_graph import (
+    StageGraphError,
+    ancestors,
+    load_stage_graph,
+    resolve,
+    stage_io,
+    upstream_stages,
+)
+
+PARAMS = {
+    "paths": {"raw": "data/raw", "clean": "data/clean", "models": "models", "report": "reports/eval"},
+    "train": {"candidates": {"small": {"units": 8}, "large": {"units": 64}}},
+}
+
+PIPELINE = {
+    "stages": {
+        "fetch": {"cmd": "fetch", "outs": ["${paths.raw}"]},
+        "clean": {
+            "cmd": "clean",
+            "deps": ["${paths.raw}/images", "src/clean"],  # a file inside fetch's output folder
+            "outs": ["${paths.clean}/table.csv"],
+            "metrics": [{"${paths.clean}/stats.json": {"cache": False}}],
+        },
+        "train": {
+            "foreach": "${train.candidates}",
+            "do": {"cmd": "train --candidate ${key}", "deps": ["${paths.clean}/table.csv"],
+                   "outs": ["${paths.models}/${key}"]},
+        },
+        "evaluate": {
+            "cmd": "evaluate",
+            "deps": ["${paths.models}", "${paths.clean}/stats.json"],  # folder holding train's outputs
+            "plots": [{"${paths.report}/plots": {"cache": False}}],
+        },
+    }
+}
+
+
+def test_resolve_substitutes_nested_params() -> None:
+    assert resolve("${paths.raw}/x/${ paths.models }", PARAMS) == "data/raw/x/models"
+
+
+def test_resolve_names_the_missing_key() -> None:
+    with pytest.raises(StageGraphError, match=r"paths\.nope"):
+        resolve("${paths.nope}/x", PARAMS)
+
+
+def test_foreach_stage_is_one_node_over_every_item() -> None:
+    deps, outs = stage_io(PIPELINE, PARAMS)["train"]
+    assert outs == {"models/small", "models/large"}
+    assert deps == {"data/clean/table.csv"}
+
+
+def test_metrics_and_plots_count_as_outputs() -> None:
+    assert "data/clean/stats.json" in stage_io(PIPELINE, PARAMS)["clean"][1]
+    assert "reports/eval/plots" in stage_io(PIPELINE, PARAMS)["evaluate"][1]
+
+
+def test_upstream_links_deps_to_outputs_including_nested_paths() -> None:
+    assert upstream_stages(PIPELINE, PARAMS) == {
+        "fetch": set(),
+        "clean": {"fetch"},
+        "train": {"clean"},
+        "evaluate": {"train", "clean"},
+    }
+
+
+def test_foreach_over_a_list_uses_item_values() -> None:
+    dvc = {"stages": {"make": {"foreach": ["a", "b"], "do": {"cmd": "x", "outs": ["out/${item}"]}},
+                      "use": {"cmd": "y", "deps": ["out/b"]}}}
+    assert upstream_stages(dvc, {}) == {"make": set(), "use": {"make"}}
+
+
+def test_ancestors_is_the_transitive_closure() -> None:
+    closure = ancestors(upstream_stages(PIPELINE, PARAMS))
+    assert closure["evaluate"] == {"fetch", "clean", "train"}
+    assert closure["fetch"] == set()
+
+
+def test_cycle_is_reported_not_recursed_forever() -> None:
+    with pytest.raises(StageGraphError, match="cycle"):
+        ancestors({"a": {"b"}, "b": {"a"}})
+
+
+def test_missing_stages_block_is_rejected() -> None:
+    with pytest.raises(StageGraphError, match="no `stages`"):
+        upstream_stages({}, PARAMS)
+
+
+def test_foreach_that_is_not_a_collection_is_rejected() -> None:
+    dvc = {"stages": {"t": {"foreach": "${paths.raw}", "do": {"cmd": "x"}}}}
+    with pytest.raises(StageGraphError, match="stage t"):
+        upstream_stages(dvc, PARAMS)
+
+
+def test_load_stage_graph_reads_files(tmp_path) -> None:
+    (tmp_path / "dvc.yaml").write_text("stages:\n  a: {cmd: x, outs: ['${paths.raw}']}\n"
+                                       "  b: {cmd: y, deps: ['${paths.raw}/f']}\n")
+    (tmp_path / "params.yaml").write_text("paths: {raw: data/raw}\n")
+    assert load_stage_graph(tmp_path / "dvc.yaml", tmp_path / "params.yaml") == {"a": set(), "b": {"a"}}
