@@ -75,8 +75,9 @@ class Lesion:
     """One kidney lesion; its in-plane radius follows a sphere-like profile along z."""
 
     kind: str  # one of LESION_KINDS except "normal"
-    cx: float
-    cy: float
+    kidney: int  # 0: image-left kidney, 1: image-right kidney
+    theta: float  # polar angle of the lesion centre in the kidney's frame
+    reach: float  # centre's distance from the kidney centre, as a fraction of the way to its outline
     radius: float  # mm, at the lesion's widest slice
     z_center: float  # slices
     z_half_extent: float  # slices; > distance to any slice, so every slice shows the lesion
@@ -112,14 +113,14 @@ def random_anatomy(rng: np.random.Generator, kind: str, n_slices: int) -> Anatom
     body = Ellipse(rng.uniform(-8, 8), rng.uniform(-10, 5), rng.uniform(135, 170), rng.uniform(100, 125))
     spine_x, spine_y = body.cx + rng.uniform(-3, 3), body.cy + body.ay * rng.uniform(0.45, 0.55)
     vertebra_r = rng.uniform(15, 20)
-    kidneys = tuple(_kidney(rng, spine_x, spine_y, side) for side in (-1.0, 1.0))
+    kidneys = (_kidney(rng, spine_x, spine_y, -1.0), _kidney(rng, spine_x, spine_y, 1.0))
     lesion = None if kind == "normal" else _lesion(rng, kind, kidneys, n_slices)
     return Anatomy(
         body=body,
         fat_thickness=rng.uniform(12, 28),
         vertebra=Ellipse(spine_x, spine_y, vertebra_r, vertebra_r * rng.uniform(0.85, 1.0)),
         spinous_process=Ellipse(spine_x, spine_y + vertebra_r + 14, 5, 14),
-        kidneys=kidneys,  # type: ignore[arg-type]
+        kidneys=kidneys,
         kidney_z_half_extent=n_slices * rng.uniform(1.2, 2.0) + 2,
         drift_mm_per_slice=rng.uniform(-0.6, 0.6),
         noise_sigma=rng.uniform(10, 20),
@@ -138,9 +139,10 @@ def _kidney(rng: np.random.Generator, spine_x: float, spine_y: float, side: floa
     )
 
 
-def _lesion(rng: np.random.Generator, kind: str, kidneys: tuple[Ellipse, ...], n_slices: int) -> Lesion:
+def _lesion(rng: np.random.Generator, kind: str, kidneys: tuple[Ellipse, Ellipse], n_slices: int) -> Lesion:
     """Place a lesion of `kind` in a random kidney, sized and positioned for that kind."""
-    kidney = kidneys[int(rng.integers(0, 2))]
+    side = int(rng.integers(0, 2))
+    kidney = kidneys[side]
     theta = rng.uniform(0, 2 * np.pi)
     z_center = (n_slices - 1) / 2 + rng.uniform(-1.0, 1.0)
     farthest = max(z_center, n_slices - 1 - z_center) + 0.5
@@ -151,8 +153,7 @@ def _lesion(rng: np.random.Generator, kind: str, kidneys: tuple[Ellipse, ...], n
         reach, radius, hu = rng.uniform(0.0, 0.35), rng.uniform(2.0, 4.0), rng.uniform(600, 1500)
     else:  # tumor: centred near the outline so it bulges out of the kidney
         reach, radius, hu = rng.uniform(0.75, 0.95), kidney.ay * rng.uniform(0.7, 1.0), rng.uniform(35, 45)
-    cx, cy = _point_in(kidney, theta, reach)
-    return Lesion(kind, cx, cy, radius, z_center, half, hu, tuple(rng.uniform(0, 2 * np.pi, size=8)))
+    return Lesion(kind, side, theta, reach, radius, z_center, half, hu, tuple(rng.uniform(0, 2 * np.pi, size=8)))
 
 
 def _point_in(ellipse: Ellipse, theta: float, reach: float) -> tuple[float, float]:
@@ -180,17 +181,17 @@ def draw_slice(anatomy: Anatomy, z: int, grid: Grid) -> SliceLayers:
     inner = Ellipse(body.cx, body.cy, body.ax - anatomy.fat_thickness, body.ay - anatomy.fat_thickness * 0.8)
     hu[inner.mask(grid)] = SOFT_TISSUE_HU
     kidney_scale = max(sphere_profile(z, -2.0, anatomy.kidney_z_half_extent), 0.6)
+    placed = [_shifted(kidney, shift, kidney_scale) for kidney in anatomy.kidneys]
     kidneys = np.zeros_like(hu, dtype=bool)
-    for kidney in anatomy.kidneys:
-        moved = _shifted(kidney, shift)
-        hu[moved.mask(grid, kidney_scale * 1.3)] = PERIRENAL_FAT_HU
-        kidneys |= moved.mask(grid, kidney_scale)
+    for kidney in placed:
+        hu[kidney.mask(grid, 1.3)] = PERIRENAL_FAT_HU
+        kidneys |= kidney.mask(grid)
     hu[kidneys] = KIDNEY_HU
     hu[_shifted(anatomy.vertebra, shift).mask(grid)] = BONE_HU
     hu[_shifted(anatomy.spinous_process, shift).mask(grid)] = BONE_HU
     lesion = np.zeros_like(kidneys)
     if anatomy.lesion is not None:
-        lesion = _draw_lesion(hu, anatomy.lesion, z, shift, grid)
+        lesion = _draw_lesion(hu, anatomy.lesion, z, placed[anatomy.lesion.kidney], grid)
     return SliceLayers(hu=hu, kidneys=kidneys, lesion=lesion)
 
 
@@ -199,14 +200,14 @@ def _shifted(ellipse: Ellipse, dx: float, scale: float = 1.0) -> Ellipse:
     return Ellipse(ellipse.cx + dx, ellipse.cy, ellipse.ax * scale, ellipse.ay * scale, ellipse.angle)
 
 
-def _draw_lesion(hu: np.ndarray, lesion: Lesion, z: int, shift: float, grid: Grid) -> np.ndarray:
-    """Paint the lesion into `hu` in place and return its mask."""
+def _draw_lesion(hu: np.ndarray, lesion: Lesion, z: int, kidney: Ellipse, grid: Grid) -> np.ndarray:
+    """Paint the lesion into `hu` in place (it moves with its kidney) and return its mask."""
     radius = lesion.radius * max(sphere_profile(z, lesion.z_center, lesion.z_half_extent), 0.5)
     if lesion.kind == "stone":
         radius = max(radius, 1.2 * grid.spacing)  # always covers at least one pixel centre
-    cx = lesion.cx + shift
-    rows, cols = grid.window(lesion.cy, radius * 1.3), grid.window(cx, radius * 1.3)
-    dx, dy = grid.x[:, cols] - cx, grid.y[rows, :] - lesion.cy
+    cx, cy = _point_in(kidney, lesion.theta, lesion.reach)
+    rows, cols = grid.window(cy, radius * 1.3), grid.window(cx, radius * 1.3)
+    dx, dy = grid.x[:, cols] - cx, grid.y[rows, :] - cy
     distance = np.sqrt(dx * dx + dy * dy)
     region = hu[rows, cols]  # a view: painting it paints `hu`
     if lesion.kind == "cyst":

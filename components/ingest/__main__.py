@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 def _ingest(params: Params, _: argparse.Namespace) -> None:
     source = Path(params.paths.source)
     files = list_export(source)
+    _check_outputs_outside(source, params)
     salt, salt_source = resolve_salt(params.ingest)
     try:
         store = open_store(params.paths.store, params.storage)
@@ -64,6 +65,14 @@ def list_export(source: Path) -> list[Path]:
     if not files:
         raise StageError(f"source folder {source} holds no files: nothing to ingest")
     return sorted(files, key=lambda path: path.relative_to(source).as_posix())
+
+
+def _check_outputs_outside(source: Path, params: Params) -> None:
+    """The source is only read: refuse a store or output folder inside it."""
+    outputs = {"paths.ingested": params.paths.ingested, "paths.store": params.paths.store}
+    for name, value in outputs.items():
+        if not value.startswith("s3://") and Path(value).resolve().is_relative_to(source.resolve()):
+            raise StageError(f"{name} ({value}) lies inside the source folder {source}; ingest never writes there")
 
 
 def read_files(source: Path, files: list[Path]) -> Iterator[SourceFile]:

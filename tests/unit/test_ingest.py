@@ -242,7 +242,8 @@ def test_each_bad_file_is_quarantined_with_its_reason(tiny_files, tmp_path):
 def test_unreadable_file_is_quarantined_without_an_object(tmp_path):
     result = ingest([SourceFile("Cyst/locked.dcm", None, "file cannot be read (Permission denied)")],
                     LocalStore(tmp_path / "store"), CLASSES, SALT)
-    assert result.quarantine == [dict(source="Cyst/locked.dcm", reason="file cannot be read (Permission denied)", key="")]
+    reason = "file cannot be read (Permission denied)"
+    assert result.quarantine == [dict(source="Cyst/locked.dcm", reason=reason, key="")]
 
 
 def test_identical_bytes_keep_one_row_and_count_a_duplicate(tiny_files, tmp_path):
@@ -268,7 +269,8 @@ def test_counts_always_add_up(tiny_files, tmp_path):
     ingest(tiny_files[:5], store, CLASSES, SALT)  # some objects already present
     counts = ingest(files, store, CLASSES, SALT).counts
     assert counts["already_present"] == 5 and counts["ingested_new"] == 11 and counts["duplicates"] == 1
-    assert counts["files_seen"] == sum(counts[k] for k in ("ingested_new", "already_present", "duplicates", "quarantined"))
+    outcomes = ("ingested_new", "already_present", "duplicates", "quarantined")
+    assert counts["files_seen"] == sum(counts[name] for name in outcomes)
 
 
 def test_check_counts_refuses_counts_that_do_not_add_up():
@@ -285,8 +287,8 @@ def test_manifest_csv_has_the_columns_in_order():
 def test_ingest_into_s3_with_moto(tiny_files, monkeypatch):
     from moto import mock_aws
 
-    for name, value in dict(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1").items():
-        monkeypatch.setenv(name, value)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "test")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with mock_aws():
         store = open_store("s3://bucket/prefix", StorageParams())

@@ -1,0 +1,34 @@
+"""A tiny, seconds-long version of the repo's params, with every output under one folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_params(root: Path, absolute: bool = True) -> dict:
+    """The repo's params.yaml shrunk for tests: 3 patients x 4 slices per class, 48 px, 3 epochs.
+
+    With `absolute`, every path points under `root`; else paths stay relative (for a project copy).
+    """
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["generate"].update(patients_per_class=3, slices_per_patient=4, matrix=128)
+    raw["preprocess"].update(image_size=48, duplicate_size=16)
+    raw["augment"]["preview_samples"] = 2
+    raw["train"]["candidates"] = {"paper_cnn": {"architecture": "paper_cnn", "filters": [8, 16], "dense_units": 16,
+                                                "dropout": 0.2, "learning_rate": 0.003, "epochs": 3, "batch_size": 8,
+                                                "patience": 3}}
+    raw["evaluate"].update(min_accuracy=0.0, min_macro_f1=0.0)  # a 3-epoch model: gates are unit-tested
+    if absolute:
+        raw["paths"] = {key: str(root / value) for key, value in raw["paths"].items()}
+        raw["mlflow"]["tracking_uri"] = f"sqlite:///{root / 'mlruns.db'}"
+        raw["package"]["bentoml_home"] = str(root / "bentoml")
+    return raw
+
+
+def write_params(raw: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
