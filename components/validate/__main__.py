@@ -15,9 +15,10 @@ import pandas as pd
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.common.storage import StorageError, open_store
-from components.validate.core import MANIFEST_COLUMNS, build_table, class_counts, expand_suite, suite_parameters
+from components.validate.core import (MANIFEST_COLUMNS, build_table, class_counts, expand_suite, share_wording,
+                                      suite_parameters)
 from components.validate.report import ShareLimits, summarise
-from components.validate.suite import SuiteOutcome, load_declared_suite, run_suite
+from components.validate.suite import SuiteError, SuiteOutcome, load_declared_suite, run_suite
 
 REQUIRED_COLUMNS = ("key", "sha256", "label")
 
@@ -41,7 +42,8 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
 def validate_table(table: pd.DataFrame, params: Params, docs_dir: Path | None) -> tuple[SuiteOutcome, list[dict]]:
     """Run the repo's suite, with thresholds from params, on the image table."""
     settings = params.validate_
-    suite = expand_suite(load_declared_suite(), params.classes)
+    wording = share_wording(len(table), settings.min_class_share, settings.max_class_share)
+    suite = expand_suite(load_declared_suite(), params.classes, wording)
     values = suite_parameters(params.classes, len(table), settings.min_width, settings.max_width,
                               settings.min_class_share, settings.max_class_share)
     outcome = run_suite(table, suite, values, docs_dir)
@@ -78,7 +80,10 @@ def run(params: Params, args: argparse.Namespace) -> None:
     table.to_csv(out_dir / "table.csv", index=False)
     docs_dir = out_dir / "data_docs"
     shutil.rmtree(docs_dir, ignore_errors=True)  # only this run's pages, no stale ones
-    outcome, entries = validate_table(table, params, docs_dir)
+    try:
+        outcome, entries = validate_table(table, params, docs_dir)
+    except SuiteError as exc:
+        raise StageError(str(exc)) from None
     payload = result_payload(table, params, outcome, entries)
     write_json(out_dir / "result.json", payload)
     log.info("%d images, %d/%d expectations met; data docs: %s", len(table),

@@ -76,7 +76,7 @@ def class_counts(table: pd.DataFrame, classes: list[str]) -> dict[str, int]:
 
 def share_bounds(rows: int, min_share: float, max_share: float) -> tuple[int, int]:
     """Allowed image count per class for `rows` images: [ceil(min*rows), floor(max*rows)]."""
-    eps = 1e-9  # 0.05 * 100 is 5.000000000000001 in floating point; do not demand 6
+    eps = 1e-9  # 0.07 * 100 is 7.000000000000001 in floating point: do not demand 8
     return math.ceil(min_share * rows - eps), math.floor(max_share * rows + eps)
 
 
@@ -109,17 +109,27 @@ def _substitute(value: Any, replacements: dict[str, str]) -> Any:
     return value
 
 
-def expand_suite(declared: dict[str, Any], classes: list[str]) -> dict[str, Any]:
-    """Repeat each `for_each_class` expectation once per class, filling {class} and {class_id}."""
+def share_wording(rows: int, min_share: float, max_share: float) -> dict[str, str]:
+    """Numbers for the {placeholders} in the suite's notes/descriptions (shown in Data Docs)."""
+    low, high = share_bounds(rows, min_share, max_share)
+    return {"min_class_share": f"{min_share:g}", "max_class_share": f"{max_share:g}",
+            "min_count": str(low), "max_count": str(high), "rows": str(rows)}
+
+
+def expand_suite(declared: dict[str, Any], classes: list[str],
+                 wording: dict[str, str] | None = None) -> dict[str, Any]:
+    """Repeat each `for_each_class` expectation once per class, filling {class} and {class_id};
+    fill any other {name} in `wording` (e.g. thresholds quoted in descriptions) everywhere."""
     suite = copy.deepcopy(declared)
+    texts = {f"{{{name}}}": value for name, value in (wording or {}).items()}
     expanded: list[dict[str, Any]] = []
     for expectation in suite.get("expectations", []):
         meta = expectation.get("meta") or {}
         if not meta.get("for_each_class"):
-            expanded.append(expectation)
+            expanded.append(_substitute(expectation, texts))
             continue
         for index, name in enumerate(classes):
-            copy_ = _substitute(expectation, {"{class}": name, "{class_id}": class_id(index)})
+            copy_ = _substitute(expectation, {"{class}": name, "{class_id}": class_id(index), **texts})
             copy_["meta"].pop("for_each_class", None)
             expanded.append(copy_)
     suite["expectations"] = expanded

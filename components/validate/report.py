@@ -94,15 +94,19 @@ def _out_of_range(entry: dict, table: pd.DataFrame, limits: ShareLimits) -> str:
             f"[{_number(kwargs['min_value'])}, {_number(kwargs['max_value'])}]: {listed}")
 
 
+def _share_text(share: float, bound: float) -> str:
+    """Two decimals, more where two would read as equal to the bound (0.049 vs 0.05)."""
+    return f"{share:.2f}" if f"{share:.2f}" != f"{bound:.2f}" else f"{share:.4f}"
+
+
 def _class_share(entry: dict, table: pd.DataFrame, limits: ShareLimits) -> str:
     count, total = entry["result"].get("observed_value", 0), max(len(table), 1)
     share = count / total
-    name = entry["meta"].get("class")
-    if share < limits.min_share:
-        side = f"below the minimum {limits.min_share:.2f}"
-    else:
-        side = f"above the maximum {limits.max_share:.2f}"
-    return f"class share of '{name}' is {share:.2f} ({count} of {total} images), {side}"
+    below = share < limits.min_share
+    bound = limits.min_share if below else limits.max_share
+    side = f"below the minimum {bound:.2f}" if below else f"above the maximum {bound:.2f}"
+    return (f"class share of '{entry['meta'].get('class')}' is {_share_text(share, bound)} "
+            f"({count} of {total} images), {side}")
 
 
 PROBLEMS: dict[tuple[str, str | None], Callable[[dict, pd.DataFrame, ShareLimits], str]] = {

@@ -25,9 +25,34 @@ class SuiteOutcome:
     results: list[dict[str, Any]]  # one per expectation: type, kwargs, meta, notes, success, result, exception
 
 
+class SuiteError(ValueError):
+    """The declared suite file is missing or not a valid GX suite; the message names the file."""
+
+
 def load_declared_suite(path: Path = SUITE_FILE) -> dict[str, Any]:
     """Read the suite JSON kept in the repo (the declared list of expectations)."""
-    return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SuiteError(f"cannot read the expectation suite {path}: {exc}") from None
+
+
+def _gx_suite(gx: Any, suite: dict[str, Any]) -> Any:
+    """The suite dict as a GX ExpectationSuite; a SuiteError names the entry GX cannot use.
+
+    Each entry is built on its own first: ExpectationSuite(...) would only log and drop a bad one.
+    """
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    expectations = []
+    for number, entry in enumerate(suite.get("expectations", []), start=1):
+        try:
+            expectations.append(ExpectationConfiguration(**entry).to_domain_obj())
+        except Exception as exc:  # GX raises pydantic, TypeError and its own errors for a bad entry
+            raise SuiteError(f"expectation #{number} ({entry.get('type')}) of the suite '{suite.get('name')}' "
+                             f"is not valid for GX: {exc}") from None
+    return gx.ExpectationSuite(name=suite["name"], expectations=expectations,
+                               meta=suite.get("meta"), notes=suite.get("notes"))
 
 
 def _quiet_offline_gx() -> None:
@@ -36,7 +61,7 @@ def _quiet_offline_gx() -> None:
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
-def _context(docs_dir: Path | None):
+def _context(docs_dir: Path | None) -> Any:
     """An ephemeral GX context: in-memory stores, no analytics, no GX project folder anywhere."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
@@ -97,7 +122,7 @@ def run_suite(table: pd.DataFrame, suite: dict[str, Any], parameters: dict[str, 
     context = _context(docs_dir)
     batch = (context.data_sources.add_pandas("manifest").add_dataframe_asset("image_table")
              .add_batch_definition_whole_dataframe("all_images"))
-    gx_suite = context.suites.add(gx.ExpectationSuite(**suite))
+    gx_suite = context.suites.add(_gx_suite(gx, suite))
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{gx_suite.name}_run", data=batch, suite=gx_suite))
     actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])] if docs_dir else []
@@ -106,5 +131,6 @@ def run_suite(table: pd.DataFrame, suite: dict[str, Any], parameters: dict[str, 
         actions=actions, result_format="SUMMARY"))
     outcome = checkpoint.run(batch_parameters={"dataframe": table}, expectation_parameters=parameters)
     (validation,) = outcome.run_results.values()
-    return SuiteOutcome(suite_name=gx_suite.name, success=bool(validation.success), statistics=_plain(dict(validation.statistics)),
+    return SuiteOutcome(suite_name=gx_suite.name, success=bool(validation.success),
+                        statistics=_plain(dict(validation.statistics)),
                         results=[_result_dict(r) for r in validation.results])

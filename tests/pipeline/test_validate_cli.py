@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -58,9 +59,14 @@ def outputs(tmp_path: Path) -> tuple[dict, pd.DataFrame, Path]:
     return json.loads((out / "result.json").read_text()), pd.read_csv(out / "table.csv"), out / "data_docs"
 
 
+def _no_network(*args, **kwargs):
+    raise AssertionError(f"the validate stage tried to open a network connection: {args}")
+
+
 def test_passing_project_writes_table_result_and_data_docs(tmp_path, monkeypatch):
     params_file = make_project(tmp_path, balanced_images())
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # nothing (no GX project folder) may land in the working directory
+    monkeypatch.setattr(socket.socket, "connect", _no_network)  # offline: no usage statistics, no lookups
     assert main(["--params", str(params_file)]) == 0
     result, table, docs = outputs(tmp_path)
     assert result["success"] is True and result["failures"] == []
@@ -111,6 +117,7 @@ def test_bad_manifest_is_refused_in_plain_words(tmp_path, caplog, manifest, word
     assert words in caplog.text
 
 
+@pytest.mark.slow
 def test_real_kidney_ct_images_pass_the_suite_quickly():
     if not REAL_DATA.is_dir():
         pytest.skip(f"real data not found at {REAL_DATA} (only present beside a developer's checkout)")

@@ -12,9 +12,9 @@ from PIL import Image
 
 from components.common.storage import LocalStore
 from components.validate.core import (TABLE_COLUMNS, build_table, expand_suite, share_bounds,
-                                      suite_parameters)
+                                      share_wording, suite_parameters)
 from components.validate.report import ShareLimits, summarise
-from components.validate.suite import load_declared_suite, run_suite
+from components.validate.suite import SuiteError, load_declared_suite, run_suite
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 LIMITS = ShareLimits(min_share=0.05, max_share=0.70)
@@ -110,17 +110,19 @@ def test_blank_manifest_cells_become_nulls(tmp_path):
 # --- suite parameters ------------------------------------------------------------------------
 
 def test_share_bounds_round_towards_the_allowed_side():
-    assert share_bounds(100, 0.05, 0.70) == (5, 70)  # 0.05 * 100 is not 6 after float error
+    assert share_bounds(100, 0.05, 0.70) == (5, 70)
+    assert share_bounds(100, 0.07, 0.57) == (7, 57)  # 0.07*100 = 7.000000000000001, 0.57*100 = 56.99999999999999
     assert share_bounds(22, 0.05, 0.70) == (2, 15)
 
 
 def test_expanded_suite_has_one_share_check_per_class_and_every_parameter_filled():
-    suite = expand_suite(load_declared_suite(), CLASSES)
-    shares = [e for e in suite["expectations"] if e["meta"].get("check") == "class_share"]
+    suite = expand_suite(load_declared_suite(), CLASSES, share_wording(20, 0.05, 0.7))
+    shares = [e for e in suite["expectations"] if e.get("meta", {}).get("check") == "class_share"]
     assert [e["meta"]["class"] for e in shares] == CLASSES
     assert [e["kwargs"]["row_condition"]["parameter"] for e in shares] == CLASSES
+    assert shares[3]["description"] == "images of class 'Stone' must number 1 to 14 of 20 (share 0.05 to 0.7)"
     text = str(suite["expectations"])
-    assert "{class}" not in text and "{class_id}" not in text
+    assert not re.search(r"\{[a-z_]+\}", text), "a placeholder was left unfilled"
     referenced = set(re.findall(r"'\$PARAMETER': '([^']+)'", text))
     assert referenced == set(suite_parameters(CLASSES, 20, 64, 4096, 0.05, 0.7))
 
@@ -142,7 +144,8 @@ def good_table(per_class: dict[str, int] | None = None) -> pd.DataFrame:
 
 
 def check(table: pd.DataFrame) -> tuple[bool, list[dict]]:
-    suite = expand_suite(load_declared_suite(), CLASSES)
+    wording = share_wording(len(table), LIMITS.min_share, LIMITS.max_share)
+    suite = expand_suite(load_declared_suite(), CLASSES, wording)
     values = suite_parameters(CLASSES, len(table), 64, 4096, LIMITS.min_share, LIMITS.max_share)
     outcome = run_suite(table, suite, values)
     return outcome.success, summarise(outcome.results, table, LIMITS)
@@ -181,14 +184,18 @@ def _undecodable(t):
 
 
 @pytest.mark.parametrize("damage, expected", [
-    (_label_outside, {("expect_column_values_to_be_in_set", "label"): "1 image labelled outside the classes "
-                      "[Normal, Cyst, Tumor, Stone]: 'Kidney' (1)"}),
-    (_duplicate_sha, {("expect_column_values_to_be_unique", "sha256"): "1 duplicate sha256 value(s), shared by 3 images"}),
-    (_too_small, {("expect_column_values_to_be_between", "width"): "1 image with width outside [64, 4096]: img/3.png (32)"}),
-    (_null_label, {("expect_column_values_to_not_be_null", "label"): "1 null value(s) in column 'label' (rows: img/5.png)"}),
+    (_label_outside, {("expect_column_values_to_be_in_set", "label"):
+                      "1 image labelled outside the classes [Normal, Cyst, Tumor, Stone]: 'Kidney' (1)"}),
+    (_duplicate_sha, {("expect_column_values_to_be_unique", "sha256"):
+                      "1 duplicate sha256 value(s), shared by 3 images: 000000000000... in img/0.png, img/1.png, "
+                      "img/2.png"}),
+    (_too_small, {("expect_column_values_to_be_between", "width"):
+                  "1 image with width outside [64, 4096]: img/3.png (32)"}),
+    (_null_label, {("expect_column_values_to_not_be_null", "label"):
+                   "1 null value(s) in column 'label' (rows: img/5.png)"}),
     (_undecodable, {
-        ("expect_column_values_to_be_null", "decode_error"): "1 image could not be read or decoded: img/6.png "
-                                                             "(not a PNG or JPEG image)",
+        ("expect_column_values_to_be_null", "decode_error"):
+            "1 image could not be read or decoded: img/6.png (not a PNG or JPEG image)",
         ("expect_column_values_to_not_be_null", "width"): "1 null value(s) in column 'width'",
         ("expect_column_values_to_not_be_null", "height"): "1 null value(s) in column 'height'"}),
 ], ids=["label-outside-classes", "duplicate-sha256", "too-small", "null-label", "undecodable"])
@@ -224,3 +231,13 @@ def test_class_share_out_of_bounds_fails(counts, words):
     success, entries = check(good_table(counts))
     assert not success
     assert list(failed(entries).values()) == [words]
+
+
+def test_a_broken_suite_file_is_refused_with_its_name(tmp_path):
+    bad_json = tmp_path / "suite.json"
+    bad_json.write_text("{not json")
+    with pytest.raises(SuiteError, match="cannot read the expectation suite .*suite.json"):
+        load_declared_suite(bad_json)
+    unknown = {"name": "s", "expectations": [{"type": "expect_images_to_be_pretty", "kwargs": {}}]}
+    with pytest.raises(SuiteError, match=r"expectation #1 \(expect_images_to_be_pretty\) of the suite 's' is not valid"):
+        run_suite(good_table(), unknown, {})
