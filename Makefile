@@ -36,7 +36,7 @@ mlflow-ui: install ## browse runs and the registry on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000
 
 serve: install ## serve the packaged champion on http://127.0.0.1:3000
-	BENTOML_HOME=$(CURDIR)/.bentoml PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/bentoml serve serving.service:KidneyCtClassifier --host 127.0.0.1 --port 3000
+	BENTOML_HOME=$(CURDIR)/.bentoml PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/bentoml serve kidney_ct_classifier:latest --host 127.0.0.1 --port 3000
 
 clean: ## remove pipeline outputs (keeps .venv)
 	rm -rf data models reports mlruns.db mlartifacts .bentoml dvc.lock

@@ -16,6 +16,7 @@ import yaml
 
 from components.common.cli import StageError, log, read_json, run_stage, stage_parser, write_json
 from components.common.params import Params
+from components.common.tracking import tracking_uri
 from components.package.core import (
     CHAMPION_ALIAS,
     MODEL_FILE,
@@ -44,9 +45,9 @@ def configure_bentoml_env(params: Params) -> str:
     return home
 
 
-def tracking_uri(params: Params) -> str:
-    """MLFLOW_TRACKING_URI wins over params; a missing sqlite file is refused, not silently created."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
+def existing_registry_uri(params: Params) -> str:
+    """The tracking/registry URI (env wins over params); a missing sqlite file is refused, not created."""
+    uri = tracking_uri(params.mlflow)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise StageError(f"no MLflow registry at {uri}: run the train and register stages first")
     return uri
@@ -69,10 +70,11 @@ def mlflow_alias_lookup(uri: str) -> AliasLookup:
 
     def lookup(model_name: str, alias: str):
         try:
-            return client.get_model_version_by_alias(model_name, alias)
+            aliases = client.get_registered_model(model_name).aliases
+            return client.get_model_version(model_name, aliases[alias]) if alias in aliases else None
         except MlflowException as exc:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return None
+                return None  # no registered model of that name
             raise StageError(f"cannot read the MLflow registry at {uri}: {exc.message}") from None
 
     return lookup
@@ -130,7 +132,7 @@ def build_bento(name: str, model_tag: str, champion: Champion) -> str:
 def package(params: Params, args: argparse.Namespace) -> None:
     """Stage body: champion -> BentoML model -> Bento -> bento.json."""
     configure_bentoml_env(params)
-    uri = tracking_uri(params)
+    uri = existing_registry_uri(params)
     connect_mlflow(uri)
     champion = resolve_champion(mlflow_alias_lookup(uri), params.register.model_name)
     check_registration(read_json(Path(params.paths.registration) / "registration.json"), champion)

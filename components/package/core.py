@@ -149,7 +149,7 @@ def pin_packages(names: Iterable[str], constraints: str) -> list[str]:
 
 def bento_record(champion: Champion, bento_tag: str, model_tag: str, reused: bool, created: str) -> dict[str, Any]:
     """The bento.json the stage writes for DVC and for whoever deploys the Bento."""
-    return {"bento": bento_tag, "bento_model": model_tag, "bento_model_reused": reused,
+    return {"bento_tag": bento_tag, "bento_model_tag": model_tag, "bento_model_reused": reused,
             "mlflow_model_name": champion.model_name, "mlflow_model_version": champion.version,
             "mlflow_run_id": champion.run_id, "classes": list(champion.classes),
             "image_size": champion.image_size, "window_center": champion.window_center,

@@ -120,16 +120,16 @@ def test_package_saves_the_champion_and_builds_a_bento(registry: Path, packaged)
     record = json.loads((registry / "reports/package/bento.json").read_text())
     assert (record["mlflow_model_name"], record["mlflow_model_version"]) == (MODEL_NAME, "1")
     assert record["classes"] == CLASSES and record["image_size"] == IMAGE_SIZE
-    model_name, model_version = record["bento_model"].split(":")
+    model_name, model_version = record["bento_model_tag"].split(":")
     model_dir = registry / ".bentoml/models" / model_name / model_version
     model_info = yaml.safe_load((model_dir / "model.yaml").read_text())
     assert (model_dir / "model.keras").is_file()
     assert model_info["labels"]["mlflow_version"] == "1" and model_info["metadata"]["classes"] == CLASSES
-    bento_dir = registry / ".bentoml/bentos" / record["bento"].replace(":", "/")
+    bento_dir = registry / ".bentoml/bentos" / record["bento_tag"].replace(":", "/")
     assert (bento_dir / "src/components/common/imaging.py").is_file()
     assert (bento_dir / "src/serving/service.py").is_file()
     bento_info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
-    assert {"tag": record["bento_model"], "alias": "champion"}.items() <= bento_info["models"][0].items()
+    assert {"tag": record["bento_model_tag"], "alias": "champion"}.items() <= bento_info["models"][0].items()
 
 
 def test_packaging_the_same_version_again_reuses_the_bento_model(registry: Path, packaged):
@@ -137,8 +137,9 @@ def test_packaging_the_same_version_again_reuses_the_bento_model(registry: Path,
     again = run_package(registry)
     assert again.returncode == 0, again.stderr[-3000:]
     second = json.loads((registry / "reports/package/bento.json").read_text())
-    assert second["bento_model_reused"] is True and second["bento_model"] == first["bento_model"]
-    assert len(list((registry / ".bentoml/models/kidney_ct_classifier").glob("v*"))) == 1
+    assert second["bento_model_reused"] is True and second["bento_model_tag"] == first["bento_model_tag"]
+    versions = [p for p in (registry / ".bentoml/models/kidney_ct_classifier").iterdir() if p.is_dir()]
+    assert [p.name for p in versions] == [first["bento_model_tag"].split(":")[1]]
 
 
 def test_package_refuses_when_no_version_is_champion(registry: Path, tmp_path: Path):
