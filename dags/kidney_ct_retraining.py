@@ -77,6 +77,11 @@ class StageSettings:
     params_file: Path
 
 
+def _how_to_set(keys: tuple[str, str, str]) -> str:
+    param, variable, env = keys
+    return f"set the DAG param `{param}`, the Airflow Variable `{variable}` or the env var {env}"
+
+
 def _first_set(*values: Any) -> str | None:
     """The first value that is a non-blank string, else None."""
     return next((str(value) for value in values if value is not None and str(value).strip()), None)
@@ -99,9 +104,11 @@ def resolve_settings(
     if not params_file.is_absolute():
         params_file = project_dir / params_file
     if not project_dir.is_dir():
-        raise AirflowFailException(f"project directory {project_dir} does not exist (set {PROJECT_DIR_KEYS})")
+        raise AirflowFailException(
+            f"project directory {project_dir} does not exist ({_how_to_set(PROJECT_DIR_KEYS)})")
     if not params_file.is_file():
-        raise AirflowFailException(f"params file {params_file} does not exist (set {PARAMS_FILE_KEYS})")
+        raise AirflowFailException(
+            f"params file {params_file} does not exist ({_how_to_set(PARAMS_FILE_KEYS)})")
     return StageSettings(project_dir.absolute(), params_file.absolute())
 
 

@@ -8,7 +8,6 @@ for the pytest process itself.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -120,26 +119,39 @@ print("REPORT:" + json.dumps(report))
 E2E_SCRIPT = r"""
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
+from airflow.models.asset import AssetEvent
+from airflow.utils.session import create_session
+from sqlalchemy import select
 bag = DagBag(dag_folder=sys.argv[1])
 assert not bag.import_errors, bag.import_errors
 dag = bag.dags[sys.argv[2]]
-for task in dag.tasks:
-    task.retries = 0  # a failing stage should fail this test now, not after retry_delay
+if sys.argv[4] != "keep-retries":
+    for task in dag.tasks:
+        task.retries = 0  # a failing stage should fail this test now, not after retry_delay
 run = dag.test(run_conf=json.loads(sys.argv[3]))
+tis = run.get_task_instances()
+with create_session() as session:
+    events = [dict(e.extra) for e in session.scalars(select(AssetEvent).where(AssetEvent.source_run_id == run.run_id))]
 report = {"state": str(run.state),
-          "tasks": {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in run.get_task_instances()}}
+          "tasks": {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in tis},
+          "tries": {f"{ti.task_id}[{ti.map_index}]": ti.try_number for ti in tis}, "asset_events": events}
 print("REPORT:" + json.dumps(report))
 """
 
 
-def run_python(script: str, *args: str, cwd: Path, timeout: float = 120) -> dict:
-    """Run `script` in a child Python (the environment is this process's); return its REPORT json."""
+def run_child(script: str, *args: str, cwd: Path, timeout: float = 120) -> tuple[dict, str]:
+    """Run `script` in a child Python (the environment is this process's); return its REPORT and output."""
     done = subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
     output = done.stdout + done.stderr
     reports = [line[len("REPORT:"):] for line in done.stdout.splitlines() if line.startswith("REPORT:")]
     assert done.returncode == 0 and reports, f"child exited {done.returncode}:\n{output[-6000:]}"
-    return json.loads(reports[-1])
+    return json.loads(reports[-1]), output
+
+
+def run_python(script: str, *args: str, cwd: Path, timeout: float = 120) -> dict:
+    """Run `script` in a child Python; return its REPORT json."""
+    return run_child(script, *args, cwd=cwd, timeout=timeout)[0]
 
 
 def isolate_airflow(monkeypatch: pytest.MonkeyPatch, home: Path, sql_conn: str) -> None:
@@ -269,29 +281,59 @@ def write_tiny_params(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.e2e
-def test_dag_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                             record_property: pytest.RecordProperty) -> None:
-    params_file = write_tiny_params(tmp_path)
+def run_dag_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, params_file: Path,
+                 retries: str = "no-retries") -> tuple[dict, str, float]:
+    """Migrate a fresh SQLite Airflow DB in tmp_path, dag.test() the DAG on `params_file`.
+
+    Returns the run report, the child's output and how long `airflow db migrate` took (seconds).
+    """
     home = tmp_path / "airflow_home"
     isolate_airflow(monkeypatch, home, f"sqlite:///{home / 'airflow.db'}")
     for name in ("MLFLOW_TRACKING_URI", "BENTOML_HOME"):  # they would override the tmp params
         monkeypatch.delenv(name, raising=False)
-
     started = time.monotonic()
     migrate = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], cwd=tmp_path,
                              capture_output=True, text=True, timeout=300)
+    migrate_s = round(time.monotonic() - started, 1)
     assert migrate.returncode == 0, (migrate.stdout + migrate.stderr)[-4000:]
-    record_property("airflow_db_migrate_s", round(time.monotonic() - started, 1))
-
     conf = {"project_dir": str(REPO), "params_file": str(params_file)}
-    report = run_python(E2E_SCRIPT, str(DAGS), DAG_ID, json.dumps(conf), cwd=tmp_path, timeout=1500)
+    report, output = run_child(E2E_SCRIPT, str(DAGS), DAG_ID, json.dumps(conf), retries, cwd=tmp_path,
+                               timeout=1100)
+    return report, output, migrate_s
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_dag_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    params_file = write_tiny_params(tmp_path)
+    report, _, migrate_s = run_dag_test(tmp_path, monkeypatch, params_file)
+    print(f"airflow db migrate on SQLite took {migrate_s} s")  # shown with -s / -rA
 
     assert report["state"] == "success", report["tasks"]
-    candidates = yaml.safe_load(params_file.read_text())["train"]["candidates"]
-    assert {f"train[{i}]" for i in range(len(candidates))} <= set(report["tasks"])
+    params = yaml.safe_load(params_file.read_text())
+    assert {f"train[{i}]" for i in range(len(params["train"]["candidates"]))} <= set(report["tasks"])
     assert set(report["tasks"].values()) == {"success"}
-    paths = yaml.safe_load(params_file.read_text())["paths"]
+    paths = params["paths"]
     assert (Path(paths["ingested"]) / "manifest.csv").is_file()
+    assert report["asset_events"] == [{"manifest": str(Path(paths["ingested"]) / "manifest.csv")}]
     assert (Path(paths["registration"]) / "registration.json").is_file()
     assert (Path(paths["package"]) / "bento.json").is_file()
+
+
+@pytest.mark.e2e
+def test_dag_run_stops_at_a_refusing_stage_without_retrying(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    params_file = write_tiny_params(tmp_path)
+    raw = yaml.safe_load(params_file.read_text())
+    raw["validate"].update(min_width=4000, max_width=4096)  # every generated slice is too narrow
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    report, output, _ = run_dag_test(tmp_path, monkeypatch, params_file, retries="keep-retries")
+
+    assert report["state"] == "failed"
+    assert report["tasks"]["ingest[-1]"] == "success"
+    assert report["tasks"]["validate[-1]"] == "failed"
+    assert report["tries"]["validate[-1]"] == 1, "a stage's refusal must not be retried"
+    assert {report["tasks"][f"{t}[-1]"] for t in ("preprocess", "augment", "evaluate", "package")} == {
+        "upstream_failed"}
+    assert "stage validate exited with code 2" in output
+    assert not (Path(raw["paths"]["prepared"]) / "split.csv").exists()
