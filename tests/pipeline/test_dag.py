@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-import yaml
+
+from tests.tiny import tiny_params, write_params
 
 from components.common.stage_graph import ancestors, load_stage_graph
 
@@ -267,18 +268,8 @@ def test_settings_come_from_param_then_variable_then_env_then_default(tmp_path: 
 
 
 def write_tiny_params(tmp_path: Path) -> Path:
-    """The repo's params, shrunk to a seconds-long run, with every output under tmp_path."""
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["paths"] = {key: value if "://" in value else str(tmp_path / value) for key, value in raw["paths"].items()}
-    raw["generate"].update(patients_per_class=2, slices_per_patient=3)
-    for candidate in raw["train"]["candidates"].values():
-        candidate.update(epochs=1, batch_size=4)
-    raw["evaluate"].update(min_accuracy=0.0, min_macro_f1=0.0)
-    raw["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    raw["package"]["bentoml_home"] = str(tmp_path / "bentoml")
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    """The shared tiny params (tests/tiny.py) with every output under tmp_path."""
+    return write_params(tiny_params(tmp_path), tmp_path / "params.yaml")
 
 
 def run_dag_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, params_file: Path,
