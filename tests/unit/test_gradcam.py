@@ -1,0 +1,114 @@
+"""Grad-CAM: shapes, range, nested models, refusal of unsplittable models, and that it finds a planted square."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from components.common.gradcam import GradCamError, find_last_conv_layer, gradcam, overlay
+
+SIZE = 32
+
+
+def square_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dark noise; label 1 images carry a bright 8x8 square at a random place. Returns x, y, square masks."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 60, (n, SIZE, SIZE, 1)).astype("float32")
+    y = np.arange(n) % 2
+    masks = np.zeros((n, SIZE, SIZE), bool)
+    for i in np.flatnonzero(y):
+        r, c = rng.integers(0, SIZE - 8, 2)
+        x[i, r:r + 8, c:c + 8, 0] = 255.0
+        masks[i, r:r + 8, c:c + 8] = True
+    return x, y, masks
+
+
+def conv_backbone(name: str = "backbone"):
+    import keras
+
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_b")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+@pytest.fixture(scope="module")
+def square_detector():
+    """A tiny CNN trained for a few seconds to tell 'bright square' from 'noise only'."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.GlobalMaxPooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x_train, y_train, _ = square_images(256)
+    model.fit(x_train, y_train, epochs=15, batch_size=32, verbose=0)
+    return model
+
+
+def test_heat_concentrates_on_the_planted_square(square_detector):
+    x, y, masks = square_images(16, seed=1)
+    with_square = np.flatnonzero(y)
+    assert (np.asarray(square_detector(x)).argmax(1) == y).mean() >= 0.9, "the tiny detector did not learn"
+    heat = gradcam(square_detector, x[with_square], class_index=1)
+    inside = np.array([h[m].mean() for h, m in zip(heat, masks[with_square])])
+    outside = np.array([h[~m].mean() for h, m in zip(heat, masks[with_square])])
+    assert (inside > 3 * outside).all(), (inside, outside)
+
+
+def test_shape_range_and_default_layer(square_detector):
+    x, _, _ = square_images(5, seed=2)
+    assert find_last_conv_layer(square_detector) == "conv2"
+    heat = gradcam(square_detector, x)
+    assert heat.shape == (5, SIZE, SIZE) and heat.dtype == np.float32
+    assert heat.min() >= 0.0 and heat.max() <= 1.0 and heat.max() == pytest.approx(1.0)
+
+
+def test_backbone_nested_inside_a_classifier_is_explained():
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = conv_backbone()(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    assert find_last_conv_layer(model) == "conv_b"
+    heat = gradcam(model, square_images(2)[0], class_index=2)
+    assert heat.shape == (2, SIZE, SIZE) and 0.0 <= heat.min() and heat.max() <= 1.0
+
+
+def test_a_branching_head_is_refused_not_explained_wrongly():
+    import keras
+
+    inputs = keras.Input((SIZE, SIZE, 1))
+    a = keras.layers.Conv2D(4, 3, padding="same", name="first")(inputs)
+    b = keras.layers.Conv2D(4, 3, padding="same", name="second")(a)
+    merged = keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([a, b]))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(merged))
+    with pytest.raises(GradCamError, match="plain chain"):
+        gradcam(model, square_images(1)[0], layer_name="first")
+
+
+def test_model_without_conv_is_refused():
+    import keras
+
+    inputs = keras.Input((SIZE, SIZE, 1))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    with pytest.raises(GradCamError, match="no 2-D convolution"):
+        find_last_conv_layer(model)
+
+
+def test_overlay_keeps_cold_pixels_and_colours_hot_ones():
+    gray = np.full((4, 4), 100, np.uint8)
+    heat = np.zeros((4, 4), np.float32)
+    heat[0, 0] = 1.0
+    rgb = overlay(gray, heat)
+    assert rgb.shape == (4, 4, 3) and rgb.dtype == np.uint8
+    assert (rgb[1:, 1:] == 100).all() and not (rgb[0, 0] == 100).all()
+    with pytest.raises(GradCamError):
+        overlay(gray, np.zeros((3, 3)))
