@@ -23,6 +23,7 @@ class Paths(_Strict):
     prepared: str
     augment_preview: str
     models: str
+    checkpoints: str = ".checkpoints"  # per-epoch training state; outside DVC outs so it survives a re-run
     evaluation: str
     registration: str
     package: str
@@ -31,6 +32,11 @@ class Paths(_Strict):
 class StorageParams(_Strict):
     endpoint_url: str | None = None
     region: str = "us-east-1"
+    retry_attempts: int = Field(5, ge=1)  # S3 calls: attempts before a clear failure
+    retry_backoff_s: float = Field(0.5, ge=0)  # first pause; doubles per retry
+    retry_max_backoff_s: float = Field(8.0, ge=0)
+    connect_timeout_s: float = Field(5, gt=0)
+    read_timeout_s: float = Field(30, gt=0)
 
 
 class GenerateParams(_Strict):
@@ -70,19 +76,48 @@ class AugmentParams(_Strict):
     preview_samples: int = Field(4, ge=1)
 
 
+Architecture = Literal["paper_cnn", "efficientnet_b0", "mobilenet_v2", "resnet50", "inception_v3", "vit"]
+FIXED_WIDTH = ("efficientnet_b0", "resnet50", "inception_v3")  # keras.applications without a width knob
+
+
 class CandidateParams(_Strict):
-    architecture: Literal["paper_cnn"] = "paper_cnn"
-    filters: list[int] = [16, 32, 64, 128]
-    dense_units: int = 128
+    architecture: Architecture = "paper_cnn"
+    image_size: int | None = Field(None, ge=32)   # resize inside the model; None = the prepared arrays' size
+    width: float = Field(1.0, gt=0)               # channel multiplier (paper CNN, MobileNetV2 alpha, ViT)
+    weights: str = "none"                         # none | imagenet | path to a local .h5/.weights.h5 file
+    filters: list[int] = [16, 32, 64, 128]        # paper CNN conv blocks
+    dense_units: int = 128                        # paper CNN dense layer; head width of the others
+    patch_size: int = Field(12, ge=2)             # ViT patch side (180 / 12 = 15 x 15 patches)
+    vit_dim: int = Field(64, ge=8)                # ViT token width (times `width`)
+    vit_depth: int = Field(4, ge=1)               # ViT transformer blocks
+    vit_heads: int = Field(4, ge=1)
     dropout: float = Field(0.5, ge=0, lt=1)
     learning_rate: float = Field(1e-3, gt=0)
     epochs: int = Field(12, ge=1)
     batch_size: int = Field(16, ge=1)
     patience: int = Field(4, ge=1)
 
+    @model_validator(mode="after")
+    def _width_supported(self) -> "CandidateParams":
+        if self.architecture in FIXED_WIDTH and self.width != 1.0:
+            raise ValueError(f"{self.architecture} has a fixed width: leave `width` at 1.0")
+        if self.weights != "none" and self.architecture in ("paper_cnn", "vit"):
+            raise ValueError(f"{self.architecture} has no pretrained weights: set `weights: none`")
+        return self
+
+
+class RuntimeParams(_Strict):
+    """How training uses the hardware (the same for every candidate of a run)."""
+
+    jit_compile: Literal["auto"] | bool = "auto"  # XLA; "auto" = Keras' choice (on for JAX, off for TF on CPU)
+    mixed_precision: bool = False                 # mixed_float16 when a GPU is present; ignored on CPU
+    distribution: Literal["none", "data_parallel"] = "none"  # keras.distribution.DataParallel (JAX backend)
+    loader_workers: int = Field(2, ge=1)          # threads assembling batches from the memory-mapped arrays
+
 
 class TrainParams(_Strict):
     seed: int = 1
+    runtime: RuntimeParams = RuntimeParams()
     candidates: dict[str, CandidateParams]
 
     @field_validator("candidates")
