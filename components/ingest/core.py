@@ -19,7 +19,7 @@ from typing import Iterable, Mapping, Sequence
 from components.common.imaging import DICOM_SUFFIXES, ImageDecodeError, decode_image, looks_like_dicom
 from components.common.params import IngestParams
 from components.common.storage import ObjectStore
-from components.ingest.deid import dataset_bytes, deidentify
+from components.ingest.deid import DEIDENTIFICATION_METHOD, PROFILE_CODES, dataset_bytes, deidentify
 
 log = logging.getLogger("kidney_ct")
 
@@ -220,7 +220,9 @@ def summary(result: IngestResult, classes: Sequence[str], store_uri: str, salt_s
     """The ingest.json payload."""
     formats = Counter(row["format"] for row in result.manifest)
     return {**result.counts, "images": len(result.manifest), "per_class": result.per_class(classes),
-            "formats": dict(sorted(formats.items())), "store": store_uri, "salt": salt_source}  # fmt: skip
+            "formats": dict(sorted(formats.items())), "store": store_uri, "salt": salt_source,
+            "deidentification": {"method": DEIDENTIFICATION_METHOD,
+                                 "codes": [f"DCM {code} {meaning}" for code, meaning in PROFILE_CODES]}}  # fmt: skip
 
 
 def rows_to_csv(rows: Iterable[Mapping[str, str]], columns: Sequence[str]) -> bytes:
