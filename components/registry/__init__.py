@@ -1,0 +1,1 @@
+"""registry: list, promote and roll back versions of the registered model (alias `champion`)."""

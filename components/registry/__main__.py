@@ -1,0 +1,53 @@
+"""CLI: python -m components.registry list | promote VERSION [--force --reason TEXT] | rollback [--reason TEXT]."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from components.common.cli import StageError, log, run_stage, stage_parser
+from components.common.params import Params
+from components.common.tracking import tracking_uri
+from components.registry import mlflow_store
+from components.registry.core import RegistryRefusal, format_table
+
+
+def registry_uri(params: Params) -> str:
+    """The tracking/registry URI (env wins); a missing sqlite file is refused, never created."""
+    uri = tracking_uri(params.mlflow)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise StageError(f"no MLflow registry at {uri}: run the pipeline (register stage) first")
+    return uri
+
+
+def run(params: Params, args: argparse.Namespace) -> None:
+    client, name = mlflow_store.client_for(registry_uri(params)), params.register.model_name
+    try:
+        if args.command == "list":
+            print(format_table(mlflow_store.rows(client, name)))
+            current, history = mlflow_store.state(client, name)
+            print(f"\nchampion: {'v' + current if current else 'none'}; history: "
+                  f"{' -> '.join('v' + v for v in history) or 'empty'}")
+        elif args.command == "promote":
+            log.info(mlflow_store.promote(client, name, args.version.lstrip("v"), args.force, args.reason).message)
+        else:
+            log.info(mlflow_store.rollback(client, name, args.reason).message)
+    except RegistryRefusal as exc:
+        raise StageError(f"refused: {exc}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("List, promote and roll back versions of the registered kidney CT model.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="every version with aliases, gate verdict and test metrics")
+    promote = sub.add_parser("promote", help="make VERSION the champion (refused if it failed the gates)")
+    promote.add_argument("version", help="registry version number, e.g. 3")
+    promote.add_argument("--force", action="store_true", help="promote although the gates failed")
+    promote.add_argument("--reason", default="", help="justification, recorded on the version (needed with --force)")
+    back = sub.add_parser("rollback", help="give the champion alias back to the previous champion")
+    back.add_argument("--reason", default="", help="why, recorded on the withdrawn version")
+    return run_stage("registry", run, parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
