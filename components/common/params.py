@@ -49,6 +49,14 @@ class GenerateParams(_Strict):
 class IngestParams(_Strict):
     salt_env: str = "KIDNEY_CT_SALT"
     default_salt: str = "kidney-ct-default-salt"
+    dicomweb_url: str | None = None  # a DICOMweb root (QIDO-RS/WADO-RS): pull from the PACS, not paths.source
+    dicomweb_user: str | None = None
+    dicomweb_password_env: str = "KIDNEY_CT_DICOMWEB_PASSWORD"  # env var holding the PACS password
+    dicomweb_label_attribute: str = "StudyDescription"  # the attribute that names the class
+    dicomweb_timeout_s: float = Field(30, gt=0)
+    dicomweb_page_size: int = Field(100, ge=1)
+    dicomweb_retry_attempts: int = Field(4, ge=1)
+    dicomweb_retry_backoff_s: float = Field(0.5, ge=0)
 
 
 class ValidateParams(_Strict):

@@ -1,4 +1,5 @@
-"""CLI: ingest the export at `params.paths.source` into the object store `params.paths.store`.
+"""CLI: ingest the export at `params.paths.source` into the object store `params.paths.store`, or, when
+`params.ingest.dicomweb_url` is set, pull the studies that are new on that DICOMweb PACS.
 
 Writes `<ingested>/manifest.csv` (also copied to the store), `<ingested>/quarantine.csv` and
 `<ingested>/ingest.json`. The source folder is only read.
@@ -23,18 +24,35 @@ from components.ingest.core import (
     IngestResult,
     SourceFile,
     ingest,
+    merge_manifests,
+    read_manifest,
     resolve_salt,
     rows_to_csv,
     summary,
 )
+from components.ingest.dicomweb import (
+    STATE_KEY,
+    PacsClient,
+    PacsError,
+    new_studies,
+    pulled_files,
+    read_state,
+    retrying_session,
+    state_bytes,
+    study_key,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = stage_parser("Ingest a PACS export (DICOM, or class folders of PNG/JPEG) into object storage.")
+    parser = stage_parser("Ingest a PACS export (DICOM, or class folders of PNG/JPEG), or pull new studies from a "
+                          "DICOMweb PACS (ingest.dicomweb_url), into object storage.")
     return run_stage("ingest", _ingest, parser, argv)
 
 
 def _ingest(params: Params, _: argparse.Namespace) -> None:
+    if params.ingest.dicomweb_url:
+        _pull(params)
+        return
     source = Path(params.paths.source)
     files = list_export(source)
     _check_outputs_outside(source, params)
@@ -51,6 +69,45 @@ def _ingest(params: Params, _: argparse.Namespace) -> None:
     _report(payload, params.paths.ingested)
     if not result.manifest:
         raise StageError(f"no usable images in {source}: all {len(files)} files were quarantined "
+                         f"(reasons in {params.paths.ingested}/quarantine.csv)")
+
+
+def _pull(params: Params) -> None:
+    """PACS mode: QIDO-RS for studies new since the last run, WADO-RS their instances, then as above.
+
+    The manifest grows: rows of earlier pulls (read back from the store) plus this run's. The pull
+    state (salted study keys -> instance counts) is saved in the store only after the manifest, so a
+    failed run is simply pulled again next time (stored objects are skipped, never duplicated).
+    """
+    settings = params.ingest
+    salt, salt_source = resolve_salt(settings)
+    client = PacsClient(settings.dicomweb_url, retrying_session(
+        settings.dicomweb_user, os.environ.get(settings.dicomweb_password_env), settings.dicomweb_retry_attempts,
+        settings.dicomweb_retry_backoff_s), settings.dicomweb_timeout_s, settings.dicomweb_page_size)
+    try:
+        store = open_store(params.paths.store, params.storage)
+        state = read_state(store.get(STATE_KEY) if store.exists(STATE_KEY) else None)
+        listed = client.studies()
+        todo = new_studies(listed, state, salt)
+        log.info("PACS %s lists %d studies: %d new or changed since the last run", settings.dicomweb_url,
+                 len(listed), len(todo))
+        files = (SourceFile(path, data, reason) for path, data, reason in
+                 pulled_files(client, todo, params.classes, settings.dicomweb_label_attribute, salt))
+        result = ingest(files, store, params.classes, salt)
+        earlier = read_manifest(store.get("manifest.csv")) if store.exists("manifest.csv") else []
+        manifest = merge_manifests(earlier, result.manifest)
+        manifest_csv = rows_to_csv(manifest, MANIFEST_COLUMNS)
+        store.put("manifest.csv", manifest_csv)
+        store.put(STATE_KEY, state_bytes({**state, **{study_key(salt, s.uid): s.instances for s in todo}}))
+    except (PacsError, StorageError, BotoCoreError, ClientError) as exc:
+        raise StageError(f"pull from {settings.dicomweb_url} into {params.paths.store} failed: {exc}") from None
+    result = IngestResult(manifest=manifest, quarantine=result.quarantine, counts=result.counts)
+    payload = {**summary(result, params.classes, store.uri, salt_source), "source": "dicomweb",
+               "studies_listed": len(listed), "studies_pulled": len(todo)}
+    _write_outputs(Path(params.paths.ingested), manifest_csv, result, payload)
+    _report(payload, params.paths.ingested)
+    if not manifest:
+        raise StageError(f"no usable images pulled from {settings.dicomweb_url} "
                          f"(reasons in {params.paths.ingested}/quarantine.csv)")
 
 

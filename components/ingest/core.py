@@ -234,3 +234,17 @@ def rows_to_csv(rows: Iterable[Mapping[str, str]], columns: Sequence[str]) -> by
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue().encode()
+
+
+def read_manifest(data: bytes) -> list[dict[str, str]]:
+    """Manifest rows from CSV bytes (as written by `rows_to_csv`)."""
+    import csv
+
+    return [dict(row) for row in csv.DictReader(io.StringIO(data.decode()))]
+
+
+def merge_manifests(earlier: Iterable[Mapping[str, str]], new: Iterable[Mapping[str, str]]) -> list[dict[str, str]]:
+    """One row per key (a later row replaces an earlier one), sorted by key: pulls add, never duplicate."""
+    rows = {row["key"]: {column: row.get(column, "") for column in MANIFEST_COLUMNS} for row in earlier}
+    rows.update({row["key"]: dict(row) for row in new})
+    return [rows[key] for key in sorted(rows)]
