@@ -10,7 +10,7 @@ export GX_ANALYTICS_ENABLED := False
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install run test test-fast mlflow-ui serve clean
+.PHONY: install run test test-fast mlflow-ui serve clean system-deps
 
 $(BIN)/.installed: requirements/base.txt requirements/test.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ $(BIN)/.installed: requirements/base.txt requirements/test.txt requirements/cons
 	touch $@
 
 install: $(BIN)/.installed ## create .venv with the pinned dependencies
+
+ORTHANC_PLUGIN := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+system-deps: ## Orthanc + its DICOMweb plugin (Debian) for the PACS tests; does nothing when present
+	@if command -v Orthanc >/dev/null && [ -f $(ORTHANC_PLUGIN) ]; then echo "orthanc + orthanc-dicomweb present"; \
+	else $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	  --no-install-recommends orthanc orthanc-dicomweb; fi
 
 run: install ## run every stage on the embedded default (a generated PACS export)
 	@[ -d .git ] || git init -q
