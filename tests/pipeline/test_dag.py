@@ -16,6 +16,8 @@ from typing import Iterator
 
 import pytest
 
+import yaml
+
 from tests.tiny import tiny_params, write_params
 
 from components.common.stage_graph import ancestors, load_stage_graph
