@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 import yaml
 
-from tests.tiny import tiny_params, write_params
-
 from components.common.stage_graph import ancestors, load_stage_graph
+from tests.tiny import tiny_params, write_params
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
