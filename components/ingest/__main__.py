@@ -8,6 +8,7 @@ Writes `<ingested>/manifest.csv` (also copied to the store), `<ingested>/quarant
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 from pathlib import Path
 from typing import Iterator
@@ -46,13 +47,25 @@ from components.ingest.dicomweb import (
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser("Ingest a PACS export (DICOM, or class folders of PNG/JPEG), or pull new studies from a "
                           "DICOMweb PACS (ingest.dicomweb_url), into object storage.")
+    parser.add_argument("--data-version-out", default=None,
+                        help="also write the data version (sha256 of manifest.csv) to this file (for KFP caching)")
     return run_stage("ingest", _ingest, parser, argv)
 
 
-def _ingest(params: Params, _: argparse.Namespace) -> None:
+def _ingest(params: Params, args: argparse.Namespace) -> None:
     if params.ingest.dicomweb_url:
         _pull(params)
-        return
+    else:
+        _ingest_export(params)
+    if args.data_version_out:
+        manifest = (Path(params.paths.ingested) / "manifest.csv").read_bytes()
+        out = Path(args.data_version_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(hashlib.sha256(manifest).hexdigest())
+
+
+def _ingest_export(params: Params) -> None:
+    """Export mode: every file under paths.source."""
     source = Path(params.paths.source)
     files = list_export(source)
     _check_outputs_outside(source, params)
