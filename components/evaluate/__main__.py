@@ -12,7 +12,11 @@ from components.common.cli import StageError, log, read_json, run_stage, stage_p
 from components.common.params import Params
 from components.common.plots import save_confusion_matrix, save_training_curves
 from components.common.tracking import configure_mlflow
+from components.evaluate.comparison import (COLUMNS, comparison_markdown, comparison_rows, inference_ms_per_image,
+                                            save_comparison_chart)
 from components.evaluate.core import classification_metrics, gate_verdict, pick_winner
+
+COST_KEYS = ("parameters", "training_seconds", "inference_ms_per_image")  # reported beside the test metrics
 
 
 def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np.ndarray) -> dict:
@@ -27,6 +31,7 @@ def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np
     model = keras.saving.load_model(folder / "model.keras")
     probabilities = np.asarray(model.predict(x_test.astype("float32"), batch_size=64, verbose=0))
     metrics = classification_metrics(y_test, probabilities, params.classes)
+    latency = inference_ms_per_image(model.predict_on_batch, x_test)
     passed, reasons = gate_verdict(metrics, params.evaluate)
     plots = Path(params.paths.evaluation) / "plots"
     save_confusion_matrix(np.array(metrics["confusion_matrix"]), params.classes, plots / f"confusion_{name}.png",
@@ -34,12 +39,44 @@ def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np
     save_training_curves(json.loads((folder / "history.json").read_text()), plots / f"curves_{name}.png",
                          f"{name}: training curves")
     with mlflow.start_run(run_id=run_info["run_id"]):
-        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)})
+        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)}
+                           | {"inference_ms_per_image": latency})
         mlflow.set_tags({"gate_passed": str(passed).lower(), "gate_reasons": "; ".join(reasons) or "none"})
         mlflow.log_artifact(str(plots / f"confusion_{name}.png"), "evaluation")
         mlflow.log_artifact(str(plots / f"curves_{name}.png"), "evaluation")
     return {"passed": passed, "reasons": reasons, "metrics": metrics, "run_id": run_info["run_id"],
-            "model_uri": run_info["model_uri"], "parameters": run_info["parameters"]}
+            "model_uri": run_info["model_uri"], "parameters": run_info["parameters"],
+            "architecture": run_info.get("architecture", ""), "training_seconds": run_info.get("training_seconds"),
+            "inference_ms_per_image": round(latency, 3)}
+
+
+def write_comparison(results: dict[str, dict], winner: str | None, params: Params) -> list[dict]:
+    """comparison.csv/.md and plots/comparison.png under the evaluation folder; returns the rows."""
+    import pandas as pd
+
+    out = Path(params.paths.evaluation)
+    rows = comparison_rows(results, winner)
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(out / "comparison.csv", index=False)
+    (out / "comparison.md").write_text(comparison_markdown(rows, params.evaluate.gate_metric))
+    save_comparison_chart(rows, out / "plots" / "comparison.png")
+    return rows
+
+
+def close_parent_runs(results: dict[str, dict], winner: str | None, params: Params) -> None:
+    """Log the comparison to each candidate's parent run (one per pipeline run) and finish it."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    parents = {client.get_run(r["run_id"]).data.tags.get("mlflow.parentRunId") for r in results.values()}
+    out = Path(params.paths.evaluation)
+    for parent in filter(None, parents):
+        client.set_tag(parent, "winner", winner or "none")
+        for name, r in results.items():
+            client.log_metric(parent, f"{name}.test_{params.evaluate.gate_metric}", r["metrics"][params.evaluate.gate_metric])
+        for artifact in (out / "comparison.md", out / "comparison.csv", out / "plots" / "comparison.png"):
+            client.log_artifact(parent, str(artifact), "comparison")
+        if client.get_run(parent).info.status == "RUNNING":
+            client.set_terminated(parent, "FINISHED")
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
@@ -56,9 +93,12 @@ def run(params: Params, args: argparse.Namespace) -> None:
     write_json(out / "verdict.json", {"winner": winner, "gate": params.evaluate.model_dump(),
                                       "candidates": {n: {k: r[k] for k in ("passed", "reasons", "run_id", "model_uri")}
                                                      | {"gate_metric": r["metrics"][params.evaluate.gate_metric]}
+                                                     | {k: r[k] for k in COST_KEYS}
                                                      for n, r in results.items()}})
     write_json(out / "metrics.json", {n: {k: v for k, v in r["metrics"].items() if k != "confusion_matrix"}
-                                      for n, r in results.items()})
+                                      | {k: r[k] for k in COST_KEYS} for n, r in results.items()})
+    write_comparison(results, winner, params)
+    close_parent_runs(results, winner, params)
     for name, r in results.items():
         m = r["metrics"]
         log.info("%s: accuracy %.3f, macro-F1 %.3f on %d test images -> %s%s", name, m["accuracy"], m["macro_f1"],

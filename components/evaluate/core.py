@@ -41,8 +41,10 @@ def gate_verdict(metrics: dict, gate: EvaluateParams) -> tuple[bool, list[str]]:
 
 
 def pick_winner(results: dict[str, dict], gate_metric: str) -> str | None:
-    """Best candidate that passed the gate by `gate_metric`; ties go to fewer parameters."""
+    """Best candidate that passed the gate by `gate_metric`; ties go to the cheaper inference, then fewer parameters."""
     passed = {name: r for name, r in results.items() if r["passed"]}
     if not passed:
         return None
-    return min(passed, key=lambda n: (-passed[n]["metrics"][gate_metric], passed[n].get("parameters", 0), n))
+    return min(passed, key=lambda n: (-passed[n]["metrics"][gate_metric],
+                                      passed[n].get("inference_ms_per_image", float("inf")),
+                                      passed[n].get("parameters", 0), n))

@@ -12,7 +12,9 @@ import numpy as np
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.common.tracking import configure_mlflow
-from components.train.core import SplitArrays, train_candidate
+from components.train.core import SplitArrays, clear_checkpoint, fingerprint, read_checkpoint, train_candidate
+from components.train.models import SetupError, resolve_weights
+from components.train.parent import open_parent_run
 
 
 def load_split_arrays(arrays: Path) -> SplitArrays:
@@ -51,6 +53,17 @@ def model_signature(model, data: SplitArrays):
     return infer_signature(sample, np.asarray(model.predict(sample, verbose=0)))
 
 
+def start_candidate_run(name: str, previous: dict | None, experiment_id: str, data_version_id: str):
+    """Resume the MLflow run of a killed training, or open a new one under the pipeline's parent run."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    if previous and previous.get("run_id"):
+        return mlflow.start_run(run_id=previous["run_id"])
+    parent = open_parent_run(MlflowClient(), experiment_id, data_version_id)
+    return mlflow.start_run(run_name=name, parent_run_id=parent)
+
+
 def run(params: Params, args: argparse.Namespace) -> None:
     import mlflow
 
@@ -58,26 +71,46 @@ def run(params: Params, args: argparse.Namespace) -> None:
     if name not in params.train.candidates:
         raise StageError(f"unknown candidate {name!r}; params lists {sorted(params.train.candidates)}")
     candidate = params.train.candidates[name]
+    try:
+        resolve_weights(candidate.weights)
+    except SetupError as exc:
+        raise StageError(str(exc)) from None
     data = load_split_arrays(Path(params.paths.prepared) / "arrays")
     out = Path(params.paths.models) / name
     out.mkdir(parents=True, exist_ok=True)
-    configure_mlflow(params.mlflow)
-    with mlflow.start_run(run_name=name) as active:
-        mlflow.set_tags({"candidate": name, "stage": "train", "data_version": data_version(params)})
-        mlflow.log_params({"candidate": name, **candidate.model_dump(), "seed": params.train.seed,
-                           "image_size": data.x_train.shape[1], "train_images": len(data.y_train),
-                           "val_images": len(data.y_val), **{f"augment_{k}": v for k, v in params.augment.model_dump().items()}})
+    checkpoints = Path(params.paths.checkpoints) / name
+    n_classes = len(params.classes)
+    previous = read_checkpoint(checkpoints, fingerprint(candidate, params.augment, params.train.seed, data, n_classes))
+    experiment_id = configure_mlflow(params.mlflow)
+    version = data_version(params)
+    with start_candidate_run(name, previous, experiment_id, version) as active:
+        if previous:
+            log.info("resuming %s after epoch %d (MLflow run %s)", name, previous["epochs_done"], active.info.run_id)
+        else:
+            mlflow.set_tags({"candidate": name, "stage": "train", "data_version": version})
+            mlflow.log_params({"candidate": name, **candidate.model_dump(), "seed": params.train.seed,
+                               "image_size": data.x_train.shape[1], "train_images": len(data.y_train),
+                               "val_images": len(data.y_val), **params.train.runtime.model_dump(),
+                               **{f"augment_{k}": v for k, v in params.augment.model_dump().items()}})
         log.info("training %s on %d images (%d validation)", name, len(data.y_train), len(data.y_val))
-        result = train_candidate(name, candidate, params.augment, data, len(params.classes), params.train.seed,
-                                 callbacks=[epoch_logger()])
+        try:
+            result = train_candidate(name, candidate, params.augment, data, n_classes, params.train.seed,
+                                     callbacks=[epoch_logger()], checkpoint_dir=checkpoints,
+                                     runtime=params.train.runtime, extra_state={"run_id": active.info.run_id})
+        except SetupError as exc:
+            raise StageError(str(exc)) from None
         result.model.save(out / "model.keras")
-        mlflow.log_metrics({"training_seconds": result.seconds, "best_epoch": result.best_epoch})
+        mlflow.log_metrics({"training_seconds": result.seconds, "best_epoch": result.best_epoch,
+                            "resumed_from_epoch": result.resumed_from_epoch})
+        mlflow.set_tags({f"runtime_{k}": str(v) for k, v in result.runtime.items()})
         mlflow.log_dict(result.history, "history.json")
         info = mlflow.keras.log_model(result.model, name="model", signature=model_signature(result.model, data))
     write_json(out / "history.json", result.history)
     write_json(out / "run.json", {"run_id": active.info.run_id, "model_uri": info.model_uri, "candidate": name,
-                                  "training_seconds": round(result.seconds, 2), "best_epoch": result.best_epoch,
-                                  "parameters": int(result.model.count_params())})
+                                  "architecture": candidate.architecture, "training_seconds": round(result.seconds, 2),
+                                  "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from_epoch,
+                                  "parameters": int(result.model.count_params()), "runtime": result.runtime})
+    clear_checkpoint(checkpoints)
     log.info("%s trained in %.1f s (best epoch %d); MLflow run %s", name, result.seconds, result.best_epoch,
              active.info.run_id)
 

@@ -1,15 +1,23 @@
-"""Pure core of train: build, compile and fit one candidate on in-memory arrays."""
+"""Pure core of train: build, compile and fit one candidate on (memory-mapped) arrays, resumable per epoch."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from components.augment.core import augmentation_layers
-from components.common.params import AugmentParams, CandidateParams
-from components.train.models import build_model
+from components.common.params import AugmentParams, CandidateParams, RuntimeParams
+from components.train.data import batch_feeder, one_hot  # noqa: F401  (one_hot re-exported for callers)
+from components.train.models import SetupError, build_model
+
+STATE_FILE, LAST_MODEL, BEST_WEIGHTS = "state.json", "last.keras", "best_weights.npz"
 
 
 @dataclass
@@ -30,9 +38,11 @@ class TrainResult:
     history: dict[str, list[float]]
     seconds: float
     best_epoch: int
+    resumed_from_epoch: int = 0
+    runtime: dict = field(default_factory=dict)
 
 
-def compile_model(model, learning_rate: float, n_classes: int) -> None:
+def compile_model(model, learning_rate: float, n_classes: int, jit_compile="auto") -> None:
     """Adam + categorical cross-entropy; accuracy, precision, recall and macro-F1 per epoch."""
     import keras
 
@@ -45,34 +55,138 @@ def compile_model(model, learning_rate: float, n_classes: int) -> None:
             keras.metrics.Recall(name="recall"),
             keras.metrics.F1Score(average="macro", name="f1"),
         ],
+        jit_compile=jit_compile,
     )
 
 
-def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
-    return np.eye(n_classes, dtype="float32")[y]
+def configure_runtime(runtime: RuntimeParams) -> dict:
+    """Apply mixed precision and the distribution from params; return what was actually used."""
+    import keras
+
+    devices = keras.distribution.list_devices()
+    accelerated = any(not d.lower().startswith("cpu") for d in devices)
+    policy = "mixed_float16" if runtime.mixed_precision and accelerated else "float32"
+    keras.config.set_dtype_policy(policy)
+    used = {"backend": keras.backend.backend(), "devices": len(devices), "accelerated": accelerated,
+            "dtype_policy": policy, "distribution": "none"}
+    if runtime.distribution == "data_parallel":
+        if keras.backend.backend() != "jax":
+            raise SetupError("distribution: data_parallel needs the JAX backend (run with KERAS_BACKEND=jax); "
+                             f"this process uses {keras.backend.backend()}")
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        used["distribution"] = f"data_parallel over {len(devices)} device(s)"
+    return used
+
+
+def fingerprint(candidate: CandidateParams, augment: AugmentParams, seed: int, data: SplitArrays,
+                n_classes: int) -> str:
+    """What a checkpoint must match to be resumed: params, seed and the shape of the data."""
+    key = json.dumps([candidate.model_dump(), augment.model_dump(), seed, n_classes, list(data.x_train.shape),
+                      list(data.x_val.shape), data.pixel_mean, data.pixel_variance], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def read_checkpoint(folder: Path | None, expected: str) -> dict | None:
+    """The saved state of a killed run with the same fingerprint, or None (nothing to resume)."""
+    if folder is None or not (folder / STATE_FILE).is_file() or not (folder / LAST_MODEL).is_file():
+        return None
+    state = json.loads((folder / STATE_FILE).read_text())
+    return state if state.get("fingerprint") == expected else None
+
+
+def clear_checkpoint(folder: Path | None) -> None:
+    """Drop a candidate's checkpoint once its outputs are safely written."""
+    if folder is not None and folder.exists():
+        shutil.rmtree(folder)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temporary sibling and rename, so a kill never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp" + path.suffix)
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def resumable_callbacks(folder: Path, key: str, patience: int, monitor: str, state: dict | None, extra: dict):
+    """EarlyStopping that survives a restart, plus a callback saving model, best weights and state each epoch."""
+    import keras
+
+    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            if state:
+                self.wait, self.best, self.best_epoch = state["wait"], state["best"], state["best_epoch"]
+                with np.load(folder / BEST_WEIGHTS) as saved:
+                    self.best_weights = [saved[f"w{i}"] for i in range(len(saved.files))]
+
+    stopper = ResumableEarlyStopping(monitor=monitor, patience=patience, restore_best_weights=True)
+
+    class EpochCheckpoint(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.history = {k: list(v) for k, v in (state or {}).get("history", {}).items()}
+            self.seconds_before = (state or {}).get("seconds", 0.0)  # training time of the killed run(s)
+            self.began = time.perf_counter()
+
+        def on_train_begin(self, logs=None):
+            self.began = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            for name, value in (logs or {}).items():
+                self.history.setdefault(name, []).append(float(value))
+            folder.mkdir(parents=True, exist_ok=True)
+            _atomic_write(folder / LAST_MODEL, self.model.save)
+            if stopper.best_epoch == epoch and stopper.best_weights is not None:
+                _atomic_write(folder / BEST_WEIGHTS, lambda p: np.savez(
+                    p, **{f"w{i}": np.asarray(w) for i, w in enumerate(stopper.best_weights)}))
+            payload = {"fingerprint": key, "epochs_done": epoch + 1, "history": self.history, "wait": stopper.wait,
+                       "best": None if stopper.best is None else float(stopper.best), "best_epoch": stopper.best_epoch,
+                       "stopped": bool(self.model.stop_training),
+                       "seconds": self.seconds_before + time.perf_counter() - self.began, **extra}
+            _atomic_write(folder / STATE_FILE, lambda p: p.write_text(json.dumps(payload)))
+
+    return stopper, EpochCheckpoint()
 
 
 def train_candidate(name: str, candidate: CandidateParams, augment: AugmentParams, data: SplitArrays,
-                    n_classes: int, seed: int, callbacks: list, verbose: int = 2) -> TrainResult:
-    """Fit one candidate with early stopping on validation loss; return the best-weights model."""
+                    n_classes: int, seed: int, callbacks: list, verbose: int = 2, checkpoint_dir: Path | None = None,
+                    runtime: RuntimeParams = RuntimeParams(), extra_state: dict | None = None) -> TrainResult:
+    """Fit one candidate with early stopping on validation loss; return the best-weights model.
+
+    With `checkpoint_dir`, every epoch saves the model, optimizer and early-stopping state there, and a call
+    with the same params after a kill resumes from the last completed epoch.
+    """
     import keras
 
-    keras.utils.set_random_seed(seed)
-    image_size = data.x_train.shape[1]
-    model = build_model(name, candidate, image_size, n_classes, augmentation_layers(augment, seed),
-                        data.pixel_mean, data.pixel_variance)
-    compile_model(model, candidate.learning_rate, n_classes)
+    used = configure_runtime(runtime)
     has_val = len(data.y_val) > 0
     monitor = "val_loss" if has_val else "loss"
-    stopper = keras.callbacks.EarlyStopping(monitor=monitor, patience=candidate.patience, restore_best_weights=True)
+    key = fingerprint(candidate, augment, seed, data, n_classes)
+    state = read_checkpoint(checkpoint_dir, key)
+    start = state["epochs_done"] if state else 0
+    keras.utils.set_random_seed(seed + start)
+    if state:
+        model = keras.saving.load_model(checkpoint_dir / LAST_MODEL)
+    else:
+        model = build_model(name, candidate, data.x_train.shape[1], n_classes, augmentation_layers(augment, seed),
+                            data.pixel_mean, data.pixel_variance)
+        compile_model(model, candidate.learning_rate, n_classes, runtime.jit_compile)
+    if checkpoint_dir is not None:
+        stopper, saver = resumable_callbacks(checkpoint_dir, key, candidate.patience, monitor, state, extra_state or {})
+        own = [stopper, saver]
+    else:
+        stopper, saver = keras.callbacks.EarlyStopping(monitor=monitor, patience=candidate.patience,
+                                                       restore_best_weights=True), None
+        own = [stopper]
+    feed = dict(batch_size=candidate.batch_size, n_classes=n_classes, seed=seed, workers=runtime.loader_workers)
+    train = batch_feeder(data.x_train, data.y_train, shuffle=True, first_epoch=start, **feed)
+    val = batch_feeder(data.x_val, data.y_val, shuffle=False, **feed) if has_val else None
+    epochs = start if state and state["stopped"] else candidate.epochs
     started = time.perf_counter()
-    fitted = model.fit(
-        data.x_train.astype("float32"), one_hot(data.y_train, n_classes),
-        validation_data=(data.x_val.astype("float32"), one_hot(data.y_val, n_classes)) if has_val else None,
-        epochs=candidate.epochs, batch_size=candidate.batch_size, shuffle=True,
-        callbacks=[stopper, *callbacks], verbose=verbose,
-    )
-    seconds = time.perf_counter() - started
-    history = {k: [float(v) for v in vals] for k, vals in fitted.history.items()}
+    fitted = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=start,
+                       callbacks=[*own, *callbacks], verbose=verbose)
+    seconds = time.perf_counter() - started + (saver.seconds_before if saver else 0.0)
+    history = saver.history if saver else {k: [float(v) for v in vals] for k, vals in fitted.history.items()}
     best_epoch = int(np.argmin(history[monitor])) + 1
-    return TrainResult(model=model, history=history, seconds=seconds, best_epoch=best_epoch)
+    return TrainResult(model=model, history=history, seconds=seconds, best_epoch=best_epoch,
+                       resumed_from_epoch=start, runtime={**used, "jit_compile": bool(model.jit_compile)})

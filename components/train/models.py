@@ -1,8 +1,33 @@
-"""Candidate architectures (Keras 3, backend-agnostic: no tf.* calls)."""
+"""Candidate architectures (Keras 3, backend-agnostic: no tf.* calls, only built-in layers).
+
+Every model shares one front (uint8-range grayscale -> [0, 1] -> augmentation -> standardised), so a
+saved model needs no custom objects to load in the register, package and serving code.
+"""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 from components.common.params import CandidateParams
+
+# The pixel range each keras.applications model expects (its own `preprocess_input`), as (scale, offset) on [0, 1].
+IMAGENET_CAFFE_MEANS = [103.939, 116.779, 123.68]  # ResNet50: 0-255, BGR channel means subtracted
+APPLICATION_RANGE = {
+    "efficientnet_b0": (255.0, 0.0),    # 0-255; the model rescales and normalises inside
+    "mobilenet_v2": (2.0, -1.0),        # [-1, 1]
+    "inception_v3": (2.0, -1.0),        # [-1, 1]
+    "resnet50": (255.0, [-m for m in IMAGENET_CAFFE_MEANS]),
+}
+MIN_SIZE = {"efficientnet_b0": 32, "mobilenet_v2": 32, "resnet50": 32, "inception_v3": 75}
+
+
+class SetupError(ValueError):
+    """A candidate cannot be set up as configured; the message says what to change."""
+
+
+class WeightsError(SetupError):
+    """The `weights` setting names a file that is not there (nothing is downloaded implicitly)."""
 
 
 def input_front(image_size: int, augmentation: list, mean: float, variance: float):
@@ -17,27 +42,110 @@ def input_front(image_size: int, augmentation: list, mean: float, variance: floa
     return inputs, x
 
 
-def paper_cnn_body(x, candidate: CandidateParams):
+def resolve_weights(weights: str) -> str | None:
+    """`none` -> None, `imagenet` -> Keras' own download, else an existing local file path."""
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    if not Path(weights).is_file():
+        raise WeightsError(f"weights file {weights} not found: pre-place the notop .h5 file there "
+                           "(see README 'Pretrained weights offline') or set weights: none")
+    return str(Path(weights).resolve())
+
+
+def gray_to_application_input(x, architecture: str, mean: float, variance: float):
+    """Standardised grayscale -> 3 identical channels in the pixel range the application expects."""
+    import keras
+
+    std = math.sqrt(variance)
+    scale, offset = APPLICATION_RANGE[architecture]
+    # x * std + mean restores [0, 1]; fold that and the application's range into one Rescaling.
+    offsets = [o + scale * mean for o in offset] if isinstance(offset, list) else offset + scale * mean
+    x = keras.layers.Concatenate(axis=-1, name="gray_to_rgb")([x, x, x])
+    return keras.layers.Rescaling(scale * std, offsets, name=f"{architecture}_range")(x)
+
+
+def application_body(x, candidate: CandidateParams, mean: float, variance: float):
+    """A keras.applications backbone (no top, average-pooled) on grayscale adapted to 3 channels."""
+    import keras
+
+    arch = candidate.architecture
+    x = gray_to_application_input(x, arch, mean, variance)
+    shape = tuple(x.shape[1:])
+    common = dict(include_top=False, weights=resolve_weights(candidate.weights), input_shape=shape, pooling="avg")
+    builders = {
+        "efficientnet_b0": lambda: keras.applications.EfficientNetB0(**common),
+        "mobilenet_v2": lambda: keras.applications.MobileNetV2(alpha=candidate.width, **common),
+        "resnet50": lambda: keras.applications.ResNet50(**common),
+        "inception_v3": lambda: keras.applications.InceptionV3(**common),
+    }
+    x = builders[arch]()(x)
+    x = keras.layers.Dropout(candidate.dropout, name="dropout")(x)
+    return x
+
+
+def paper_cnn_body(x, candidate: CandidateParams, mean: float = 0.0, variance: float = 1.0):
     """The paper's CNN: conv/ReLU/max-pool blocks, a dense layer, dropout."""
     import keras
 
     for i, filters in enumerate(candidate.filters):
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
+        x = keras.layers.Conv2D(max(1, round(filters * candidate.width)), 3, padding="same", activation="relu",
+                                name=f"conv{i + 1}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(candidate.dense_units, activation="relu", name="dense")(x)
     return keras.layers.Dropout(candidate.dropout, name="dropout")(x)
 
 
-BODIES = {"paper_cnn": paper_cnn_body}
+def vit_body(x, candidate: CandidateParams, mean: float = 0.0, variance: float = 1.0):
+    """A small Vision Transformer: patch embedding, convolutional position encoding, pre-norm blocks, GAP.
+
+    Position information comes from a depthwise 3x3 convolution over the patch grid (CPVT, Chu et al. 2021)
+    instead of a learned table, so the model is made of built-in layers only and accepts any image size.
+    """
+    import keras
+
+    dim = max(candidate.vit_heads, round(candidate.vit_dim * candidate.width))
+    side = x.shape[1] // candidate.patch_size
+    if side < 2:
+        raise SetupError(f"image {x.shape[1]} px is too small for {candidate.patch_size} px patches")
+    x = keras.layers.Conv2D(dim, candidate.patch_size, strides=candidate.patch_size, name="patch_embed")(x)
+    position = keras.layers.DepthwiseConv2D(3, padding="same", name="position_encoding")(x)
+    x = keras.layers.Add(name="add_position")([x, position])
+    x = keras.layers.Reshape((side * side, dim), name="tokens")(x)
+    for i in range(candidate.vit_depth):
+        h = keras.layers.LayerNormalization(epsilon=1e-6, name=f"block{i}_norm1")(x)
+        h = keras.layers.MultiHeadAttention(candidate.vit_heads, dim // candidate.vit_heads, dropout=0.1,
+                                            name=f"block{i}_attention")(h, h)
+        x = keras.layers.Add(name=f"block{i}_residual1")([x, h])
+        h = keras.layers.LayerNormalization(epsilon=1e-6, name=f"block{i}_norm2")(x)
+        h = keras.layers.Dense(2 * dim, activation="gelu", name=f"block{i}_mlp1")(h)
+        h = keras.layers.Dense(dim, name=f"block{i}_mlp2")(h)
+        x = keras.layers.Add(name=f"block{i}_residual2")([x, h])
+    x = keras.layers.LayerNormalization(epsilon=1e-6, name="final_norm")(x)
+    x = keras.layers.GlobalAveragePooling1D(name="pool_tokens")(x)
+    return keras.layers.Dropout(candidate.dropout, name="dropout")(x)
+
+
+BODIES = {"paper_cnn": paper_cnn_body, "vit": vit_body,
+          **{arch: application_body for arch in APPLICATION_RANGE}}
+
+
+def model_input_size(candidate: CandidateParams, image_size: int) -> int:
+    """The side the body sees: the candidate's own size, else the arrays' size (raised to the body's minimum)."""
+    return max(candidate.image_size or image_size, MIN_SIZE.get(candidate.architecture, 8))
 
 
 def build_model(name: str, candidate: CandidateParams, image_size: int, n_classes: int, augmentation: list,
                 mean: float, variance: float):
-    """A compiled-ready functional model for one candidate, softmax over `n_classes`."""
+    """A compile-ready functional model for one candidate, softmax over `n_classes`."""
     import keras
 
     inputs, x = input_front(image_size, augmentation, mean, variance)
-    x = BODIES[candidate.architecture](x, candidate)
+    size = model_input_size(candidate, image_size)
+    if size != image_size:
+        x = keras.layers.Resizing(size, size, name="resize")(x)
+    x = BODIES[candidate.architecture](x, candidate, mean, variance)
     outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=name)

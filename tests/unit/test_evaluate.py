@@ -53,3 +53,39 @@ def test_winner_is_best_passing_candidate_ties_to_smaller_model():
     }
     assert pick_winner(results, "macro_f1") == "small"
     assert pick_winner({"x": {"passed": False, "metrics": {"macro_f1": 1.0}}}, "macro_f1") is None
+
+
+def test_equal_gate_metric_goes_to_the_cheaper_inference():
+    results = {
+        "slow_small": {"passed": True, "metrics": {"macro_f1": 0.9}, "parameters": 10, "inference_ms_per_image": 9.0},
+        "fast_big": {"passed": True, "metrics": {"macro_f1": 0.9}, "parameters": 1000, "inference_ms_per_image": 2.0},
+        "worse": {"passed": True, "metrics": {"macro_f1": 0.8}, "parameters": 1, "inference_ms_per_image": 0.1},
+    }
+    assert pick_winner(results, "macro_f1") == "fast_big"
+
+
+def test_comparison_table_holds_every_candidate_and_names_the_winner(tmp_path):
+    from components.evaluate.comparison import (COLUMNS, comparison_markdown, comparison_rows,
+                                                save_comparison_chart)
+
+    metrics = {"accuracy": 0.8, "macro_precision": 0.7, "macro_recall": 0.75, "macro_f1": 0.72, "test_loss": 0.5}
+    results = {name: {"passed": name != "vit", "metrics": metrics, "parameters": 1234, "architecture": name,
+                      "training_seconds": 12.5, "inference_ms_per_image": 3.25} for name in ("paper_cnn", "vit")}
+    rows = comparison_rows(results, "paper_cnn")
+    assert [r["candidate"] for r in rows] == ["paper_cnn", "vit"] and set(rows[0]) == set(COLUMNS)
+    table = comparison_markdown(rows, "macro_f1")
+    assert "| paper_cnn | paper_cnn | yes | yes | 0.800 | 0.700 | 0.750 | 0.720 | 0.500 | 1,234 | 12.500 | 3.250 |" in table
+    assert "Winner: **paper_cnn**" in table
+    assert "No candidate passed" in comparison_markdown(comparison_rows(results, None), "macro_f1")
+    save_comparison_chart(rows, tmp_path / "comparison.png")
+    assert (tmp_path / "comparison.png").stat().st_size > 5000
+
+
+def test_inference_timing_is_a_median_of_single_image_calls():
+    from components.evaluate.comparison import inference_ms_per_image
+
+    seen = []
+    ms = inference_ms_per_image(lambda batch: seen.append(batch.shape), np.zeros((3, 8, 8, 1)), samples=5, warmup=2)
+    assert ms >= 0 and seen == [(1, 8, 8, 1)] * 7
+    with pytest.raises(ValueError, match="no images"):
+        inference_ms_per_image(lambda batch: None, np.zeros((0, 8, 8, 1)))

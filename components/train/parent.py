@@ -1,0 +1,28 @@
+"""One MLflow parent run per pipeline run: every candidate's run nests under it; evaluate closes it."""
+
+from __future__ import annotations
+
+import os
+import time
+
+PARENT_TAG = "kidney_ct.pipeline_parent"
+PARENT_ENV = "KIDNEY_CT_PARENT_RUN_ID"  # an orchestrator may create the parent itself and pass its id
+
+
+def open_parent_run(client, experiment_id: str, data_version: str) -> str:
+    """The id of the open parent run for this data version, created on first use.
+
+    A pipeline run opens the parent at its first trained candidate and `evaluate` finishes it, so the next
+    pipeline run gets a new one; a killed and re-run pipeline keeps adding to the same open parent.
+    """
+    if os.environ.get(PARENT_ENV):
+        return os.environ[PARENT_ENV]
+    found = client.search_runs(
+        [experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.`{PARENT_TAG}` = 'true' and attributes.status = 'RUNNING' "
+                      f"and tags.data_version = '{data_version}'")
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                            tags={PARENT_TAG: "true", "data_version": data_version, "stage": "pipeline"})
+    return run.info.run_id

@@ -1,0 +1,46 @@
+"""The memmap batch feeder: whole batches, every image once per epoch, order fixed by (seed, epoch)."""
+
+import numpy as np
+import pytest
+
+from components.train.data import batch_feeder
+
+
+@pytest.fixture
+def arrays(tmp_path):
+    x = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1) * np.ones((10, 4, 4, 1), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.arange(10) % 3)
+    return np.load(tmp_path / "x.npy", mmap_mode="r"), np.load(tmp_path / "y.npy", mmap_mode="r")
+
+
+def epoch_images(feeder) -> list[int]:
+    return [int(v) for i in range(len(feeder)) for v in feeder[i][0][:, 0, 0, 0]]
+
+
+def test_batches_are_float_images_and_one_hot_labels_covering_every_image_once(arrays):
+    x, y = arrays
+    feeder = batch_feeder(x, y, 4, 3, shuffle=True, seed=5)
+    assert len(feeder) == 3
+    images, labels = feeder[0]
+    assert images.dtype == np.float32 and images.shape == (4, 4, 4, 1)
+    assert labels.shape == (4, 3) and np.array_equal(labels.argmax(1), images[:, 0, 0, 0].astype(int) % 3)
+    assert sorted(epoch_images(feeder)) == list(range(10))
+    assert feeder[2][0].shape[0] == 2  # the last, partial batch
+
+
+def test_shuffle_order_depends_only_on_seed_and_epoch(arrays):
+    x, y = arrays
+    fresh = batch_feeder(x, y, 4, 3, shuffle=True, seed=5)
+    first = epoch_images(fresh)
+    fresh.on_epoch_end()
+    second = epoch_images(fresh)
+    assert first != second
+    resumed = batch_feeder(x, y, 4, 3, shuffle=True, seed=5, first_epoch=1)  # a run resumed at epoch 1
+    assert epoch_images(resumed) == second
+    assert epoch_images(batch_feeder(x, y, 4, 3, shuffle=False, seed=5)) == list(range(10))
+
+
+def test_empty_split_refused(arrays):
+    with pytest.raises(ValueError, match="empty"):
+        batch_feeder(arrays[0][:0], arrays[1][:0], 4, 3, shuffle=True, seed=0)

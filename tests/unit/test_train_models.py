@@ -1,0 +1,87 @@
+"""Candidate architectures: every one builds, adapts grayscale to its own input range, and round-trips."""
+
+import re
+
+import numpy as np
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from components.common.params import CandidateParams
+from components.train.candidates import STUDY_CANDIDATES, study_candidates
+from components.train.models import APPLICATION_RANGE, WeightsError, build_model, model_input_size, resolve_weights
+from tests.tiny import REPO
+
+MEAN, VARIANCE = 0.3, 0.04
+
+
+def predict(model, n: int, size: int) -> np.ndarray:
+    images = np.random.default_rng(0).integers(0, 255, (n, size, size, 1)).astype("float32")
+    return np.asarray(model.predict(images, verbose=0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(STUDY_CANDIDATES))
+def test_every_study_candidate_builds_and_outputs_probabilities(name):
+    candidate = study_candidates()[name]
+    model = build_model(name, candidate, 32, 4, [], MEAN, VARIANCE)
+    out = predict(model, 2, 32)
+    assert out.shape == (2, 4)
+    assert np.allclose(out.sum(axis=1), 1.0, atol=1e-4)
+    assert model.input_shape == (None, 32, 32, 1)  # grayscale in; 3 channels only inside the model
+
+
+def test_inception_is_resized_up_to_its_minimum_inside_the_model():
+    assert model_input_size(CandidateParams(architecture="inception_v3"), 48) == 75
+    assert model_input_size(CandidateParams(architecture="vit", image_size=96), 48) == 96
+    assert model_input_size(CandidateParams(), 48) == 48
+
+
+@pytest.mark.parametrize("architecture", sorted(APPLICATION_RANGE))
+def test_gray_is_replicated_into_the_pixel_range_the_application_expects(architecture):
+    import keras
+
+    model = build_model("m", CandidateParams(architecture=architecture, width=1.0), 32, 4, [], MEAN, VARIANCE)
+    adapter = keras.Model(model.input, model.get_layer(f"{architecture}_range").output)
+    images = np.array([0.0, 255.0]).reshape(2, 1, 1, 1) * np.ones((2, 32, 32, 1))
+    out = np.asarray(adapter.predict(images.astype("float32"), verbose=0))
+    assert out.shape[0] == 2 and out.shape[-1] == 3
+    black, white = out[0, 0, 0], out[1, 0, 0]
+    expected = {"efficientnet_b0": ([0] * 3, [255] * 3), "mobilenet_v2": ([-1] * 3, [1] * 3),
+                "inception_v3": ([-1] * 3, [1] * 3),
+                "resnet50": ([-103.939, -116.779, -123.68], [151.061, 138.221, 131.32])}[architecture]
+    assert np.allclose(black, expected[0], atol=1e-3) and np.allclose(white, expected[1], atol=1e-3)
+
+
+def test_vit_saves_and_loads_without_custom_objects(tmp_path):
+    import keras
+
+    candidate = CandidateParams(architecture="vit", patch_size=8, vit_dim=16, vit_depth=1, vit_heads=2)
+    model = build_model("vit", candidate, 32, 4, [], MEAN, VARIANCE)
+    model.save(tmp_path / "vit.keras")
+    loaded = keras.saving.load_model(tmp_path / "vit.keras")  # safe mode, no custom_objects
+    assert np.allclose(predict(model, 3, 32), predict(loaded, 3, 32), atol=1e-5)
+
+
+def test_weights_none_imagenet_or_an_existing_file(tmp_path):
+    assert resolve_weights("none") is None and resolve_weights("imagenet") == "imagenet"
+    (tmp_path / "notop.h5").write_bytes(b"x")
+    assert resolve_weights(str(tmp_path / "notop.h5")).endswith("notop.h5")
+    with pytest.raises(WeightsError, match="not found: pre-place"):
+        resolve_weights(str(tmp_path / "missing.h5"))
+
+
+def test_params_refuse_a_width_or_weights_the_architecture_cannot_take():
+    with pytest.raises(ValidationError, match="fixed width"):
+        CandidateParams(architecture="resnet50", width=0.5)
+    with pytest.raises(ValidationError, match="no pretrained weights"):
+        CandidateParams(architecture="vit", weights="imagenet")
+    with pytest.raises(ValidationError):
+        CandidateParams(architecture="alexnet")
+
+
+def test_commented_candidates_in_params_yaml_match_the_study_list():
+    commented = re.findall(r"^    # (\w+):\s+(\{.*\})$", (REPO / "params.yaml").read_text(), flags=re.M)
+    listed = {name: CandidateParams(**yaml.safe_load(body)) for name, body in commented}
+    assert set(listed) | {"paper_cnn"} == set(STUDY_CANDIDATES)
+    assert listed == {n: c for n, c in study_candidates().items() if n != "paper_cnn"}
