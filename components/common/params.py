@@ -23,6 +23,8 @@ class Paths(_Strict):
     prepared: str
     augment_preview: str
     models: str
+    leakage: str = "reports/leakage"
+    report: str = "reports/report"
     checkpoints: str = ".checkpoints"  # per-epoch training state; outside DVC outs so it survives a re-run
     evaluation: str
     registration: str
@@ -147,6 +149,19 @@ class RegisterParams(_Strict):
     champion_margin: float = 0.0
 
 
+class LeakageParams(_Strict):
+    candidate: str | None = None  # None = the first of train.candidates
+    random_split: bool = True
+    cv_folds: int = Field(0, ge=0)
+    seed: int = 5
+
+
+class ReportParams(_Strict):
+    bootstrap_resamples: int = Field(1000, ge=10)
+    calibration_bins: int = Field(10, ge=2)
+    gradcam_per_class: int = Field(2, ge=0)
+
+
 class MlflowParams(_Strict):
     tracking_uri: str = "sqlite:///mlruns.db"
     experiment: str = "kidney-ct"
@@ -173,6 +188,8 @@ with warnings.catch_warnings():
         train: TrainParams
         evaluate: EvaluateParams = EvaluateParams()
         register: RegisterParams = RegisterParams()
+        leakage: LeakageParams = LeakageParams()
+        report: ReportParams = ReportParams()
         mlflow: MlflowParams = MlflowParams()
         package: PackageParams = PackageParams()
 

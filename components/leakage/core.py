@@ -1,0 +1,69 @@
+"""Pure core of leakage: index splits (random vs grouped folds) and fit-and-score of one recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+from components.evaluate.core import classification_metrics
+
+
+@dataclass(frozen=True)
+class IndexSplit:
+    """Positions into one image array for train, validation and test."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def random_image_split(labels: np.ndarray, test_fraction: float, val_fraction: float, seed: int) -> IndexSplit:
+    """The leaky split the literature uses: images shuffled one by one, stratified by class."""
+    index = np.arange(len(labels))
+    rest, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=seed)
+    train, val = train_test_split(rest, test_size=val_fraction, stratify=labels[rest], random_state=seed)
+    return IndexSplit(np.sort(train), np.sort(val), np.sort(test))
+
+
+def _first_group_fold(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return next(splitter.split(np.zeros(len(labels)), labels, groups))
+
+
+def grouped_folds(labels: np.ndarray, groups: np.ndarray, folds: int, val_fraction: float,
+                  seed: int) -> Iterator[IndexSplit]:
+    """Stratified group k-fold; inside each fold's training part, a grouped validation split."""
+    if len(np.unique(groups)) < folds:
+        raise ValueError(f"{folds} folds need at least {folds} groups; the data has {len(np.unique(groups))}")
+    outer = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    inner_folds = max(2, round(1 / val_fraction))
+    for rest, test in outer.split(np.zeros(len(labels)), labels, groups):
+        inner_train, inner_val = _first_group_fold(labels[rest], groups[rest], inner_folds, seed)
+        yield IndexSplit(rest[inner_train], rest[inner_val], test)
+
+
+def groups_overlap(split: IndexSplit, groups: np.ndarray) -> set[str]:
+    """Groups found on more than one side of a split (empty for a grouped split)."""
+    sides = [set(groups[split.train]), set(groups[split.val]), set(groups[split.test])]
+    return (sides[0] & sides[1]) | (sides[0] & sides[2]) | (sides[1] & sides[2])
+
+
+Fit = Callable[[IndexSplit], np.ndarray]  # trains on split.train/val, returns test probabilities
+
+
+def score_split(fit: Fit, split: IndexSplit, labels: np.ndarray, classes: list[str]) -> dict:
+    """Train through `fit` and score its test probabilities."""
+    metrics = classification_metrics(labels[split.test], fit(split), classes)
+    return {k: v for k, v in metrics.items() if k != "confusion_matrix"}
+
+
+def summarise_folds(fold_metrics: list[dict], classes: list[str]) -> dict:
+    """Mean and standard deviation over folds of accuracy, macro-F1 and each class's recall."""
+    table = {"accuracy": [m["accuracy"] for m in fold_metrics], "macro_f1": [m["macro_f1"] for m in fold_metrics]}
+    for c in classes:
+        table[f"recall_{c}"] = [m["per_class"][c]["recall"] for m in fold_metrics]
+    return {name: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+            for name, v in table.items()}

@@ -1,0 +1,167 @@
+"""CLI: python -m components.report — one self-contained HTML report of the run (also logged to MLflow)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components.common.cli import StageError, log, read_json, run_stage, stage_parser, write_json
+from components.common.params import Params
+from components.report import figures
+from components.report.core import analyse, pick_examples
+from components.report.html import ci, image_tag, page, table
+
+
+def load_model_predictions(params: Params, name: str, x_val, x_test):
+    import keras
+
+    path = Path(params.paths.models) / name / "model.keras"
+    if not path.is_file():
+        raise StageError(f"{path} not found: run `train --candidate {name}` first")
+    model = keras.saving.load_model(path)
+    predict = lambda x: np.asarray(model.predict(np.asarray(x, "float32"), batch_size=64, verbose=0))  # noqa: E731
+    return model, predict(x_val), predict(x_test)
+
+
+def gradcam_rows(model, x_test, y_test, probs, classes, per_class) -> list:
+    """Overlay rows per true class: correct and wrong test images with their Grad-CAM."""
+    from components.common.gradcam import gradcam, overlay
+
+    y_pred = probs.argmax(axis=1)
+    picks = pick_examples(y_test, y_pred, len(classes), per_class)
+    if not picks:
+        return []
+    index = [i for _, i, _ in picks]
+    heat = gradcam(model, np.asarray(x_test[index], "float32"))
+    rows: dict[str, list] = {}
+    for (c, i, right), h in zip(picks, heat):
+        caption = f"{'✓' if right else '✗'} {classes[y_pred[i]]} {probs[i].max():.2f}"
+        rows.setdefault(classes[c], []).append((overlay(np.asarray(x_test[i])[..., 0], h), caption))
+    return list(rows.items())
+
+
+def data_section(params: Params, prepared: dict, split: pd.DataFrame, x_test, y_test, figs: Path) -> str:
+    figures.class_counts(prepared["per_split"], params.classes, figs / "class_counts.png")
+    figures.group_sizes(sorted(Counter(split["group"]).values()), figs / "group_sizes.png")
+    samples = {c: [np.asarray(x_test[i])[..., 0] for i in np.flatnonzero(y_test == k)[:4]]
+               for k, c in enumerate(params.classes)}
+    figures.samples_per_class({c: v for c, v in samples.items() if v}, figs / "samples.png")
+    size = prepared["group_size"]
+    return (f"<p>{prepared['images']} images in <b>{prepared['groups']} {prepared['group_source']} groups</b> "
+            f"(group size min {size['min']}, median {size['median']}, max {size['max']}); every group lies on "
+            "one side of the split.</p>"
+            + image_tag(figs / "class_counts.png", "Images per class and split")
+            + image_tag(figs / "group_sizes.png", "Group size distribution")
+            + image_tag(figs / "samples.png", "Sample test images per class")
+            + image_tag(Path(params.paths.augment_preview) / "preview.png", "Augmented training samples"))
+
+
+def candidate_section(name: str, metrics: dict, analysis: dict, params: Params, figs: Path, grad_rows: list) -> str:
+    plots = Path(params.paths.evaluation) / "plots"
+    cis = analysis["ci95"]
+    figures.metrics_with_ci({name: cis}, figs / f"metrics_ci_{name}.png", f"{name}: test metrics with 95% CIs (bootstrap over groups)")
+    figures.reliability_diagram(analysis["reliability_before"], analysis["reliability_after"],
+                                (analysis["ece_before"], analysis["ece_after"]), figs / f"reliability_{name}.png")
+    if grad_rows:
+        figures.gradcam_grid(grad_rows, figs / f"gradcam_{name}.png", f"{name}: Grad-CAM, correct (✓) and wrong (✗)")
+    per_class = [[c, v["precision"], v["recall"], ci(cis[f"recall_{c}"]), v["f1"], v["support"]]
+                 for c, v in metrics["per_class"].items()]
+    return (f"<h3>{name}</h3><p>Accuracy {ci(cis['accuracy'])}, macro-F1 {ci(cis['macro_f1'])} "
+            f"(95% CI, bootstrap over {cis['accuracy']['groups']} test groups). ECE {analysis['ece_before']:.3f} "
+            f"raw, {analysis['ece_after']:.3f} after temperature scaling (T = {analysis['temperature']:.2f}, fitted on validation).</p>"
+            + table(["class", "precision", "recall", "recall 95% CI", "F1", "support"], per_class)
+            + image_tag(plots / f"curves_{name}.png", f"{name}: training and validation curves, best epochs marked")
+            + image_tag(plots / f"confusion_{name}.png", f"{name}: confusion matrix")
+            + image_tag(figs / f"metrics_ci_{name}.png", f"{name}: metrics with 95% confidence intervals")
+            + image_tag(figs / f"reliability_{name}.png", f"{name}: reliability diagram")
+            + (image_tag(figs / f"gradcam_{name}.png", f"{name}: Grad-CAM overlays") if grad_rows else ""))
+
+
+def comparison_section(metrics: dict) -> str:
+    keys = ["accuracy", "macro_precision", "macro_recall", "macro_f1", "test_loss"]
+    extra = [k for k in ("parameters", "training_seconds", "inference_ms_per_image") if any(k in m for m in metrics.values())]
+    rows = [[n, *(m[k] for k in keys), *(m.get(k, "") for k in extra)] for n, m in metrics.items()]
+    return table(["candidate", "accuracy", "precision", "recall", "F1", "test loss", *extra], rows)
+
+
+def leakage_section(leakage: dict | None, grouped: dict, figs: Path) -> str:
+    if not leakage or "random_split" not in leakage:
+        return "<p>No random-split comparison in this run (params: leakage.random_split).</p>"
+    r = leakage["random_split"]
+    figures.leakage_bars(grouped, r, figs / "leakage.png")
+    rows = [["unseen groups (honest)", grouped["accuracy"], grouped["macro_f1"]],
+            ["random image split (leaky)", r["accuracy"], r["macro_f1"]],
+            ["gap", r["accuracy"] - grouped["accuracy"], r["macro_f1"] - grouped["macro_f1"]]]
+    out = (f"<p>The same recipe ({leakage['candidate']}) trained on a random image-level split, as in the "
+           f"published work: {r['groups_shared_with_test']} test groups also had slices in training.</p>"
+           + table(["split", "accuracy", "macro-F1"], rows) + image_tag(figs / "leakage.png", "Leakage gap"))
+    cv = leakage.get("grouped_cv")
+    if cv:
+        out += "<p>Grouped cross-validation:</p>" + table(["metric", "mean", "std"], [
+            [k, v["mean"], v["std"]] for k, v in cv.items() if isinstance(v, dict) and "mean" in v])
+    return out
+
+
+def run(params: Params, args: argparse.Namespace) -> None:
+    prepared_dir, figs = Path(params.paths.prepared), Path(params.paths.report) / "figures"
+    prepared = read_json(prepared_dir / "preprocess.json")
+    metrics = {n: m for n, m in read_json(Path(params.paths.evaluation) / "metrics.json").items() if n in params.train.candidates}
+    leakage_file = Path(params.paths.leakage) / "leakage.json"
+    leakage = read_json(leakage_file) if leakage_file.is_file() else None
+    split = pd.read_csv(prepared_dir / "split.csv", dtype=str)
+    arrays = prepared_dir / "arrays"
+    x_val, y_val = np.load(arrays / "X_val.npy", mmap_mode="r"), np.load(arrays / "y_val.npy")
+    x_test, y_test = np.load(arrays / "X_test.npy", mmap_mode="r"), np.load(arrays / "y_test.npy")
+    groups_test = split.loc[split["split"] == "test", "group"].tolist()
+    sections = [("Data", data_section(params, prepared, split, x_test, y_test, figs)),
+                ("Candidates compared", comparison_section(metrics))]
+    summary, candidate_html = {}, []
+    for name in metrics:
+        model, probs_val, probs_test = load_model_predictions(params, name, x_val, x_test)
+        analysis = analyse(y_test, probs_test, groups_test, y_val, probs_val, params.classes, params.report)
+        rows = gradcam_rows(model, x_test, y_test, probs_test, params.classes, params.report.gradcam_per_class)
+        candidate_html.append(candidate_section(name, metrics[name], analysis, params, figs, rows))
+        summary[name] = {k: analysis[k] for k in ("ci95", "temperature", "ece_before", "ece_after")}
+    sections.append(("Per candidate: curves, confusion, confidence intervals, calibration, Grad-CAM", "".join(candidate_html)))
+    lead = (leakage or {}).get("candidate") or next(iter(metrics))
+    sections.append(("Honest vs leaky evaluation", leakage_section(leakage, metrics[lead], figs)))
+    title = f"Kidney CT pipeline report — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    out = Path(params.paths.report)
+    (out / "report.html").write_text(page(title, sections))
+    write_json(out / "report.json", {"candidates": summary, "leakage": leakage, "groups": prepared["groups"]})
+    log_to_mlflow(params, out, list(metrics))
+    log.info("wrote %s (%d figures)", out / "report.html", len(list(figs.glob("*.png"))))
+
+
+def log_to_mlflow(params: Params, out: Path, names: list[str]) -> None:
+    """Attach the report to every candidate's MLflow run."""
+    import mlflow
+
+    from components.common.tracking import configure_mlflow
+
+    configure_mlflow(params.mlflow)
+    for name in names:
+        run_id = json.loads((Path(params.paths.models) / name / "run.json").read_text())["run_id"]
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_artifact(str(out / "report.html"), "report")
+            summary = read_json(out / "report.json")["candidates"][name]
+            mlflow.log_metrics({"test_ece": summary["ece_before"], "test_ece_scaled": summary["ece_after"],
+                                "temperature": summary["temperature"],
+                                "test_macro_f1_ci_low": summary["ci95"]["macro_f1"]["low"],
+                                "test_macro_f1_ci_high": summary["ci95"]["macro_f1"]["high"]})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("Write one self-contained HTML report of the run: data, curves, confusion, CIs, "
+                          "calibration, Grad-CAM, and the honest-vs-leaky comparison.")
+    return run_stage("report", run, parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

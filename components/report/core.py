@@ -1,0 +1,52 @@
+"""Pure core of the report: CIs, calibration and example picks for one candidate's predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import f1_score, recall_score
+
+from components.common.params import ReportParams
+from components.report.bootstrap import group_bootstrap
+from components.report.calibration import (apply_temperature, expected_calibration_error, fit_temperature,
+                                           reliability)
+
+
+def metric_functions(n_classes: int, classes: list[str]) -> dict:
+    """Accuracy, macro-F1 and each class's recall as (y_true, y_pred) -> float."""
+    labels = list(range(n_classes))
+    fns = {"accuracy": lambda y, p: float(np.mean(y == p)),
+           "macro_f1": lambda y, p: float(f1_score(y, p, labels=labels, average="macro", zero_division=0))}
+    for i, name in enumerate(classes):
+        fns[f"recall_{name}"] = (lambda k: lambda y, p: float(recall_score(y, p, labels=[k], average="macro",
+                                                                            zero_division=0)))(i)
+    return fns
+
+
+def analyse(y_test: np.ndarray, probs_test: np.ndarray, groups_test: list[str], y_val: np.ndarray,
+            probs_val: np.ndarray, classes: list[str], settings: ReportParams, seed: int = 0) -> dict:
+    """Group-bootstrap CIs, and calibration before/after a temperature fitted on validation."""
+    y_pred = probs_test.argmax(axis=1)
+    cis = group_bootstrap(y_test, y_pred, groups_test, metric_functions(len(classes), classes),
+                          resamples=settings.bootstrap_resamples, seed=seed)
+    temperature = fit_temperature(y_val, probs_val)
+    scaled = apply_temperature(probs_test, temperature)
+    bins = settings.calibration_bins
+    return {
+        "ci95": cis,
+        "temperature": temperature,
+        "ece_before": expected_calibration_error(y_test, probs_test, bins),
+        "ece_after": expected_calibration_error(y_test, scaled, bins),
+        "reliability_before": reliability(y_test, probs_test, bins),
+        "reliability_after": reliability(y_test, scaled, bins),
+    }
+
+
+def pick_examples(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, per_class: int) -> list[tuple[int, int, bool]]:
+    """(class, index, correct) picks: up to `per_class` right and `per_class` wrong test images per true class."""
+    picks = []
+    for c in range(n_classes):
+        of_class = np.flatnonzero(y_true == c)
+        right = [int(i) for i in of_class if y_pred[i] == c][:per_class]
+        wrong = [int(i) for i in of_class if y_pred[i] != c][:per_class]
+        picks += [(c, i, True) for i in right] + [(c, i, False) for i in wrong]
+    return picks

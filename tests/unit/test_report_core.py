@@ -1,0 +1,38 @@
+"""Report core: CIs per class and example picks for Grad-CAM."""
+
+import numpy as np
+
+from components.common.params import ReportParams
+from components.report.core import analyse, metric_functions, pick_examples
+
+CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
+
+
+def test_per_class_recall_function_is_that_class_only():
+    fns = metric_functions(4, CLASSES)
+    y = np.array([0, 0, 3, 3])
+    p = np.array([0, 0, 3, 0])
+    assert fns["recall_Normal"](y, p) == 1.0
+    assert fns["recall_Stone"](y, p) == 0.5
+    assert fns["accuracy"](y, p) == 0.75
+
+
+def test_analyse_gives_cis_and_calibration():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 400)
+    probs = np.full((400, 4), 0.02)
+    probs[np.arange(400), np.where(rng.random(400) < 0.6, y, (y + 1) % 4)] = 0.94
+    groups = [f"g{i // 10}" for i in range(400)]
+    out = analyse(y[200:], probs[200:], groups[200:], y[:200], probs[:200], CLASSES, ReportParams(bootstrap_resamples=50))
+    assert set(out["ci95"]) == {"accuracy", "macro_f1", *(f"recall_{c}" for c in CLASSES)}
+    acc = out["ci95"]["accuracy"]
+    assert acc["low"] <= acc["estimate"] <= acc["high"] and acc["groups"] == 20
+    assert out["temperature"] > 1 and out["ece_after"] < out["ece_before"]
+
+
+def test_pick_examples_right_and_wrong_per_class():
+    y = np.array([0, 0, 0, 1, 1, 2])
+    p = np.array([0, 1, 0, 1, 1, 0])
+    picks = pick_examples(y, p, 4, per_class=1)
+    assert (0, 0, True) in picks and (0, 1, False) in picks and (2, 5, False) in picks
+    assert not any(c == 3 for c, _, _ in picks)
