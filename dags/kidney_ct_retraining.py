@@ -238,6 +238,14 @@ def kidney_ct_retraining() -> None:
         run_stage_command("evaluate", current_settings())
 
     @task
+    def leakage() -> None:
+        run_stage_command("leakage", current_settings())
+
+    @task
+    def report() -> None:
+        run_stage_command("report", current_settings())
+
+    @task
     def register() -> None:
         run_stage_command("register", current_settings())
 
@@ -245,9 +253,11 @@ def kidney_ct_retraining() -> None:
     def package() -> None:
         run_stage_command("package", current_settings())
 
-    prepared = generate() >> ingest() >> validate() >> preprocess() >> augment()
+    preprocessed = generate() >> ingest() >> validate() >> preprocess()
     trained = train.expand(candidate=list_candidates())
-    prepared >> trained >> evaluate() >> register() >> package()
+    scored = preprocessed >> augment() >> trained >> evaluate()
+    scored >> register() >> package()
+    [scored, preprocessed >> leakage()] >> report()
 
 
 kidney_ct_retraining()

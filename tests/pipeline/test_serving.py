@@ -20,6 +20,8 @@ from tests.fixtures import ct_dicom_bytes, png_bytes
 from tests.package_support import CLASSES, register_tiny_model, run_package, write_project
 
 READY_TIMEOUT_S = 120
+TOKEN = "test-token-123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def png_slice() -> bytes:
@@ -61,7 +63,8 @@ def served(tmp_path_factory):
     assert packaged.returncode == 0, packaged.stderr[-3000:]
     record = json.loads((root / "reports/package/bento.json").read_text())
     url, log = f"http://127.0.0.1:{free_port()}", root / "serve.log"
-    env = {**os.environ, "BENTOML_HOME": str(root / ".bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
+    env = {**os.environ, "BENTOML_HOME": str(root / ".bentoml"), "BENTOML_DO_NOT_TRACK": "True",
+           "KIDNEY_CT_API_TOKEN": TOKEN, "KIDNEY_CT_MAX_PIXELS": str(1024 * 1024)}
     env.pop("KIDNEY_CT_BENTO_MODEL", None)
     with log.open("w") as out:
         server = subprocess.Popen(
@@ -80,8 +83,9 @@ def served(tmp_path_factory):
             server.wait(timeout=10)
 
 
-def predict(url: str, name: str, data: bytes) -> requests.Response:
-    return requests.post(f"{url}/predict", files={"image": (name, data)}, timeout=30)
+def predict(url: str, name: str, data: bytes, route: str = "predict", headers: dict | None = None) -> requests.Response:
+    return requests.post(f"{url}/{route}", files={"image": (name, data)}, timeout=30,
+                         headers=AUTH if headers is None else headers)
 
 
 def expected_probabilities(root: Path, record: dict, data: bytes) -> np.ndarray:
@@ -115,3 +119,80 @@ def test_garbage_gets_a_readable_400_and_the_service_keeps_serving(served):
     assert "PNG, JPEG or DICOM" in bad.text
     assert predict(url, "slice.png", png_slice()).status_code == 200
     assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
+
+
+def truncated_png() -> bytes:
+    return png_slice()[:300]
+
+
+def dicom_without_pixels() -> bytes:
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_slice()))
+    del ds.PixelData
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+def huge_png() -> bytes:
+    return png_bytes(np.zeros((1100, 1100), np.uint8))  # 1.21 M pixels > KIDNEY_CT_MAX_PIXELS (1 M)
+
+
+@pytest.mark.parametrize("name, make, status, words", [
+    ("notes.txt", lambda: b"this is not an image" * 20, 400, "not a PNG or JPEG image"),
+    ("cut.png", truncated_png, 400, "damaged or truncated"),
+    ("empty.dcm", dicom_without_pixels, 400, "DICOM file has no pixel data"),
+    ("huge.png", huge_png, 413, "at most 1048576 pixels"),
+])
+def test_each_bad_input_gets_its_own_4xx_and_message_then_a_good_request_works(served, name, make, status, words):
+    url, _, _ = served
+    for route in ("predict", "explain"):
+        bad = predict(url, name, make(), route)
+        assert bad.status_code == status, bad.text
+        assert words in bad.text
+    assert predict(url, "slice.png", png_slice()).status_code == 200
+
+
+def test_without_the_bearer_token_the_service_says_401(served):
+    url, _, _ = served
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        refused = predict(url, "slice.png", png_slice(), headers=headers)
+        assert refused.status_code == 401 and "Authorization: Bearer" in refused.text
+    assert requests.get(f"{url}/readyz", timeout=5).status_code == 200  # probes need no token
+
+
+def test_explain_and_preview_return_pngs_of_the_model_input_size(served):
+    import io
+
+    from PIL import Image
+
+    url, record, _ = served
+    for route, mode in (("explain", "RGB"), ("preview", "L")):
+        response = predict(url, "slice.dcm", dicom_slice(), route)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("image/png")
+        image = Image.open(io.BytesIO(response.content))
+        assert image.mode == mode and image.size == (record["image_size"], record["image_size"])
+
+
+def test_page_and_prometheus_metrics_are_served(served):
+    url, _, _ = served
+    page = requests.get(f"{url}/ui/", timeout=5)
+    assert page.status_code == 200 and "Decision support only" in page.text
+    assert "bentoml_service_request" in requests.get(f"{url}/metrics", timeout=5).text
+
+
+def test_concurrent_requests_are_answered_from_shared_batches(served):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _, root = served
+    payloads = [png_bytes(np.random.default_rng(i).integers(0, 256, (64, 64))) for i in range(12)]
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda data: predict(url, "s.png", data), payloads))
+    assert all(a.status_code == 200 for a in answers)
+    record = served[1]
+    for data, answer in zip(payloads, answers):  # batching must not mix up whose answer is whose
+        expected = expected_probabilities(root, record, data)
+        np.testing.assert_allclose([answer.json()["probabilities"][c] for c in CLASSES], expected, atol=1e-5)

@@ -1,0 +1,44 @@
+"""Service settings from environment variables (set them in the deployment; defaults suit one CPU host)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+PREFIX = "KIDNEY_CT_"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    batching: bool = True          # KIDNEY_CT_BATCHING: group concurrent requests into one model call
+    max_batch_size: int = 32       # KIDNEY_CT_MAX_BATCH_SIZE
+    max_latency_ms: float = 5.0    # KIDNEY_CT_MAX_LATENCY_MS: longest a request waits for company
+    max_upload_mb: float = 20.0    # KIDNEY_CT_MAX_UPLOAD_MB: bigger uploads get 413
+    max_pixels: int = 4096 * 4096  # KIDNEY_CT_MAX_PIXELS: bigger images get 413
+    token_env: str = "KIDNEY_CT_API_TOKEN"  # when this variable is set, /predict and /explain need the token
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+def load_config(env: dict[str, str] | None = None) -> ServeConfig:
+    """ServeConfig with every KIDNEY_CT_<FIELD> variable applied; a bad value is a clear error."""
+    env = dict(os.environ if env is None else env)
+    default, values = ServeConfig(), {}
+    for name, kind in (("batching", _flag), ("max_batch_size", int), ("max_latency_ms", float),
+                       ("max_upload_mb", float), ("max_pixels", int)):
+        raw = env.get(PREFIX + name.upper())
+        if raw is not None:
+            try:
+                values[name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{PREFIX + name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+    config = ServeConfig(**{**default.__dict__, **values})
+    if config.max_batch_size < 1 or config.max_latency_ms < 0 or config.max_pixels < 1 or config.max_upload_mb <= 0:
+        raise ValueError(f"invalid serving settings: {config}")
+    return config

@@ -1,0 +1,78 @@
+"""Serving helpers: the micro-batcher, the settings from env, the size bounds and the bearer token."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from serving.batching import MicroBatcher
+from serving.config import load_config
+from serving.inputs import RejectedUpload, check_size, check_token
+from tests.fixtures import png_bytes
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_rows():
+    def slow_double(batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.02)
+        return batch * 2
+
+    batcher = MicroBatcher(slow_double, max_batch_size=4, max_latency_ms=5)
+
+    async def many():
+        return await asyncio.gather(*[batcher.submit(np.array([i])) for i in range(10)])
+
+    results = asyncio.run(many())
+    assert [int(r[0]) for r in results] == [2 * i for i in range(10)]
+    assert max(batcher.batch_sizes) == 4 and sum(batcher.batch_sizes) == 10 and len(batcher.batch_sizes) < 10
+
+
+def test_a_failing_model_call_reaches_every_caller_and_the_batcher_keeps_working():
+    calls = []
+
+    def flaky(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("model exploded")
+        return batch
+
+    batcher = MicroBatcher(flaky, max_batch_size=8, max_latency_ms=20)
+
+    async def scenario():
+        first = await asyncio.gather(batcher.submit(np.zeros(1)), batcher.submit(np.zeros(1)), return_exceptions=True)
+        return first, await batcher.submit(np.ones(1))
+
+    first, after = asyncio.run(scenario())
+    assert all(isinstance(r, RuntimeError) for r in first) and after[0] == 1
+
+
+def test_settings_come_from_env_and_bad_values_are_named():
+    config = load_config({"KIDNEY_CT_BATCHING": "off", "KIDNEY_CT_MAX_BATCH_SIZE": "8", "KIDNEY_CT_MAX_PIXELS": "100"})
+    assert not config.batching and config.max_batch_size == 8 and config.max_pixels == 100
+    assert load_config({}).batching
+    with pytest.raises(ValueError, match="KIDNEY_CT_MAX_BATCH_SIZE='lots'"):
+        load_config({"KIDNEY_CT_MAX_BATCH_SIZE": "lots"})
+    with pytest.raises(ValueError, match="invalid serving settings"):
+        load_config({"KIDNEY_CT_MAX_BATCH_SIZE": "0"})
+
+
+def test_size_bounds_say_413_with_the_limit():
+    image = png_bytes(np.zeros((20, 20), np.uint8))
+    check_size(image, max_bytes=10_000, max_pixels=400)
+    with pytest.raises(RejectedUpload, match="at most 399 pixels") as pixels:
+        check_size(image, max_bytes=10_000, max_pixels=399)
+    with pytest.raises(RejectedUpload, match="MB per slice") as size:
+        check_size(image, max_bytes=10, max_pixels=400)
+    assert pixels.value.status == size.value.status == 413
+    check_size(b"not an image", max_bytes=100, max_pixels=1)  # unreadable headers are left to the decoder
+
+
+def test_token_is_required_only_when_configured():
+    check_token(None, None)
+    check_token("s3cret", "Bearer s3cret")
+    for header in (None, "Bearer nope", "Basic s3cret", "s3cret"):
+        with pytest.raises(RejectedUpload, match="Authorization: Bearer") as refused:
+            check_token("s3cret", header)
+        assert refused.value.status == 401
