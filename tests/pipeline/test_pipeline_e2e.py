@@ -52,7 +52,7 @@ def repro(tmp_path_factory) -> dict:
 def test_every_stage_ran_and_wrote_its_outputs(repro):
     project = repro["project"]
     for stage in ("generate", "ingest", "validate", "preprocess", "augment", "train@paper_cnn", "evaluate",
-                  "register", "package"):
+                  "leakage", "report", "register", "package"):
         assert f"Running stage '{stage}'" in repro["first"].stdout
     ingest = json.loads((project / "data/ingested/ingest.json").read_text())
     assert ingest["files_seen"] == 4 * 3 * 4 and ingest["quarantined"] == 0
@@ -62,6 +62,24 @@ def test_every_stage_ran_and_wrote_its_outputs(repro):
     metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())["paper_cnn"]
     assert 0.0 <= metrics["macro_f1"] <= 1.0 and metrics["test_images"] > 0
     assert (project / "reports/evaluate/plots/confusion_paper_cnn.png").is_file()
+
+
+def test_report_holds_every_figure_and_the_honest_vs_leaky_numbers(repro):
+    project = repro["project"]
+    html = (project / "reports/report/report.html").read_text()
+    for caption in ("Images per class and split", "Group size distribution", "Sample test images per class",
+                    "Augmented training samples", "training and validation curves", "confusion matrix",
+                    "metrics with 95% confidence intervals", "reliability diagram", "Grad-CAM overlays",
+                    "Leakage gap"):
+        assert caption in html, caption
+    assert "figure missing" not in html
+    assert html.count("data:image/png;base64,") >= 10  # self-contained
+    leakage = json.loads((project / "reports/leakage/leakage.json").read_text())
+    assert leakage["random_split"]["groups_shared_with_test"] > 0  # the random split really leaks
+    report = json.loads((project / "reports/report/report.json").read_text())["candidates"]["paper_cnn"]
+    ci = report["ci95"]["macro_f1"]
+    assert ci["low"] <= ci["estimate"] <= ci["high"]
+    assert report["temperature"] > 0 and 0 <= report["ece_after"] <= 1
 
 
 def test_split_is_by_patient(repro):
