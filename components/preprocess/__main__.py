@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +15,23 @@ from components.common.storage import StorageError, open_store
 from components.preprocess.core import build_prepared, decode_all, rows_from_table
 
 
+def audit_split(split: pd.DataFrame, result_path: Path) -> None:
+    """Great Expectations on the split manifest; a group or duplicate on two sides stops the stage."""
+    from components.validate.split_check import check_split, failures
+
+    outcome = check_split(split)
+    problems = failures(outcome, split)
+    write_json(result_path, {"success": outcome.success, "failures": problems, "statistics": outcome.statistics})
+    if problems:
+        raise StageError("the split leaks: " + "; ".join(problems))
+
+
 def run(params: Params, args: argparse.Namespace) -> None:
     table_path = Path(params.paths.validation) / "table.csv"
     if not table_path.is_file():
         raise StageError(f"{table_path} not found: run the validate stage first")
-    rows = rows_from_table(pd.read_csv(table_path, dtype={"group": str}).to_dict("records"))
+    records = pd.read_csv(table_path, dtype={"group": str, "sha256": str})
+    rows = rows_from_table(records.to_dict("records"))
     if not rows:
         raise StageError(f"{table_path} has no images")
     store = open_store(params.paths.store, params.storage)
@@ -35,10 +46,9 @@ def run(params: Params, args: argparse.Namespace) -> None:
         np.save(out / "arrays" / f"X_{split}.npy", x)
         np.save(out / "arrays" / f"y_{split}.npy", y)
     write_json(out / "arrays" / "stats.json", {k: prepared.summary[k] for k in ("train_pixel_mean", "train_pixel_variance")})
-    with open(out / "split.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["key", "label", "group", "split"])
-        writer.writeheader()
-        writer.writerows(prepared.table)
+    split = pd.DataFrame(prepared.table).merge(records[["key", "sha256"]], on="key", how="left")
+    split.to_csv(out / "split.csv", index=False)
+    audit_split(split, out / "split_check.json")
     write_json(out / "preprocess.json", prepared.summary)
     s = prepared.summary
     log.info("%d images in %d groups (%s): %s", s["images"], s["groups"], s["group_source"], s["per_split"])
