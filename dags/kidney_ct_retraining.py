@@ -32,6 +32,28 @@ gives the same answer; any other non-zero exit (a crash, a kill) is retried once
 
 The `ingest` task updates the asset `kidney_ct_ingested_manifest`; the event's extra holds the
 manifest's path.
+
+**When it runs** (asset-aware): every week (Monday 00:00 UTC) **or** as soon as one of these assets
+is updated, whichever comes first:
+
+* `kidney_ct_new_studies` — emitted by the DAG `kidney_ct_pacs_watch`, which asks the PACS
+  (QIDO-RS, `ingest.dicomweb_url`) every hour whether studies arrived since the last ingest and
+  skips (no event) when none did;
+* `kidney_ct_pacs_export` — for folder exports: the job that drops a new export updates it (e.g.
+  `POST /api/v2/assets/events` with `{"asset_id": ..}` on Airflow's REST API).
+
+**Retries are safe**: every stage is idempotent (ingest skips stored objects, train resumes its
+checkpointed MLflow run, register reuses the model version of the same run or of the same data and
+params fingerprint), so a retried task never duplicates data or model versions.
+
+**Where each stage runs** — chosen per task by configuration, not by editing this file
+(Airflow Variable `kidney_ct_runners` or env `KIDNEY_CT_RUNNERS`, JSON):
+`{"default": "local", "train": "kubernetes"}`. `local` runs the stage as a subprocess of the worker;
+`kubernetes` runs it in a pod (KubernetesPodOperator) from the stage's image, with the settings in
+Variable `kidney_ct_kubernetes` / env `KIDNEY_CT_KUBERNETES` (JSON; keys of `PodSettings`: namespace,
+cpu_image, gpu_image, train_gpus, workspace_pvc, workspace, config_map, secret). Training pods request
+`nvidia.com/gpu`. In a pod the params file is looked up at the same path relative to the workspace
+volume as it has relative to the project directory here.
 """
 
 from __future__ import annotations
@@ -46,8 +68,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from airflow.sdk import Asset, Param, Variable, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk import (Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, Variable, dag,
+                         get_current_context, task)
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +79,14 @@ STAGE_REFUSED_EXIT_CODE = 2  # components.common.cli.run_stage: ParamsError / St
 LOG_TAIL_LINES = 30
 
 INGESTED_MANIFEST = Asset(name="kidney_ct_ingested_manifest", uri="x-kidney-ct://ingested/manifest.csv")
+NEW_STUDIES = Asset(name="kidney_ct_new_studies", uri="x-kidney-ct://pacs/new-studies")
+PACS_EXPORT = Asset(name="kidney_ct_pacs_export", uri="x-kidney-ct://pacs/export")
+WEEKLY = CronTriggerTimetable("0 0 * * 1", timezone="UTC")
+RETRAIN_SCHEDULE = AssetOrTimeSchedule(timetable=WEEKLY, assets=(NEW_STUDIES | PACS_EXPORT))
+WATCH_DAG_ID = "kidney_ct_pacs_watch"
+RUNNER_KEYS = ("kidney_ct_runners", "KIDNEY_CT_RUNNERS")  # (Airflow Variable, env var)
+POD_KEYS = ("kidney_ct_kubernetes", "KIDNEY_CT_KUBERNETES")
+RUNNERS = ("local", "kubernetes")
 
 # (DAG param, Airflow Variable, environment variable) for each run-time setting.
 PROJECT_DIR_KEYS = ("project_dir", "kidney_ct_project_dir", "KIDNEY_CT_PROJECT_DIR")
@@ -161,6 +192,90 @@ def _raise_on_failure(stage: str, returncode: int, tail: list[str]) -> None:
     raise AirflowException(message)
 
 
+@dataclass(frozen=True)
+class PodSettings:
+    """How a stage runs as a Kubernetes pod (KubernetesPodOperator)."""
+
+    namespace: str = "kidney-ct"
+    cpu_image: str = "ghcr.io/example/kidney-ct-cpu:latest"
+    gpu_image: str = "ghcr.io/example/kidney-ct-gpu:latest"
+    train_gpus: int = 1
+    workspace_pvc: str = "kidney-ct-workspace"  # shared volume with params and local outputs
+    workspace: str = "/workspace"
+    config_map: str = "kidney-ct-config"  # MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL, ...
+    secret: str = "kidney-ct-secrets"  # AWS keys, KIDNEY_CT_SALT, PACS password
+
+
+def _json_setting(keys: tuple[str, str], get_variable: Callable[[str], str | None],
+                  environ: Mapping[str, str]) -> dict:
+    """A JSON object from the Airflow Variable, else the env var, else {}; a clear error if malformed."""
+    import json
+
+    variable, env = keys
+    text = _first_set(get_variable(variable), environ.get(env))
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise AirflowFailException(f"Variable {variable} / env {env} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise AirflowFailException(f"Variable {variable} / env {env} must be a JSON object")
+    return value
+
+
+def resolve_runner(stage: str, get_variable: Callable[[str], str | None], environ: Mapping[str, str]) -> str:
+    """'local' or 'kubernetes' for `stage`: its own entry, else `default`, else local."""
+    config = _json_setting(RUNNER_KEYS, get_variable, environ)
+    runner = str(config.get(stage, config.get("default", "local")))
+    if runner not in RUNNERS:
+        raise AirflowFailException(f"runner {runner!r} for stage {stage} is not one of {', '.join(RUNNERS)} "
+                                   f"(Variable {RUNNER_KEYS[0]} / env {RUNNER_KEYS[1]})")
+    return runner
+
+
+def resolve_pod_settings(get_variable: Callable[[str], str | None], environ: Mapping[str, str]) -> PodSettings:
+    config = _json_setting(POD_KEYS, get_variable, environ)
+    unknown = set(config) - set(PodSettings.__dataclass_fields__)
+    if unknown:
+        raise AirflowFailException(f"unknown keys {sorted(unknown)} in Variable {POD_KEYS[0]} / env {POD_KEYS[1]}")
+    return PodSettings(**config)
+
+
+def stage_pod_operator(stage: str, settings: StageSettings, pod: PodSettings, task_id: str, *extra_args: str):
+    """A KubernetesPodOperator running the stage's entry point in its image on the workspace volume."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from kubernetes.client import models as k8s
+
+    gpus = pod.train_gpus if stage == "train" else 0
+    params_in_pod = Path(pod.workspace) / settings.params_file.relative_to(settings.project_dir)
+    optional_env = [k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name=pod.config_map, optional=True)),
+                    k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=pod.secret, optional=True))]
+    return KubernetesPodOperator(
+        task_id=f"{task_id}_pod", name=f"kidney-ct-{stage}", namespace=pod.namespace,
+        image=pod.gpu_image if stage == "train" else pod.cpu_image,
+        cmds=["sh", "-ec", 'cd "$1" && shift && exec python -m "$@"', stage],
+        arguments=[pod.workspace, f"components.{stage}", "--params", str(params_in_pod), *extra_args],
+        container_resources=k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": str(gpus)}) if gpus else None,
+        volumes=[k8s.V1Volume(name="workspace", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+            claim_name=pod.workspace_pvc))],
+        volume_mounts=[k8s.V1VolumeMount(name="workspace", mount_path=pod.workspace)],
+        env_from=optional_env, get_logs=True, on_finish_action="delete_pod",
+    )
+
+
+def run_stage(stage: str, settings: StageSettings, *extra_args: str) -> None:
+    """Run a stage where the configuration says: a local subprocess (default) or a Kubernetes pod."""
+    get_variable = lambda key: Variable.get(key, default=None)  # noqa: E731
+    if resolve_runner(stage, get_variable, os.environ) == "local":
+        run_stage_command(stage, settings, *extra_args)
+        return
+    context = get_current_context()
+    pod = resolve_pod_settings(get_variable, os.environ)
+    log.info("running %s as a pod in namespace %s", stage, pod.namespace)
+    stage_pod_operator(stage, settings, pod, context["ti"].task_id, *extra_args).execute(context)
+
+
 def read_candidate_names(params_file: Path) -> list[str]:
     """Names under `train.candidates` of a params file, in file order."""
     import yaml  # run time only
@@ -188,7 +303,7 @@ def ingested_manifest_path(settings: StageSettings) -> str:
     dag_id=DAG_ID,
     description="Weekly retrain, gate, register and package of the kidney CT classifier",
     doc_md=__doc__,
-    schedule="@weekly",
+    schedule=RETRAIN_SCHEDULE,
     start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,  # runs share the output folders named in the params file
@@ -204,25 +319,25 @@ def kidney_ct_retraining() -> None:
 
     @task
     def generate() -> None:
-        run_stage_command("generate", current_settings())
+        run_stage("generate", current_settings())
 
     @task(outlets=[INGESTED_MANIFEST])
     def ingest(*, outlet_events: Any = None) -> None:
         settings = current_settings()
-        run_stage_command("ingest", settings)
+        run_stage("ingest", settings)
         outlet_events[INGESTED_MANIFEST].extra = {"manifest": ingested_manifest_path(settings)}
 
     @task
     def validate() -> None:
-        run_stage_command("validate", current_settings())
+        run_stage("validate", current_settings())
 
     @task
     def preprocess() -> None:
-        run_stage_command("preprocess", current_settings())
+        run_stage("preprocess", current_settings())
 
     @task
     def augment() -> None:
-        run_stage_command("augment", current_settings())
+        run_stage("augment", current_settings())
 
     @task
     def list_candidates() -> list[str]:
@@ -231,27 +346,27 @@ def kidney_ct_retraining() -> None:
     @task(map_index_template="{{ candidate_name }}")
     def train(candidate: str) -> None:
         get_current_context()["candidate_name"] = candidate  # type: ignore[typeddict-unknown-key]
-        run_stage_command("train", current_settings(), "--candidate", candidate)
+        run_stage("train", current_settings(), "--candidate", candidate)
 
     @task
     def evaluate() -> None:
-        run_stage_command("evaluate", current_settings())
+        run_stage("evaluate", current_settings())
 
     @task
     def leakage() -> None:
-        run_stage_command("leakage", current_settings())
+        run_stage("leakage", current_settings())
 
     @task
     def report() -> None:
-        run_stage_command("report", current_settings())
+        run_stage("report", current_settings())
 
     @task
     def register() -> None:
-        run_stage_command("register", current_settings())
+        run_stage("register", current_settings())
 
     @task
     def package() -> None:
-        run_stage_command("package", current_settings())
+        run_stage("package", current_settings())
 
     preprocessed = generate() >> ingest() >> validate() >> preprocess()
     trained = train.expand(candidate=list_candidates())
@@ -261,3 +376,44 @@ def kidney_ct_retraining() -> None:
 
 
 kidney_ct_retraining()
+
+
+@dag(
+    dag_id=WATCH_DAG_ID,
+    description="Hourly: ask the PACS (QIDO-RS) for studies new since the last ingest; update the asset if any",
+    doc_md="Updates the asset `kidney_ct_new_studies` (which triggers `kidney_ct_retraining`) when the PACS at "
+           "`ingest.dicomweb_url` lists studies not pulled yet; skips, emitting nothing, when there are none "
+           "or no PACS is configured. Same settings as `kidney_ct_retraining` (project dir, params file).",
+    schedule="@hourly",
+    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args={**DEFAULT_ARGS, "retry_delay": timedelta(minutes=2)},
+    tags=["kidney-ct", "mlops", "pacs"],
+    params={
+        "project_dir": Param(None, type=["null", "string"], description="project root (working dir of stages)"),
+        "params_file": Param(None, type=["null", "string"], description="params file, relative to project_dir"),
+    },
+)
+def kidney_ct_pacs_watch() -> None:
+    """One task: count new studies; emit `kidney_ct_new_studies` only when there are some."""
+
+    @task(outlets=[NEW_STUDIES])
+    def check_pacs(*, outlet_events: Any = None) -> int:
+        import json
+        import tempfile
+
+        settings = current_settings()
+        with tempfile.TemporaryDirectory() as folder:
+            result_file = Path(folder) / "check.json"
+            run_stage_command("ingest", settings, "--check-new", str(result_file))
+            result = json.loads(result_file.read_text())
+        if not result["new_studies"]:
+            raise AirflowSkipException(result.get("reason") or f"no new studies among {result['listed']}")
+        outlet_events[NEW_STUDIES].extra = result
+        return int(result["new_studies"])
+
+    check_pacs()
+
+
+kidney_ct_pacs_watch()

@@ -49,10 +49,15 @@ def main(argv: list[str] | None = None) -> int:
                           "DICOMweb PACS (ingest.dicomweb_url), into object storage.")
     parser.add_argument("--data-version-out", default=None,
                         help="also write the data version (sha256 of manifest.csv) to this file (for KFP caching)")
+    parser.add_argument("--check-new", default=None, metavar="JSON",
+                        help="only ask the PACS how many studies are new; write {new_studies, listed} to JSON")
     return run_stage("ingest", _ingest, parser, argv)
 
 
 def _ingest(params: Params, args: argparse.Namespace) -> None:
+    if args.check_new:
+        write_json(args.check_new, _check_new(params))
+        return
     if params.ingest.dicomweb_url:
         _pull(params)
     else:
@@ -85,6 +90,28 @@ def _ingest_export(params: Params) -> None:
                          f"(reasons in {params.paths.ingested}/quarantine.csv)")
 
 
+def _pacs_client(settings) -> PacsClient:
+    session = retrying_session(settings.dicomweb_user, os.environ.get(settings.dicomweb_password_env),
+                               settings.dicomweb_retry_attempts, settings.dicomweb_retry_backoff_s)
+    return PacsClient(settings.dicomweb_url, session, settings.dicomweb_timeout_s, settings.dicomweb_page_size)
+
+
+def _check_new(params: Params) -> dict:
+    """How many PACS studies a pull would fetch now (QIDO-RS + the pull state; nothing is retrieved)."""
+    if not params.ingest.dicomweb_url:
+        return {"new_studies": 0, "listed": 0, "reason": "ingest.dicomweb_url is not set: no PACS to watch"}
+    salt, _ = resolve_salt(params.ingest)
+    try:
+        store = open_store(params.paths.store, params.storage)
+        state = read_state(store.get(STATE_KEY) if store.exists(STATE_KEY) else None)
+        listed = _pacs_client(params.ingest).studies()
+    except (PacsError, StorageError, BotoCoreError, ClientError) as exc:
+        raise StageError(f"cannot check {params.ingest.dicomweb_url} for new studies: {exc}") from None
+    todo = new_studies(listed, state, salt)
+    print(f"ingest: {len(todo)} of {len(listed)} PACS studies are new since the last pull")
+    return {"new_studies": len(todo), "listed": len(listed)}
+
+
 def _pull(params: Params) -> None:
     """PACS mode: QIDO-RS for studies new since the last run, WADO-RS their instances, then as above.
 
@@ -94,9 +121,7 @@ def _pull(params: Params) -> None:
     """
     settings = params.ingest
     salt, salt_source = resolve_salt(settings)
-    client = PacsClient(settings.dicomweb_url, retrying_session(
-        settings.dicomweb_user, os.environ.get(settings.dicomweb_password_env), settings.dicomweb_retry_attempts,
-        settings.dicomweb_retry_backoff_s), settings.dicomweb_timeout_s, settings.dicomweb_page_size)
+    client = _pacs_client(settings)
     try:
         store = open_store(params.paths.store, params.storage)
         state = read_state(store.get(STATE_KEY) if store.exists(STATE_KEY) else None)

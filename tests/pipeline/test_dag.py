@@ -54,6 +54,10 @@ report = {"import_errors": {str(k): v for k, v in bag.import_errors.items()}, "d
 if dag is not None:
     report.update(
         schedule=str(dag.schedule), timetable=type(dag.timetable).__name__, catchup=dag.catchup,
+        cron=getattr(getattr(dag.timetable, "timetable", None), "expression", None),
+        trigger_assets=sorted(a.name for a in getattr(dag.timetable.asset_condition, "objects", []) or []),
+        watch={t.task_id: [getattr(a, "name", str(a)) for a in t.outlets]
+               for t in bag.dags["kidney_ct_pacs_watch"].tasks} if "kidney_ct_pacs_watch" in bag.dags else None,
         tags=sorted(dag.tags), doc_md=dag.doc_md or "", default_args={k: str(v) for k, v in dag.default_args.items()},
         params=sorted(dag.params.keys()),
         tasks={t.task_id: {"upstream": sorted(t.upstream_task_ids), "mapped": bool(getattr(t, "is_mapped", False)),
@@ -183,7 +187,10 @@ def parse_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 def test_dagbag_imports_cleanly(parse_report: dict) -> None:
     assert parse_report["import_errors"] == {}
     assert DAG_ID in parse_report["dag_ids"]
-    assert parse_report["schedule"] == "@weekly"
+    assert parse_report["timetable"] == "AssetOrTimeSchedule"  # weekly OR when new data lands
+    assert parse_report["cron"] == "0 0 * * 1"
+    assert parse_report["trigger_assets"] == ["kidney_ct_new_studies", "kidney_ct_pacs_export"]
+    assert parse_report["watch"] == {"check_pacs": ["kidney_ct_new_studies"]}
     assert parse_report["catchup"] is False
     assert parse_report["default_args"]["retries"] == "1" and "retry_delay" in parse_report["default_args"]
     assert "kidney-ct" in parse_report["tags"]
