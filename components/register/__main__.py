@@ -15,16 +15,41 @@ from components.evaluate.core import classification_metrics
 from components.register.core import GateRefusal, decide_champion, registrable_winner
 
 
-def find_or_register(client, name: str, model_uri: str, run_id: str):
-    """The version already registered from this run, or a new one (re-runs never duplicate)."""
+FINGERPRINT_TAG = "data_params_fingerprint"
+
+
+def run_fingerprint(client, run_id: str) -> str:
+    """sha256 of a training run's data version and logged params: equal for a retried, identical training."""
+    import hashlib
+
+    run = client.get_run(run_id)
+    payload = {"data_version": run.data.tags.get("data_version", ""), "params": dict(sorted(run.data.params.items()))}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def find_or_register(client, name: str, model_uri: str, run_id: str, fingerprint: str = ""):
+    """The version already registered from this run or from the same data + params, else a new one.
+
+    So neither a re-run of register nor a retried training (a new run on the same data and params)
+    ever adds a second version.
+    """
     import mlflow
 
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
         client.create_registered_model(name, description="Kidney CT slice classifier (Normal, Cyst, Tumor, Stone)")
-    for version in client.search_model_versions(f"name = '{name}'"):
+    versions = client.search_model_versions(f"name = '{name}'")
+    for version in versions:
         if version.run_id == run_id:
             return version
-    return mlflow.register_model(model_uri, name)
+    for version in versions:
+        if fingerprint and (version.tags or {}).get(FINGERPRINT_TAG) == fingerprint:
+            log.info("v%s was registered from the same data and params (run %s): reusing it", version.version,
+                     version.run_id)
+            return version
+    version = mlflow.register_model(model_uri, name)
+    if fingerprint:
+        client.set_model_version_tag(name, version.version, FINGERPRINT_TAG, fingerprint)
+    return version
 
 
 def champion_score(client, name: str, metric: str, classes: list[str], x_test: np.ndarray, y_test: np.ndarray):
@@ -57,7 +82,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
     entry, metric = verdict["candidates"][winner], params.evaluate.gate_metric
     configure_mlflow(params.mlflow)
     client, name = MlflowClient(), params.register.model_name
-    version = find_or_register(client, name, entry["model_uri"], entry["run_id"])
+    version = find_or_register(client, name, entry["model_uri"], entry["run_id"],
+                               run_fingerprint(client, entry["run_id"]))
     pre = params.preprocess
     for key, value in {"candidate": winner, "gate_passed": "true", f"test_{metric}": f"{entry['gate_metric']:.4f}",
                        "classes": json.dumps(params.classes), "image_size": str(pre.image_size),
