@@ -1,6 +1,7 @@
 """The stage graph of dvc.yaml as a Kubeflow Pipelines v2 pipeline of container components.
 
-Each step runs the same entry point as `dvc repro` and the Airflow DAG (`python -m
+The steps and their order come from dvc.yaml's stage graph (read when compiling), so a stage added
+there appears here. Each step runs the same entry point as `dvc repro` and the Airflow DAG (`python -m
 components.<stage> --params FILE`) in the stage's image, with its working directory on a shared
 PersistentVolumeClaim (`/workspace`, holding the params file and every `paths.*` output that is not
 in object storage). Object storage, MLflow and PACS settings come from a ConfigMap and a Secret.
@@ -21,9 +22,11 @@ import argparse
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import yaml
+
+from components.common.stage_graph import ancestors, load_stage_graph
 
 WORKSPACE = "/workspace"
 STAGE_SCRIPT = 'cd "$1" && shift && exec python -m "$@"'  # $1: workspace, then module and its args
@@ -108,53 +111,70 @@ def _on_cluster(task, settings: ClusterSettings, cache: bool):
     return task
 
 
-def build_pipeline(settings: ClusterSettings) -> Callable:
-    """The pipeline function for `settings` (one train task per candidate)."""
+UNCACHED = frozenset({"generate", "ingest", "register", "package"})  # new data / registry side effects
+
+
+def topological(graph: Mapping[str, Iterable[str]]) -> list[str]:
+    """Stages so that each comes after all of its upstream stages (ties by name)."""
+    before = ancestors(graph)
+    return sorted(graph, key=lambda stage: (len(before[stage]), stage))
+
+
+def build_pipeline(settings: ClusterSettings, graph: Mapping[str, Iterable[str]]) -> Callable:
+    """The pipeline function for dvc.yaml's stage `graph` (stage -> upstream stages); train per candidate."""
     from kfp import dsl
 
-    cpu, gpu = settings.cpu_image, settings.gpu_image
-    generate = plain_component("generate", cpu)
-    ingest = ingest_component(cpu)
-    keyed = {stage: stage_component(stage, cpu) for stage in ("validate", "preprocess", "augment", "evaluate",
-                                                              "register", "package")}
-    trainers = {name: stage_component("train", gpu, ["--candidate", name]) for name in settings.candidates}
+    order, before = topological(graph), ancestors(graph)
+    if "ingest" not in graph:
+        raise ValueError("the stage graph has no `ingest` stage: nothing would define the data version")
 
-    @dsl.pipeline(name="kidney-ct-retraining",
-                  description="generate -> ingest -> validate -> preprocess -> augment -> train -> evaluate -> "
-                              "register -> package, as in dvc.yaml")
+    @dsl.pipeline(name="kidney-ct-retraining", description="The stages of dvc.yaml on Kubeflow Pipelines")
     def kidney_ct_retraining(params_file: str = "params.yaml", params_hash: str = ""):
-        generated = _on_cluster(generate(params_file=params_file).set_display_name("generate"), settings, False)
-        pulled = _on_cluster(ingest(params_file=params_file).after(generated), settings, False)
-        version = pulled.outputs["data_version"]
-
-        def step(stage: str, after, cache: bool = True):
-            task = keyed[stage](params_file=params_file, data_version=version, params_hash=params_hash)
-            return _on_cluster(task.set_display_name(stage).after(*after), settings, cache)
-
-        prepared = step("augment", [step("preprocess", [step("validate", [pulled])])])
-        trained = []
-        for name, trainer in trainers.items():
-            task = trainer(params_file=params_file, data_version=version, params_hash=params_hash)
-            task.set_display_name(f"train {name}").after(prepared)
-            task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(settings.train_gpus)
-            task.set_memory_request("8G").set_cpu_request("2")
-            trained.append(_on_cluster(task, settings, True))
-        step("package", [step("register", [step("evaluate", trained)], cache=False)], cache=False)
+        tasks: dict[str, list] = {}
+        version = None
+        for stage in order:
+            after = [task for upstream in graph[stage] for task in tasks[upstream]]
+            if stage == "ingest":
+                made = [ingest_component(settings.cpu_image)(params_file=params_file)]
+                version = made[0].outputs["data_version"]
+            elif stage in before["ingest"]:  # upstream of the data (generate): no data version yet
+                made = [plain_component(stage, settings.cpu_image)(params_file=params_file)]
+            elif stage == "train":
+                made = [_train_task(settings, name, params_file, version, params_hash)
+                        for name in settings.candidates]
+            else:
+                made = [stage_component(stage, settings.cpu_image)(params_file=params_file, data_version=version,
+                                                                   params_hash=params_hash)]
+            for task in made:
+                if stage != "train":
+                    task.set_display_name(stage)
+                _on_cluster(task.after(*after) if after else task, settings, stage not in UNCACHED)
+            tasks[stage] = made
 
     return kidney_ct_retraining
 
 
-def compile_pipeline(settings: ClusterSettings, out: str | Path) -> Path:
+def _train_task(settings: ClusterSettings, name: str, params_file, version, params_hash):
+    """One candidate's training step, in the GPU image with an nvidia.com/gpu request."""
+    task = stage_component("train", settings.gpu_image, ["--candidate", name])(
+        params_file=params_file, data_version=version, params_hash=params_hash)
+    task.set_display_name(f"train {name}")
+    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(settings.train_gpus)
+    return task.set_memory_request("8G").set_cpu_request("2")
+
+
+def compile_pipeline(settings: ClusterSettings, out: str | Path, graph: Mapping[str, Iterable[str]]) -> Path:
     """Compile the pipeline to a KFP v2 YAML package (offline)."""
     from kfp import compiler
 
-    compiler.Compiler().compile(build_pipeline(settings), str(out))
+    compiler.Compiler().compile(build_pipeline(settings, graph), str(out))
     return Path(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Compile the kidney CT pipeline for Kubeflow Pipelines v2.")
     parser.add_argument("--params", default="params.yaml", help="params file: candidates and cache hash")
+    parser.add_argument("--dvc", default="dvc.yaml", help="the stage graph to mirror")
     parser.add_argument("--out", default="kidney_ct_pipeline.yaml")
     parser.add_argument("--cpu-image", default=ClusterSettings.cpu_image)
     parser.add_argument("--gpu-image", default=ClusterSettings.gpu_image)
@@ -165,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = ClusterSettings(cpu_image=args.cpu_image, gpu_image=args.gpu_image,
                                candidates=tuple(candidate_names(args.params)))
-    path = compile_pipeline(settings, args.out)
+    path = compile_pipeline(settings, args.out, load_stage_graph(args.dvc, args.params))
     print(f"compiled {len(settings.candidates)} candidate(s) into {path}; run it with params_hash="
           f"{params_hash(args.params)}")
     return 0
