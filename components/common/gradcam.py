@@ -75,6 +75,8 @@ def _split(model, name: str) -> tuple[Forward, Forward]:
     layers = _own_layers(model)
     for k, layer in enumerate(layers):
         if layer.name == name:
+            if isinstance(model, keras.Sequential):  # a chain by definition (and may have no symbolic input)
+                return _chain(layers[:k + 1]), _chain(layers[k + 1:])
             prefix = keras.Model(model.input, layer.output)
             return (lambda x: prefix(x, training=False)), _chain(layers[k + 1:])
         if isinstance(layer, keras.Model) and _contains(layer, name):

@@ -12,7 +12,10 @@ from components.common.cli import StageError, log, read_json, run_stage, stage_p
 from components.common.params import Params
 from components.common.tracking import configure_mlflow
 from components.evaluate.core import classification_metrics
+from components.register.card import dvc_data_version, model_card, provenance_tags
 from components.register.core import GateRefusal, decide_champion, registrable_winner
+
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 FINGERPRINT_TAG = "data_params_fingerprint"
@@ -50,6 +53,52 @@ def find_or_register(client, name: str, model_uri: str, run_id: str, fingerprint
     if fingerprint:
         client.set_model_version_tag(name, version.version, FINGERPRINT_TAG, fingerprint)
     return version
+
+
+def git_commit() -> str:
+    """HEAD of the code that registered the model, '+dirty' when the tree had uncommitted changes."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SOURCE_ROOT, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=SOURCE_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return head + ("+dirty" if dirty else "")
+
+
+def attach_evidence(client, name: str, version: str, winner: str, params: Params, verdict: dict,
+                    x_test: np.ndarray) -> None:
+    """Provenance tags, params, metrics, input example, signature check and model card on the version + run."""
+    import hashlib
+
+    from mlflow.models import get_model_info
+
+    entry = verdict["candidates"][winner]
+    metrics_path = Path(params.paths.evaluation) / "metrics.json"
+    metrics = (read_json(metrics_path) if metrics_path.is_file() else {}).get(winner, {})
+    manifest = Path(params.paths.ingested) / "manifest.csv"
+    lock = Path("dvc.lock")
+    params_json = params.model_dump_json(by_alias=True, indent=2)
+    tags = provenance_tags(git_commit(), hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file()
+                           else "unknown", dvc_data_version(lock.read_text() if lock.is_file() else None, str(manifest)),
+                           hashlib.sha256(params_json.encode()).hexdigest()[:16], entry, metrics)
+    signature = get_model_info(entry["model_uri"]).signature
+    tags["signature"] = json.dumps(signature.to_dict()) if signature else "missing: re-run train"
+    card = model_card(name, version, winner, params.classes, params.preprocess.image_size,
+                      (params.preprocess.window_center, params.preprocess.window_width), metrics, tags)
+    run_id = entry["run_id"]
+    client.log_text(run_id, card, "registration/model_card.md")
+    client.log_text(run_id, params_json, "registration/params.json")
+    client.log_dict(run_id, {"winner": winner, "verdict": verdict, "metrics": metrics}, "registration/evaluation.json")
+    client.log_dict(run_id, {"inputs": np.asarray(x_test[:1], dtype="float32").tolist()},
+                    "registration/input_example.json")
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value[:5000])
+    (Path(params.paths.registration)).mkdir(parents=True, exist_ok=True)
+    (Path(params.paths.registration) / "model_card.md").write_text(card)
 
 
 def champion_score(client, name: str, metric: str, classes: list[str], x_test: np.ndarray, y_test: np.ndarray):
@@ -92,14 +141,17 @@ def run(params: Params, args: argparse.Namespace) -> None:
     client.set_registered_model_alias(name, "challenger", version.version)
     arrays = Path(params.paths.prepared) / "arrays"
     x_test, y_test = np.load(arrays / "X_test.npy", mmap_mode="r"), np.load(arrays / "y_test.npy")
+    attach_evidence(client, name, str(version.version), winner, params, verdict, x_test)
     current, score = champion_score(client, name, metric, params.classes, x_test, y_test)
     if current is not None and current.version == version.version:
         decision_promote, reason = False, f"v{version.version} is already the champion"
     else:
         decision = decide_champion(entry["gate_metric"], score, params.register.champion_margin, metric)
         decision_promote, reason = decision.promote, decision.reason
-        if decision.promote:
-            client.set_registered_model_alias(name, "champion", version.version)
+        if decision.promote:  # through the registry CLI's path, so rollback knows the history
+            from components.registry import mlflow_store
+
+            mlflow_store.promote(client, name, str(version.version), reason=decision.reason)
     champion = client.get_model_version_by_alias(name, "champion")
     write_json(out, {"gate_passed": True, "registered": True, "model_name": name, "version": int(version.version),
                      "candidate": winner, "promoted": decision_promote, "reason": reason,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -112,3 +114,30 @@ def test_overlay_keeps_cold_pixels_and_colours_hot_ones():
     assert (rgb[1:, 1:] == 100).all() and not (rgb[0, 0] == 100).all()
     with pytest.raises(GradCamError):
         overlay(gray, np.zeros((3, 3)))
+
+
+def test_jax_backend_gives_the_same_heatmap_as_tensorflow(tmp_path):
+    """Same saved model, same images: the jax.grad path must agree with the tf.GradientTape path."""
+    import os
+    import subprocess
+    import sys
+
+    import keras
+
+    pytest.importorskip("jax", reason="jax not installed: the JAX Grad-CAM path cannot be checked")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("this comparison runs from the TensorFlow backend")
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 1)), keras.layers.Conv2D(4, 3, activation="relu", name="c"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax")])
+    model.save(tmp_path / "m.keras")
+    images = square_images(3, seed=4)[0]
+    np.save(tmp_path / "x.npy", images)
+    script = ("import numpy as np, keras\nfrom components.common.gradcam import gradcam\n"
+              f"m = keras.saving.load_model(r'{tmp_path / 'm.keras'}')\n"
+              f"np.save(r'{tmp_path / 'jax.npy'}', gradcam(m, np.load(r'{tmp_path / 'x.npy'}'), class_index=1))\n")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), gradcam(model, images, class_index=1), atol=1e-4)
