@@ -10,7 +10,7 @@ export GX_ANALYTICS_ENABLED := False
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install run test test-fast mlflow-ui serve clean system-deps
+.PHONY: install run test test-fast mlflow-ui serve clean system-deps browser bench-serve
 
 $(BIN)/.installed: requirements/base.txt requirements/test.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ system-deps: ## Orthanc + its DICOMweb plugin (Debian) for the PACS tests; does 
 	@if command -v Orthanc >/dev/null && [ -f $(ORTHANC_PLUGIN) ]; then echo "orthanc + orthanc-dicomweb present"; \
 	else $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	  --no-install-recommends orthanc orthanc-dicomweb; fi
+
+browser: ## Debian chromium + chromium-driver for the page test; does nothing when present
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then echo "chromium + chromium-driver present"; \
+	else $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	  --no-install-recommends chromium chromium-driver; fi
 
 run: install ## run every stage on the embedded default (a generated PACS export)
 	@[ -d .git ] || git init -q
@@ -44,6 +49,9 @@ mlflow-ui: install ## browse runs and the registry on http://127.0.0.1:5000
 
 serve: install ## serve the packaged champion on http://127.0.0.1:3000
 	BENTOML_HOME=$(CURDIR)/.bentoml PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/bentoml serve kidney_ct_classifier:latest --host 127.0.0.1 --port 3000
+
+bench-serve: install ## load-test the service on 127.0.0.1 (1/8/32 clients, batching on/off) -> reports/serving/bench.json
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m serving.bench
 
 clean: ## remove pipeline outputs (keeps .venv)
 	rm -rf data models reports mlruns.db mlartifacts .bentoml dvc.lock
