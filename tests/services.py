@@ -53,6 +53,11 @@ class MotoS3:
             self.server.stop()
             self.server = None
 
+    def reset(self) -> "MotoS3":
+        """Forget every bucket: moto keeps its state per process, across servers and tests."""
+        requests.post(f"{self.endpoint}/moto-api/reset", timeout=10).raise_for_status()
+        return self
+
     def client(self):
         import boto3
 

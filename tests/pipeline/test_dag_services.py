@@ -35,7 +35,7 @@ def services(tmp_path, monkeypatch):
     reason = orthanc_available()
     if reason:
         pytest.skip(reason)
-    pacs, s3 = Orthanc(tmp_path / "orthanc").start(), MotoS3().start()
+    pacs, s3 = Orthanc(tmp_path / "orthanc").start(), MotoS3().start().reset()
     for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                         "KIDNEY_CT_SALT": "dag-services-salt", "KIDNEY_CT_DICOMWEB_PASSWORD": pacs.password}.items():
         monkeypatch.setenv(name, value)

@@ -24,7 +24,7 @@ STAGES = ("generate", "ingest", "validate", "preprocess", "augment")
 def s3(monkeypatch):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, "test")
-    server = MotoS3().start()
+    server = MotoS3().start().reset()
     yield server
     server.stop()
 

@@ -35,7 +35,7 @@ def s3(monkeypatch) -> Iterator[MotoS3]:
         monkeypatch.setenv(name, value)
     for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
-    server = MotoS3().start()
+    server = MotoS3().start().reset()
     server.client().create_bucket(Bucket="kidney-ct")
     yield server
     server.stop()
