@@ -52,6 +52,10 @@ def test_dag_runs_against_orthanc_and_s3_then_the_watcher_sees_new_studies(tmp_p
     raw["paths"]["store"] = "s3://kidney-ct/store"
     raw["storage"].update(endpoint_url=s3.endpoint)
     raw["ingest"].update(dicomweb_url=pacs.dicomweb, dicomweb_user=pacs.user)
+    for candidate in raw["train"]["candidates"].values():  # the services are under test, not the model
+        candidate["epochs"] = 1
+    raw.get("leakage", {}).update(random_split=False, cv_folds=0)
+    raw.get("report", {}).update(bootstrap_resamples=50, gradcam_per_class=1)
     params_file = write_params(raw, tmp_path / "params.yaml")
     settings = GenerateParams(**{**raw["generate"], "seed": 21})  # the PACS holds other patients than `generate`
     for data in labelled_export(settings, raw["classes"]):
