@@ -10,7 +10,7 @@ export GX_ANALYTICS_ENABLED := False
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install run test test-fast mlflow-ui serve clean system-deps browser bench-serve
+.PHONY: install run test test-fast mlflow-ui serve clean system-deps browser bench-serve bench-train
 
 $(BIN)/.installed: requirements/base.txt requirements/test.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ mlflow-ui: install ## browse runs and the registry on http://127.0.0.1:5000
 
 serve: install ## serve the packaged champion on http://127.0.0.1:3000
 	BENTOML_HOME=$(CURDIR)/.bentoml PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/bentoml serve kidney_ct_classifier:latest --host 127.0.0.1 --port 3000
+
+bench-train: install ## per candidate: params, img/s synthetic vs through the feeder, ratio, peak RSS (KERAS_BACKEND picks the backend)
+	$(BIN)/python -m components.train.bench --json reports/bench/train-$${KERAS_BACKEND:-tensorflow}.json
 
 bench-serve: install ## load-test the service on 127.0.0.1 (1/8/32 clients, batching on/off) -> reports/serving/bench.json
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m serving.bench
