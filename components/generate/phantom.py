@@ -16,7 +16,7 @@ AIR_HU = -1000.0
 FAT_HU = -100.0
 SOFT_TISSUE_HU = 40.0
 BONE_HU = 700.0
-KIDNEY_HU = 30.0
+KIDNEY_HU = 150.0  # enhanced parenchyma (nephrographic phase), as in contrast-enhanced abdominal CT
 PERIRENAL_FAT_HU = -90.0
 FIELD_OF_VIEW_MM = 380.0
 LESION_KINDS = ("normal", "cyst", "tumor", "stone")
@@ -148,9 +148,9 @@ def _lesion(rng: np.random.Generator, kind: str, kidneys: tuple[Ellipse, Ellipse
     farthest = max(z_center, n_slices - 1 - z_center) + 0.5
     half = farthest * rng.uniform(1.3, 1.8) + 0.5  # the lesion is visible on every slice
     if kind == "cyst":
-        reach, radius, hu = rng.uniform(0.15, 0.4), kidney.ay * rng.uniform(0.45, 0.7), rng.uniform(3, 15)
+        reach, radius, hu = rng.uniform(0.15, 0.4), kidney.ay * rng.uniform(0.6, 0.85), rng.uniform(3, 15)
     elif kind == "stone":
-        reach, radius, hu = rng.uniform(0.0, 0.35), rng.uniform(2.0, 4.0), rng.uniform(600, 1500)
+        reach, radius, hu = rng.uniform(0.0, 0.35), rng.uniform(5.0, 8.0), rng.uniform(900, 1500)
     else:  # tumor: centred near the outline so it bulges out of the kidney
         reach, radius, hu = rng.uniform(0.75, 0.95), kidney.ay * rng.uniform(0.7, 1.0), rng.uniform(35, 45)
     return Lesion(kind, side, theta, reach, radius, z_center, half, hu, tuple(rng.uniform(0, 2 * np.pi, size=8)))
