@@ -62,9 +62,9 @@ def save_confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path, ti
 
 
 def save_training_curves(history: dict[str, list[float]], path: Path, title: str) -> None:
-    """Loss/accuracy/F1 per epoch, train vs validation, best validation epoch marked."""
+    """Loss, accuracy, precision, recall and F1 per epoch, train vs validation, best epochs marked."""
     plt = _pyplot()
-    metrics = [m for m in ("loss", "accuracy", "f1") if m in history]
+    metrics = [m for m in ("loss", "accuracy", "precision", "recall", "f1") if m in history]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         train, val = history[metric], history.get(f"val_{metric}", [])
