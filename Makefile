@@ -38,7 +38,9 @@ run: install ## run every stage on the embedded default (a generated PACS export
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	$(BIN)/python -m components
 
-test: install ## run the whole test suite
+test: install ## run the whole test suite (installs Orthanc and Chromium first when it can)
+	@$(MAKE) --no-print-directory system-deps || echo "WARNING: no orthanc/orthanc-dicomweb: the PACS tests will skip"
+	@$(MAKE) --no-print-directory browser || echo "WARNING: no chromium/chromium-driver: the browser test will skip"
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
 
 test-fast: install ## unit tests only
