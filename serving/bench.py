@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from components.common.procs import stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (1, 8, 32)
@@ -93,11 +94,7 @@ def start_server(home: Path, tag: str, batching: bool, log: Path) -> tuple[subpr
 
 
 def stop(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
+    stop_process_group(server)
 
 
 def load(url: str, payload: bytes, clients: int, seconds: float) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import requests
 
+from components.common.procs import stop_process_group
 from tests.package_support import CLASSES, IMAGE_SIZE, MODEL_NAME, tiny_keras_model
 
 
@@ -78,12 +78,7 @@ def mlflow_server(root: Path):
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
+        stop_process_group(server)
 
 
 def run_registry(cwd: Path, *args: str, uri: str | None = None) -> subprocess.CompletedProcess:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from components.common.procs import stop_process_group
 from tests.package_support import run_package, write_project
 from tests.pipeline.test_serving import AUTH, TOKEN, free_port, png_slice, predict, wait_ready
 from tests.registry_support import mlflow_server, register_version, run_registry
@@ -46,12 +46,7 @@ def serve(root: Path, bento_tag: str, name: str) -> tuple[subprocess.Popen, str]
 
 
 def stop(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=10)
+    stop_process_group(server)
 
 
 def served_version(url: str) -> str:

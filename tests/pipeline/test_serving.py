@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 import requests
 
 from components.common.imaging import decode_image, prepare_for_model
+from components.common.procs import stop_process_group
 from tests.fixtures import ct_dicom_bytes, png_bytes
 from tests.package_support import CLASSES, register_tiny_model, run_package, write_project
 
@@ -75,12 +75,7 @@ def served(tmp_path_factory):
         wait_ready(url, server, log)
         yield url, record, root
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
+        stop_process_group(server)
 
 
 def predict(url: str, name: str, data: bytes, route: str = "predict", headers: dict | None = None) -> requests.Response:
