@@ -83,11 +83,13 @@ def candidate_section(name: str, metrics: dict, analysis: dict, params: Params, 
             + (image_tag(figs / f"gradcam_{name}.png", f"{name}: Grad-CAM overlays") if grad_rows else ""))
 
 
-def comparison_section(metrics: dict) -> str:
+def comparison_section(metrics: dict, plots: Path) -> str:
     keys = ["accuracy", "macro_precision", "macro_recall", "macro_f1", "test_loss"]
     extra = [k for k in ("parameters", "training_seconds", "inference_ms_per_image") if any(k in m for m in metrics.values())]
     rows = [[n, *(m[k] for k in keys), *(m.get(k, "") for k in extra)] for n, m in metrics.items()]
-    return table(["candidate", "accuracy", "precision", "recall", "F1", "test loss", *extra], rows)
+    chart = plots / "comparison.png"
+    return (table(["candidate", "accuracy", "precision", "recall", "F1", "test loss", *extra], rows)
+            + (image_tag(chart, "Metrics per candidate") if chart.is_file() else ""))
 
 
 def leakage_section(leakage: dict | None, grouped: dict, figs: Path) -> str:
@@ -120,7 +122,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     x_test, y_test = np.load(arrays / "X_test.npy", mmap_mode="r"), np.load(arrays / "y_test.npy")
     groups_test = split.loc[split["split"] == "test", "group"].tolist()
     sections = [("Data", data_section(params, prepared, split, x_test, y_test, figs)),
-                ("Candidates compared", comparison_section(metrics))]
+                ("Candidates compared", comparison_section(metrics, Path(params.paths.evaluation) / "plots"))]
     summary, candidate_html = {}, []
     for name in metrics:
         model, probs_val, probs_test = load_model_predictions(params, name, x_val, x_test)

@@ -70,7 +70,7 @@ def test_report_holds_every_figure_and_the_honest_vs_leaky_numbers(repro):
     for caption in ("Images per class and split", "Group size distribution", "Sample test images per class",
                     "Augmented training samples", "training and validation curves", "confusion matrix",
                     "metrics with 95% confidence intervals", "reliability diagram", "Grad-CAM overlays",
-                    "Leakage gap"):
+                    "Leakage gap", "Metrics per candidate"):
         assert caption in html, caption
     assert "figure missing" not in html
     assert html.count("data:image/png;base64,") >= 10  # self-contained
