@@ -19,7 +19,27 @@ from components.evaluate.core import classification_metrics, gate_verdict, pick_
 COST_KEYS = ("parameters", "training_seconds", "inference_ms_per_image")  # reported beside the test metrics
 
 
-def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np.ndarray) -> dict:
+def confidence_intervals(y_test: np.ndarray, probabilities: np.ndarray, groups_test: list[str], params: Params) -> dict:
+    """95% CIs of accuracy and macro-F1 by bootstrap over test groups, as metrics.json `<metric>_ci`."""
+    from components.report.bootstrap import group_bootstrap
+    from components.report.core import metric_functions
+
+    fns = metric_functions(len(params.classes), params.classes)
+    cis = group_bootstrap(y_test, probabilities.argmax(axis=1), groups_test,
+                          {k: fns[k] for k in ("accuracy", "macro_f1")}, resamples=params.report.bootstrap_resamples)
+    return {f"{k}_ci": [round(v["low"], 4), round(v["high"], 4)] for k, v in cis.items()}
+
+
+def test_groups(params: Params) -> list[str]:
+    """The group of every test image, in the order of the test arrays."""
+    import pandas as pd
+
+    split = pd.read_csv(Path(params.paths.prepared) / "split.csv", dtype=str)
+    return split.loc[split["split"] == "test", "group"].tolist()
+
+
+def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np.ndarray,
+                       groups_test: list[str]) -> dict:
     """Load one trained candidate, score it, draw its plots, log to its MLflow run."""
     import keras
     import mlflow
@@ -31,6 +51,7 @@ def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np
     model = keras.saving.load_model(folder / "model.keras")
     probabilities = np.asarray(model.predict(x_test.astype("float32"), batch_size=64, verbose=0))
     metrics = classification_metrics(y_test, probabilities, params.classes)
+    metrics |= confidence_intervals(y_test, probabilities, groups_test, params)
     latency = inference_ms_per_image(model.predict_on_batch, x_test)
     passed, reasons = gate_verdict(metrics, params.evaluate)
     plots = Path(params.paths.evaluation) / "plots"
@@ -87,7 +108,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
     if len(y_test) == 0:
         raise StageError("the test split is empty: add data or raise preprocess.test_fraction")
     configure_mlflow(params.mlflow)
-    results = {name: evaluate_candidate(name, params, x_test, y_test) for name in params.train.candidates}
+    groups = test_groups(params)
+    results = {name: evaluate_candidate(name, params, x_test, y_test, groups) for name in params.train.candidates}
     winner = pick_winner(results, params.evaluate.gate_metric)
     out = Path(params.paths.evaluation)
     write_json(out / "verdict.json", {"winner": winner, "gate": params.evaluate.model_dump(),

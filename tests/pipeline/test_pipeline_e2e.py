@@ -100,6 +100,8 @@ def test_champion_registered_and_bento_built(repro):
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns.db'}")
     champion = client.get_model_version_by_alias("kidney-ct-classifier", "champion")
     assert champion.tags["classes"] == json.dumps(["Normal", "Cyst", "Tumor", "Stone"])
+    card = (project / "reports/register/model_card.md").read_text()
+    assert "95% CI" in card and "CI not yet computed" not in card  # CIs by bootstrap over test groups
     bento = json.loads((project / "reports/package/bento.json").read_text())
     assert bento["bento_tag"].startswith("kidney_ct_classifier:")
     assert (project / ".bentoml" / "bentos").is_dir()
