@@ -41,6 +41,8 @@ def summary_lines(params_path: str = "params.yaml") -> list[str]:
     if registration:
         lines.append(f"register   {registration.get('model_name', p.register.model_name)} v{registration.get('version')}: "
                      f"{registration.get('reason')}; champion is v{registration.get('champion_version')}")
+    if (Path(paths.report) / "report.html").is_file():
+        lines.append(f"report     {Path(paths.report) / 'report.html'} (every figure, CIs, calibration, Grad-CAM, leakage)")
     bento = _read(Path(paths.package) / "bento.json")
     if bento:
         lines.append(f"package    Bento {bento.get('bento_tag')} (model {bento.get('bento_model_tag')})")
