@@ -12,6 +12,7 @@ from components.common.cli import StageError, log, run_stage, stage_parser, writ
 from components.common.params import Params
 from components.leakage.core import (IndexSplit, grouped_folds, groups_overlap, random_image_split, score_split,
                                      summarise_folds)
+from components.preprocess.core import pixel_statistics
 from components.preprocess.split import SPLITS
 from components.train.core import SplitArrays, train_candidate
 
@@ -33,8 +34,7 @@ def recipe_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray):
     candidate = params.train.candidates[name]
 
     def fit(split: IndexSplit) -> np.ndarray:
-        unit = x[split.train].astype(np.float64) / 255.0
-        data = SplitArrays(x[split.train], y[split.train], x[split.val], y[split.val], float(unit.mean()), float(unit.var()))
+        data = SplitArrays(x[split.train], y[split.train], x[split.val], y[split.val], *pixel_statistics(x[split.train]))
         result = train_candidate(name, candidate, params.augment, data, len(params.classes), params.train.seed,
                                  callbacks=[], verbose=0)
         return np.asarray(result.model.predict(x[split.test].astype("float32"), batch_size=64, verbose=0))

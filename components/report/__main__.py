@@ -137,26 +137,25 @@ def run(params: Params, args: argparse.Namespace) -> None:
     out = Path(params.paths.report)
     (out / "report.html").write_text(page(title, sections))
     write_json(out / "report.json", {"candidates": summary, "leakage": leakage, "groups": prepared["groups"]})
-    log_to_mlflow(params, out, list(metrics))
+    log_to_mlflow(params, out, summary)
     log.info("wrote %s (%d figures)", out / "report.html", len(list(figs.glob("*.png"))))
 
 
-def log_to_mlflow(params: Params, out: Path, names: list[str]) -> None:
+def log_to_mlflow(params: Params, out: Path, summary: dict[str, dict]) -> None:
     """Attach the report to every candidate's MLflow run."""
     import mlflow
 
     from components.common.tracking import configure_mlflow
 
     configure_mlflow(params.mlflow)
-    for name in names:
+    for name, candidate in summary.items():
         run_id = json.loads((Path(params.paths.models) / name / "run.json").read_text())["run_id"]
         with mlflow.start_run(run_id=run_id):
             mlflow.log_artifact(str(out / "report.html"), "report")
-            summary = read_json(out / "report.json")["candidates"][name]
-            mlflow.log_metrics({"test_ece": summary["ece_before"], "test_ece_scaled": summary["ece_after"],
-                                "temperature": summary["temperature"],
-                                "test_macro_f1_ci_low": summary["ci95"]["macro_f1"]["low"],
-                                "test_macro_f1_ci_high": summary["ci95"]["macro_f1"]["high"]})
+            mlflow.log_metrics({"test_ece": candidate["ece_before"], "test_ece_scaled": candidate["ece_after"],
+                                "temperature": candidate["temperature"],
+                                "test_macro_f1_ci_low": candidate["ci95"]["macro_f1"]["low"],
+                                "test_macro_f1_ci_high": candidate["ci95"]["macro_f1"]["high"]})
 
 
 def main(argv: list[str] | None = None) -> int:

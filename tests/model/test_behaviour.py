@@ -16,6 +16,7 @@ from components.common.imaging import LoadedImage, decode_image, prepare_for_mod
 from components.common.params import AugmentParams, CandidateParams, GenerateParams
 from components.generate.core import patient_anatomy
 from components.generate.phantom import Grid, add_noise, draw_slice
+from components.preprocess.core import pixel_statistics
 from components.train.core import SplitArrays, train_candidate
 
 pytestmark = pytest.mark.slow
@@ -59,8 +60,7 @@ def arrays(patients) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit(x, y, x_val, y_val, epochs: int):
-    unit = x / 255.0
-    data = SplitArrays(x, y, x_val, y_val, float(unit.mean()), float(unit.var()))
+    data = SplitArrays(x, y, x_val, y_val, *pixel_statistics(x))
     candidate = CandidateParams(filters=[8, 16, 32], dense_units=32, dropout=0.2, learning_rate=0.002,
                                 epochs=epochs, batch_size=32, patience=epochs)
     result = train_candidate("behaviour", candidate, AugmentParams(rotation=0.02, zoom=0.05, contrast=0.1), data,
