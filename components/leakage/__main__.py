@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
+from components.common.tracking import configure_mlflow
 from components.leakage.core import (IndexSplit, grouped_folds, groups_overlap, random_image_split, score_split,
                                      summarise_folds)
 from components.preprocess.core import pixel_statistics
@@ -37,9 +39,35 @@ def recipe_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray):
         data = SplitArrays(x[split.train], y[split.train], x[split.val], y[split.val], *pixel_statistics(x[split.train]))
         result = train_candidate(name, candidate, params.augment, data, len(params.classes), params.train.seed,
                                  callbacks=[], verbose=0)
+        log.info("trained in %.0f s (best epoch %d)", result.seconds, result.best_epoch)
         return np.asarray(result.model.predict(x[split.test].astype("float32"), batch_size=64, verbose=0))
 
     return fit
+
+
+def recipe_params(params: Params, name: str) -> dict:
+    """The knobs that make a training recipe, flattened for MLflow (what a CV trial varies)."""
+    flat = {f"candidate.{k}": v for k, v in params.train.candidates[name].model_dump().items()}
+    flat.update({f"augment.{k}": v for k, v in params.augment.model_dump().items() if k != "preview_samples"})
+    flat.update({"preprocess.image_size": params.preprocess.image_size, "train.seed": params.train.seed,
+                 "leakage.seed": params.leakage.seed, "leakage.cv_folds": params.leakage.cv_folds})
+    return flat
+
+
+def log_cv_to_mlflow(params: Params, name: str, cv: dict) -> None:
+    """One MLflow run per CV trial: the recipe as params, mean/std of every score, each fold as a step."""
+    import mlflow
+
+    configure_mlflow(params.mlflow)
+    with mlflow.start_run(run_name=f"grouped-cv {name}"):
+        mlflow.set_tags({"stage": "leakage", "kind": "grouped_cv", "candidate": name})
+        mlflow.log_params({k: str(v) for k, v in recipe_params(params, name).items()})
+        summary = {k: v for k, v in cv.items() if isinstance(v, dict) and "mean" in v}
+        mlflow.log_metrics({f"cv_{k}_{stat}": float(v[stat]) for k, v in summary.items() for stat in ("mean", "std")})
+        mlflow.log_metric("cv_seconds", float(cv["seconds"]))
+        for step, fold in enumerate(cv["per_fold"], start=1):
+            mlflow.log_metrics({"fold_macro_f1": fold["macro_f1"], "fold_accuracy": fold["accuracy"]}, step=step)
+        mlflow.log_dict(cv, "grouped_cv.json")
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
@@ -64,11 +92,15 @@ def run(params: Params, args: argparse.Namespace) -> None:
             splits = list(grouped_folds(y, groups, settings.cv_folds, params.preprocess.val_fraction, settings.seed))
         except ValueError as exc:
             raise StageError(str(exc)) from None
+        began = time.perf_counter()
         for k, split in enumerate(splits, start=1):
             log.info("grouped fold %d/%d: %d train, %d val, %d test images", k, len(splits), len(split.train),
                      len(split.val), len(split.test))
             folds.append(score_split(fit, split, y, params.classes))
-        report["grouped_cv"] = {"folds": len(folds), "per_fold": folds, **summarise_folds(folds, params.classes)}
+            log.info("fold %d: macro-F1 %.3f, accuracy %.3f", k, folds[-1]["macro_f1"], folds[-1]["accuracy"])
+        report["grouped_cv"] = {"folds": len(folds), "per_fold": folds, "seconds": time.perf_counter() - began,
+                                **summarise_folds(folds, params.classes)}
+        log_cv_to_mlflow(params, name, report["grouped_cv"])
     write_json(Path(params.paths.leakage) / "leakage.json", report)
     if "random_split" in report:
         r = report["random_split"]
