@@ -20,6 +20,16 @@ def augmentation_layers(params: AugmentParams, seed: int) -> list:
     if params.contrast > 0:
         layers.append(keras.layers.RandomContrast(params.contrast, value_range=(0.0, 1.0), seed=seed + 2,
                                                   name="aug_contrast"))
+    if params.flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 3, name="aug_flip"))
+    if params.translate > 0:
+        layers.append(keras.layers.RandomTranslation(params.translate, params.translate, fill_mode="constant",
+                                                     seed=seed + 4, name="aug_translate"))
+    if params.brightness > 0:
+        layers.append(keras.layers.RandomBrightness(params.brightness, value_range=(0.0, 1.0), seed=seed + 5,
+                                                    name="aug_brightness"))
+    if params.noise > 0:
+        layers.append(keras.layers.GaussianNoise(params.noise, seed=seed + 6, name="aug_noise"))
     return layers
 
 
@@ -29,7 +39,11 @@ def describe_policy(params: AugmentParams) -> dict:
         "rotation_degrees": round(params.rotation * 360, 2),
         "zoom": params.zoom,
         "contrast": params.contrast,
-        "layers": ["RandomRotation", "RandomZoom", "RandomContrast"],
+        "flip": params.flip,
+        "translate": params.translate,
+        "brightness": params.brightness,
+        "noise": params.noise,
+        "layers": [layer.__class__.__name__ for layer in augmentation_layers(params, 0)],
         "applied": "inside the model graph during training only",
     }
 

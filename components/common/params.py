@@ -83,10 +83,14 @@ class AugmentParams(_Strict):
     rotation: float = Field(0.05, ge=0, le=0.5)
     zoom: float = Field(0.1, ge=0, lt=1)
     contrast: float = Field(0.2, ge=0, lt=1)
+    flip: bool = False                            # random left-right flip (anatomy is near-symmetric)
+    translate: float = Field(0.0, ge=0, lt=1)     # random shift, fraction of the side
+    brightness: float = Field(0.0, ge=0, lt=1)    # random brightness offset (window level jitter)
+    noise: float = Field(0.0, ge=0, lt=1)         # Gaussian noise std on [0, 1] pixels (scanner noise)
     preview_samples: int = Field(4, ge=1)
 
 
-Architecture = Literal["paper_cnn", "efficientnet_b0", "mobilenet_v2", "resnet50", "inception_v3", "vit"]
+Architecture = Literal["paper_cnn", "compact_cnn", "efficientnet_b0", "mobilenet_v2", "resnet50", "inception_v3", "vit"]
 FIXED_WIDTH = ("efficientnet_b0", "resnet50", "inception_v3")  # keras.applications without a width knob
 
 
@@ -101,8 +105,13 @@ class CandidateParams(_Strict):
     vit_dim: int = Field(64, ge=8)                # ViT token width (times `width`)
     vit_depth: int = Field(4, ge=1)               # ViT transformer blocks
     vit_heads: int = Field(4, ge=1)
+    intensity_channels: list[float] = []          # extra input channels: pixels above each threshold of [0, 1],
+                                                  #   stretched (a "dense structures" window: stones, bone)
     dropout: float = Field(0.5, ge=0, lt=1)
     learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)        # > 0: AdamW with this decoupled weight decay
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    loss_weighting: Literal["none", "class", "class_and_group"] = "none"  # balance classes (and scan series)
     epochs: int = Field(12, ge=1)
     batch_size: int = Field(16, ge=1)
     patience: int = Field(4, ge=1)
@@ -111,8 +120,12 @@ class CandidateParams(_Strict):
     def _width_supported(self) -> "CandidateParams":
         if self.architecture in FIXED_WIDTH and self.width != 1.0:
             raise ValueError(f"{self.architecture} has a fixed width: leave `width` at 1.0")
-        if self.weights != "none" and self.architecture in ("paper_cnn", "vit"):
+        if self.weights != "none" and self.architecture in ("paper_cnn", "compact_cnn", "vit"):
             raise ValueError(f"{self.architecture} has no pretrained weights: set `weights: none`")
+        if self.intensity_channels and self.architecture not in ("paper_cnn", "compact_cnn", "vit"):
+            raise ValueError(f"{self.architecture} takes three grey channels: leave `intensity_channels` empty")
+        if any(not 0 <= t < 1 for t in self.intensity_channels):
+            raise ValueError("each of `intensity_channels` is a threshold in [0, 1)")
         return self
 
 
@@ -142,6 +155,7 @@ class EvaluateParams(_Strict):
     gate_metric: Literal["accuracy", "macro_f1"] = "macro_f1"
     min_accuracy: float = Field(0.6, ge=0, le=1)
     min_macro_f1: float = Field(0.55, ge=0, le=1)
+    min_class_recall: float = Field(0.0, ge=0, le=1)  # every class's recall at least this (0 = no check)
 
 
 class RegisterParams(_Strict):

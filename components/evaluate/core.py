@@ -37,6 +37,10 @@ def gate_verdict(metrics: dict, gate: EvaluateParams) -> tuple[bool, list[str]]:
         reasons.append(f"accuracy {metrics['accuracy']:.3f} is below the minimum {gate.min_accuracy:.3f}")
     if metrics["macro_f1"] < gate.min_macro_f1:
         reasons.append(f"macro-F1 {metrics['macro_f1']:.3f} is below the minimum {gate.min_macro_f1:.3f}")
+    for name, scores in metrics.get("per_class", {}).items():
+        if scores["recall"] < gate.min_class_recall:
+            reasons.append(f"{name} recall {scores['recall']:.3f} is below the minimum per-class recall "
+                           f"{gate.min_class_recall:.3f}")
     return not reasons, reasons
 
 

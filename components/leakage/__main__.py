@@ -17,6 +17,7 @@ from components.leakage.core import (IndexSplit, grouped_folds, groups_overlap, 
 from components.preprocess.core import pixel_statistics
 from components.preprocess.split import SPLITS
 from components.train.core import SplitArrays, train_candidate
+from components.train.data import loss_weights
 
 
 
@@ -31,12 +32,14 @@ def load_all_images(prepared: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
 
 
-def recipe_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray):
+def recipe_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray, groups: np.ndarray):
     """A closure training candidate `name` on any index split and returning test probabilities."""
     candidate = params.train.candidates[name]
 
     def fit(split: IndexSplit) -> np.ndarray:
-        data = SplitArrays(x[split.train], y[split.train], x[split.val], y[split.val], *pixel_statistics(x[split.train]))
+        weights = loss_weights(y[split.train], len(params.classes), candidate.loss_weighting, groups[split.train])
+        data = SplitArrays(x[split.train], y[split.train], x[split.val], y[split.val], *pixel_statistics(x[split.train]),
+                           w_train=weights)
         result = train_candidate(name, candidate, params.augment, data, len(params.classes), params.train.seed,
                                  callbacks=[], verbose=0)
         log.info("trained in %.0f s (best epoch %d)", result.seconds, result.best_epoch)
@@ -78,7 +81,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     if name not in params.train.candidates:
         raise StageError(f"leakage.candidate {name!r} is not in train.candidates {sorted(params.train.candidates)}")
     x, y, groups = load_all_images(prepared)
-    fit = recipe_fit(params, name, x, y)
+    fit = recipe_fit(params, name, x, y, groups)
     report: dict = {"candidate": name, "images": int(len(y)), "groups": int(len(np.unique(groups)))}
     if settings.random_split:
         split = random_image_split(y, params.preprocess.test_fraction, params.preprocess.val_fraction, settings.seed)

@@ -7,12 +7,16 @@ import hashlib
 import json
 from pathlib import Path
 
+import dataclasses
+
 import numpy as np
+import pandas as pd
 
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.common.tracking import configure_mlflow
 from components.train.core import SplitArrays, clear_checkpoint, fingerprint, read_checkpoint, train_candidate
+from components.train.data import loss_weights
 from components.train.models import SetupError, resolve_weights
 from components.train.parent import open_parent_run
 
@@ -25,6 +29,18 @@ def load_split_arrays(arrays: Path) -> SplitArrays:
     load = lambda name: np.load(arrays / f"{name}.npy", mmap_mode="r")  # noqa: E731
     return SplitArrays(load("X_train"), load("y_train"), load("X_val"), load("y_val"),
                        stats["train_pixel_mean"], stats["train_pixel_variance"])
+
+
+def with_loss_weights(data: SplitArrays, params: Params, name: str) -> SplitArrays:
+    """Attach the candidate's loss weights; scan-series balance reads the training groups from split.csv."""
+    mode = params.train.candidates[name].loss_weighting
+    groups = None
+    if mode == "class_and_group":
+        table = pd.read_csv(Path(params.paths.prepared) / "split.csv", dtype=str)
+        groups = table.loc[table["split"] == "train", "group"].to_numpy()
+        if len(groups) != len(data.y_train):
+            raise StageError("split.csv and X_train.npy disagree on the training images: re-run preprocess")
+    return dataclasses.replace(data, w_train=loss_weights(np.asarray(data.y_train), len(params.classes), mode, groups))
 
 
 def data_version(params: Params) -> str:
@@ -75,7 +91,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
         resolve_weights(candidate.weights)
     except SetupError as exc:
         raise StageError(str(exc)) from None
-    data = load_split_arrays(Path(params.paths.prepared) / "arrays")
+    data = with_loss_weights(load_split_arrays(Path(params.paths.prepared) / "arrays"), params, name)
     out = Path(params.paths.models) / name
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = Path(params.paths.checkpoints) / name

@@ -30,6 +30,7 @@ class SplitArrays:
     y_val: np.ndarray
     pixel_mean: float
     pixel_variance: float
+    w_train: np.ndarray | None = None  # per-image loss weights (class / scan-series balance); None = equal
 
 
 @dataclass
@@ -42,13 +43,16 @@ class TrainResult:
     runtime: dict = field(default_factory=dict)
 
 
-def compile_model(model, learning_rate: float, n_classes: int, jit_compile="auto") -> None:
-    """Adam + categorical cross-entropy; accuracy, precision, recall and macro-F1 per epoch."""
+def compile_model(model, learning_rate: float, n_classes: int, jit_compile="auto", weight_decay: float = 0.0,
+                  label_smoothing: float = 0.0) -> None:
+    """Adam (AdamW with weight decay) + categorical cross-entropy; accuracy, precision, recall, macro-F1 per epoch."""
     import keras
 
+    optimizer = (keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay) if weight_decay > 0
+                 else keras.optimizers.Adam(learning_rate))
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss="categorical_crossentropy",
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=[
             keras.metrics.CategoricalAccuracy(name="accuracy"),
             keras.metrics.Precision(name="precision"),
@@ -170,7 +174,8 @@ def train_candidate(name: str, candidate: CandidateParams, augment: AugmentParam
     else:
         model = build_model(name, candidate, data.x_train.shape[1], n_classes, augmentation_layers(augment, seed),
                             data.pixel_mean, data.pixel_variance)
-        compile_model(model, candidate.learning_rate, n_classes, runtime.jit_compile)
+        compile_model(model, candidate.learning_rate, n_classes, runtime.jit_compile, candidate.weight_decay,
+                      candidate.label_smoothing)
     if checkpoint_dir is not None:
         stopper, saver = resumable_callbacks(checkpoint_dir, key, candidate.patience, monitor, state, extra_state or {})
         own = [stopper, saver]
@@ -179,7 +184,7 @@ def train_candidate(name: str, candidate: CandidateParams, augment: AugmentParam
                                                        restore_best_weights=True), None
         own = [stopper]
     feed = dict(batch_size=candidate.batch_size, n_classes=n_classes, seed=seed, workers=runtime.loader_workers)
-    train = batch_feeder(data.x_train, data.y_train, shuffle=True, first_epoch=start, **feed)
+    train = batch_feeder(data.x_train, data.y_train, shuffle=True, first_epoch=start, weights=data.w_train, **feed)
     val = batch_feeder(data.x_val, data.y_val, shuffle=False, **feed) if has_val else None
     epochs = start if state and state["stopped"] else candidate.epochs
     started = time.perf_counter()

@@ -8,11 +8,12 @@ import numpy as np
 
 
 def batch_feeder(x: np.ndarray, y: np.ndarray, batch_size: int, n_classes: int, *, shuffle: bool, seed: int,
-                 first_epoch: int = 0, workers: int = 1):
+                 first_epoch: int = 0, workers: int = 1, weights: np.ndarray | None = None):
     """A keras.utils.PyDataset over (N, S, S, 1) uint8 images and integer labels (memmaps welcome).
 
     Each batch is one vectorised gather (sorted indices, so a memmap reads forward) plus a float32 cast and a
     one-hot lookup. The shuffle order of epoch e depends only on (seed, e): a resumed run sees the same order.
+    With `weights`, each batch also carries the images' loss weights.
     """
     import keras
 
@@ -32,7 +33,8 @@ def batch_feeder(x: np.ndarray, y: np.ndarray, batch_size: int, n_classes: int, 
 
         def __getitem__(self, index: int):
             picks = np.sort(self.order[index * batch_size:(index + 1) * batch_size])
-            return np.asarray(x[picks], dtype="float32"), one_hot(np.asarray(y[picks]), n_classes)
+            batch = np.asarray(x[picks], dtype="float32"), one_hot(np.asarray(y[picks]), n_classes)
+            return batch if weights is None else (*batch, np.asarray(weights[picks], dtype="float32"))
 
         def on_epoch_end(self) -> None:
             self.epoch += 1
@@ -46,3 +48,23 @@ def batch_feeder(x: np.ndarray, y: np.ndarray, batch_size: int, n_classes: int, 
 def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
     """Integer labels -> float32 one-hot rows."""
     return np.eye(n_classes, dtype="float32")[y]
+
+
+def loss_weights(y: np.ndarray, n_classes: int, mode: str, groups: np.ndarray | None = None) -> np.ndarray | None:
+    """Per-image loss weights that balance classes (`class`) and, within a class, scan series (`class_and_group`).
+
+    `class`: every class carries the same total weight. `class_and_group`: in addition each image is weighted by
+    1/sqrt(its group's size), so a 250-slice series no longer outvotes ten short ones; weights average 1.
+    """
+    if mode == "none":
+        return None
+    weights = np.ones(len(y), dtype="float64")
+    if mode == "class_and_group":
+        if groups is None:
+            raise ValueError("loss_weighting class_and_group needs the images' groups")
+        _, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+        weights = 1.0 / np.sqrt(sizes[inverse])
+    present = [c for c in range(n_classes) if np.any(y == c)]
+    for c in present:
+        weights[y == c] *= len(y) / (len(present) * weights[y == c].sum())
+    return weights.astype("float32")

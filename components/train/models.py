@@ -30,16 +30,28 @@ class WeightsError(SetupError):
     """The `weights` setting names a file that is not there (nothing is downloaded implicitly)."""
 
 
-def input_front(image_size: int, augmentation: list, mean: float, variance: float):
-    """Shared model front: uint8-range input -> [0, 1] -> augmentation (training only) -> standardised."""
+def input_front(image_size: int, augmentation: list, mean: float, variance: float,
+                intensity_channels: list[float] = ()):
+    """Shared model front: uint8-range input -> [0, 1] -> augmentation (training only) -> standardised.
+
+    Each threshold t of `intensity_channels` adds a channel that keeps only pixels brighter than t, stretched
+    to [0, 1]: a second "window" on the densest structures (stones, bone) next to the standardised grey one.
+    """
     import keras
 
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit")(inputs)
     for layer in augmentation:
         x = layer(x)
-    x = keras.layers.Normalization(mean=mean, variance=variance, name="standardise")(x)
-    return inputs, x
+    grey = keras.layers.Normalization(mean=mean, variance=variance, name="standardise")(x)
+    if not intensity_channels:
+        return inputs, grey
+    windows = [grey]
+    for i, threshold in enumerate(intensity_channels):
+        scale = 1.0 / (1.0 - threshold)
+        stretched = keras.layers.Rescaling(scale, -threshold * scale, name=f"dense_window{i}")(x)
+        windows.append(keras.layers.ReLU(max_value=1.0, name=f"dense_window{i}_clip")(stretched))
+    return inputs, keras.layers.Concatenate(axis=-1, name="input_windows")(windows)
 
 
 def resolve_weights(weights: str) -> str | None:
@@ -98,6 +110,32 @@ def paper_cnn_body(x, candidate: CandidateParams, mean: float = 0.0, variance: f
     return keras.layers.Dropout(candidate.dropout, name="dropout")(x)
 
 
+def compact_cnn_body(x, candidate: CandidateParams, mean: float = 0.0, variance: float = 1.0):
+    """A compact CNN that generalises across scans: BatchNorm conv pairs, then global average + max pooling.
+
+    Global pooling replaces the paper's flatten-dense (which memorises where things sit in a scan), and the
+    max pool keeps a small bright finding (a stone) visible however little of the slice it covers.
+    """
+    import keras
+
+    def conv(h, filters: int, name: str, strides: int = 1):
+        h = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=name)(h)
+        h = keras.layers.BatchNormalization(name=f"{name}_bn")(h)
+        return keras.layers.ReLU(name=f"{name}_relu")(h)
+
+    widths = [max(1, round(f * candidate.width)) for f in candidate.filters]
+    x = conv(x, widths[0], "stem", strides=2)
+    for i, filters in enumerate(widths):
+        x = conv(x, filters, f"conv{i + 1}a")
+        x = conv(x, filters, f"conv{i + 1}b")
+        if i < len(widths) - 1:
+            x = keras.layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+    pooled = [keras.layers.GlobalAveragePooling2D(name="avg_pool")(x), keras.layers.GlobalMaxPooling2D(name="max_pool")(x)]
+    x = keras.layers.Concatenate(name="pooled")(pooled)
+    x = keras.layers.Dropout(candidate.dropout, name="dropout")(x)
+    return keras.layers.Dense(candidate.dense_units, activation="relu", name="dense")(x)
+
+
 def vit_body(x, candidate: CandidateParams, mean: float = 0.0, variance: float = 1.0):
     """A small Vision Transformer: patch embedding, convolutional position encoding, pre-norm blocks, GAP.
 
@@ -128,7 +166,7 @@ def vit_body(x, candidate: CandidateParams, mean: float = 0.0, variance: float =
     return keras.layers.Dropout(candidate.dropout, name="dropout")(x)
 
 
-BODIES = {"paper_cnn": paper_cnn_body, "vit": vit_body,
+BODIES = {"paper_cnn": paper_cnn_body, "compact_cnn": compact_cnn_body, "vit": vit_body,
           **{arch: application_body for arch in APPLICATION_RANGE}}
 
 
@@ -142,7 +180,7 @@ def build_model(name: str, candidate: CandidateParams, image_size: int, n_classe
     """A compile-ready functional model for one candidate, softmax over `n_classes`."""
     import keras
 
-    inputs, x = input_front(image_size, augmentation, mean, variance)
+    inputs, x = input_front(image_size, augmentation, mean, variance, candidate.intensity_channels)
     size = model_input_size(candidate, image_size)
     if size != image_size:
         x = keras.layers.Resizing(size, size, name="resize")(x)

@@ -45,6 +45,17 @@ def test_gate_names_every_miss():
     assert gate_verdict({"accuracy": 0.8, "macro_f1": 0.7}, gate) == (True, [])
 
 
+def test_gate_refuses_a_model_that_misses_one_class():
+    gate = EvaluateParams(min_accuracy=0.5, min_macro_f1=0.5, min_class_recall=0.85)
+    metrics = {"accuracy": 0.9, "macro_f1": 0.9,
+               "per_class": {"Cyst": {"recall": 0.99}, "Stone": {"recall": 0.40}, "Tumor": {"recall": 0.85}}}
+    passed, reasons = gate_verdict(metrics, gate)
+    assert not passed
+    assert reasons == ["Stone recall 0.400 is below the minimum per-class recall 0.850"]
+    metrics["per_class"]["Stone"]["recall"] = 0.86
+    assert gate_verdict(metrics, gate) == (True, [])
+
+
 def test_winner_is_best_passing_candidate_ties_to_smaller_model():
     results = {
         "big": {"passed": True, "metrics": {"macro_f1": 0.9}, "parameters": 1000},

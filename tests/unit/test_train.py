@@ -32,3 +32,23 @@ def test_training_learns_a_trivial_task_and_augmentation_is_inert_at_inference()
     second = np.asarray(result.model(x[:4].astype("float32"), training=False))
     assert np.array_equal(first, second)
     assert 1 <= result.best_epoch <= 8
+
+
+def test_the_generalisation_recipe_trains_weighted_with_every_augmentation_inert_at_inference():
+    from components.train.data import loss_weights
+
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(4), [14, 8, 6, 4])
+    x = (rng.integers(0, 40, (32, 24, 24, 1)) + (y * 60)[:, None, None, None]).astype(np.uint8)
+    groups = np.array([f"g{i // 3}" for i in range(32)])
+    data = SplitArrays(x, y, x[::4], y[::4], pixel_mean=float(x.mean() / 255), pixel_variance=float((x / 255).var()),
+                       w_train=loss_weights(y, 4, "class_and_group", groups))
+    candidate = tiny_candidate(architecture="compact_cnn", epochs=6, learning_rate=0.01, intensity_channels=[0.8],
+                               weight_decay=1e-4, label_smoothing=0.1, loss_weighting="class_and_group")
+    augment = AugmentParams(flip=True, translate=0.1, brightness=0.1, noise=0.02)
+    result = train_candidate("compact", candidate, augment, data, 4, seed=0, callbacks=[], verbose=0)
+    assert result.history["loss"][-1] < result.history["loss"][0]
+    names = {layer.name for layer in result.model.layers}
+    assert {"aug_flip", "aug_translate", "aug_brightness", "aug_noise", "dense_window0"} <= names
+    first = np.asarray(result.model(x[:4].astype("float32"), training=False))
+    assert np.array_equal(first, np.asarray(result.model(x[:4].astype("float32"), training=False)))

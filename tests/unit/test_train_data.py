@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from components.train.data import batch_feeder
+from components.train.data import batch_feeder, loss_weights
 
 
 @pytest.fixture
@@ -44,3 +44,29 @@ def test_shuffle_order_depends_only_on_seed_and_epoch(arrays):
 def test_empty_split_refused(arrays):
     with pytest.raises(ValueError, match="empty"):
         batch_feeder(arrays[0][:0], arrays[1][:0], 4, 3, shuffle=True, seed=0)
+
+
+def test_feeder_carries_loss_weights_beside_each_batch(arrays):
+    x, y = arrays
+    weights = np.arange(10, dtype="float32") / 10
+    images, _, batch_weights = batch_feeder(x, y, 4, 3, shuffle=True, seed=5, weights=weights)[0]
+    assert np.allclose(batch_weights, images[:, 0, 0, 0] / 10)
+
+
+def test_class_weights_give_every_class_the_same_total():
+    y = np.array([0] * 6 + [1] * 3 + [2])
+    weights = loss_weights(y, 4, "class")
+    totals = [weights[y == c].sum() for c in range(3)]
+    assert np.allclose(totals, len(y) / 3) and np.isclose(weights.mean(), 1.0)
+    assert weights[9] > weights[0]  # the rare class's image counts more
+    assert loss_weights(y, 4, "none") is None
+
+
+def test_group_weights_stop_a_long_series_outvoting_short_ones():
+    y = np.zeros(10, dtype=int)
+    groups = np.array(["long"] * 9 + ["short"])
+    weights = loss_weights(y, 1, "class_and_group", groups)
+    assert np.isclose(weights.sum(), 10)
+    assert np.isclose(weights[groups == "long"].sum() / weights[groups == "short"].sum(), 3.0)  # sqrt(9) : 1
+    with pytest.raises(ValueError, match="groups"):
+        loss_weights(y, 1, "class_and_group")

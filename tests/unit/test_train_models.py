@@ -85,3 +85,34 @@ def test_commented_candidates_in_params_yaml_match_the_study_list():
     listed = {name: CandidateParams(**yaml.safe_load(body)) for name, body in commented}
     assert set(listed) | {"paper_cnn"} == set(STUDY_CANDIDATES)
     assert listed == {n: c for n, c in study_candidates().items() if n != "paper_cnn"}
+
+
+def test_compact_cnn_pools_globally_and_round_trips(tmp_path):
+    import keras
+
+    candidate = CandidateParams(architecture="compact_cnn", filters=[4, 8], dense_units=8, dropout=0.1)
+    model = build_model("compact", candidate, 32, 4, [], MEAN, VARIANCE)
+    assert {"avg_pool", "max_pool"} <= {layer.name for layer in model.layers}
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras")
+    assert np.allclose(predict(model, 2, 32), predict(again, 2, 32), atol=1e-5)
+
+
+def test_intensity_channel_keeps_only_pixels_above_its_threshold():
+    import keras
+
+    candidate = CandidateParams(architecture="compact_cnn", filters=[4], dense_units=4, intensity_channels=[0.5])
+    model = build_model("m", candidate, 8, 4, [], MEAN, VARIANCE)
+    windows = keras.Model(model.input, model.get_layer("input_windows").output)
+    images = np.array([0.0, 102.0, 191.25, 255.0]).reshape(4, 1, 1, 1) * np.ones((4, 8, 8, 1))
+    out = np.asarray(windows.predict(images.astype("float32"), verbose=0))
+    assert out.shape == (4, 8, 8, 2)
+    assert np.allclose(out[:, 0, 0, 1], [0.0, 0.0, 0.5, 1.0], atol=1e-5)  # 0.4 -> 0, 0.75 -> 0.5, 1 -> 1
+    assert np.allclose(out[:, 0, 0, 0], (images[:, 0, 0, 0] / 255 - MEAN) / np.sqrt(VARIANCE), atol=1e-4)
+
+
+def test_intensity_channels_are_refused_where_the_body_wants_three_grey_channels():
+    with pytest.raises(ValidationError, match="intensity_channels"):
+        CandidateParams(architecture="resnet50", intensity_channels=[0.8])
+    with pytest.raises(ValidationError, match="threshold"):
+        CandidateParams(architecture="compact_cnn", intensity_channels=[1.2])
