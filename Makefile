@@ -10,7 +10,8 @@ export GX_ANALYTICS_ENABLED := False
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install run test test-fast mlflow-ui serve clean system-deps browser bench-serve bench-train
+.PHONY: install run test test-fast mlflow-ui serve clean system-deps browser bench-serve bench-train \
+	real-data real-data-cv search cv-table
 
 $(BIN)/.installed: requirements/base.txt requirements/test.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +38,26 @@ run: install ## run every stage on the embedded default (a generated PACS export
 	@[ -d .dvc ] || $(BIN)/dvc init -q
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	$(BIN)/python -m components
+
+# Real data: profiles/real-data.yaml laid over params.yaml through `dvc exp run -S`, so DVC records every value.
+DVC_EXP = PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run
+PROFILE = $(BIN)/python -m components.profile
+real-data: install ## the whole pipeline on ../shared/data/kidney-ct with the best recipe (profiles/real-data.yaml)
+	$(DVC_EXP) -n real-data $$($(PROFILE) real-data)
+	$(BIN)/python -m components
+
+real-data-cv: install ## only the grouped 5-fold CV of the real-data recipe (leakage stage and what it needs)
+	$(DVC_EXP) -n real-data-cv $$($(PROFILE) real-data) leakage
+
+TRIALS ?= $(shell $(BIN)/python -m components.profile real-data --list-trials 2>/dev/null)
+search: install ## grouped 5-fold CV of each trial in profiles/search.yaml (TRIALS="t01 t02" for some)
+	@cp params.yaml .params.before-search.yaml; trap 'cp .params.before-search.yaml params.yaml' EXIT; \
+	for t in $(TRIALS); do echo "== trial $$t"; cp .params.before-search.yaml params.yaml; \
+	  args=$$($(PROFILE) real-data $$t) || exit 2; $(DVC_EXP) -n $$t $$args leakage || exit 1; done
+	$(BIN)/python -m components.leakage.table
+
+cv-table: install ## every grouped-CV trial logged to MLflow, as a Markdown table
+	$(BIN)/python -m components.leakage.table
 
 test: install ## run the whole test suite (installs Orthanc and Chromium first when it can)
 	@$(MAKE) --no-print-directory system-deps || echo "WARNING: no orthanc/orthanc-dicomweb: the PACS tests will skip"

@@ -112,6 +112,8 @@ class CandidateParams(_Strict):
     weight_decay: float = Field(0.0, ge=0)        # > 0: AdamW with this decoupled weight decay
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     loss_weighting: Literal["none", "class", "class_and_group"] = "none"  # balance classes (and scan series)
+    weighted_sampling: bool = False               # draw each epoch's images with those weights (loss unweighted)
+    epoch_images: int | None = Field(None, ge=1)  # images per epoch; None = the training set once
     epochs: int = Field(12, ge=1)
     batch_size: int = Field(16, ge=1)
     patience: int = Field(4, ge=1)
@@ -124,6 +126,9 @@ class CandidateParams(_Strict):
             raise ValueError(f"{self.architecture} has no pretrained weights: set `weights: none`")
         if self.intensity_channels and self.architecture not in ("paper_cnn", "compact_cnn", "vit"):
             raise ValueError(f"{self.architecture} takes three grey channels: leave `intensity_channels` empty")
+        if self.weighted_sampling and self.loss_weighting == "none":
+            raise ValueError("weighted_sampling draws by the loss weights: set loss_weighting to class or "
+                             "class_and_group")
         if any(not 0 <= t < 1 for t in self.intensity_channels):
             raise ValueError("each of `intensity_channels` is a threshold in [0, 1)")
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -57,13 +58,23 @@ def recipe_params(params: Params, name: str) -> dict:
     return flat
 
 
+def machine_description() -> str:
+    """Where the CV ran, for the recipe table: CPU cores or the accelerator Keras sees."""
+    import keras
+
+    accelerators = [d for d in keras.distribution.list_devices() if not d.lower().startswith("cpu")]
+    return f"{len(accelerators)} accelerator(s)" if accelerators else f"{os.cpu_count()} CPU cores"
+
+
 def log_cv_to_mlflow(params: Params, name: str, cv: dict) -> None:
     """One MLflow run per CV trial: the recipe as params, mean/std of every score, each fold as a step."""
     import mlflow
 
     configure_mlflow(params.mlflow)
-    with mlflow.start_run(run_name=f"grouped-cv {name}"):
-        mlflow.set_tags({"stage": "leakage", "kind": "grouped_cv", "candidate": name})
+    trial = os.environ.get("DVC_EXP_NAME")  # set by `dvc exp run -n NAME`
+    with mlflow.start_run(run_name=trial or f"grouped-cv {name}"):
+        mlflow.set_tags({"stage": "leakage", "kind": "grouped_cv", "candidate": name, "trial": trial or "",
+                         "machine": machine_description()})
         mlflow.log_params({k: str(v) for k, v in recipe_params(params, name).items()})
         summary = {k: v for k, v in cv.items() if isinstance(v, dict) and "mean" in v}
         mlflow.log_metrics({f"cv_{k}_{stat}": float(v[stat]) for k, v in summary.items() for stat in ("mean", "std")})

@@ -184,7 +184,8 @@ def train_candidate(name: str, candidate: CandidateParams, augment: AugmentParam
                                                        restore_best_weights=True), None
         own = [stopper]
     feed = dict(batch_size=candidate.batch_size, n_classes=n_classes, seed=seed, workers=runtime.loader_workers)
-    train = batch_feeder(data.x_train, data.y_train, shuffle=True, first_epoch=start, weights=data.w_train, **feed)
+    train = batch_feeder(data.x_train, data.y_train, shuffle=True, first_epoch=start, weights=data.w_train,
+                         sample_by_weight=candidate.weighted_sampling, epoch_images=candidate.epoch_images, **feed)
     val = batch_feeder(data.x_val, data.y_val, shuffle=False, **feed) if has_val else None
     epochs = start if state and state["stopped"] else candidate.epochs
     started = time.perf_counter()

@@ -8,13 +8,22 @@ import numpy as np
 
 
 def batch_feeder(x: np.ndarray, y: np.ndarray, batch_size: int, n_classes: int, *, shuffle: bool, seed: int,
-                 first_epoch: int = 0, workers: int = 1, weights: np.ndarray | None = None):
+                 first_epoch: int = 0, workers: int = 1, weights: np.ndarray | None = None,
+                 sample_by_weight: bool = False, epoch_images: int | None = None):
     """A keras.utils.PyDataset over (N, S, S, 1) uint8 images and integer labels (memmaps welcome).
 
     Each batch is one vectorised gather (sorted indices, so a memmap reads forward) plus a float32 cast and a
     one-hot lookup. The shuffle order of epoch e depends only on (seed, e): a resumed run sees the same order.
-    With `weights`, each batch also carries the images' loss weights.
+    With `weights`, each batch also carries the images' loss weights, unless `sample_by_weight`: then each
+    epoch draws `epoch_images` images (with replacement) with probability proportional to the weights.
     """
+    size = epoch_images or len(y)
+    draw_by = None
+    if sample_by_weight:
+        if weights is None:
+            raise ValueError("sampling by weight needs weights")
+        draw_by, weights = np.asarray(weights, dtype="float64"), None
+        draw_by = draw_by / draw_by.sum()
     import keras
 
     class MemmapBatches(keras.utils.PyDataset):
@@ -24,12 +33,16 @@ def batch_feeder(x: np.ndarray, y: np.ndarray, batch_size: int, n_classes: int, 
             self.order = self._order()
 
         def _order(self) -> np.ndarray:
+            rng = np.random.default_rng([seed, self.epoch])
+            if draw_by is not None:
+                return rng.choice(len(y), size=size, replace=True, p=draw_by)
             if not shuffle:
                 return np.arange(len(y))
-            return np.random.default_rng([seed, self.epoch]).permutation(len(y))
+            order = rng.permutation(len(y))
+            return np.resize(order, size) if size != len(y) else order
 
         def __len__(self) -> int:
-            return math.ceil(len(y) / batch_size)
+            return math.ceil(size / batch_size)
 
         def __getitem__(self, index: int):
             picks = np.sort(self.order[index * batch_size:(index + 1) * batch_size])

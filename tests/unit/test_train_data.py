@@ -70,3 +70,22 @@ def test_group_weights_stop_a_long_series_outvoting_short_ones():
     assert np.isclose(weights[groups == "long"].sum() / weights[groups == "short"].sum(), 3.0)  # sqrt(9) : 1
     with pytest.raises(ValueError, match="groups"):
         loss_weights(y, 1, "class_and_group")
+
+
+def test_weighted_sampling_draws_rare_images_as_often_as_common_ones(arrays):
+    x, y = arrays
+    weights = loss_weights(np.asarray(y), 3, "class")
+    feeder = batch_feeder(x, y, 50, 3, shuffle=True, seed=1, weights=weights, sample_by_weight=True, epoch_images=3000)
+    assert len(feeder) == 60
+    batches = [feeder[i] for i in range(len(feeder))]
+    assert all(len(b) == 2 for b in batches)  # the draw does the balancing: no loss weights on top
+    labels = np.concatenate([b[1].argmax(1) for b in batches])
+    shares = np.bincount(labels, minlength=3) / len(labels)
+    assert np.allclose(shares, 1 / 3, atol=0.04)  # y holds 4, 3 and 3 images of the classes
+
+
+def test_epoch_images_shortens_or_lengthens_a_plain_shuffled_epoch(arrays):
+    x, y = arrays
+    assert sorted(epoch_images(batch_feeder(x, y, 5, 3, shuffle=True, seed=2, epoch_images=20))) == sorted(
+        list(range(10)) * 2)
+    assert len(batch_feeder(x, y, 2, 3, shuffle=True, seed=2, epoch_images=4)) == 2

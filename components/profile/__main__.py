@@ -1,0 +1,60 @@
+"""CLI: python -m components.profile NAME [TRIAL] — print the `dvc exp run -S` overrides of a params profile.
+
+    dvc exp run -n real-data $(python -m components.profile real-data)          # the whole pipeline
+    dvc exp run -n cv-best $(python -m components.profile real-data) leakage   # just its grouped CV
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from components.common.params import ParamsError
+from components.profile.core import ProfileError, overrides
+
+PROFILES = Path("profiles")
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ProfileError(f"{path} not found")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def trial_overlay(name: str) -> dict:
+    """One named trial of profiles/search.yaml (a recipe tried on top of a profile)."""
+    trials = read_yaml(PROFILES / "search.yaml").get("trials", {})
+    if name not in trials:
+        raise ProfileError(f"no trial {name!r} in {PROFILES / 'search.yaml'}; it lists {sorted(trials)}")
+    return trials[name] or {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print the Hydra-style overrides (one `-S ++key=value` pair per "
+                                     "line) that turn params.yaml into a named profile of profiles/, optionally "
+                                     "with one trial of profiles/search.yaml on top; feed them to `dvc exp run`.")
+    parser.add_argument("profile", help="a file name in profiles/ without .yaml, e.g. real-data")
+    parser.add_argument("trial", nargs="?", help="a trial name of profiles/search.yaml, laid over the profile")
+    parser.add_argument("--params", default="params.yaml", help="the base params file (default: params.yaml)")
+    parser.add_argument("--list-trials", action="store_true", help="print the trial names of profiles/search.yaml")
+    args = parser.parse_args(argv)
+    try:
+        if args.list_trials:
+            print("\n".join(read_yaml(PROFILES / "search.yaml").get("trials", {})))
+            return 0
+        overlays = [read_yaml(PROFILES / f"{args.profile}.yaml")]
+        if args.trial:
+            overlays.append(trial_overlay(args.trial))
+        lines = overrides(read_yaml(Path(args.params)), *overlays)
+    except (ProfileError, ParamsError) as exc:
+        print(f"profile: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(f"-S {line}" for line in lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Pure core of profiles: a nested overlay -> Hydra-style `++key=value` overrides, checked against Params."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from components.common.params import parse_params
+
+
+class ProfileError(ValueError):
+    """A profile cannot be turned into overrides; the message says which key and why."""
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """`base` with `overlay` laid over it, mapping by mapping (lists and scalars are replaced)."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _leaf_text(key: str, value: Any) -> str:
+    text = "null" if value is None else json.dumps(value, separators=(",", ":"))
+    if isinstance(value, str):
+        text = value  # Hydra reads a bare word; quotes would become part of the value
+    if any(ch.isspace() for ch in text) or not text:
+        raise ProfileError(f"{key}: {value!r} has spaces or is empty; DVC's -S overrides cannot carry it")
+    return text
+
+
+def flatten(overlay: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, leaf value) pairs of a nested mapping; lists are leaves."""
+    pairs = []
+    for key, value in overlay.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            pairs.extend(flatten(value, dotted + "."))
+        else:
+            pairs.append((dotted, value))
+    return pairs
+
+
+def overrides(base: dict, *overlays: dict) -> list[str]:
+    """`++key=value` per leaf of the overlays (later ones win), after checking the merged params are valid."""
+    merged = base
+    for overlay in overlays:
+        merged = deep_merge(merged, overlay)
+    parse_params(merged)  # raises ParamsError naming the bad key
+    combined: dict = {}
+    for overlay in overlays:
+        combined = deep_merge(combined, overlay)
+    return [f"++{key}={_leaf_text(key, value)}" for key, value in flatten(combined)]

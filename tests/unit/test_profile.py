@@ -1,0 +1,67 @@
+"""Params profiles: overlays become `dvc exp run -S ++key=value` overrides, checked against Params first."""
+
+import pytest
+import yaml
+
+from components.common.params import ParamsError, parse_params
+from components.profile.__main__ import main
+from components.profile.core import ProfileError, deep_merge, flatten, overrides
+from tests.tiny import REPO
+
+BASE = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_overrides_name_every_leaf_and_parse_back_to_the_merged_params():
+    overlay = {"paths": {"source": "../shared/data/kidney-ct"}, "train": {"candidates": {"c": {
+        "architecture": "compact_cnn", "filters": [8, 16], "intensity_channels": [0.8]}}}, "leakage": {"cv_folds": 5}}
+    lines = overrides(BASE, overlay)
+    assert "++paths.source=../shared/data/kidney-ct" in lines
+    assert "++train.candidates.c.filters=[8,16]" in lines and "++leakage.cv_folds=5" in lines
+    merged = parse_params(deep_merge(BASE, overlay))
+    assert merged.train.candidates["c"].filters == [8, 16] and "paper_cnn" in merged.train.candidates
+
+
+def test_later_overlays_win_and_invalid_results_are_refused_before_dvc_sees_them():
+    lines = overrides(BASE, {"leakage": {"cv_folds": 5}}, {"leakage": {"cv_folds": 3}})
+    assert [line for line in lines if "cv_folds" in line] == ["++leakage.cv_folds=3"]
+    with pytest.raises(ParamsError, match="cv_folds"):
+        overrides(BASE, {"leakage": {"cv_folds": -1}})
+    with pytest.raises(ProfileError, match="spaces"):
+        overrides(BASE, {"paths": {"source": "/data/my export"}})
+
+
+def test_flatten_keeps_lists_as_leaves():
+    assert flatten({"a": {"b": [1, 2], "c": {"d": None}}}) == [("a.b", [1, 2]), ("a.c.d", None)]
+
+
+def test_shipped_profiles_and_every_search_trial_are_valid():
+    search = yaml.safe_load((REPO / "profiles" / "search.yaml").read_text())["trials"]
+    profile = yaml.safe_load((REPO / "profiles" / "real-data.yaml").read_text())
+    for name, trial in search.items():
+        params = parse_params(deep_merge(deep_merge(BASE, profile), trial or {}))
+        assert params.leakage.cv_folds == 5, name
+        assert params.leakage.candidate in params.train.candidates, name
+
+
+def test_cli_prints_dash_s_pairs_and_fails_cleanly_on_an_unknown_trial(monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    assert main(["real-data", "t02-compact-balanced"]) == 0
+    out = capsys.readouterr().out.split()
+    assert out[0] == "-S" and out[1].startswith("++") and len(out) % 2 == 0
+    assert main(["real-data", "no-such-trial"]) == 2
+    assert "no trial 'no-such-trial'" in capsys.readouterr().err
+
+
+def test_cv_table_lists_trials_oldest_first_with_mean_and_std():
+    from components.leakage.table import markdown, trial_rows
+
+    run = lambda name, t, f1: {"name": name, "start_time": t, "tags": {"candidate": "c", "machine": "2 CPU cores"},  # noqa: E731
+                               "params": {"leakage.cv_folds": "5"},
+                               "metrics": {"cv_macro_f1_mean": f1, "cv_macro_f1_std": 0.05, "cv_seconds": 600.0,
+                                           "cv_recall_Stone_mean": 0.5, "cv_recall_Stone_std": 0.1}}
+    rows = trial_rows([run("t02", 2, 0.7), run("t01", 1, 0.4)], ["Stone", "Tumor"])
+    assert [r[0] for r in rows] == ["t01", "t02"]
+    assert rows[0][2] == "0.400 ± 0.050" and rows[0][4] == "0.500 ± 0.100" and rows[0][5] == "n/a"
+    assert rows[0][6] == "10 min (2.0/fold)"
+    table = markdown(rows, ["Stone", "Tumor"]).splitlines()
+    assert table[0].startswith("| trial | candidate | macro-F1") and len(table) == 4
