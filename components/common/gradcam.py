@@ -68,6 +68,17 @@ def _chain(layers: list) -> Forward:
     return forward
 
 
+def _functional_head(model, layer, after: list) -> Forward:
+    """The graph from `layer`'s output to the model's output (branches and merges kept), else a plain chain."""
+    import keras
+
+    try:
+        suffix = keras.Model(layer.output, model.output)
+    except (ValueError, TypeError):  # the output also needs tensors from before the layer: try a chain
+        return _chain(after)
+    return lambda a: suffix(a, training=False)
+
+
 def _split(model, name: str) -> tuple[Forward, Forward]:
     """(body, head): body(x) = activations of layer `name`, head(A) = model output."""
     import keras
@@ -78,7 +89,7 @@ def _split(model, name: str) -> tuple[Forward, Forward]:
             if isinstance(model, keras.Sequential):  # a chain by definition (and may have no symbolic input)
                 return _chain(layers[:k + 1]), _chain(layers[k + 1:])
             prefix = keras.Model(model.input, layer.output)
-            return (lambda x: prefix(x, training=False)), _chain(layers[k + 1:])
+            return (lambda x: prefix(x, training=False)), _functional_head(model, layer, layers[k + 1:])
         if isinstance(layer, keras.Model) and _contains(layer, name):
             inner_body, inner_head = _split(layer, name)
             before, after = _chain(layers[:k]), _chain(layers[k + 1:])

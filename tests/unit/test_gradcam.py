@@ -84,16 +84,27 @@ def test_backbone_nested_inside_a_classifier_is_explained():
     assert heat.shape == (2, SIZE, SIZE) and 0.0 <= heat.min() and heat.max() <= 1.0
 
 
-def test_a_branching_head_is_refused_not_explained_wrongly():
+def test_a_head_needing_activations_from_before_the_layer_is_refused_not_explained_wrongly():
     import keras
 
     inputs = keras.Input((SIZE, SIZE, 1))
     a = keras.layers.Conv2D(4, 3, padding="same", name="first")(inputs)
     b = keras.layers.Conv2D(4, 3, padding="same", name="second")(a)
-    merged = keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([a, b]))
+    merged = keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([a, b]))  # a skips past "second"
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(merged))
     with pytest.raises(GradCamError, match="plain chain"):
-        gradcam(model, square_images(1)[0], layer_name="first")
+        gradcam(model, square_images(1)[0], layer_name="second")
+    assert gradcam(model, square_images(1)[0], layer_name="first").shape == (1, SIZE, SIZE)  # branches after: fine
+
+
+def test_compact_cnn_with_its_pooling_branches_and_input_windows_is_explained():
+    from components.common.params import CandidateParams
+    from components.train.models import build_model
+
+    candidate = CandidateParams(architecture="compact_cnn", filters=[4, 8], dense_units=8, intensity_channels=[0.8])
+    model = build_model("compact", candidate, SIZE, 4, [], 0.3, 0.04)
+    heat = gradcam(model, square_images(2)[0])
+    assert find_last_conv_layer(model) == "conv2b" and heat.shape == (2, SIZE, SIZE)
 
 
 def test_model_without_conv_is_refused():
