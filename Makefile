@@ -36,11 +36,11 @@ browser: ## Debian chromium + chromium-driver for the page test; does nothing wh
 run: install ## run every stage on the embedded default (a generated PACS export)
 	@[ -d .git ] || git init -q
 	@[ -d .dvc ] || $(BIN)/dvc init -q
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	$(BIN)/python -m components
 
 # Real data: profiles/real-data.yaml laid over params.yaml through `dvc exp run -S`, so DVC records every value.
-DVC_EXP = PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run
+DVC_EXP = PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run
 PROFILE = $(BIN)/python -m components.profile
 real-data: install ## the whole pipeline on ../shared/data/kidney-ct with the best recipe (profiles/real-data.yaml)
 	$(DVC_EXP) -n real-data $$($(PROFILE) real-data)
@@ -62,22 +62,22 @@ cv-table: install ## every grouped-CV trial logged to MLflow, as a Markdown tabl
 test: install ## run the whole test suite (installs Orthanc and Chromium first when it can)
 	@$(MAKE) --no-print-directory system-deps || echo "WARNING: no orthanc/orthanc-dicomweb: the PACS tests will skip"
 	@$(MAKE) --no-print-directory browser || echo "WARNING: no chromium/chromium-driver: the browser test will skip"
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest
 
 test-fast: install ## unit tests only
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/unit
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest tests/unit
 
 mlflow-ui: install ## browse runs and the registry on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000
 
 serve: install ## serve the packaged champion on http://127.0.0.1:3000
-	BENTOML_HOME=$(CURDIR)/.bentoml PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/bentoml serve kidney_ct_classifier:latest --host 127.0.0.1 --port 3000
+	BENTOML_HOME=$(CURDIR)/.bentoml PATH="$(abspath $(BIN)):$$PATH" $(BIN)/bentoml serve kidney_ct_classifier:latest --host 127.0.0.1 --port 3000
 
 bench-train: install ## per candidate: params, img/s synthetic vs through the feeder, ratio, peak RSS (KERAS_BACKEND picks the backend)
 	$(BIN)/python -m components.train.bench --json reports/bench/train-$${KERAS_BACKEND:-tensorflow}.json
 
 bench-serve: install ## load-test the service on 127.0.0.1 (1/8/32 clients, batching on/off) -> reports/serving/bench.json
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m serving.bench
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m serving.bench
 
 clean: ## remove pipeline outputs (keeps .venv)
 	rm -rf data models reports mlruns.db mlartifacts .bentoml dvc.lock

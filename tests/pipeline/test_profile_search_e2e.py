@@ -1,0 +1,76 @@
+"""End to end: `make search` runs profile + trial overlays through `dvc exp run`, one grouped CV each, logged
+to MLflow under the experiment's name, and `make cv-table` lists them; params.yaml is left as it was."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.pipeline.test_pipeline_e2e import copy_project, run
+from tests.tiny import tiny_params, write_params
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+VENV = Path(sys.executable).parent.parent
+TINY_PROFILE = {  # the real-data profile's shape, shrunk: a compact CNN scored by grouped 3-fold CV
+    "evaluate": {"min_class_recall": 0.5},
+    "augment": {"flip": True, "translate": 0.05, "noise": 0.02},
+    "train": {"candidates": {"compact_cnn": {
+        "architecture": "compact_cnn", "filters": [4, 8], "dense_units": 8, "intensity_channels": [0.8],
+        "loss_weighting": "class_and_group", "weighted_sampling": True, "epoch_images": 32, "epochs": 2,
+        "batch_size": 8, "patience": 2}}},
+    "leakage": {"candidate": "compact_cnn", "cv_folds": 3, "random_split": False},
+}
+TRIALS = {"trials": {"ta-baseline": {"leakage": {"candidate": "paper_cnn"}},
+                     "tb-label-smoothing": {"train": {"candidates": {"compact_cnn": {"label_smoothing": 0.1}}}}}}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> dict:
+    project = copy_project(tmp_path_factory.mktemp("project"))
+    write_params(tiny_params(project, absolute=False), project / "params.yaml")
+    (project / "profiles" / "real-data.yaml").write_text(yaml.safe_dump(TINY_PROFILE))
+    (project / "profiles" / "search.yaml").write_text(yaml.safe_dump(TRIALS))
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "BENTOML_HOME")}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", KIDNEY_CT_SALT="e2e-salt", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@x",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@x")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny"]):
+        assert run(cmd, project, env).returncode == 0
+    before = (project / "params.yaml").read_text()
+    search = run(["make", "--no-print-directory", "search", f"VENV={VENV}"], project, env)
+    table = run(["make", "--no-print-directory", "cv-table", f"VENV={VENV}"], project, env)
+    return {"project": project, "search": search, "table": table, "before": before}
+
+
+def test_every_trial_ran_as_a_dvc_experiment(searched):
+    assert searched["search"].returncode == 0, searched["search"].stdout[-4000:] + searched["search"].stderr[-4000:]
+    shown = subprocess.run([str(VENV / "bin" / "dvc"), "exp", "show", "--csv"], cwd=searched["project"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "ta-baseline" in shown and "tb-label-smoothing" in shown
+    assert (searched["project"] / "params.yaml").read_text() == searched["before"]  # restored after the search
+
+
+def test_each_trial_is_one_mlflow_grouped_cv_run_with_its_recipe(searched):
+    db = sqlite3.connect(searched["project"] / "mlruns.db")
+    runs = dict(db.execute("select name, run_uuid from runs where status = 'FINISHED'").fetchall())
+    assert {"ta-baseline", "tb-label-smoothing"} <= set(runs)
+    params = dict(db.execute("select key, value from params where run_uuid = ?", (runs["tb-label-smoothing"],)))
+    assert params["candidate.label_smoothing"] == "0.1" and params["candidate.architecture"] == "compact_cnn"
+    assert params["augment.flip"] == "True" and params["leakage.cv_folds"] == "3"
+    base = dict(db.execute("select key, value from params where run_uuid = ?", (runs["ta-baseline"],)))
+    assert base["candidate.architecture"] == "paper_cnn"
+    metrics = {k for (k,) in db.execute("select key from metrics where run_uuid = ?", (runs["ta-baseline"],))}
+    assert {"cv_macro_f1_mean", "cv_macro_f1_std", "cv_recall_Stone_mean", "fold_macro_f1"} <= metrics
+
+
+def test_cv_table_lists_both_trials_in_order(searched):
+    assert searched["table"].returncode == 0, searched["table"].stderr[-2000:]
+    rows = [line for line in searched["table"].stdout.splitlines()[2:] if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows] == ["| ta-baseline", "| tb-label-smoothing"]
+    assert all(" ± " in row for row in rows)
