@@ -14,6 +14,22 @@ def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def leakage_lines(leakage: dict | None) -> list[str]:
+    """The leaky random-split score and the grouped CV, when the leakage stage produced them."""
+    if not leakage:
+        return []
+    lines = []
+    if "random_split" in leakage:
+        r = leakage["random_split"]
+        lines.append(f"leakage    random image-level split (leaky): accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f}")
+    if "grouped_cv" in leakage:
+        cv = leakage["grouped_cv"]
+        recalls = ", ".join(f"{k[len('recall_'):]} {v['mean']:.2f}" for k, v in cv.items() if k.startswith("recall_"))
+        lines.append(f"leakage    grouped {cv['folds']}-fold CV of {leakage['candidate']}: macro-F1 "
+                     f"{cv['macro_f1']['mean']:.3f} ± {cv['macro_f1']['std']:.3f}; recall {recalls}")
+    return lines
+
+
 def summary_lines(params_path: str = "params.yaml") -> list[str]:
     """Human-readable lines about each stage's outputs."""
     p = load_params(params_path)
@@ -37,8 +53,11 @@ def summary_lines(params_path: str = "params.yaml") -> list[str]:
         lines.append(f"evaluate   {name}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} on "
                      f"{m['test_images']} held-out images (group-aware split)")
     lines.append(f"           plots: {Path(paths.evaluation) / 'plots'}")
+    lines += leakage_lines(_read(Path(paths.leakage) / "leakage.json"))
     registration = _read(Path(paths.registration) / "registration.json")
-    if registration:
+    if registration and not registration.get("registered", True):
+        lines.append(f"register   nothing registered: {registration.get('reason')}")
+    elif registration:
         lines.append(f"register   {registration.get('model_name', p.register.model_name)} v{registration.get('version')}: "
                      f"{registration.get('reason')}; champion is v{registration.get('champion_version')}")
     if (Path(paths.report) / "report.html").is_file():

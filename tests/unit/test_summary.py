@@ -1,0 +1,13 @@
+"""`python -m components` summary lines for the leakage stage and a refused registration."""
+
+from components.__main__ import leakage_lines
+
+
+def test_leakage_lines_show_the_leaky_number_and_the_grouped_cv_with_recalls():
+    leakage = {"candidate": "compact_cnn", "random_split": {"accuracy": 0.997, "macro_f1": 0.996},
+               "grouped_cv": {"folds": 5, "macro_f1": {"mean": 0.61, "std": 0.08},
+                              "recall_Stone": {"mean": 0.42, "std": 0.2}, "recall_Cyst": {"mean": 0.9, "std": 0.1}}}
+    lines = leakage_lines(leakage)
+    assert "random image-level split (leaky): accuracy 0.997, macro-F1 0.996" in lines[0]
+    assert "grouped 5-fold CV of compact_cnn: macro-F1 0.610 ± 0.080; recall Stone 0.42, Cyst 0.90" in lines[1]
+    assert leakage_lines(None) == [] and leakage_lines({"candidate": "c"}) == []
