@@ -42,12 +42,15 @@ run: install ## run every stage on the embedded default (a generated PACS export
 # Real data: profiles/real-data.yaml laid over params.yaml through `dvc exp run -S`, so DVC records every value.
 DVC_EXP = PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run
 PROFILE = $(BIN)/python -m components.profile
+STAMP := $(shell date +%Y%m%d-%H%M)
+# -k: a model below the profile's clinical gate stops register/package, but the report is still written;
+# the summary says why nothing was registered and make exits non-zero.
 real-data: install ## the whole pipeline on ../shared/data/kidney-ct with the best recipe (profiles/real-data.yaml)
-	$(DVC_EXP) -n real-data $$($(PROFILE) real-data)
-	$(BIN)/python -m components
+	@args=$$($(PROFILE) real-data) || exit 2; $(DVC_EXP) -k -n real-data-$(STAMP) $$args; status=$$?; \
+	$(BIN)/python -m components; exit $$status
 
 real-data-cv: install ## only the grouped 5-fold CV of the real-data recipe (leakage stage and what it needs)
-	$(DVC_EXP) -n real-data-cv $$($(PROFILE) real-data) leakage
+	@args=$$($(PROFILE) real-data) || exit 2; $(DVC_EXP) -n real-data-cv-$(STAMP) $$args leakage
 
 TRIALS ?= $(shell $(BIN)/python -m components.profile real-data --list-trials 2>/dev/null)
 search: install ## grouped 5-fold CV of each trial in profiles/search.yaml (TRIALS="t01 t02" for some)

@@ -1,8 +1,11 @@
 """End to end: `make search` runs profile + trial overlays through `dvc exp run`, one grouped CV each, logged
-to MLflow under the experiment's name, and `make cv-table` lists them; params.yaml is left as it was."""
+to MLflow under the experiment's name, and `make cv-table` lists them; params.yaml is left as it was.
+`make real-data` runs the whole pipeline with the profile: below its gate nothing is registered, the report
+is still written, the summary says why, and make exits non-zero."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -19,7 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 VENV = Path(sys.executable).parent.parent
 TINY_PROFILE = {  # the real-data profile's shape, shrunk: a compact CNN scored by grouped 3-fold CV
-    "evaluate": {"min_class_recall": 0.5},
+    "evaluate": {"min_macro_f1": 1.0, "min_class_recall": 1.0},  # out of a 2-epoch model's reach: refused
     "augment": {"flip": True, "translate": 0.05, "noise": 0.02},
     "train": {"candidates": {"compact_cnn": {
         "architecture": "compact_cnn", "filters": [4, 8], "dense_units": 8, "intensity_channels": [0.8],
@@ -45,7 +48,10 @@ def searched(tmp_path_factory) -> dict:
     before = (project / "params.yaml").read_text()
     search = run(["make", "--no-print-directory", "search", f"VENV={VENV}"], project, env)
     table = run(["make", "--no-print-directory", "cv-table", f"VENV={VENV}"], project, env)
-    return {"project": project, "search": search, "table": table, "before": before}
+    after_search = (project / "params.yaml").read_text()
+    whole = run(["make", "--no-print-directory", "real-data", f"VENV={VENV}"], project, env)
+    return {"project": project, "search": search, "table": table, "before": before, "after_search": after_search,
+            "whole": whole}
 
 
 def test_every_trial_ran_as_a_dvc_experiment(searched):
@@ -53,7 +59,7 @@ def test_every_trial_ran_as_a_dvc_experiment(searched):
     shown = subprocess.run([str(VENV / "bin" / "dvc"), "exp", "show", "--csv"], cwd=searched["project"],
                            capture_output=True, text=True, check=True).stdout
     assert "ta-baseline" in shown and "tb-label-smoothing" in shown
-    assert (searched["project"] / "params.yaml").read_text() == searched["before"]  # restored after the search
+    assert searched["after_search"] == searched["before"]  # params.yaml restored after the search
 
 
 def test_each_trial_is_one_mlflow_grouped_cv_run_with_its_recipe(searched):
@@ -74,3 +80,14 @@ def test_cv_table_lists_both_trials_in_order(searched):
     rows = [line for line in searched["table"].stdout.splitlines()[2:] if line.startswith("| ")]
     assert [row.split(" | ")[0] for row in rows] == ["| ta-baseline", "| tb-label-smoothing"]
     assert all(" ± " in row for row in rows)
+
+
+def test_real_data_runs_everything_and_refuses_to_register_below_the_gate(searched):
+    project, whole = searched["project"], searched["whole"]
+    assert whole.returncode != 0, "a model below the clinical gate must not end in success"
+    registration = json.loads((project / "reports" / "register" / "registration.json").read_text())
+    assert registration["registered"] is False and "recall" in registration["reason"]
+    assert (project / "reports" / "report" / "report.html").is_file()  # the evidence is written all the same
+    assert "nothing registered:" in whole.stdout and "grouped 3-fold CV of compact_cnn" in whole.stdout
+    applied = yaml.safe_load((project / "params.yaml").read_text())  # DVC applied the profile to the workspace
+    assert applied["leakage"]["candidate"] == "compact_cnn" and applied["evaluate"]["min_class_recall"] == 1.0
