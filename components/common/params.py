@@ -117,6 +117,8 @@ class CandidateParams(_Strict):
     epochs: int = Field(12, ge=1)
     batch_size: int = Field(16, ge=1)
     patience: int = Field(4, ge=1)
+    early_stopping: Literal["loss", "macro_f1"] = "loss"  # validation score that picks the best epoch
+    min_epochs: int = Field(0, ge=0)              # epochs trained before early stopping may stop or pick
 
     @model_validator(mode="after")
     def _width_supported(self) -> "CandidateParams":

@@ -111,7 +111,24 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def resumable_callbacks(folder: Path, key: str, patience: int, monitor: str, state: dict | None, extra: dict):
+def early_stopping_settings(candidate: CandidateParams, has_val: bool) -> dict:
+    """EarlyStopping keyword arguments: which score, which direction, and the epochs before it may act."""
+    prefix = "val_" if has_val else ""
+    if candidate.early_stopping == "macro_f1":  # balanced training shifts priors: val loss rises as F1 improves
+        return {"monitor": f"{prefix}f1", "mode": "max", "patience": candidate.patience,
+                "start_from_epoch": candidate.min_epochs}
+    return {"monitor": f"{prefix}loss", "mode": "min", "patience": candidate.patience,
+            "start_from_epoch": candidate.min_epochs}
+
+
+def best_epoch_of(scores: list[float], stopping: dict) -> int:
+    """1-based epoch with the best monitored score, counting only epochs early stopping may pick."""
+    first = stopping["start_from_epoch"] if len(scores) > stopping["start_from_epoch"] else 0
+    considered = np.asarray(scores[first:], dtype=float)
+    return first + 1 + int(np.argmax(considered) if stopping["mode"] == "max" else np.argmin(considered))
+
+
+def resumable_callbacks(folder: Path, key: str, stopping: dict, state: dict | None, extra: dict):
     """EarlyStopping that survives a restart, plus a callback saving model, best weights and state each epoch."""
     import keras
 
@@ -123,7 +140,7 @@ def resumable_callbacks(folder: Path, key: str, patience: int, monitor: str, sta
                 with np.load(folder / BEST_WEIGHTS) as saved:
                     self.best_weights = [saved[f"w{i}"] for i in range(len(saved.files))]
 
-    stopper = ResumableEarlyStopping(monitor=monitor, patience=patience, restore_best_weights=True)
+    stopper = ResumableEarlyStopping(restore_best_weights=True, **stopping)
 
     class EpochCheckpoint(keras.callbacks.Callback):
         def __init__(self):
@@ -164,7 +181,8 @@ def train_candidate(name: str, candidate: CandidateParams, augment: AugmentParam
 
     used = configure_runtime(runtime)
     has_val = len(data.y_val) > 0
-    monitor = "val_loss" if has_val else "loss"
+    stopping = early_stopping_settings(candidate, has_val)
+    monitor = stopping["monitor"]
     key = fingerprint(candidate, augment, seed, data, n_classes)
     state = read_checkpoint(checkpoint_dir, key)
     start = state["epochs_done"] if state else 0
@@ -177,11 +195,10 @@ def train_candidate(name: str, candidate: CandidateParams, augment: AugmentParam
         compile_model(model, candidate.learning_rate, n_classes, runtime.jit_compile, candidate.weight_decay,
                       candidate.label_smoothing)
     if checkpoint_dir is not None:
-        stopper, saver = resumable_callbacks(checkpoint_dir, key, candidate.patience, monitor, state, extra_state or {})
+        stopper, saver = resumable_callbacks(checkpoint_dir, key, stopping, state, extra_state or {})
         own = [stopper, saver]
     else:
-        stopper, saver = keras.callbacks.EarlyStopping(monitor=monitor, patience=candidate.patience,
-                                                       restore_best_weights=True), None
+        stopper, saver = keras.callbacks.EarlyStopping(restore_best_weights=True, **stopping), None
         own = [stopper]
     feed = dict(batch_size=candidate.batch_size, n_classes=n_classes, seed=seed, workers=runtime.loader_workers)
     train = batch_feeder(data.x_train, data.y_train, shuffle=True, first_epoch=start, weights=data.w_train,
@@ -193,6 +210,6 @@ def train_candidate(name: str, candidate: CandidateParams, augment: AugmentParam
                        callbacks=[*own, *callbacks], verbose=verbose)
     seconds = time.perf_counter() - started + (saver.seconds_before if saver else 0.0)
     history = saver.history if saver else {k: [float(v) for v in vals] for k, vals in fitted.history.items()}
-    best_epoch = int(np.argmin(history[monitor])) + 1
+    best_epoch = best_epoch_of(history[monitor], stopping)
     return TrainResult(model=model, history=history, seconds=seconds, best_epoch=best_epoch,
                        resumed_from_epoch=start, runtime={**used, "jit_compile": bool(model.jit_compile)})

@@ -52,3 +52,24 @@ def test_the_generalisation_recipe_trains_weighted_with_every_augmentation_inert
     assert {"aug_flip", "aug_translate", "aug_brightness", "aug_noise", "dense_window0"} <= names
     first = np.asarray(result.model(x[:4].astype("float32"), training=False))
     assert np.array_equal(first, np.asarray(result.model(x[:4].astype("float32"), training=False)))
+
+
+def test_early_stopping_can_pick_the_epoch_by_validation_macro_f1_after_a_warm_up():
+    from components.train.core import best_epoch_of, early_stopping_settings
+
+    by_f1 = early_stopping_settings(tiny_candidate(early_stopping="macro_f1", min_epochs=2, patience=3), True)
+    assert by_f1 == {"monitor": "val_f1", "mode": "max", "patience": 3, "start_from_epoch": 2}
+    assert early_stopping_settings(tiny_candidate(), False)["monitor"] == "loss"
+    assert best_epoch_of([0.9, 0.2, 0.5, 0.7, 0.6], by_f1) == 4      # epoch 1's fluke is inside the warm-up
+    assert best_epoch_of([0.9, 0.2], by_f1) == 1                      # shorter than the warm-up: all count
+    assert best_epoch_of([0.5, 0.3, 0.4], {"mode": "min", "start_from_epoch": 0}) == 2
+
+
+def test_training_with_f1_early_stopping_reports_a_best_epoch_after_the_warm_up():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 8)
+    x = (rng.integers(0, 40, (32, 24, 24, 1)) + (y * 60)[:, None, None, None]).astype(np.uint8)
+    data = SplitArrays(x, y, x[::4], y[::4], pixel_mean=float(x.mean() / 255), pixel_variance=float((x / 255).var()))
+    candidate = tiny_candidate(epochs=5, learning_rate=0.01, early_stopping="macro_f1", min_epochs=2, patience=2)
+    result = train_candidate("cnn", candidate, AugmentParams(), data, 4, seed=0, callbacks=[], verbose=0)
+    assert 3 <= result.best_epoch <= len(result.history["val_f1"])
