@@ -2,6 +2,8 @@
 
     dvc exp run -n real-data $(python -m components.profile real-data)          # the whole pipeline
     dvc exp run -n cv-best $(python -m components.profile real-data) leakage   # just its grouped CV
+    python -m components.profile real-data --write params.real-data.yaml       # a whole params file, for
+                                                                                #   Airflow/KFP (--params)
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from components.common.params import ParamsError
-from components.profile.core import ProfileError, overrides
+from components.profile.core import ProfileError, deep_merge, overrides
 
 PROFILES = Path("profiles")
 
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("trial", nargs="?", help="a trial name of profiles/search.yaml, laid over the profile")
     parser.add_argument("--params", default="params.yaml", help="the base params file (default: params.yaml)")
     parser.add_argument("--list-trials", action="store_true", help="print the trial names of profiles/search.yaml")
+    parser.add_argument("--write", metavar="FILE", help="instead, write the merged params to FILE (for the Airflow "
+                        "DAG or Kubeflow, which take a params file)")
     args = parser.parse_args(argv)
     try:
         if args.list_trials:
@@ -48,10 +52,18 @@ def main(argv: list[str] | None = None) -> int:
         overlays = [read_yaml(PROFILES / f"{args.profile}.yaml")]
         if args.trial:
             overlays.append(trial_overlay(args.trial))
-        lines = overrides(read_yaml(Path(args.params)), *overlays)
+        base = read_yaml(Path(args.params))
+        lines = overrides(base, *overlays)  # also validates the merged params
     except (ProfileError, ParamsError) as exc:
         print(f"profile: {exc}", file=sys.stderr)
         return 2
+    if args.write:
+        merged = base
+        for overlay in overlays:
+            merged = deep_merge(merged, overlay)
+        Path(args.write).write_text(yaml.safe_dump(merged, sort_keys=False))
+        print(f"wrote {args.write}", file=sys.stderr)
+        return 0
     print("\n".join(f"-S {line}" for line in lines))
     return 0
 

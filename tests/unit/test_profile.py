@@ -65,3 +65,13 @@ def test_cv_table_lists_trials_oldest_first_with_mean_and_std():
     assert rows[0][6] == "10 min (2.0/fold)"
     table = markdown(rows, ["Stone", "Tumor"]).splitlines()
     assert table[0].startswith("| trial | candidate | macro-F1") and len(table) == 4
+
+
+def test_write_gives_a_whole_params_file_for_orchestrators(monkeypatch, tmp_path):
+    from components.common.params import load_params
+
+    monkeypatch.chdir(REPO)
+    assert main(["real-data", "--write", str(tmp_path / "real.yaml")]) == 0
+    params = load_params(tmp_path / "real.yaml")
+    assert params.paths.source == "../shared/data/kidney-ct" and params.evaluate.min_class_recall == 0.85
+    assert {"paper_cnn", "compact_cnn"} <= set(params.train.candidates)
