@@ -9,8 +9,6 @@ from pathlib import Path
 from components.common.params import ParamsError, load_params
 from components.common.tracking import configure_mlflow
 
-CLASS_ORDER = ("Normal", "Cyst", "Tumor", "Stone")
-
 
 def _pm(metrics: dict, name: str) -> str:
     mean, std = metrics.get(f"cv_{name}_mean"), metrics.get(f"cv_{name}_std")
@@ -59,12 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as exc:
         print(f"cv-table: {exc}", file=sys.stderr)
         return 2
-    classes = [c for c in CLASS_ORDER if c in params.classes] + [c for c in params.classes if c not in CLASS_ORDER]
-    rows = trial_rows(fetch_runs(configure_mlflow(params.mlflow)), classes)
+    rows = trial_rows(fetch_runs(configure_mlflow(params.mlflow)), params.classes)
     if not rows:
         print("no grouped-CV trials in MLflow yet: run `make search` or `make real-data-cv`", file=sys.stderr)
         return 1
-    text = markdown(rows, classes)
+    text = markdown(rows, params.classes)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

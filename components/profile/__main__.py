@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from components.common.params import ParamsError
-from components.profile.core import ProfileError, deep_merge, overrides
+from components.profile.core import ProfileError, merge, overrides
 
 PROFILES = Path("profiles")
 
@@ -58,10 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"profile: {exc}", file=sys.stderr)
         return 2
     if args.write:
-        merged = base
-        for overlay in overlays:
-            merged = deep_merge(merged, overlay)
-        Path(args.write).write_text(yaml.safe_dump(merged, sort_keys=False))
+        Path(args.write).write_text(yaml.safe_dump(merge(base, *overlays), sort_keys=False))
         print(f"wrote {args.write}", file=sys.stderr)
         return 0
     print("\n".join(f"-S {line}" for line in lines))

@@ -23,10 +23,19 @@ def deep_merge(base: dict, overlay: dict) -> dict:
     return merged
 
 
+def merge(*layers: dict) -> dict:
+    """The mappings laid over each other in order (later ones win)."""
+    merged: dict = {}
+    for layer in layers:
+        merged = deep_merge(merged, layer)
+    return merged
+
+
 def _leaf_text(key: str, value: Any) -> str:
-    text = "null" if value is None else json.dumps(value, separators=(",", ":"))
     if isinstance(value, str):
         text = value  # Hydra reads a bare word; quotes would become part of the value
+    else:
+        text = "null" if value is None else json.dumps(value, separators=(",", ":"))
     if any(ch.isspace() for ch in text) or not text:
         raise ProfileError(f"{key}: {value!r} has spaces or is empty; DVC's -S overrides cannot carry it")
     return text
@@ -46,11 +55,5 @@ def flatten(overlay: dict, prefix: str = "") -> list[tuple[str, Any]]:
 
 def overrides(base: dict, *overlays: dict) -> list[str]:
     """`++key=value` per leaf of the overlays (later ones win), after checking the merged params are valid."""
-    merged = base
-    for overlay in overlays:
-        merged = deep_merge(merged, overlay)
-    parse_params(merged)  # raises ParamsError naming the bad key
-    combined: dict = {}
-    for overlay in overlays:
-        combined = deep_merge(combined, overlay)
-    return [f"++{key}={_leaf_text(key, value)}" for key, value in flatten(combined)]
+    parse_params(merge(base, *overlays))  # raises ParamsError naming the bad key
+    return [f"++{key}={_leaf_text(key, value)}" for key, value in flatten(merge(*overlays))]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
-
-import dataclasses
 
 import numpy as np
 import pandas as pd

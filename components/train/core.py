@@ -113,11 +113,9 @@ def _atomic_write(path: Path, write) -> None:
 
 def early_stopping_settings(candidate: CandidateParams, has_val: bool) -> dict:
     """EarlyStopping keyword arguments: which score, which direction, and the epochs before it may act."""
-    prefix = "val_" if has_val else ""
-    if candidate.early_stopping == "macro_f1":  # balanced training shifts priors: val loss rises as F1 improves
-        return {"monitor": f"{prefix}f1", "mode": "max", "patience": candidate.patience,
-                "start_from_epoch": candidate.min_epochs}
-    return {"monitor": f"{prefix}loss", "mode": "min", "patience": candidate.patience,
+    # macro_f1: balanced training shifts the priors, so validation loss can rise while F1 improves
+    score, mode = ("f1", "max") if candidate.early_stopping == "macro_f1" else ("loss", "min")
+    return {"monitor": f"{'val_' if has_val else ''}{score}", "mode": mode, "patience": candidate.patience,
             "start_from_epoch": candidate.min_epochs}
 
 

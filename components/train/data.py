@@ -18,12 +18,11 @@ def batch_feeder(x: np.ndarray, y: np.ndarray, batch_size: int, n_classes: int, 
     epoch draws `epoch_images` images (with replacement) with probability proportional to the weights.
     """
     size = epoch_images or len(y)
-    draw_by = None
+    draw_by, carried = None, weights  # weights either steer the draw or ride along as loss weights
     if sample_by_weight:
         if weights is None:
             raise ValueError("sampling by weight needs weights")
-        draw_by, weights = np.asarray(weights, dtype="float64"), None
-        draw_by = draw_by / draw_by.sum()
+        draw_by, carried = np.asarray(weights, dtype="float64") / np.sum(weights, dtype="float64"), None
     import keras
 
     class MemmapBatches(keras.utils.PyDataset):
@@ -36,10 +35,8 @@ def batch_feeder(x: np.ndarray, y: np.ndarray, batch_size: int, n_classes: int, 
             rng = np.random.default_rng([seed, self.epoch])
             if draw_by is not None:
                 return rng.choice(len(y), size=size, replace=True, p=draw_by)
-            if not shuffle:
-                return np.arange(len(y))
-            order = rng.permutation(len(y))
-            return np.resize(order, size) if size != len(y) else order
+            order = rng.permutation(len(y)) if shuffle else np.arange(len(y))
+            return np.resize(order, size)
 
         def __len__(self) -> int:
             return math.ceil(size / batch_size)
@@ -47,7 +44,7 @@ def batch_feeder(x: np.ndarray, y: np.ndarray, batch_size: int, n_classes: int, 
         def __getitem__(self, index: int):
             picks = np.sort(self.order[index * batch_size:(index + 1) * batch_size])
             batch = np.asarray(x[picks], dtype="float32"), one_hot(np.asarray(y[picks]), n_classes)
-            return batch if weights is None else (*batch, np.asarray(weights[picks], dtype="float32"))
+            return batch if carried is None else (*batch, np.asarray(carried[picks], dtype="float32"))
 
         def on_epoch_end(self) -> None:
             self.epoch += 1

@@ -89,3 +89,4 @@ def test_epoch_images_shortens_or_lengthens_a_plain_shuffled_epoch(arrays):
     assert sorted(epoch_images(batch_feeder(x, y, 5, 3, shuffle=True, seed=2, epoch_images=20))) == sorted(
         list(range(10)) * 2)
     assert len(batch_feeder(x, y, 2, 3, shuffle=True, seed=2, epoch_images=4)) == 2
+    assert epoch_images(batch_feeder(x, y, 5, 3, shuffle=False, seed=2, epoch_images=12)) == [*range(10), 0, 1]
