@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from components.common.params import AugmentParams
 
 
 def augmentation_layers(params: AugmentParams, seed: int) -> list:
-    """Rotation, zoom and contrast layers on [0, 1] images; inactive at inference."""
+    """Geometry, intensity, noise, blur and elastic layers on [0, 1] images; inactive at inference."""
     import keras
 
     layers = []
@@ -30,6 +32,13 @@ def augmentation_layers(params: AugmentParams, seed: int) -> list:
                                                     name="aug_brightness"))
     if params.noise > 0:
         layers.append(keras.layers.GaussianNoise(params.noise, seed=seed + 6, name="aug_noise"))
+    if params.blur > 0:
+        layers.append(keras.layers.RandomGaussianBlur(1.0, kernel_size=2 * math.ceil(2 * params.blur) + 1,
+                                                      sigma=(0.01, params.blur), value_range=(0.0, 1.0),
+                                                      seed=seed + 7, name="aug_blur"))
+    if params.elastic > 0:
+        layers.append(keras.layers.RandomElasticTransform(1.0, scale=(0.0, params.elastic), fill_mode="constant",
+                                                          value_range=(0.0, 1.0), seed=seed + 8, name="aug_elastic"))
     return layers
 
 
@@ -43,6 +52,8 @@ def describe_policy(params: AugmentParams) -> dict:
         "translate": params.translate,
         "brightness": params.brightness,
         "noise": params.noise,
+        "blur_sigma_max": params.blur,
+        "elastic": params.elastic,
         "layers": [layer.__class__.__name__ for layer in augmentation_layers(params, 0)],
         "applied": "inside the model graph during training only",
     }

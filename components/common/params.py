@@ -87,6 +87,8 @@ class AugmentParams(_Strict):
     translate: float = Field(0.0, ge=0, lt=1)     # random shift, fraction of the side
     brightness: float = Field(0.0, ge=0, lt=1)    # random brightness offset (window level jitter)
     noise: float = Field(0.0, ge=0, lt=1)         # Gaussian noise std on [0, 1] pixels (scanner noise)
+    blur: float = Field(0.0, ge=0, le=3)          # largest Gaussian blur sigma in pixels (reconstruction kernels)
+    elastic: float = Field(0.0, ge=0, le=1)       # elastic deformation magnitude (Keras scale; 0.1 is mild)
     preview_samples: int = Field(4, ge=1)
 
 
@@ -175,6 +177,7 @@ class LeakageParams(_Strict):
     random_split: bool = True
     cv_folds: int = Field(0, ge=0)
     seed: int = 5
+    tta: list[Literal["flip", "shift"]] = []  # also score test-time augmentation (same models, more views)
 
 
 class ReportParams(_Strict):

@@ -13,8 +13,9 @@ import pandas as pd
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.common.tracking import configure_mlflow
-from components.leakage.core import (IndexSplit, grouped_folds, groups_overlap, random_image_split, score_split,
-                                     summarise_folds)
+from components.common.tta import predict_with_tta
+from components.leakage.core import (PLAIN, IndexSplit, grouped_folds, groups_overlap, random_image_split,
+                                     score_split, summarise_folds, summarise_variants)
 from components.preprocess.core import pixel_statistics
 from components.preprocess.split import SPLITS
 from components.train.core import SplitArrays, train_candidate
@@ -34,17 +35,19 @@ def load_all_images(prepared: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def recipe_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray, groups: np.ndarray):
-    """A closure training candidate `name` on any index split and returning test probabilities."""
-    candidate = params.train.candidates[name]
+    """A closure training candidate `name` on any index split and returning test probabilities (plain, TTA)."""
+    candidate, views = params.train.candidates[name], params.leakage.tta
 
-    def fit(split: IndexSplit) -> np.ndarray:
+    def fit(split: IndexSplit) -> dict[str, np.ndarray]:
         weights = loss_weights(y[split.train], len(params.classes), candidate.loss_weighting, groups[split.train])
         data = SplitArrays(x[split.train], y[split.train], x[split.val], y[split.val], *pixel_statistics(x[split.train]),
                            w_train=weights)
         result = train_candidate(name, candidate, params.augment, data, len(params.classes), params.train.seed,
                                  callbacks=[], verbose=0)
         log.info("trained in %.0f s (best epoch %d)", result.seconds, result.best_epoch)
-        return np.asarray(result.model.predict(x[split.test].astype("float32"), batch_size=64, verbose=0))
+        test = x[split.test].astype("float32")
+        predict = lambda batch: result.model.predict(batch, batch_size=64, verbose=0)  # noqa: E731
+        return {PLAIN: np.asarray(predict(test)), **({"tta": predict_with_tta(predict, test, views)} if views else {})}
 
     return fit
 
@@ -54,7 +57,8 @@ def recipe_params(params: Params, name: str) -> dict:
     flat = {f"candidate.{k}": v for k, v in params.train.candidates[name].model_dump().items()}
     flat.update({f"augment.{k}": v for k, v in params.augment.model_dump().items() if k != "preview_samples"})
     flat.update({"preprocess.image_size": params.preprocess.image_size, "train.seed": params.train.seed,
-                 "leakage.seed": params.leakage.seed, "leakage.cv_folds": params.leakage.cv_folds})
+                 "leakage.seed": params.leakage.seed, "leakage.cv_folds": params.leakage.cv_folds,
+                 "leakage.tta": "+".join(params.leakage.tta) or "none"})
     return flat
 
 
@@ -78,9 +82,14 @@ def log_cv_to_mlflow(params: Params, name: str, cv: dict) -> None:
         mlflow.log_params({k: str(v) for k, v in recipe_params(params, name).items()})
         summary = {k: v for k, v in cv.items() if isinstance(v, dict) and "mean" in v}
         mlflow.log_metrics({f"cv_{k}_{stat}": float(v[stat]) for k, v in summary.items() for stat in ("mean", "std")})
+        for variant, scores in cv.get("variants", {}).items():  # e.g. cv_tta_macro_f1_mean
+            mlflow.log_metrics({f"cv_{variant}_{k}_{stat}": float(v[stat]) for k, v in scores.items()
+                                for stat in ("mean", "std")})
         mlflow.log_metric("cv_seconds", float(cv["seconds"]))
         for step, fold in enumerate(cv["per_fold"], start=1):
-            mlflow.log_metrics({"fold_macro_f1": fold["macro_f1"], "fold_accuracy": fold["accuracy"]}, step=step)
+            mlflow.log_metrics({"fold_macro_f1": fold["macro_f1"], "fold_accuracy": fold["accuracy"],
+                                **{f"fold_{n}_macro_f1": v["macro_f1"] for n, v in fold.get("variants", {}).items()}},
+                               step=step)
         mlflow.log_dict(cv, "grouped_cv.json")
 
 
@@ -111,9 +120,12 @@ def run(params: Params, args: argparse.Namespace) -> None:
             log.info("grouped fold %d/%d: %d train, %d val, %d test images", k, len(splits), len(split.train),
                      len(split.val), len(split.test))
             folds.append(score_split(fit, split, y, params.classes))
-            log.info("fold %d: macro-F1 %.3f, accuracy %.3f", k, folds[-1]["macro_f1"], folds[-1]["accuracy"])
+            log.info("fold %d: macro-F1 %.3f, accuracy %.3f%s", k, folds[-1]["macro_f1"], folds[-1]["accuracy"],
+                     "".join(f"; with {n}: macro-F1 {v['macro_f1']:.3f}" for n, v in folds[-1].get("variants", {}).items()))
         report["grouped_cv"] = {"folds": len(folds), "per_fold": folds, "seconds": time.perf_counter() - began,
                                 **summarise_folds(folds, params.classes)}
+        if variants := summarise_variants(folds, params.classes):
+            report["grouped_cv"]["variants"] = variants
         log_cv_to_mlflow(params, name, report["grouped_cv"])
     write_json(Path(params.paths.leakage) / "leakage.json", report)
     if "random_split" in report:
@@ -123,6 +135,9 @@ def run(params: Params, args: argparse.Namespace) -> None:
     if "grouped_cv" in report:
         cv = report["grouped_cv"]
         log.info("grouped %d-fold CV: macro-F1 %.3f ± %.3f", cv["folds"], cv["macro_f1"]["mean"], cv["macro_f1"]["std"])
+        for variant, scores in cv.get("variants", {}).items():
+            log.info("  with %s (%s): macro-F1 %.3f ± %.3f", variant, "+".join(params.leakage.tta),
+                     scores["macro_f1"]["mean"], scores["macro_f1"]["std"])
 
 
 def main(argv: list[str] | None = None) -> int:

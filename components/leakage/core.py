@@ -51,12 +51,20 @@ def groups_overlap(split: IndexSplit, groups: np.ndarray) -> set[str]:
     return (sides[0] & sides[1]) | (sides[0] & sides[2]) | (sides[1] & sides[2])
 
 
-Fit = Callable[[IndexSplit], np.ndarray]  # trains on split.train/val, returns test probabilities
+Fit = Callable[[IndexSplit], dict[str, np.ndarray]]  # trains on split.train/val; test probabilities by variant
+PLAIN = "plain"  # the variant every fit returns: one prediction per image; others (e.g. "tta") ride along
 
 
 def score_split(fit: Fit, split: IndexSplit, labels: np.ndarray, classes: list[str]) -> dict:
-    """Train through `fit` and score its test probabilities."""
-    metrics = classification_metrics(labels[split.test], fit(split), classes)
+    """Train through `fit` and score each variant of its test probabilities (the plain one at the top level)."""
+    variants = fit(split)
+    scored = {name: _scores(labels[split.test], probabilities, classes) for name, probabilities in variants.items()}
+    plain = scored.pop(PLAIN)
+    return {**plain, "variants": scored} if scored else plain
+
+
+def _scores(y_true: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict:
+    metrics = classification_metrics(y_true, probabilities, classes)
     return {k: v for k, v in metrics.items() if k != "confusion_matrix"}
 
 
@@ -67,3 +75,9 @@ def summarise_folds(fold_metrics: list[dict], classes: list[str]) -> dict:
         table[f"recall_{c}"] = [m["per_class"][c]["recall"] for m in fold_metrics]
     return {name: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
             for name, v in table.items()}
+
+
+def summarise_variants(fold_metrics: list[dict], classes: list[str]) -> dict:
+    """summarise_folds for each extra variant (e.g. test-time augmentation) scored on every fold."""
+    names = set.intersection(*[set(m.get("variants", {})) for m in fold_metrics]) if fold_metrics else set()
+    return {name: summarise_folds([m["variants"][name] for m in fold_metrics], classes) for name in sorted(names)}

@@ -16,15 +16,23 @@ def _pm(metrics: dict, name: str) -> str:
 
 
 def trial_rows(runs: list[dict], classes: list[str]) -> list[list[str]]:
-    """Rows of (trial, candidate, macro-F1, accuracy, recall per class, time, machine), oldest first."""
+    """Rows of (trial, candidate, macro-F1, accuracy, recall per class, time, machine), oldest first.
+
+    A trial that also scored test-time augmentation gets a second row, "<trial> + TTA (<views>)", for the same
+    models (its time is the same CV: TTA only adds predictions).
+    """
     rows = []
     for run in sorted(runs, key=lambda r: r["start_time"]):
         m, tags = run["metrics"], run["tags"]
         folds = int(float(run["params"].get("leakage.cv_folds", 5)))
         minutes = m.get("cv_seconds", 0.0) / 60
-        rows.append([run["name"], tags.get("candidate", "?"), _pm(m, "macro_f1"), _pm(m, "accuracy"),
-                     *[_pm(m, f"recall_{c}") for c in classes],
-                     f"{minutes:.0f} min ({minutes / max(folds, 1):.1f}/fold)", tags.get("machine", "?")])
+        timing = [f"{minutes:.0f} min ({minutes / max(folds, 1):.1f}/fold)", tags.get("machine", "?")]
+        variants = [("", run["name"])]
+        if "cv_tta_macro_f1_mean" in m:
+            variants.append(("tta_", f"{run['name']} + TTA ({run['params'].get('leakage.tta', '?')})"))
+        for prefix, name in variants:
+            rows.append([name, tags.get("candidate", "?"), _pm(m, f"{prefix}macro_f1"), _pm(m, f"{prefix}accuracy"),
+                         *[_pm(m, f"{prefix}recall_{c}") for c in classes], *timing])
     return rows
 
 

@@ -75,3 +75,16 @@ def test_write_gives_a_whole_params_file_for_orchestrators(monkeypatch, tmp_path
     params = load_params(tmp_path / "real.yaml")
     assert params.paths.source == "../shared/data/kidney-ct" and params.evaluate.min_class_recall == 0.85
     assert {"paper_cnn", "compact_cnn"} <= set(params.train.candidates)
+
+
+def test_cv_table_gives_a_trial_that_scored_tta_a_second_row_for_the_same_models():
+    from components.leakage.table import trial_rows
+
+    metrics = {"cv_macro_f1_mean": 0.5, "cv_macro_f1_std": 0.1, "cv_tta_macro_f1_mean": 0.55,
+               "cv_tta_macro_f1_std": 0.08, "cv_seconds": 300.0}
+    run = {"name": "t06", "start_time": 1, "tags": {"candidate": "c"}, "metrics": metrics,
+           "params": {"leakage.cv_folds": "5", "leakage.tta": "flip+shift"}}
+    rows = trial_rows([run], ["Stone"])
+    assert [r[0] for r in rows] == ["t06", "t06 + TTA (flip+shift)"]
+    assert rows[0][2] == "0.500 ± 0.100" and rows[1][2] == "0.550 ± 0.080" and rows[1][3] == "n/a"
+    assert rows[0][-2] == rows[1][-2] == "5 min (1.0/fold)"

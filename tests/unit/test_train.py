@@ -45,11 +45,12 @@ def test_the_generalisation_recipe_trains_weighted_with_every_augmentation_inert
                        w_train=loss_weights(y, 4, "class_and_group", groups))
     candidate = tiny_candidate(architecture="compact_cnn", epochs=6, learning_rate=0.01, intensity_channels=[0.8],
                                weight_decay=1e-4, label_smoothing=0.1, loss_weighting="class_and_group")
-    augment = AugmentParams(flip=True, translate=0.1, brightness=0.1, noise=0.02)
+    augment = AugmentParams(flip=True, translate=0.1, brightness=0.1, noise=0.02, blur=1.0, elastic=0.1)
     result = train_candidate("compact", candidate, augment, data, 4, seed=0, callbacks=[], verbose=0)
     assert result.history["loss"][-1] < result.history["loss"][0]
     names = {layer.name for layer in result.model.layers}
-    assert {"aug_flip", "aug_translate", "aug_brightness", "aug_noise", "dense_window0"} <= names
+    assert {"aug_flip", "aug_translate", "aug_brightness", "aug_noise", "aug_blur", "aug_elastic",
+            "dense_window0"} <= names
     first = np.asarray(result.model(x[:4].astype("float32"), training=False))
     assert np.array_equal(first, np.asarray(result.model(x[:4].astype("float32"), training=False)))
 

@@ -1,0 +1,36 @@
+"""Test-time augmentation: class probabilities averaged over label-preserving views of each image."""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+
+View = Literal["flip", "shift"]
+SHIFT_FRACTION = 0.03  # of the image side: well inside the training translate range
+
+
+def shifted(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """(N, H, W, C) images moved by (dy, dx) pixels, the uncovered border filled with zeros (air)."""
+    out = np.zeros_like(x)
+    h, w = x.shape[1:3]
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = x[:, max(-dy, 0):h + min(-dy, 0),
+                                                                      max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def tta_views(x: np.ndarray, views: Sequence[View]) -> list[np.ndarray]:
+    """The images themselves, then each requested view: a left-right flip, four small shifts."""
+    batches = [x]
+    if "flip" in views:
+        batches.append(x[:, :, ::-1])
+    if "shift" in views:
+        step = max(1, round(SHIFT_FRACTION * x.shape[2]))
+        batches += [shifted(x, dy, dx) for dy, dx in ((0, step), (0, -step), (step, 0), (-step, 0))]
+    return batches
+
+
+def predict_with_tta(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
+                     views: Sequence[View]) -> np.ndarray:
+    """Mean of `predict`'s class probabilities over the images and their test-time views."""
+    return np.mean([np.asarray(predict(batch)) for batch in tta_views(x, views)], axis=0)

@@ -1,0 +1,45 @@
+"""The augmentation policy on tiny images: what each scanner-variation layer does, and that stones survive it."""
+
+import numpy as np
+import pytest
+
+from components.augment.core import augment_batch, describe_policy
+from components.common.params import AugmentParams
+
+OFF = dict(rotation=0.0, zoom=0.0, contrast=0.0)
+
+
+def stone_images(n: int = 8, size: int = 48) -> np.ndarray:
+    """Dark slices, each with one 3x3 'stone' at full brightness near the middle."""
+    x = np.full((n, size, size, 1), 0.1, dtype="float32")
+    x[:, 22:25, 22:25, 0] = 1.0
+    return x
+
+
+@pytest.mark.parametrize("layer", [{"blur": 1.0}, {"elastic": 0.1}])
+def test_blur_and_elastic_change_the_image_but_keep_a_three_pixel_stone(layer):
+    x = stone_images()
+    out = augment_batch(x, AugmentParams(**OFF, **layer), seed=3)
+    assert out.shape == x.shape
+    assert np.abs(out - x).max() > 0.05                 # the layer did something
+    assert (out.reshape(len(out), -1).max(axis=1) >= 0.5).all()  # and every stone is still the brightest spot
+
+
+def test_blur_strength_follows_the_sigma_bound():
+    x = stone_images()
+    mild = augment_batch(x, AugmentParams(**OFF, blur=0.5), seed=0).max(axis=(1, 2, 3))
+    strong = augment_batch(x, AugmentParams(**OFF, blur=3.0), seed=0).max(axis=(1, 2, 3))
+    assert strong.mean() < mild.mean()
+
+
+def test_the_policy_description_names_every_active_layer_and_nothing_when_off():
+    described = describe_policy(AugmentParams(**OFF, blur=1.0, elastic=0.1))
+    assert described["layers"] == ["RandomGaussianBlur", "RandomElasticTransform"]
+    assert describe_policy(AugmentParams(**OFF))["layers"] == []
+
+
+def test_out_of_range_strengths_are_refused():
+    with pytest.raises(ValueError):
+        AugmentParams(blur=-1.0)
+    with pytest.raises(ValueError):
+        AugmentParams(elastic=2.0)
