@@ -30,7 +30,11 @@ def tta_views(x: np.ndarray, views: Sequence[View]) -> list[np.ndarray]:
     return batches
 
 
-def predict_with_tta(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
-                     views: Sequence[View]) -> np.ndarray:
-    """Mean of `predict`'s class probabilities over the images and their test-time views."""
-    return np.mean([np.asarray(predict(batch)) for batch in tta_views(x, views)], axis=0)
+def plain_and_tta(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
+                  views: Sequence[View]) -> tuple[np.ndarray, np.ndarray]:
+    """`predict`'s class probabilities for the images, and their mean over the images and their views.
+
+    The plain prediction is the first view's, so each view is predicted once.
+    """
+    per_view = [np.asarray(predict(batch)) for batch in tta_views(x, views)]
+    return per_view[0], np.mean(per_view, axis=0)

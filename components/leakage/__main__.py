@@ -13,7 +13,7 @@ import pandas as pd
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.common.tracking import configure_mlflow
-from components.common.tta import predict_with_tta
+from components.common.tta import plain_and_tta
 from components.leakage.core import (PLAIN, IndexSplit, grouped_folds, groups_overlap, random_image_split,
                                      score_split, summarise_folds, summarise_variants)
 from components.preprocess.core import pixel_statistics
@@ -45,9 +45,9 @@ def recipe_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray, groups: 
         result = train_candidate(name, candidate, params.augment, data, len(params.classes), params.train.seed,
                                  callbacks=[], verbose=0)
         log.info("trained in %.0f s (best epoch %d)", result.seconds, result.best_epoch)
-        test = x[split.test].astype("float32")
         predict = lambda batch: result.model.predict(batch, batch_size=64, verbose=0)  # noqa: E731
-        return {PLAIN: np.asarray(predict(test)), **({"tta": predict_with_tta(predict, test, views)} if views else {})}
+        plain, averaged = plain_and_tta(predict, x[split.test].astype("float32"), views)
+        return {PLAIN: plain, **({"tta": averaged} if views else {})}
 
     return fit
 
@@ -70,6 +70,11 @@ def machine_description() -> str:
     return f"{len(accelerators)} accelerator(s)" if accelerators else f"{os.cpu_count()} CPU cores"
 
 
+def mean_std_metrics(prefix: str, summary: dict) -> dict[str, float]:
+    """{name: {mean, std}} -> {prefix + name + "_mean": ..., prefix + name + "_std": ...} for MLflow."""
+    return {f"{prefix}{k}_{stat}": float(v[stat]) for k, v in summary.items() for stat in ("mean", "std")}
+
+
 def log_cv_to_mlflow(params: Params, name: str, cv: dict) -> None:
     """One MLflow run per CV trial: the recipe as params, mean/std of every score, each fold as a step."""
     import mlflow
@@ -81,10 +86,9 @@ def log_cv_to_mlflow(params: Params, name: str, cv: dict) -> None:
                          "machine": machine_description()})
         mlflow.log_params({k: str(v) for k, v in recipe_params(params, name).items()})
         summary = {k: v for k, v in cv.items() if isinstance(v, dict) and "mean" in v}
-        mlflow.log_metrics({f"cv_{k}_{stat}": float(v[stat]) for k, v in summary.items() for stat in ("mean", "std")})
+        mlflow.log_metrics(mean_std_metrics("cv_", summary))
         for variant, scores in cv.get("variants", {}).items():  # e.g. cv_tta_macro_f1_mean
-            mlflow.log_metrics({f"cv_{variant}_{k}_{stat}": float(v[stat]) for k, v in scores.items()
-                                for stat in ("mean", "std")})
+            mlflow.log_metrics(mean_std_metrics(f"cv_{variant}_", scores))
         mlflow.log_metric("cv_seconds", float(cv["seconds"]))
         for step, fold in enumerate(cv["per_fold"], start=1):
             mlflow.log_metrics({"fold_macro_f1": fold["macro_f1"], "fold_accuracy": fold["accuracy"],
@@ -120,8 +124,9 @@ def run(params: Params, args: argparse.Namespace) -> None:
             log.info("grouped fold %d/%d: %d train, %d val, %d test images", k, len(splits), len(split.train),
                      len(split.val), len(split.test))
             folds.append(score_split(fit, split, y, params.classes))
-            log.info("fold %d: macro-F1 %.3f, accuracy %.3f%s", k, folds[-1]["macro_f1"], folds[-1]["accuracy"],
-                     "".join(f"; with {n}: macro-F1 {v['macro_f1']:.3f}" for n, v in folds[-1].get("variants", {}).items()))
+            fold_variants = folds[-1].get("variants", {})
+            extra = "".join(f"; with {n}: macro-F1 {v['macro_f1']:.3f}" for n, v in fold_variants.items())
+            log.info("fold %d: macro-F1 %.3f, accuracy %.3f%s", k, folds[-1]["macro_f1"], folds[-1]["accuracy"], extra)
         report["grouped_cv"] = {"folds": len(folds), "per_fold": folds, "seconds": time.perf_counter() - began,
                                 **summarise_folds(folds, params.classes)}
         if variants := summarise_variants(folds, params.classes):

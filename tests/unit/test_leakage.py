@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from components.common.tta import predict_with_tta, shifted, tta_views
+from components.common.tta import plain_and_tta, shifted, tta_views
 from components.leakage.core import PLAIN, grouped_folds, groups_overlap, score_split, summarise_variants
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
@@ -64,6 +64,7 @@ def test_tta_views_and_their_mean():
     assert len(views) == 6 and np.array_equal(views[1], x[:, :, ::-1])
     # a "model" that only sees the left half: flipping changes its answer, TTA averages the two
     left_mean = lambda b: np.stack([b[:, :, :20].mean(axis=(1, 2, 3)), 1 - b[:, :, :20].mean(axis=(1, 2, 3))], 1)  # noqa: E731
-    averaged = predict_with_tta(left_mean, x, ["flip"])
+    plain, averaged = plain_and_tta(left_mean, x, ["flip"])
+    assert np.array_equal(plain, left_mean(x))
     assert np.allclose(averaged, (left_mean(x) + left_mean(x[:, :, ::-1])) / 2)
     assert np.allclose(averaged.sum(axis=1), 1.0)
