@@ -15,7 +15,7 @@ from components.common.params import Params
 from components.common.tracking import configure_mlflow
 from components.common.tta import plain_and_tta
 from components.leakage.core import (PLAIN, IndexSplit, grouped_folds, groups_overlap, random_image_split,
-                                     score_split, summarise_folds, summarise_variants)
+                                     recipe_params, score_split, summarise_folds, summarise_variants)
 from components.preprocess.core import pixel_statistics
 from components.preprocess.split import SPLITS
 from components.train.core import SplitArrays, train_candidate
@@ -50,16 +50,6 @@ def recipe_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray, groups: 
         return {PLAIN: plain, **({"tta": averaged} if views else {})}
 
     return fit
-
-
-def recipe_params(params: Params, name: str) -> dict:
-    """The knobs that make a training recipe, flattened for MLflow (what a CV trial varies)."""
-    flat = {f"candidate.{k}": v for k, v in params.train.candidates[name].model_dump().items()}
-    flat.update({f"augment.{k}": v for k, v in params.augment.model_dump().items() if k != "preview_samples"})
-    flat.update({"preprocess.image_size": params.preprocess.image_size, "train.seed": params.train.seed,
-                 "leakage.seed": params.leakage.seed, "leakage.cv_folds": params.leakage.cv_folds,
-                 "leakage.tta": "+".join(params.leakage.tta) or "none"})
-    return flat
 
 
 def machine_description() -> str:

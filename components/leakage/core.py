@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
+from components.common.params import AugmentParams, CandidateParams, Params
 from components.evaluate.core import classification_metrics
 
 
@@ -81,3 +82,21 @@ def summarise_variants(fold_metrics: list[dict], classes: list[str]) -> dict:
     """summarise_folds for each extra variant (e.g. test-time augmentation) scored on every fold."""
     names = set.intersection(*[set(m.get("variants", {})) for m in fold_metrics]) if fold_metrics else set()
     return {name: summarise_folds([m["variants"][name] for m in fold_metrics], classes) for name in sorted(names)}
+
+
+def recipe_params(params: Params, name: str) -> dict:
+    """The knobs that make a training recipe, flattened for MLflow (what a CV trial varies)."""
+    flat = {f"candidate.{k}": v for k, v in params.train.candidates[name].model_dump().items()}
+    flat.update({f"augment.{k}": v for k, v in params.augment.model_dump().items() if k != "preview_samples"})
+    flat.update({"preprocess.image_size": params.preprocess.image_size, "train.seed": params.train.seed,
+                 "leakage.seed": params.leakage.seed, "leakage.cv_folds": params.leakage.cv_folds,
+                 "leakage.tta": "+".join(params.leakage.tta) or "none"})
+    return flat
+
+
+def knob_defaults() -> dict[str, object]:
+    """Each recipe knob's default: what a trial logged before the knob existed was trained with."""
+    flat: dict[str, object] = {f"candidate.{k}": f.default for k, f in CandidateParams.model_fields.items()}
+    flat.update({f"augment.{k}": f.default for k, f in AugmentParams.model_fields.items()})
+    flat["leakage.tta"] = "none"
+    return flat

@@ -6,8 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from components.common.params import ParamsError, load_params
+from components.common.params import ParamsError, load_params, parse_params
 from components.common.tracking import configure_mlflow
+from components.leakage.core import knob_defaults, recipe_params
+from components.profile.core import ProfileError, merge
+from components.profile.files import PROFILES, SEARCH, SEARCH_PROFILE, read_yaml, search_trials
+
+SCORING_ONLY = {"leakage.tta"}  # adds a row scored on the same models: not part of what a trial trains
 
 
 def _pm(metrics: dict, name: str) -> str:
@@ -36,12 +41,55 @@ def trial_rows(runs: list[dict], classes: list[str]) -> list[list[str]]:
     return rows
 
 
-def markdown(rows: list[list[str]], classes: list[str]) -> str:
-    """A GitHub Markdown table of the trial rows."""
+def recipe_drift(logged: dict[str, str], current: dict[str, object], defaults: dict[str, object]) -> list[str]:
+    """"knob: then -> now" for each knob a trial would now train with a different value than it was measured.
+
+    A knob missing from the logged run did not exist yet: the run trained with its default (new knobs default
+    to the behaviour from before them).
+    """
+    changes = []
+    for key, now in sorted(current.items()):
+        then = logged.get(key, str(defaults.get(key)))
+        if key not in SCORING_ONLY and then != str(now):
+            changes.append(f"{key}: {then} -> {now}")
+    return changes
+
+
+def markdown(rows: list[list[str]], classes: list[str], drift: dict[str, list[str]] | None = None) -> str:
+    """A GitHub Markdown table of the trial rows; trials whose recipe changed since are starred and listed."""
+    drift = {name: changes for name, changes in (drift or {}).items() if changes}
     header = ["trial", "candidate", "macro-F1", "accuracy", *[f"recall {c}" for c in classes], "CV time", "machine"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    for row in rows:
+        star = "*" if row[0].split(" + ")[0] in drift else ""
+        lines.append("| " + " | ".join([row[0] + star, *row[1:]]) + " |")
+    if drift:
+        lines += ["", f"\\* measured with another recipe than {SEARCH} + {PROFILES / SEARCH_PROFILE}.yaml now "
+                  "give: re-run the trial (`make search TRIALS=...`) or pin the knob in its overlay:"]
+        lines += [f"- {name}: {'; '.join(changes)}" for name, changes in drift.items()]
     return "\n".join(lines)
+
+
+def current_recipes(params_path: Path) -> dict[str, dict[str, object]]:
+    """Trial name -> the recipe `make search` would now train for it (the params file + profile + trial)."""
+    base, profile = read_yaml(params_path), read_yaml(PROFILES / f"{SEARCH_PROFILE}.yaml")
+    recipes = {}
+    for name, overlay in search_trials().items():
+        params = parse_params(merge(base, profile, overlay))
+        recipes[name] = recipe_params(params, params.leakage.candidate)
+    return recipes
+
+
+def trial_drift(runs: list[dict], params_path: Path) -> dict[str, list[str]]:
+    """Run name -> recipe changes, for the runs named after a trial of profiles/search.yaml."""
+    try:
+        recipes = current_recipes(params_path)
+    except (ProfileError, ParamsError) as exc:
+        print(f"cv-table: cannot check the trials' recipes ({exc})", file=sys.stderr)
+        return {}
+    defaults = knob_defaults()
+    return {run["name"]: recipe_drift(run["params"], recipes[run["name"]], defaults)
+            for run in runs if run["name"] in recipes}
 
 
 def fetch_runs(experiment_id: str) -> list[dict]:
@@ -56,7 +104,9 @@ def fetch_runs(experiment_id: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Print every grouped-CV trial (leakage stage runs logged to "
                                      "MLflow) as a Markdown table: macro-F1 and per-class recall mean ± std over "
-                                     "folds, CV time and machine.")
+                                     "folds, CV time and machine. Trials of profiles/search.yaml whose recipe has "
+                                     "changed since they ran (a knob of the profile or the params file) are starred "
+                                     "and the changed knobs listed.")
     parser.add_argument("--params", default="params.yaml", help="params file naming the MLflow store")
     parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args(argv)
@@ -65,11 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as exc:
         print(f"cv-table: {exc}", file=sys.stderr)
         return 2
-    rows = trial_rows(fetch_runs(configure_mlflow(params.mlflow)), params.classes)
+    runs = fetch_runs(configure_mlflow(params.mlflow))
+    rows = trial_rows(runs, params.classes)
     if not rows:
         print("no grouped-CV trials in MLflow yet: run `make search` or `make real-data-cv`", file=sys.stderr)
         return 1
-    text = markdown(rows, params.classes)
+    text = markdown(rows, params.classes, trial_drift(runs, Path(args.params)))
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -16,22 +16,7 @@ import yaml
 
 from components.common.params import ParamsError
 from components.profile.core import ProfileError, merge, overrides
-
-PROFILES = Path("profiles")
-
-
-def read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ProfileError(f"{path} not found")
-    return yaml.safe_load(path.read_text()) or {}
-
-
-def trial_overlay(name: str) -> dict:
-    """One named trial of profiles/search.yaml (a recipe tried on top of a profile)."""
-    trials = read_yaml(PROFILES / "search.yaml").get("trials", {})
-    if name not in trials:
-        raise ProfileError(f"no trial {name!r} in {PROFILES / 'search.yaml'}; it lists {sorted(trials)}")
-    return trials[name] or {}
+from components.profile.files import PROFILES, read_yaml, search_trials, trial_overlay
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.list_trials:
-            print("\n".join(read_yaml(PROFILES / "search.yaml").get("trials", {})))
+            print("\n".join(search_trials()))
             return 0
         overlays = [read_yaml(PROFILES / f"{args.profile}.yaml")]
         if args.trial:

@@ -88,3 +88,35 @@ def test_cv_table_gives_a_trial_that_scored_tta_a_second_row_for_the_same_models
     assert [r[0] for r in rows] == ["t06", "t06 + TTA (flip+shift)"]
     assert rows[0][2] == "0.500 ± 0.100" and rows[1][2] == "0.550 ± 0.080" and rows[1][3] == "n/a"
     assert rows[0][-2] == rows[1][-2] == "5 min (1.0/fold)"
+
+
+def test_recipe_drift_names_changed_knobs_and_reads_missing_ones_as_their_default():
+    from components.leakage.table import recipe_drift
+
+    defaults = {"augment.blur": 0.0, "augment.flip": False, "leakage.tta": "none"}
+    logged = {"augment.flip": "True", "candidate.dropout": "0.3"}  # logged before `blur` and `tta` existed
+    same = {"augment.flip": True, "candidate.dropout": 0.3, "augment.blur": 0.0, "leakage.tta": "flip+shift"}
+    assert recipe_drift(logged, same, defaults) == []  # blur at its default; TTA only adds a scored row
+    changed = {**same, "augment.blur": 1.0, "candidate.dropout": 0.5}
+    assert recipe_drift(logged, changed, defaults) == ["augment.blur: 0.0 -> 1.0", "candidate.dropout: 0.3 -> 0.5"]
+
+
+def test_cv_table_stars_a_trial_whose_recipe_the_profile_has_changed_since_it_ran(monkeypatch):
+    from components.leakage.table import current_recipes, markdown, trial_drift, trial_rows
+
+    monkeypatch.chdir(REPO)
+    recipes = current_recipes(REPO / "params.yaml")  # every trial of profiles/search.yaml is valid params
+    assert "t02-compact-balanced" in recipes and recipes["t01-paper-cnn"]["candidate.architecture"] == "paper_cnn"
+    as_logged = {k: str(v) for k, v in recipes["t02-compact-balanced"].items()}
+    metrics = {"cv_macro_f1_mean": 0.5, "cv_macro_f1_std": 0.1, "cv_seconds": 60.0}
+    run = lambda name, logged: {"name": name, "start_time": 1, "tags": {}, "metrics": metrics,  # noqa: E731
+                                "params": logged}
+    fresh = run("t02-compact-balanced", as_logged)
+    stale = run("t07-t02-without-intensity-channel", as_logged)  # t07 now drops the channel t02 trained with
+    other = run("my-notebook-trial", {})                        # not a trial of search.yaml: not checked
+    drift = trial_drift([fresh, stale, other], REPO / "params.yaml")
+    assert drift == {"t02-compact-balanced": [],
+                     "t07-t02-without-intensity-channel": ["candidate.intensity_channels: [0.8] -> []"]}
+    table = markdown(trial_rows([fresh, stale, other], ["Stone"]), ["Stone"], drift)
+    assert "| t07-t02-without-intensity-channel* |" in table and "| t02-compact-balanced |" in table
+    assert table.splitlines()[-1] == "- t07-t02-without-intensity-channel: candidate.intensity_channels: [0.8] -> []"

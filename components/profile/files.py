@@ -1,0 +1,33 @@
+"""Where profiles live and how they are read (the IO edge of profiles; the merging is in core)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from components.profile.core import ProfileError
+
+PROFILES = Path("profiles")
+SEARCH = PROFILES / "search.yaml"
+SEARCH_PROFILE = "real-data"  # the profile every search trial is laid over (`make search`)
+
+
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping; a missing file is a ProfileError naming it."""
+    if not path.is_file():
+        raise ProfileError(f"{path} not found")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def search_trials() -> dict[str, dict]:
+    """Every trial of profiles/search.yaml: name -> overlay."""
+    return {name: overlay or {} for name, overlay in read_yaml(SEARCH).get("trials", {}).items()}
+
+
+def trial_overlay(name: str) -> dict:
+    """One named trial of profiles/search.yaml (a recipe tried on top of a profile)."""
+    trials = search_trials()
+    if name not in trials:
+        raise ProfileError(f"no trial {name!r} in {SEARCH}; it lists {sorted(trials)}")
+    return trials[name]
