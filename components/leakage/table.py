@@ -60,13 +60,13 @@ def markdown(rows: list[list[str]], classes: list[str], drift: dict[str, list[st
     drift = {name: changes for name, changes in (drift or {}).items() if changes}
     header = ["trial", "candidate", "macro-F1", "accuracy", *[f"recall {c}" for c in classes], "CV time", "machine"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        star = "*" if row[0].split(" + ")[0] in drift else ""
-        lines.append("| " + " | ".join([row[0] + star, *row[1:]]) + " |")
+    trials = [row[0].split(" + ")[0] for row in rows]  # "t06 + TTA (..)" is trial t06's second row
+    lines += ["| " + " | ".join([row[0] + ("*" if trial in drift else ""), *row[1:]]) + " |"
+              for trial, row in zip(trials, rows)]
     if drift:
         lines += ["", f"\\* measured with another recipe than {SEARCH} + {PROFILES / SEARCH_PROFILE}.yaml now "
                   "give: re-run the trial (`make search TRIALS=...`) or pin the knob in its overlay:"]
-        lines += [f"- {name}: {'; '.join(changes)}" for name, changes in drift.items()]
+        lines += [f"- {name}: {'; '.join(drift[name])}" for name in dict.fromkeys(trials) if name in drift]
     return "\n".join(lines)
 
 
