@@ -16,6 +16,8 @@ def open_parent_run(client, experiment_id: str, data_version: str) -> str:
     pipeline run gets a new one; a killed and re-run pipeline keeps adding to the same open parent.
     Candidates trained at once (Airflow's mapped tasks) may each find none and create one: every creator then
     looks again and all keep the earliest, deleting their own if it lost, so the candidates share one parent.
+    ("Earliest" is by client start time: two parents can only survive if the creators' clocks differ by more
+    than the moment between one's create and re-check; an orchestrator can rule it out by passing PARENT_ENV.)
     """
     if os.environ.get(PARENT_ENV):
         return os.environ[PARENT_ENV]
