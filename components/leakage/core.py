@@ -98,5 +98,4 @@ def knob_defaults() -> dict[str, object]:
     """Each recipe knob's default: what a trial logged before the knob existed was trained with."""
     flat: dict[str, object] = {f"candidate.{k}": f.default for k, f in CandidateParams.model_fields.items()}
     flat.update({f"augment.{k}": f.default for k, f in AugmentParams.model_fields.items()})
-    flat["leakage.tta"] = "none"
     return flat

@@ -10,7 +10,8 @@ from components.common.params import ParamsError, load_params, parse_params
 from components.common.tracking import configure_mlflow
 from components.leakage.core import knob_defaults, recipe_params
 from components.profile.core import ProfileError, merge
-from components.profile.files import PROFILES, SEARCH, SEARCH_PROFILE, read_yaml, search_trials
+from components.profile.files import (PROFILES, SEARCH, SEARCH_PROFILE, profile_overlay, read_yaml,
+                                      search_trials)
 
 SCORING_ONLY = {"leakage.tta"}  # adds a row scored on the same models: not part of what a trial trains
 
@@ -49,8 +50,10 @@ def recipe_drift(logged: dict[str, str], current: dict[str, object], defaults: d
     """
     changes = []
     for key, now in sorted(current.items()):
+        if key in SCORING_ONLY:
+            continue
         then = logged.get(key, str(defaults.get(key)))
-        if key not in SCORING_ONLY and then != str(now):
+        if then != str(now):
             changes.append(f"{key}: {then} -> {now}")
     return changes
 
@@ -72,7 +75,7 @@ def markdown(rows: list[list[str]], classes: list[str], drift: dict[str, list[st
 
 def current_recipes(params_path: Path) -> dict[str, dict[str, object]]:
     """Trial name -> the recipe `make search` would now train for it (the params file + profile + trial)."""
-    base, profile = read_yaml(params_path), read_yaml(PROFILES / f"{SEARCH_PROFILE}.yaml")
+    base, profile = read_yaml(params_path), profile_overlay(SEARCH_PROFILE)
     recipes = {}
     for name, overlay in search_trials().items():
         params = parse_params(merge(base, profile, overlay))

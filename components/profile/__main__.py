@@ -16,7 +16,7 @@ import yaml
 
 from components.common.params import ParamsError
 from components.profile.core import ProfileError, merge, overrides
-from components.profile.files import PROFILES, read_yaml, search_trials, trial_overlay
+from components.profile.files import profile_overlay, read_yaml, search_trials, trial_overlay
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.list_trials:
             print("\n".join(search_trials()))
             return 0
-        overlays = [read_yaml(PROFILES / f"{args.profile}.yaml")]
+        overlays = [profile_overlay(args.profile)]
         if args.trial:
             overlays.append(trial_overlay(args.trial))
         base = read_yaml(Path(args.params))

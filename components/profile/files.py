@@ -20,6 +20,11 @@ def read_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
+def profile_overlay(name: str) -> dict:
+    """The named profile of profiles/ (e.g. real-data), as an overlay of params.yaml."""
+    return read_yaml(PROFILES / f"{name}.yaml")
+
+
 def search_trials() -> dict[str, dict]:
     """Every trial of profiles/search.yaml: name -> overlay."""
     return {name: overlay or {} for name, overlay in read_yaml(SEARCH).get("trials", {}).items()}
