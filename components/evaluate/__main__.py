@@ -84,20 +84,23 @@ def write_comparison(results: dict[str, dict], winner: str | None, params: Param
 
 
 def close_parent_runs(results: dict[str, dict], winner: str | None, params: Params) -> None:
-    """Log the comparison to each candidate's parent run (one per pipeline run) and finish it."""
+    """Fold the candidates under one parent run (one per pipeline run), log the comparison to it, finish it."""
     from mlflow import MlflowClient
 
+    from components.train.parent import merge_parent_runs
+
     client = MlflowClient()
-    parents = {client.get_run(r["run_id"]).data.tags.get("mlflow.parentRunId") for r in results.values()}
+    parent = merge_parent_runs(client, [r["run_id"] for r in results.values()])
+    if parent is None:
+        return
     out = Path(params.paths.evaluation)
-    for parent in filter(None, parents):
-        client.set_tag(parent, "winner", winner or "none")
-        for name, r in results.items():
-            client.log_metric(parent, f"{name}.test_{params.evaluate.gate_metric}", r["metrics"][params.evaluate.gate_metric])
-        for artifact in (out / "comparison.md", out / "comparison.csv", out / "plots" / "comparison.png"):
-            client.log_artifact(parent, str(artifact), "comparison")
-        if client.get_run(parent).info.status == "RUNNING":
-            client.set_terminated(parent, "FINISHED")
+    client.set_tag(parent, "winner", winner or "none")
+    for name, r in results.items():
+        client.log_metric(parent, f"{name}.test_{params.evaluate.gate_metric}", r["metrics"][params.evaluate.gate_metric])
+    for artifact in (out / "comparison.md", out / "comparison.csv", out / "plots" / "comparison.png"):
+        client.log_artifact(parent, str(artifact), "comparison")
+    if client.get_run(parent).info.status == "RUNNING":
+        client.set_terminated(parent, "FINISHED")
 
 
 def run(params: Params, args: argparse.Namespace) -> None:

@@ -1,6 +1,6 @@
 """One MLflow parent run per pipeline run: reused while open, replaced once evaluate finishes it."""
 
-from components.train.parent import PARENT_ENV, open_parent_run
+from components.train.parent import PARENT_ENV, PARENT_RUN_TAG, merge_parent_runs, open_parent_run
 
 
 def test_parent_run_is_reused_while_open_and_replaced_after_it_finishes(tmp_path, monkeypatch):
@@ -18,40 +18,59 @@ def test_parent_run_is_reused_while_open_and_replaced_after_it_finishes(tmp_path
     assert open_parent_run(client, experiment, "data-v1") == "given-by-airflow"
 
 
-def test_candidates_that_race_to_create_the_parent_end_up_sharing_one(tmp_path, monkeypatch):
-    """Two mapped training tasks both find no parent, both create one: both must then use the same one."""
+def test_candidates_that_race_to_create_the_parent_end_up_under_one_after_evaluate_merges(tmp_path, monkeypatch):
+    """Two mapped training tasks both find no parent and both create one: the merge leaves exactly one."""
     import threading
 
     from mlflow import MlflowClient
 
     monkeypatch.delenv(PARENT_ENV, raising=False)
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    experiment = MlflowClient(tracking_uri=uri).create_experiment("t", artifact_location=(tmp_path / "a").as_uri())
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("t", artifact_location=(tmp_path / "a").as_uri())
     both_searched = threading.Barrier(2)
 
     class RacingClient(MlflowClient):
-        """Holds each task's first search until the other task has searched too: the race, made certain."""
-
-        searches = 0
+        """Holds each task's search until the other task has searched too: the race, made certain."""
 
         def search_runs(self, *args, **kwargs):
             runs = super().search_runs(*args, **kwargs)
-            self.searches += 1
-            if self.searches == 1:
-                both_searched.wait(timeout=30)
+            both_searched.wait(timeout=30)
             return runs
 
-    chosen: dict[str, str] = {}
+    children: dict[str, str] = {}
 
     def train_candidate(name: str) -> None:
-        chosen[name] = open_parent_run(RacingClient(tracking_uri=uri), experiment, "data-v1")
+        parent = open_parent_run(RacingClient(tracking_uri=uri), experiment, "data-v1")
+        children[name] = client.create_run(experiment, tags={PARENT_RUN_TAG: parent}).info.run_id
 
     tasks = [threading.Thread(target=train_candidate, args=(name,)) for name in ("cnn", "vit")]
     for task in tasks:
         task.start()
     for task in tasks:
         task.join(timeout=60)
-    assert chosen["cnn"] == chosen["vit"]
-    client = MlflowClient(tracking_uri=uri)
-    alive = client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'")
-    assert [run.info.run_id for run in alive] == [chosen["cnn"]]  # the loser's parent is gone
+    parents_before = {client.get_run(child).data.tags[PARENT_RUN_TAG] for child in children.values()}
+    assert len(parents_before) == 2, "the barrier should have made both tasks create a parent"
+    earliest = min((client.get_run(p) for p in parents_before), key=lambda r: (r.info.start_time, r.info.run_id))
+    (later,) = parents_before - {earliest.info.run_id}
+    late_child = client.create_run(experiment, tags={PARENT_RUN_TAG: later}).info.run_id  # not one of the results
+
+    kept = merge_parent_runs(client, list(children.values()))
+
+    assert kept == earliest.info.run_id
+    for child in [*children.values(), late_child]:
+        assert client.get_run(child).data.tags[PARENT_RUN_TAG] == kept
+    assert client.get_run(later).info.lifecycle_stage == "deleted"
+    assert merge_parent_runs(client, list(children.values())) == kept  # running it again changes nothing
+
+
+def test_merge_leaves_a_single_parent_alone_and_reports_none_without_one(tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    experiment = client.create_experiment("t", artifact_location=(tmp_path / "a").as_uri())
+    parent = open_parent_run(client, experiment, "data-v1")
+    nested = [client.create_run(experiment, tags={PARENT_RUN_TAG: parent}).info.run_id for _ in range(2)]
+    assert merge_parent_runs(client, nested) == parent
+    assert client.get_run(parent).info.lifecycle_stage == "active"
+    assert merge_parent_runs(client, [client.create_run(experiment).info.run_id]) is None
