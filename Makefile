@@ -52,11 +52,11 @@ real-data: install ## the whole pipeline on ../shared/data/kidney-ct with the be
 real-data-cv: install ## only the grouped 5-fold CV of the real-data recipe (leakage stage and what it needs)
 	@args=$$($(PROFILE) real-data) || exit 2; $(DVC_EXP) -n real-data-cv-$(STAMP) $$args leakage
 
-TRIALS ?= $(shell $(BIN)/python -m components.profile real-data --list-trials 2>/dev/null)
+TRIALS ?= $(shell $(BIN)/python -m components.profile --list-trials 2>/dev/null)
 search: install ## grouped 5-fold CV of each trial in profiles/search.yaml (TRIALS="t01 t02" for some)
 	@cp params.yaml .params.before-search.yaml; trap 'cp .params.before-search.yaml params.yaml' EXIT; \
 	for t in $(TRIALS); do echo "== trial $$t"; cp .params.before-search.yaml params.yaml; \
-	  args=$$($(PROFILE) real-data $$t) || exit 2; $(DVC_EXP) -n $$t $$args leakage || exit 1; done
+	  args=$$($(PROFILE) --search $$t) || exit 2; $(DVC_EXP) -n $$t $$args leakage || exit 1; done
 	$(BIN)/python -m components.leakage.table
 
 cv-table: install ## every grouped-CV trial logged to MLflow, as a Markdown table

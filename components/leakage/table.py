@@ -10,7 +10,7 @@ from components.common.params import ParamsError, load_params, parse_params
 from components.common.tracking import configure_mlflow
 from components.leakage.core import knob_defaults, recipe_params
 from components.profile.core import ProfileError, merge
-from components.profile.files import (PROFILES, SEARCH, SEARCH_PROFILE, profile_overlay, read_yaml,
+from components.profile.files import (SEARCH, profile_overlay, read_yaml, search_profile,
                                       search_trials)
 
 SCORING_ONLY = {"leakage.tta"}  # adds a row scored on the same models: not part of what a trial trains
@@ -67,7 +67,7 @@ def markdown(rows: list[list[str]], classes: list[str], drift: dict[str, list[st
     lines += ["| " + " | ".join([row[0] + ("*" if trial in drift else ""), *row[1:]]) + " |"
               for trial, row in zip(trials, rows)]
     if drift:
-        lines += ["", f"\\* measured with another recipe than {SEARCH} + {PROFILES / SEARCH_PROFILE}.yaml now "
+        lines += ["", f"\\* measured with another recipe than the one {SEARCH} and the profile it names now "
                   "give: re-run the trial (`make search TRIALS=...`) or pin the knob in its overlay:"]
         lines += [f"- {name}: {'; '.join(drift[name])}" for name in dict.fromkeys(trials) if name in drift]
     return "\n".join(lines)
@@ -75,7 +75,7 @@ def markdown(rows: list[list[str]], classes: list[str], drift: dict[str, list[st
 
 def current_recipes(params_path: Path) -> dict[str, dict[str, object]]:
     """Trial name -> the recipe `make search` would now train for it (the params file + profile + trial)."""
-    base, profile = read_yaml(params_path), profile_overlay(SEARCH_PROFILE)
+    base, profile = read_yaml(params_path), profile_overlay(search_profile())
     recipes = {}
     for name, overlay in search_trials().items():
         params = parse_params(merge(base, profile, overlay))

@@ -2,6 +2,7 @@
 
     dvc exp run -n real-data $(python -m components.profile real-data)          # the whole pipeline
     dvc exp run -n cv-best $(python -m components.profile real-data) leakage   # just its grouped CV
+    dvc exp run -n t02 $(python -m components.profile --search t02-compact-balanced) leakage   # one search trial
     python -m components.profile real-data --write params.real-data.yaml       # a whole params file, for
                                                                                 #   Airflow/KFP (--params)
 """
@@ -16,27 +17,30 @@ import yaml
 
 from components.common.params import ParamsError
 from components.profile.core import ProfileError, merge, overrides
-from components.profile.files import profile_overlay, read_yaml, search_trials, trial_overlay
+from components.profile.files import SEARCH, profile_overlay, read_yaml, search_profile, search_trials, trial_overlay
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Print the Hydra-style overrides (one `-S ++key=value` pair per "
                                      "line) that turn params.yaml into a named profile of profiles/, optionally "
                                      "with one trial of profiles/search.yaml on top; feed them to `dvc exp run`.")
-    parser.add_argument("profile", help="a file name in profiles/ without .yaml, e.g. real-data")
+    parser.add_argument("profile", nargs="?", help="a file name in profiles/ without .yaml, e.g. real-data")
     parser.add_argument("trial", nargs="?", help="a trial name of profiles/search.yaml, laid over the profile")
+    parser.add_argument("--search", metavar="TRIAL", help=f"a trial of {SEARCH}, laid over the profile that file "
+                        "names (what `make search` runs); instead of PROFILE [TRIAL]")
     parser.add_argument("--params", default="params.yaml", help="the base params file (default: params.yaml)")
     parser.add_argument("--list-trials", action="store_true", help="print the trial names of profiles/search.yaml")
     parser.add_argument("--write", metavar="FILE", help="instead, write the merged params to FILE (for the Airflow "
                         "DAG or Kubeflow, which take a params file)")
     args = parser.parse_args(argv)
+    if not args.list_trials and bool(args.profile) == bool(args.search):
+        parser.error("name a PROFILE (and optionally a TRIAL), or --search TRIAL")
     try:
         if args.list_trials:
             print("\n".join(search_trials()))
             return 0
-        overlays = [profile_overlay(args.profile)]
-        if args.trial:
-            overlays.append(trial_overlay(args.trial))
+        profile, trial = (search_profile(), args.search) if args.search else (args.profile, args.trial)
+        overlays = [profile_overlay(profile)] + ([trial_overlay(trial)] if trial else [])
         base = read_yaml(Path(args.params))
         lines = overrides(base, *overlays)  # also validates the merged params
     except (ProfileError, ParamsError) as exc:

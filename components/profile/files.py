@@ -10,7 +10,6 @@ from components.profile.core import ProfileError
 
 PROFILES = Path("profiles")
 SEARCH = PROFILES / "search.yaml"
-SEARCH_PROFILE = "real-data"  # the profile every search trial is laid over (`make search`)
 
 
 def read_yaml(path: Path) -> dict:
@@ -23,6 +22,14 @@ def read_yaml(path: Path) -> dict:
 def profile_overlay(name: str) -> dict:
     """The named profile of profiles/ (e.g. real-data), as an overlay of params.yaml."""
     return read_yaml(PROFILES / f"{name}.yaml")
+
+
+def search_profile() -> str:
+    """The profile every trial of profiles/search.yaml is laid over (its `profile` key)."""
+    name = read_yaml(SEARCH).get("profile")
+    if not name:
+        raise ProfileError(f"{SEARCH} names no `profile:` for its trials to be laid over (e.g. profile: real-data)")
+    return str(name)
 
 
 def search_trials() -> dict[str, dict]:

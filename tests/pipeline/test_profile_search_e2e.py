@@ -30,7 +30,7 @@ TINY_PROFILE = {  # the real-data profile's shape, shrunk: a compact CNN scored 
         "batch_size": 8, "patience": 2}}},
     "leakage": {"candidate": "compact_cnn", "cv_folds": 3, "random_split": False},
 }
-TRIALS = {"trials": {"ta-baseline": {"leakage": {"candidate": "paper_cnn"}},
+TRIALS = {"profile": "real-data", "trials": {"ta-baseline": {"leakage": {"candidate": "paper_cnn"}},
                      "tb-label-smoothing": {"train": {"candidates": {"compact_cnn": {"label_smoothing": 0.1}}},
                                             "augment": {"blur": 0.5}, "leakage": {"tta": ["flip", "shift"]}}}}
 

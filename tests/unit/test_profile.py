@@ -52,6 +52,21 @@ def test_cli_prints_dash_s_pairs_and_fails_cleanly_on_an_unknown_trial(monkeypat
     assert "no trial 'no-such-trial'" in capsys.readouterr().err
 
 
+def test_search_lays_a_trial_over_the_profile_search_yaml_names(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(REPO)
+    assert main(["real-data", "t02-compact-balanced"]) == 0
+    explicit = capsys.readouterr().out
+    assert main(["--search", "t02-compact-balanced"]) == 0
+    assert capsys.readouterr().out == explicit  # search.yaml names real-data
+    with pytest.raises(SystemExit):
+        main(["real-data", "--search", "t02-compact-balanced"])  # one or the other
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "search.yaml").write_text("trials: {t1: {leakage: {cv_folds: 3}}}\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--search", "t1"]) == 2
+    assert "names no `profile:`" in capsys.readouterr().err
+
+
 def test_cv_table_lists_trials_oldest_first_with_mean_and_std():
     from components.leakage.table import markdown, trial_rows
 
