@@ -178,6 +178,8 @@ class LeakageParams(_Strict):
     cv_folds: int = Field(0, ge=0)
     seed: int = 5
     tta: list[Literal["flip", "shift"]] = []  # also score test-time augmentation (same models, more views)
+    ensemble: int = Field(1, ge=1)  # >1: also score the mean of this many models per fold (seeds train.seed + k);
+    #                                 the plain score stays the first model's
 
 
 class ReportParams(_Strict):

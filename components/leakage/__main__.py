@@ -14,8 +14,8 @@ from components.common.cli import StageError, log, run_stage, stage_parser, writ
 from components.common.params import Params
 from components.common.tracking import configure_mlflow
 from components.common.tta import plain_and_tta
-from components.leakage.core import (PLAIN, IndexSplit, grouped_folds, groups_overlap, random_image_split,
-                                     recipe_params, score_split, summarise_folds, summarise_variants)
+from components.leakage.core import (IndexSplit, fold_variants, grouped_folds, groups_overlap, random_image_split,
+                                     recipe_params, score_split, summarise_folds, summarise_variants, variant_label)
 from components.preprocess.core import pixel_statistics
 from components.preprocess.split import SPLITS
 from components.train.core import SplitArrays, train_candidate
@@ -35,19 +35,25 @@ def load_all_images(prepared: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def recipe_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray, groups: np.ndarray):
-    """A closure training candidate `name` on any index split and returning test probabilities (plain, TTA)."""
+    """A closure training candidate `name` on any index split and returning test probabilities by variant.
+
+    Variants: plain, and with `leakage.tta` / `leakage.ensemble` also TTA, ensemble, ensemble + TTA.
+    """
     candidate, views = params.train.candidates[name], params.leakage.tta
 
     def fit(split: IndexSplit) -> dict[str, np.ndarray]:
         weights = loss_weights(y[split.train], len(params.classes), candidate.loss_weighting, groups[split.train])
         data = SplitArrays(x[split.train], y[split.train], x[split.val], y[split.val], *pixel_statistics(x[split.train]),
                            w_train=weights)
-        result = train_candidate(name, candidate, params.augment, data, len(params.classes), params.train.seed,
-                                 callbacks=[], verbose=0)
-        log.info("trained in %.0f s (best epoch %d)", result.seconds, result.best_epoch)
-        predict = lambda batch: result.model.predict(batch, batch_size=64, verbose=0)  # noqa: E731
-        plain, averaged = plain_and_tta(predict, x[split.test].astype("float32"), views)
-        return {PLAIN: plain, **({"tta": averaged} if views else {})}
+        members = []
+        for member in range(params.leakage.ensemble):
+            result = train_candidate(name, candidate, params.augment, data, len(params.classes),
+                                     params.train.seed + member, callbacks=[], verbose=0)
+            log.info("model %d/%d trained in %.0f s (best epoch %d)", member + 1, params.leakage.ensemble,
+                     result.seconds, result.best_epoch)
+            predict = lambda batch: result.model.predict(batch, batch_size=64, verbose=0)  # noqa: E731
+            members.append(plain_and_tta(predict, x[split.test].astype("float32"), views))
+        return fold_variants(members, bool(views))
 
     return fit
 
@@ -57,7 +63,14 @@ def machine_description() -> str:
     import keras
 
     accelerators = [d for d in keras.distribution.list_devices() if not d.lower().startswith("cpu")]
-    return f"{len(accelerators)} accelerator(s)" if accelerators else f"{os.cpu_count()} CPU cores"
+    if not accelerators:
+        return f"{os.cpu_count()} CPU cores"
+    kind = "accelerator"
+    if keras.backend.backend() == "jax":
+        import jax
+
+        kind = jax.devices()[0].device_kind  # e.g. "NVIDIA H100 80GB HBM3"
+    return f"{len(accelerators)} x {kind} ({keras.backend.backend()})"
 
 
 def mean_std_metrics(prefix: str, summary: dict) -> dict[str, float]:
@@ -65,19 +78,22 @@ def mean_std_metrics(prefix: str, summary: dict) -> dict[str, float]:
     return {f"{prefix}{k}_{stat}": float(v[stat]) for k, v in summary.items() for stat in ("mean", "std")}
 
 
-def log_cv_to_mlflow(params: Params, name: str, cv: dict) -> None:
-    """One MLflow run per CV trial: the recipe as params, mean/std of every score, each fold as a step."""
+def log_cv_to_mlflow(params: Params, name: str, cv: dict, trial: str | None = None) -> None:
+    """One MLflow run per CV trial: the recipe as params, mean/std of every score, each fold as a step.
+
+    The run is named after the trial: `trial`, else the DVC experiment (`dvc exp run -n NAME`).
+    """
     import mlflow
 
     configure_mlflow(params.mlflow)
-    trial = os.environ.get("DVC_EXP_NAME")  # set by `dvc exp run -n NAME`
+    trial = trial or os.environ.get("DVC_EXP_NAME")
     with mlflow.start_run(run_name=trial or f"grouped-cv {name}"):
         mlflow.set_tags({"stage": "leakage", "kind": "grouped_cv", "candidate": name, "trial": trial or "",
-                         "machine": machine_description()})
+                         "machine": cv.get("machine") or machine_description()})
         mlflow.log_params({k: str(v) for k, v in recipe_params(params, name).items()})
         summary = {k: v for k, v in cv.items() if isinstance(v, dict) and "mean" in v}
         mlflow.log_metrics(mean_std_metrics("cv_", summary))
-        for variant, scores in cv.get("variants", {}).items():  # e.g. cv_tta_macro_f1_mean
+        for variant, scores in cv.get("variants", {}).items():  # e.g. cv_tta_macro_f1_mean, cv_ensemble_...
             mlflow.log_metrics(mean_std_metrics(f"cv_{variant}_", scores))
         mlflow.log_metric("cv_seconds", float(cv["seconds"]))
         for step, fold in enumerate(cv["per_fold"], start=1):
@@ -89,6 +105,7 @@ def log_cv_to_mlflow(params: Params, name: str, cv: dict) -> None:
 
 def run(params: Params, args: argparse.Namespace) -> None:
     settings, prepared = params.leakage, Path(params.paths.prepared)
+    tta, ensemble = "+".join(settings.tta), settings.ensemble
     if not (prepared / "split.csv").is_file():
         raise StageError(f"{prepared / 'split.csv'} not found: run the preprocess stage first")
     name = settings.candidate or next(iter(params.train.candidates))
@@ -114,15 +131,16 @@ def run(params: Params, args: argparse.Namespace) -> None:
             log.info("grouped fold %d/%d: %d train, %d val, %d test images", k, len(splits), len(split.train),
                      len(split.val), len(split.test))
             folds.append(score_split(fit, split, y, params.classes))
-            fold_variants = folds[-1].get("variants", {})
-            extra = "".join(f"; with {n}: macro-F1 {v['macro_f1']:.3f}" for n, v in fold_variants.items())
+            extra = "".join(f"; {variant_label(n, tta, ensemble)}: macro-F1 {v['macro_f1']:.3f}"
+                            for n, v in folds[-1].get("variants", {}).items())
             log.info("fold %d: macro-F1 %.3f, accuracy %.3f%s", k, folds[-1]["macro_f1"], folds[-1]["accuracy"], extra)
         report["grouped_cv"] = {"folds": len(folds), "per_fold": folds, "seconds": time.perf_counter() - began,
-                                **summarise_folds(folds, params.classes)}
+                                "machine": machine_description(), **summarise_folds(folds, params.classes)}
         if variants := summarise_variants(folds, params.classes):
             report["grouped_cv"]["variants"] = variants
+    write_json(Path(params.paths.leakage) / "leakage.json", report)  # first: the scores survive a logging failure
+    if "grouped_cv" in report:
         log_cv_to_mlflow(params, name, report["grouped_cv"])
-    write_json(Path(params.paths.leakage) / "leakage.json", report)
     if "random_split" in report:
         r = report["random_split"]
         log.info("random split: accuracy %.3f, macro-F1 %.3f (compare with the group-aware numbers of evaluate)",
@@ -131,7 +149,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
         cv = report["grouped_cv"]
         log.info("grouped %d-fold CV: macro-F1 %.3f ± %.3f", cv["folds"], cv["macro_f1"]["mean"], cv["macro_f1"]["std"])
         for variant, scores in cv.get("variants", {}).items():
-            log.info("  with %s (%s): macro-F1 %.3f ± %.3f", variant, "+".join(params.leakage.tta),
+            log.info("  %s: macro-F1 %.3f ± %.3f", variant_label(variant, tta, ensemble),
                      scores["macro_f1"]["mean"], scores["macro_f1"]["std"])
 
 

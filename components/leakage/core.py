@@ -69,6 +69,30 @@ def _scores(y_true: np.ndarray, probabilities: np.ndarray, classes: list[str]) -
     return {k: v for k, v in metrics.items() if k != "confusion_matrix"}
 
 
+def fold_variants(members: list[tuple[np.ndarray, np.ndarray]], tta: bool) -> dict[str, np.ndarray]:
+    """Test probabilities by variant from each ensemble member's (plain, TTA) pair.
+
+    The plain variant is the first member alone, so a trial's plain score does not depend on its ensemble size;
+    "tta" is that member with test-time augmentation; "ensemble" (and "ensemble_tta") average every member.
+    """
+    variants = {PLAIN: members[0][0], **({"tta": members[0][1]} if tta else {})}
+    if len(members) > 1:
+        variants["ensemble"] = np.mean([plain for plain, _ in members], axis=0)
+        if tta:
+            variants["ensemble_tta"] = np.mean([averaged for _, averaged in members], axis=0)
+    return variants
+
+
+VARIANTS = ("tta", "ensemble", "ensemble_tta")  # scored beside the plain variant, in this order
+
+
+def variant_label(variant: str, tta: str, ensemble: int | str) -> str:
+    """How a variant reads in logs and tables, e.g. "ensemble of 3 + TTA (flip+shift)"."""
+    parts = ([f"ensemble of {ensemble}"] if variant.startswith("ensemble") else []) + \
+            ([f"TTA ({tta})"] if variant.endswith("tta") else [])
+    return " + ".join(parts) or variant
+
+
 def summarise_folds(fold_metrics: list[dict], classes: list[str]) -> dict:
     """Mean and standard deviation over folds of accuracy, macro-F1 and each class's recall."""
     table = {"accuracy": [m["accuracy"] for m in fold_metrics], "macro_f1": [m["macro_f1"] for m in fold_metrics]}
@@ -90,7 +114,7 @@ def recipe_params(params: Params, name: str) -> dict:
     flat.update({f"augment.{k}": v for k, v in params.augment.model_dump().items() if k != "preview_samples"})
     flat.update({"preprocess.image_size": params.preprocess.image_size, "train.seed": params.train.seed,
                  "leakage.seed": params.leakage.seed, "leakage.cv_folds": params.leakage.cv_folds,
-                 "leakage.tta": "+".join(params.leakage.tta) or "none"})
+                 "leakage.tta": "+".join(params.leakage.tta) or "none", "leakage.ensemble": params.leakage.ensemble})
     return flat
 
 

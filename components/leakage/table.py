@@ -8,12 +8,12 @@ from pathlib import Path
 
 from components.common.params import ParamsError, load_params, parse_params
 from components.common.tracking import configure_mlflow
-from components.leakage.core import knob_defaults, recipe_params
+from components.leakage.core import VARIANTS, knob_defaults, recipe_params, variant_label
 from components.profile.core import ProfileError, merge
 from components.profile.files import (SEARCH, profile_overlay, read_yaml, search_profile,
                                       search_trials)
 
-SCORING_ONLY = {"leakage.tta"}  # adds a row scored on the same models: not part of what a trial trains
+SCORING_ONLY = {"leakage.tta", "leakage.ensemble"}  # add rows beside the first model's: not what a trial trains
 
 
 def _pm(metrics: dict, name: str) -> str:
@@ -24,8 +24,8 @@ def _pm(metrics: dict, name: str) -> str:
 def trial_rows(runs: list[dict], classes: list[str]) -> list[list[str]]:
     """Rows of (trial, candidate, macro-F1, accuracy, recall per class, time, machine), oldest first.
 
-    A trial that also scored test-time augmentation gets a second row, "<trial> + TTA (<views>)", for the same
-    models (its time is the same CV: TTA only adds predictions).
+    A trial that also scored test-time augmentation or an ensemble gets a row per variant, e.g. "<trial> + TTA
+    (<views>)" or "<trial> + ensemble of 3"; the time is the whole CV's (every member trained) on each row.
     """
     rows = []
     for run in sorted(runs, key=lambda r: r["start_time"]):
@@ -34,8 +34,10 @@ def trial_rows(runs: list[dict], classes: list[str]) -> list[list[str]]:
         minutes = m.get("cv_seconds", 0.0) / 60
         timing = [f"{minutes:.0f} min ({minutes / max(folds, 1):.1f}/fold)", tags.get("machine", "?")]
         variants = [("", run["name"])]
-        if "cv_tta_macro_f1_mean" in m:
-            variants.append(("tta_", f"{run['name']} + TTA ({run['params'].get('leakage.tta', '?')})"))
+        for variant in VARIANTS:
+            if f"cv_{variant}_macro_f1_mean" in m:
+                label = variant_label(variant, run["params"].get("leakage.tta", "?"), run["params"].get("leakage.ensemble", "?"))
+                variants.append((f"{variant}_", f"{run['name']} + {label}"))
         for prefix, name in variants:
             rows.append([name, tags.get("candidate", "?"), _pm(m, f"{prefix}macro_f1"), _pm(m, f"{prefix}accuracy"),
                          *[_pm(m, f"{prefix}recall_{c}") for c in classes], *timing])

@@ -32,7 +32,8 @@ TINY_PROFILE = {  # the real-data profile's shape, shrunk: a compact CNN scored 
 }
 TRIALS = {"profile": "real-data", "trials": {"ta-baseline": {"leakage": {"candidate": "paper_cnn"}},
                      "tb-label-smoothing": {"train": {"candidates": {"compact_cnn": {"label_smoothing": 0.1}}},
-                                            "augment": {"blur": 0.5}, "leakage": {"tta": ["flip", "shift"]}}}}
+                                            "augment": {"blur": 0.5},
+                                            "leakage": {"tta": ["flip", "shift"], "ensemble": 2}}}}
 
 
 @pytest.fixture(scope="module")
@@ -71,20 +72,24 @@ def test_each_trial_is_one_mlflow_grouped_cv_run_with_its_recipe(searched):
     assert params["candidate.label_smoothing"] == "0.1" and params["candidate.architecture"] == "compact_cnn"
     assert params["augment.flip"] == "True" and params["leakage.cv_folds"] == "3"
     assert params["augment.blur"] == "0.5" and params["leakage.tta"] == "flip+shift"  # a list through `-S`
+    assert params["leakage.ensemble"] == "2"
     base = dict(db.execute("select key, value from params where run_uuid = ?", (runs["ta-baseline"],)))
     assert base["candidate.architecture"] == "paper_cnn"
     metrics = {k for (k,) in db.execute("select key from metrics where run_uuid = ?", (runs["ta-baseline"],))}
     assert {"cv_macro_f1_mean", "cv_macro_f1_std", "cv_recall_Stone_mean", "fold_macro_f1"} <= metrics
-    assert not any(k.startswith("cv_tta_") for k in metrics)  # no TTA asked for, none scored
+    assert not any(k.startswith(("cv_tta_", "cv_ensemble")) for k in metrics)  # no variant asked for, none scored
     scored = {k for (k,) in db.execute("select key from metrics where run_uuid = ?", (runs["tb-label-smoothing"],))}
-    assert {"cv_tta_macro_f1_mean", "cv_tta_recall_Stone_std", "fold_tta_macro_f1"} <= scored
+    assert {"cv_tta_macro_f1_mean", "cv_tta_recall_Stone_std", "fold_tta_macro_f1", "cv_ensemble_macro_f1_mean",
+            "cv_ensemble_tta_recall_Stone_std", "fold_ensemble_tta_macro_f1"} <= scored
 
 
-def test_cv_table_lists_both_trials_in_order_and_the_tta_score_of_the_second(searched):
+def test_cv_table_lists_both_trials_in_order_and_the_variant_scores_of_the_second(searched):
     assert searched["table"].returncode == 0, searched["table"].stderr[-2000:]
     rows = [line for line in searched["table"].stdout.splitlines()[2:] if line.startswith("| ")]
     assert [row.split(" | ")[0] for row in rows] == ["| ta-baseline", "| tb-label-smoothing",
-                                                     "| tb-label-smoothing + TTA (flip+shift)"]
+                                                     "| tb-label-smoothing + TTA (flip+shift)",
+                                                     "| tb-label-smoothing + ensemble of 2",
+                                                     "| tb-label-smoothing + ensemble of 2 + TTA (flip+shift)"]
     assert all(" ± " in row for row in rows)
 
 

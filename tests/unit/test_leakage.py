@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from components.common.tta import plain_and_tta, shifted, tta_views
-from components.leakage.core import PLAIN, grouped_folds, groups_overlap, score_split, summarise_variants
+from components.leakage.core import (PLAIN, fold_variants, grouped_folds, groups_overlap, score_split,
+                                     summarise_variants, variant_label)
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 
@@ -68,3 +69,22 @@ def test_tta_views_and_their_mean():
     assert np.array_equal(plain, left_mean(x))
     assert np.allclose(averaged, (left_mean(x) + left_mean(x[:, :, ::-1])) / 2)
     assert np.allclose(averaged.sum(axis=1), 1.0)
+
+
+def test_an_ensemble_averages_its_members_while_the_plain_score_stays_the_first_models():
+    first, second = np.array([[0.9, 0.1], [0.4, 0.6]]), np.array([[0.5, 0.5], [0.0, 1.0]])
+    tta_first, tta_second = np.array([[0.7, 0.3], [0.5, 0.5]]), np.array([[0.3, 0.7], [0.1, 0.9]])
+    single = fold_variants([(first, tta_first)], tta=False)
+    assert list(single) == [PLAIN] and single[PLAIN] is first
+    both = fold_variants([(first, tta_first), (second, tta_second)], tta=True)
+    assert set(both) == {PLAIN, "tta", "ensemble", "ensemble_tta"}
+    assert both[PLAIN] is first and both["tta"] is tta_first
+    assert np.allclose(both["ensemble"], [[0.7, 0.3], [0.2, 0.8]])
+    assert np.allclose(both["ensemble_tta"], [[0.5, 0.5], [0.3, 0.7]])
+    assert "ensemble_tta" not in fold_variants([(first, first), (second, second)], tta=False)
+
+
+def test_variant_labels_read_as_what_was_averaged():
+    assert variant_label("tta", "flip+shift", 3) == "TTA (flip+shift)"
+    assert variant_label("ensemble", "flip", 3) == "ensemble of 3"
+    assert variant_label("ensemble_tta", "flip", 3) == "ensemble of 3 + TTA (flip)"

@@ -103,6 +103,13 @@ def test_cv_table_gives_a_trial_that_scored_tta_a_second_row_for_the_same_models
     assert [r[0] for r in rows] == ["t06", "t06 + TTA (flip+shift)"]
     assert rows[0][2] == "0.500 ± 0.100" and rows[1][2] == "0.550 ± 0.080" and rows[1][3] == "n/a"
     assert rows[0][-2] == rows[1][-2] == "5 min (1.0/fold)"
+    run["metrics"] |= {"cv_ensemble_macro_f1_mean": 0.6, "cv_ensemble_macro_f1_std": 0.05,
+                       "cv_ensemble_tta_macro_f1_mean": 0.62, "cv_ensemble_tta_macro_f1_std": 0.04}
+    run["params"]["leakage.ensemble"] = "3"
+    rows = trial_rows([run], ["Stone"])
+    assert [r[0] for r in rows] == ["t06", "t06 + TTA (flip+shift)", "t06 + ensemble of 3",
+                                    "t06 + ensemble of 3 + TTA (flip+shift)"]
+    assert rows[3][2] == "0.620 ± 0.040"
 
 
 def test_recipe_drift_names_changed_knobs_and_reads_missing_ones_as_their_default():
