@@ -36,7 +36,8 @@ def trial_rows(runs: list[dict], classes: list[str]) -> list[list[str]]:
         variants = [("", run["name"])]
         for variant in VARIANTS:
             if f"cv_{variant}_macro_f1_mean" in m:
-                label = variant_label(variant, run["params"].get("leakage.tta", "?"), run["params"].get("leakage.ensemble", "?"))
+                label = variant_label(variant, run["params"].get("leakage.tta", "?"),
+                                      run["params"].get("leakage.ensemble", "?"))
                 variants.append((f"{variant}_", f"{run['name']} + {label}"))
         for prefix, name in variants:
             rows.append([name, tags.get("candidate", "?"), _pm(m, f"{prefix}macro_f1"), _pm(m, f"{prefix}accuracy"),
