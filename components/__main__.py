@@ -30,6 +30,23 @@ def leakage_lines(leakage: dict | None) -> list[str]:
     return lines
 
 
+def ci_text(metrics: dict, key: str = "macro_f1") -> str:
+    """` [95% CI low, high]` when evaluate recorded the bootstrap interval of `key`, else nothing."""
+    ci = metrics.get(f"{key}_ci")
+    return f" [95% CI {ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
+def champion_lines(registration: dict, metrics: dict) -> list[str]:
+    """The champion's test macro-F1 with its CI when this run's candidate is the champion."""
+    if registration.get("champion_version") != registration.get("version"):
+        return [f"champion   v{registration.get('champion_version')} kept: this run's challenger did not beat it"]
+    m = metrics.get(registration.get("candidate"), {})
+    if "macro_f1" not in m:
+        return []
+    return [f"champion   v{registration['version']} ({registration['candidate']}): test macro-F1 {m['macro_f1']:.3f}"
+            f"{ci_text(m)} on unseen patients"]
+
+
 def summary_lines(params_path: str = "params.yaml") -> list[str]:
     """Human-readable lines about each stage's outputs."""
     p = load_params(params_path)
@@ -50,7 +67,7 @@ def summary_lines(params_path: str = "params.yaml") -> list[str]:
     lines.append(f"augment    preview grid: {Path(paths.augment_preview) / 'preview.png'}")
     metrics = _read(Path(paths.evaluation) / "metrics.json") or {}
     for name, m in metrics.items():
-        lines.append(f"evaluate   {name}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} on "
+        lines.append(f"evaluate   {name}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}{ci_text(m)} on "
                      f"{m['test_images']} held-out images (group-aware split)")
     lines.append(f"           plots: {Path(paths.evaluation) / 'plots'}")
     lines += leakage_lines(_read(Path(paths.leakage) / "leakage.json"))
@@ -60,6 +77,7 @@ def summary_lines(params_path: str = "params.yaml") -> list[str]:
     elif registration:
         lines.append(f"register   {registration.get('model_name', p.register.model_name)} v{registration.get('version')}: "
                      f"{registration.get('reason')}; champion is v{registration.get('champion_version')}")
+        lines += champion_lines(registration, metrics)
     if (Path(paths.report) / "report.html").is_file():
         lines.append(f"report     {Path(paths.report) / 'report.html'} (every figure, CIs, calibration, Grad-CAM, leakage)")
     bento = _read(Path(paths.package) / "bento.json")
@@ -67,7 +85,8 @@ def summary_lines(params_path: str = "params.yaml") -> list[str]:
         lines.append(f"package    Bento {bento.get('bento_tag')} (model {bento.get('bento_model_tag')})")
     lines += ["", "Look closer:",
               f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {tracking_uri(p.mlflow)} --host 127.0.0.1",
-              "  Serve:      make serve   (then open http://127.0.0.1:3000)",
+              "  Serve:      make serve   (then open http://127.0.0.1:3000/ui/ for the page; "
+              "http://127.0.0.1:3000 is BentoML's API page)",
               "  Metrics:    .venv/bin/dvc metrics show"]
     return lines
 

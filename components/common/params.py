@@ -109,6 +109,9 @@ class CandidateParams(_Strict):
     vit_heads: int = Field(4, ge=1)
     intensity_channels: list[float] = []          # extra input channels: pixels above each threshold of [0, 1],
                                                   #   stretched (a "dense structures" window: stones, bone)
+    global_pooling: Literal["avg_max", "max"] = "avg_max"  # compact CNN: average + max, or max alone
+    batchnorm_momentum: float = Field(0.99, gt=0, lt=1)  # compact CNN; lower (0.9) when a run has few steps,
+                                                  #   so the moving statistics catch up before validation
     dropout: float = Field(0.5, ge=0, lt=1)
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)        # > 0: AdamW with this decoupled weight decay

@@ -22,9 +22,9 @@ from components.generate.phantom import (
     LESION_KINDS,
     Anatomy,
     Grid,
-    add_noise,
     draw_slice,
     random_anatomy,
+    reconstruct,
     to_stored_values,
 )
 
@@ -132,7 +132,7 @@ def patient_series(settings: GenerateParams, label: str, patient: int, grid: Gri
     study = fake_study(settings, label, patient)
     for z in range(settings.slices_per_patient):
         noise_rng = patient_rng(settings.seed, label, patient, stream=1000 + z)
-        hu = add_noise(draw_slice(anatomy, z, grid).hu, anatomy.noise_sigma, noise_rng)
+        hu = reconstruct(draw_slice(anatomy, z, grid).hu, anatomy, grid.spacing, noise_rng)
         dataset = ct_dataset(study, z, to_stored_values(hu, RESCALE_INTERCEPT), grid)
         yield GeneratedFile(path=f"{label}/{study.folder}/IM{z + 1:05d}.dcm", label=label, dataset=dataset)
 

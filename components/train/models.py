@@ -120,7 +120,7 @@ def compact_cnn_body(x, candidate: CandidateParams, mean: float = 0.0, variance:
 
     def conv(h, filters: int, name: str, strides: int = 1):
         h = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=name)(h)
-        h = keras.layers.BatchNormalization(name=f"{name}_bn")(h)
+        h = keras.layers.BatchNormalization(momentum=candidate.batchnorm_momentum, name=f"{name}_bn")(h)
         return keras.layers.ReLU(name=f"{name}_relu")(h)
 
     widths = [max(1, round(f * candidate.width)) for f in candidate.filters]
@@ -130,8 +130,12 @@ def compact_cnn_body(x, candidate: CandidateParams, mean: float = 0.0, variance:
         x = conv(x, filters, f"conv{i + 1}b")
         if i < len(widths) - 1:
             x = keras.layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
-    pooled = [keras.layers.GlobalAveragePooling2D(name="avg_pool")(x), keras.layers.GlobalMaxPooling2D(name="max_pool")(x)]
-    x = keras.layers.Concatenate(name="pooled")(pooled)
+    if candidate.global_pooling == "max":  # presence of a finding anywhere: the slice's layout cannot be memorised
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    else:
+        pooled = [keras.layers.GlobalAveragePooling2D(name="avg_pool")(x),
+                  keras.layers.GlobalMaxPooling2D(name="max_pool")(x)]
+        x = keras.layers.Concatenate(name="pooled")(pooled)
     x = keras.layers.Dropout(candidate.dropout, name="dropout")(x)
     return keras.layers.Dense(candidate.dense_units, activation="relu", name="dense")(x)
 

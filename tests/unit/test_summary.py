@@ -11,3 +11,23 @@ def test_leakage_lines_show_the_leaky_number_and_the_grouped_cv_with_recalls():
     assert "random image-level split (leaky): accuracy 0.997, macro-F1 0.996" in lines[0]
     assert "grouped 5-fold CV of compact_cnn: macro-F1 0.610 ± 0.080; recall Stone 0.42, Cyst 0.90" in lines[1]
     assert leakage_lines(None) == [] and leakage_lines({"candidate": "c"}) == []
+
+
+def test_champion_line_names_the_champions_test_macro_f1_with_its_ci():
+    from components.__main__ import champion_lines, ci_text
+
+    metrics = {"compact_cnn": {"macro_f1": 0.968, "macro_f1_ci": [0.931, 0.992]}}
+    promoted = {"version": 3, "champion_version": 3, "candidate": "compact_cnn"}
+    assert champion_lines(promoted, metrics) == [
+        "champion   v3 (compact_cnn): test macro-F1 0.968 [95% CI 0.931, 0.992] on unseen patients"]
+    kept = {"version": 4, "champion_version": 3, "candidate": "compact_cnn"}
+    assert "v3 kept" in champion_lines(kept, metrics)[0]
+    assert ci_text({"macro_f1": 0.5}) == ""
+
+
+def test_summary_points_at_the_page_not_only_the_api_root(tmp_path):
+    from components.__main__ import summary_lines
+    from tests.tiny import tiny_params, write_params
+
+    lines = summary_lines(str(write_params(tiny_params(tmp_path), tmp_path / "params.yaml")))
+    assert any("http://127.0.0.1:3000/ui/" in line for line in lines)

@@ -1,0 +1,76 @@
+"""The gate is on and it bites: a crippled candidate fails evaluate, register refuses it, the champion stays.
+
+Through the real stage CLIs on a tiny generated export: a first run (gate off, as tiny runs are) registers a
+champion; then the gate is switched on (the default's minimums) and a deliberately crippled candidate is
+trained (one epoch at a learning rate that cannot move the weights, so it predicts one class for everything).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.tiny import REPO, tiny_params, write_params
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+STAGES = ("generate", "ingest", "validate", "preprocess", "augment")
+
+
+def stage(name: str, params: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "KIDNEY_CT_SALT": "gate-test",
+           "MLFLOW_ENABLE_TELEMETRY": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", f"components.{name}", "--params", str(params), *extra], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=900)
+
+
+def champion_and_versions(raw: dict) -> tuple[str, list[str]]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=raw["mlflow"]["tracking_uri"])
+    name = raw["register"]["model_name"]
+    versions = sorted(v.version for v in client.search_model_versions(f"name='{name}'"))
+    return client.get_model_version_by_alias(name, "champion").version, versions
+
+
+def test_crippled_candidate_fails_the_gate_is_refused_and_the_champion_stays(tmp_path):
+    raw = tiny_params(tmp_path)
+    params = write_params(raw, tmp_path / "params.yaml")
+    for name in (*STAGES, "train", "evaluate", "register"):
+        done = stage(name, params, tmp_path, *(["--candidate", "paper_cnn"] if name == "train" else []))
+        assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
+    champion_before, versions_before = champion_and_versions(raw)
+    assert champion_before == "1" and versions_before == ["1"]
+
+    default_gate = yaml.safe_load((REPO / "params.yaml").read_text())["evaluate"]
+    assert default_gate["min_macro_f1"] >= 0.9 and default_gate["min_class_recall"] >= 0.85, "the default gate is on"
+    crippled = dict(raw["train"]["candidates"]["paper_cnn"], epochs=1, learning_rate=1e-9)
+    raw["train"]["candidates"] = {"crippled": crippled}
+    raw["evaluate"] = {**raw["evaluate"], **default_gate}
+    params = write_params(raw, tmp_path / "params.yaml")
+
+    trained = stage("train", params, tmp_path, "--candidate", "crippled")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    evaluated = stage("evaluate", params, tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    verdict = json.loads((Path(raw["paths"]["evaluation"]) / "verdict.json").read_text())
+    assert verdict["winner"] is None
+    entry = verdict["candidates"]["crippled"]
+    assert entry["passed"] is False
+    assert any("macro-F1" in reason and "below the minimum" in reason for reason in entry["reasons"]), entry
+    assert "crippled: accuracy" in evaluated.stderr and "FAILED" in evaluated.stderr
+
+    refused = stage("register", params, tmp_path)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "no candidate passed" in refused.stderr.lower() or "gate" in refused.stderr.lower(), refused.stderr
+    registration = json.loads((Path(raw["paths"]["registration"]) / "registration.json").read_text())
+    assert registration["registered"] is False and registration["gate_passed"] is False
+
+    assert champion_and_versions(raw) == (champion_before, versions_before)
