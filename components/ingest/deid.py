@@ -79,26 +79,19 @@ _PSEUDONYM = re.compile(r"p-[0-9a-f]{16}")
 
 @dataclass(frozen=True)
 class ProfileTable:
-    """Table E.1-1 as committed: tag -> action code, plus the repeating groups (50xx, 60xx)."""
+    """Table E.1-1 as committed: tag -> action code (the repeating groups 50xx, 60xx: see `_action`)."""
 
     edition: str
     source: str
     actions: dict[int, str]
-    group_actions: dict[tuple[int, int], str]  # (group & 0xFF00, element) -> action
 
 
 @lru_cache(maxsize=1)
 def profile_table(path: Path = TABLE_FILE) -> ProfileTable:
     """Read the committed table once."""
     raw = json.loads(Path(path).read_text())
-    actions, groups = {}, {}
-    for row in raw["attributes"]:
-        tag = row["tag"]
-        if "xx" in tag:
-            groups[(int(tag[:2], 16) << 8, int(tag[4:], 16))] = row["action"]
-        else:
-            actions[int(tag, 16)] = row["action"]
-    return ProfileTable(raw["edition"], raw["source"], actions, groups)
+    actions = {int(row["tag"], 16): row["action"] for row in raw["attributes"] if "xx" not in row["tag"]}
+    return ProfileTable(raw["edition"], raw["source"], actions)
 
 
 @dataclass(frozen=True)
@@ -168,7 +161,9 @@ def _rebuild_file_meta(ds: Dataset) -> None:
 
 
 def _action(element: DataElement, table: ProfileTable) -> str | None:
-    """The table's action for this element ('X' for private tags and curves/overlays), None if unnamed."""
+    """The table's action for this element, None if unnamed. 'X' for private tags and for the whole of
+    the repeating groups: the table removes curves (50xx) and overlay data and comments (60xx); the rest of
+    an overlay (rows, origin, ...) is of no use without its data."""
     tag = element.tag
     if tag.is_private or 0x5000 <= tag.group <= 0x50FF or 0x6000 <= tag.group <= 0x60FF:
         return "X"
