@@ -31,8 +31,7 @@ QUARANTINE_COLUMNS = ("source", "reason", "key")
 EXTENSIONS = {"dicom": "dcm", "png": "png", "jpeg": "jpg"}
 COUNTS = ("files_seen", "ingested_new", "already_present", "duplicates", "quarantined")
 RASTER_MODES = frozenset({"L", "RGB", "RGBA", "LA", "P"})  # 8 bits per channel
-SECONDARY_CAPTURE = frozenset({"1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",
-                               "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4"})
+SECONDARY_CAPTURE = frozenset({"1.2.840.10008.5.1.4.1.1.7"} | {f"1.2.840.10008.5.1.4.1.1.7.{n}" for n in range(1, 5)})
 CLEAN_PIXELS_NOT_CLAIMED = "the Clean Pixel Data option is not applied, so text in the pixels would reach the store"
 
 
@@ -294,7 +293,8 @@ def summary(result: IngestResult, classes: Sequence[str], store_uri: str, salt_s
     formats = Counter(row["format"] for row in result.manifest)
     return {**result.counts, "images": len(result.manifest), "per_class": result.per_class(classes),
             "formats": dict(sorted(formats.items())), "store": store_uri, "salt": salt_source,
-            "deidentification": {"method": DEIDENTIFICATION_METHOD, "table": f"PS3.15 Table E.1-1 {profile_table().edition}",
+            "deidentification": {"method": DEIDENTIFICATION_METHOD,
+                                 "table": f"PS3.15 Table E.1-1 {profile_table().edition}",
                                  "codes": [f"DCM {code} {meaning}" for code, meaning in PROFILE_CODES]}}  # fmt: skip
 
 

@@ -20,7 +20,8 @@ OUT = Path(__file__).with_name("ps3_15_e1_1.json")
 PACKAGE, DEFAULT_EDITION = "dicom-anonymizer", "2026c"
 ACTIONS = {"D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "U", "Z_D_TAGS": "Z/D", "X_Z_TAGS": "X/Z",
            "X_D_TAGS": "X/D", "X_Z_D_TAGS": "X/Z/D", "X_Z_U_STAR_TAGS": "X/Z/U*"}
-_ENTRY = re.compile(r"\((0x[0-9A-Fa-f]{4}), (0x[0-9A-Fa-f]{4})(?:, (0x[0-9A-Fa-f]{4}), (0x[0-9A-Fa-f]{4}))?\),\s*#\s*(.+)")
+_HEX = r"(0x[0-9A-Fa-f]{4})"
+_ENTRY = re.compile(rf"\({_HEX}, {_HEX}(?:, {_HEX}, {_HEX})?\),\s*#\s*(.+)")  # (g, e[, gmask, emask]),  # Name
 
 
 def rows(edition: str) -> list[dict[str, str]]:
