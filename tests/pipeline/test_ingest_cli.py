@@ -63,6 +63,7 @@ def test_generate_then_ingest_writes_manifest_quarantine_and_metrics(tmp_path, c
     assert metrics["files_seen"] == metrics["ingested_new"] == TINY_FILES and metrics["salt"] == "env"
     assert metrics["per_class"] == {"Normal": 4, "Cyst": 4, "Tumor": 4, "Stone": 4}
     assert metrics["store"] == str(tmp_path / "store")
+    assert metrics["deidentification"]["table"] == "PS3.15 Table E.1-1 2026c"
     assert "16 files seen" in capsys.readouterr().out
 
 
