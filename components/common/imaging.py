@@ -64,8 +64,12 @@ def decode_raster(data: bytes, max_pixels: int = 64_000_000) -> LoadedImage:
             mode = img.mode
             img.load()
             gray = np.asarray(img.convert("L"), dtype=np.float32)
+    except Image.DecompressionBombError:  # PIL refuses a header claiming > 179M pixels before our own check
+        raise ImageDecodeError("image header claims more pixels than allowed (a decompression bomb)") from None
     except UnidentifiedImageError:
         raise ImageDecodeError("not a PNG or JPEG image") from None
+    except ImageDecodeError:
+        raise
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"image file is damaged or truncated ({exc})") from None
     return LoadedImage(pixels=gray, kind="raster", mode=mode)

@@ -19,10 +19,13 @@ from tqdm import tqdm
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.common.storage import StorageError, open_store
+from components.generate.__main__ import GENERATED_FILE
 from components.ingest.core import (
     MANIFEST_COLUMNS,
     QUARANTINE_COLUMNS,
+    ImageLimits,
     IngestResult,
+    SaltRequired,
     SourceFile,
     ingest,
     merge_manifests,
@@ -74,10 +77,10 @@ def _ingest_export(params: Params) -> None:
     source = Path(params.paths.source)
     files = list_export(source)
     _check_outputs_outside(source, params)
-    salt, salt_source = resolve_salt(params.ingest)
+    salt, salt_source = _salt(params, allow_default=is_generated_default(source, files, params))
     try:
         store = open_store(params.paths.store, params.storage)
-        result = ingest(read_files(source, files), store, params.classes, salt)
+        result = ingest(read_files(source, files), store, params.classes, salt, image_limits(params))
         manifest_csv = rows_to_csv(result.manifest, MANIFEST_COLUMNS)
         store.put("manifest.csv", manifest_csv)
     except (StorageError, BotoCoreError, ClientError) as exc:
@@ -90,6 +93,25 @@ def _ingest_export(params: Params) -> None:
                          f"(reasons in {params.paths.ingested}/quarantine.csv)")
 
 
+def is_generated_default(source: Path, files: list[Path], params: Params) -> bool:
+    """The embedded default: the source is paths.generated_export and holds only files `generate` writes."""
+    if source.resolve() != Path(params.paths.generated_export).resolve():
+        return False
+    return all(GENERATED_FILE.match(path.relative_to(source).as_posix()) for path in files)
+
+
+def _salt(params: Params, allow_default: bool) -> tuple[str, str]:
+    try:
+        return resolve_salt(params.ingest, allow_default=allow_default)
+    except SaltRequired as exc:
+        raise StageError(str(exc)) from None
+
+
+def image_limits(params: Params) -> ImageLimits:
+    """Per-file size bounds: the same params validate declares for the dataset."""
+    return ImageLimits(params.validate_.min_width, params.validate_.max_width)
+
+
 def _pacs_client(settings) -> PacsClient:
     session = retrying_session(settings.dicomweb_user, os.environ.get(settings.dicomweb_password_env),
                                settings.dicomweb_retry_attempts, settings.dicomweb_retry_backoff_s)
@@ -100,7 +122,7 @@ def _check_new(params: Params) -> dict:
     """How many PACS studies a pull would fetch now (QIDO-RS + the pull state; nothing is retrieved)."""
     if not params.ingest.dicomweb_url:
         return {"new_studies": 0, "listed": 0, "reason": "ingest.dicomweb_url is not set: no PACS to watch"}
-    salt, _ = resolve_salt(params.ingest)
+    salt, _ = _salt(params, allow_default=False)
     try:
         store = open_store(params.paths.store, params.storage)
         state = read_state(store.get(STATE_KEY) if store.exists(STATE_KEY) else None)
@@ -120,7 +142,7 @@ def _pull(params: Params) -> None:
     failed run is simply pulled again next time (stored objects are skipped, never duplicated).
     """
     settings = params.ingest
-    salt, salt_source = resolve_salt(settings)
+    salt, salt_source = _salt(params, allow_default=False)  # a PACS holds real patients
     client = _pacs_client(settings)
     try:
         store = open_store(params.paths.store, params.storage)
@@ -131,7 +153,7 @@ def _pull(params: Params) -> None:
                  len(listed), len(todo))
         files = (SourceFile(path, data, reason) for path, data, reason in
                  pulled_files(client, todo, params.classes, settings.dicomweb_label_attribute, salt))
-        result = ingest(files, store, params.classes, salt)
+        result = ingest(files, store, params.classes, salt, image_limits(params))
         earlier = read_manifest(store.get("manifest.csv")) if store.exists("manifest.csv") else []
         manifest = merge_manifests(earlier, result.manifest)
         manifest_csv = rows_to_csv(manifest, MANIFEST_COLUMNS)

@@ -1,6 +1,9 @@
 """Pure core of `ingest`: label, check, de-identify and store each file of a PACS export.
 
-A file is judged on its own (`examine`: bytes in, verdict out); `ingest` walks the verdicts, writes
+A file is judged on its own (`examine`: bytes in, verdict out): it must sit in a class folder, decode,
+be CT (not another modality, not a secondary capture or screen save, not flagged BurnedInAnnotation
+YES), have a supported bit depth and photometric interpretation and a size within `ImageLimits`; any
+other file is quarantined with that reason, so one bad file never stops a run. `ingest` walks the verdicts, writes
 each object to the store once (idempotent re-runs), drops byte-identical duplicates and tallies counts
 that must add up: files_seen = ingested_new + already_present + duplicates + quarantined.
 """
@@ -16,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Iterable, Mapping, Sequence
 
-from components.common.imaging import DICOM_SUFFIXES, ImageDecodeError, decode_image, looks_like_dicom
+from components.common.imaging import DICOM_SUFFIXES, ImageDecodeError, LoadedImage, decode_image, looks_like_dicom
 from components.common.params import IngestParams
 from components.common.storage import ObjectStore
-from components.ingest.deid import DEIDENTIFICATION_METHOD, PROFILE_CODES, dataset_bytes, deidentify
+from components.ingest.deid import DEIDENTIFICATION_METHOD, PROFILE_CODES, dataset_bytes, deidentify, profile_table
 
 log = logging.getLogger("kidney_ct")
 
@@ -27,6 +30,17 @@ MANIFEST_COLUMNS = ("key", "sha256", "source", "label", "group", "series", "form
 QUARANTINE_COLUMNS = ("source", "reason", "key")
 EXTENSIONS = {"dicom": "dcm", "png": "png", "jpeg": "jpg"}
 COUNTS = ("files_seen", "ingested_new", "already_present", "duplicates", "quarantined")
+RASTER_MODES = frozenset({"L", "RGB", "RGBA", "LA", "P"})  # 8 bits per channel
+SECONDARY_CAPTURE = frozenset({"1.2.840.10008.5.1.4.1.1.7"} | {f"1.2.840.10008.5.1.4.1.1.7.{n}" for n in range(1, 5)})
+CLEAN_PIXELS_NOT_CLAIMED = "the Clean Pixel Data option is not applied, so text in the pixels would reach the store"
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Smallest and largest accepted image side, in pixels (params.validate.min_width / max_width)."""
+
+    min_side: int = 64
+    max_side: int = 4096
 
 
 @dataclass(frozen=True)
@@ -96,11 +110,25 @@ class IngestResult:
         return {label: tally.get(label, 0) for label in classes}
 
 
-def resolve_salt(settings: IngestParams, environ: Mapping[str, str] = os.environ) -> tuple[str, str]:
-    """The salt for patient hashes and where it came from ('env' or 'default', with a warning)."""
+class SaltRequired(ValueError):
+    """Real data and no secret salt: the message says what to set."""
+
+
+def resolve_salt(settings: IngestParams, environ: Mapping[str, str] = os.environ,
+                 allow_default: bool = True) -> tuple[str, str]:
+    """The salt for patient hashes and where it came from ('env', or 'default' with a warning).
+
+    Without `allow_default` (a real export or a PACS) an unset env var is refused: the default salt is
+    public, so anyone with this repository and a list of MRNs could recompute the patient keys.
+    """
     value = environ.get(settings.salt_env, "")
     if value:
         return value, "env"
+    if not allow_default:
+        raise SaltRequired(f"{settings.salt_env} is not set: a real export needs a secret salt, or anyone with this "
+                           f"repository and a list of MRNs can reverse the patient keys; set {settings.salt_env} to "
+                           "a long random secret (e.g. `export "
+                           f"{settings.salt_env}=$(openssl rand -hex 32)`) and keep it with the data")
     log.warning("%s is not set: using params.ingest.default_salt, so patient keys can be guessed by anyone "
                 "with this repository; set %s to a secret for real data", settings.salt_env, settings.salt_env)
     return settings.default_salt, "default"
@@ -131,14 +159,16 @@ def sniff_format(data: bytes) -> str:
     raise Rejection("unsupported image format (expected DICOM, PNG or JPEG)")
 
 
-def examine(file: SourceFile, classes: Sequence[str], salt: str) -> Accepted | Rejected:
-    """Judge one file: label folder, decodable pixels, format; de-identify DICOM."""
+def examine(file: SourceFile, classes: Sequence[str], salt: str,
+            limits: ImageLimits = ImageLimits()) -> Accepted | Rejected:
+    """Judge one file: label folder, decodable pixels, format, CT only, size; de-identify DICOM."""
     if file.data is None:
         return Rejected(file.path, file.read_error or "file could not be read")
     try:
         label = resolve_label(file.path, classes)
-        _check_decodes(file.path, file.data)
+        image = _decoded(file.path, file.data)
         fmt = sniff_format(file.data)
+        screen_image(image, fmt, limits)
         stored, group, series = _deidentified(file.data, salt) if fmt == "dicom" else (file.data, "", "")
     except Rejection as rejection:
         return Rejected(file.path, str(rejection), file.data)
@@ -146,9 +176,9 @@ def examine(file: SourceFile, classes: Sequence[str], salt: str) -> Accepted | R
     return Accepted(file.path, label, sha, stored, fmt, group, series)
 
 
-def _check_decodes(path: str, data: bytes) -> None:
+def _decoded(path: str, data: bytes) -> LoadedImage:
     try:
-        decode_image(data)
+        return decode_image(data)
     except ImageDecodeError as exc:
         if data and not looks_like_dicom(data) and path.lower().endswith(DICOM_SUFFIXES):
             raise Rejection("not a DICOM Part 10 file (no 'DICM' marker after the preamble)") from None
@@ -157,18 +187,60 @@ def _check_decodes(path: str, data: bytes) -> None:
         raise Rejection(f"image cannot be decoded ({type(exc).__name__}: {exc})") from None
 
 
+def screen_image(image: LoadedImage, fmt: str, limits: ImageLimits) -> None:
+    """Refuse a raster of an unsupported bit depth and any image too small or too large to train on."""
+    if fmt != "dicom" and image.mode not in RASTER_MODES:
+        raise Rejection(f"unsupported bit depth or colour mode {image.mode!r} for a {fmt.upper()} "
+                        f"(expected 8-bit grayscale or colour: {', '.join(sorted(RASTER_MODES))})")
+    height, width = image.pixels.shape
+    if min(width, height) < limits.min_side:
+        raise Rejection(f"image is {width}x{height} pixels: smaller than the minimum side of {limits.min_side}")
+    if max(width, height) > limits.max_side:
+        raise Rejection(f"image is {width}x{height} pixels: larger than the maximum side of {limits.max_side}")
+
+
+def screen_dicom(ds) -> None:
+    """Refuse what is not a plain CT slice: burned-in text, secondary captures, other modalities, odd pixels."""
+    if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
+        raise Rejection(f"BurnedInAnnotation is YES: {CLEAN_PIXELS_NOT_CLAIMED}")
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    if sop_class in SECONDARY_CAPTURE:
+        raise Rejection(f"secondary capture ({getattr(ds.SOPClassUID, 'name', sop_class)}): a screenshot or "
+                        f"scan may show identifying text, and {CLEAN_PIXELS_NOT_CLAIMED}")
+    image_type = [str(value).upper() for value in (ds.get("ImageType") or [])]
+    if "SCREEN SAVE" in image_type:
+        raise Rejection(f"ImageType says SCREEN SAVE (a screenshot): {CLEAN_PIXELS_NOT_CLAIMED}")
+    modality = str(ds.get("Modality", "") or "").strip()
+    if modality != "CT":
+        raise Rejection(f"modality {modality or 'missing'}, not CT: only CT slices are training data")
+    bits = ds.get("BitsAllocated")
+    if bits not in (8, 16) or int(ds.get("BitsStored", bits) or 0) > bits:
+        raise Rejection(f"unsupported bit depth (BitsAllocated {bits}, BitsStored {ds.get('BitsStored')}; "
+                        "expected 8 or 16 bits)")
+    photometric = str(ds.get("PhotometricInterpretation", "") or "")
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise Rejection(f"unsupported photometric interpretation {photometric or 'missing'} "
+                        "(expected MONOCHROME1 or MONOCHROME2)")
+
+
 def _deidentified(data: bytes, salt: str) -> tuple[bytes, str, str]:
     """De-identified DICOM bytes plus the salted group and series keys."""
     import pydicom
 
     try:
-        result = deidentify(pydicom.dcmread(io.BytesIO(data)), salt)
+        dataset = pydicom.dcmread(io.BytesIO(data))
+    except Exception as exc:  # pydicom raises many types on odd files
+        raise Rejection(f"DICOM header cannot be read ({type(exc).__name__}: {exc})") from None
+    screen_dicom(dataset)
+    try:
+        result = deidentify(dataset, salt)
         return dataset_bytes(result.dataset), result.group, result.series
     except Exception as exc:  # pydicom raises many types on odd files
         raise Rejection(f"DICOM file cannot be de-identified ({type(exc).__name__}: {exc})") from None
 
 
-def ingest(files: Iterable[SourceFile], store: ObjectStore, classes: Sequence[str], salt: str) -> IngestResult:
+def ingest(files: Iterable[SourceFile], store: ObjectStore, classes: Sequence[str], salt: str,
+           limits: ImageLimits = ImageLimits()) -> IngestResult:
     """Examine every file, store new objects once, drop duplicates, quarantine the rest."""
     existing = set(store.keys("images/")) | set(store.keys("quarantine/"))
     first_by_sha: dict[str, tuple[str, str]] = {}  # source sha256 -> (label, source) of its first copy
@@ -177,7 +249,7 @@ def ingest(files: Iterable[SourceFile], store: ObjectStore, classes: Sequence[st
     counts: Counter[str] = Counter({name: 0 for name in COUNTS})
     for file in files:
         counts["files_seen"] += 1
-        outcome = examine(file, classes, salt)
+        outcome = examine(file, classes, salt, limits)
         if isinstance(outcome, Accepted):
             earlier = first_by_sha.get(outcome.source_sha256)
             if earlier is None:
@@ -222,6 +294,7 @@ def summary(result: IngestResult, classes: Sequence[str], store_uri: str, salt_s
     return {**result.counts, "images": len(result.manifest), "per_class": result.per_class(classes),
             "formats": dict(sorted(formats.items())), "store": store_uri, "salt": salt_source,
             "deidentification": {"method": DEIDENTIFICATION_METHOD,
+                                 "table": f"PS3.15 Table E.1-1 {profile_table().edition}",
                                  "codes": [f"DCM {code} {meaning}" for code, meaning in PROFILE_CODES]}}  # fmt: skip
 
 

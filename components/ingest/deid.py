@@ -1,19 +1,19 @@
-"""De-identification of DICOM datasets after the DICOM PS3.15 Annex E Basic Application Level
-Confidentiality Profile, with the "Retain Longitudinal Temporal Information with Modified Dates" option.
+"""De-identification after DICOM PS3.15 Annex E: the Basic Application Level Confidentiality Profile with
+the "Retain Longitudinal Temporal Information with Modified Dates" option (docs/deidentification.md).
 
-For the attributes a CT export carries (PS3.15 Table E.1-1 action codes):
-- X (remove): addresses, other IDs/names, institution, station, physicians and operators, descriptions
-  and comments, device serial number, patient age/size/weight, private tags, overlays and curves;
-- Z (keep, empty): patient name and birth date, sex, accession number, study ID, referring physician,
-  study time (type 2 attributes must stay present);
-- D (dummy): PatientID becomes the salted patient key `p-<16 hex>` (the grouping key);
-- U (UIDs): every non-standard UID is remapped by a salted hash, so it stays consistent across files;
-- dates (DA, DT) are shifted by a per-patient salted number of days (intervals between studies of one
-  patient survive); times (TM) other than the study time are removed.
-Any other person name, date, time, UID or free text (PN, DA, DT, TM, UI, ST, LT, UT) that the table does
-not name gets the same treatment by its VR. What was done is recorded in the dataset itself:
-PatientIdentityRemoved, DeidentificationMethod, DeidentificationMethodCodeSequence and
-LongitudinalTemporalInformationModified.
+The action of every attribute comes from the standard's Table E.1-1, committed as `ps3_15_e1_1.json`
+(edition and source inside; `make_e1_1_table.py` regenerates it), at any nesting depth:
+- X remove; Z empty; D dummy value; U salted UID remapping (consistent across files); a combined code
+  (X/Z, X/D, X/Z/D) removes, Z/D gives a dummy, X/Z/U* keeps the sequence and treats its items;
+- the project's rules on top: PatientID (D) becomes the salted patient key `p-<16 hex>` (the grouping
+  key); every date (DA, DT) the table names, except the birth date, moves back by a per-patient salted
+  number of days (the Modified Dates option: intervals between one patient's studies survive);
+- what the table does not name: private tags, curves (50xx) and overlays (60xx) are removed, and of the
+  other public attributes only the `KEEP` allowlist (what a CT classifier needs) stays, everything else
+  is removed whatever its VR (a UID is remapped like U: it stays a reference, never a value);
+- the file meta is rebuilt and the preamble zeroed; what was done is recorded in the dataset:
+  PatientIdentityRemoved, DeidentificationMethod, DeidentificationMethodCodeSequence (exactly the
+  options applied) and LongitudinalTemporalInformationModified.
 """
 
 from __future__ import annotations
@@ -23,45 +23,75 @@ import datetime as dt
 import hashlib
 import hmac
 import io
+import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary, generate_uid
 
+TABLE_FILE = Path(__file__).with_name("ps3_15_e1_1.json")
 UID_ROOT = "1.2.826.0.1.3680043.8.498."
-DEIDENTIFICATION_METHOD = "PS3.15 E Basic Profile; modified dates; kidney-ct ingest"  # LO: <= 64 chars
+DEIDENTIFICATION_METHOD = "PS3.15 E.1-1 Basic Profile; modified dates; kidney-ct ingest"  # LO: <= 64 chars
 PROFILE_CODES = (("113100", "Basic Application Confidentiality Profile"),
                  ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"))
 MIN_SHIFT_DAYS, SHIFT_SPAN_DAYS = 3650, 3650  # dates move 10 to 20 years back, per patient
-
-REMOVED = frozenset(
+PATIENT_ID = 0x00100020
+NOT_SHIFTED = frozenset({0x00100030})  # PatientBirthDate: emptied (Z), not kept as a shifted date
+# Public attributes the table does not name that stay: a CT classifier needs them, none holds free text
+# about the patient (ConvolutionKernel, FilterType, BodyPartExamined are short scanner/technique codes).
+KEEP = frozenset(
     {
-        "PatientBirthTime", "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames", "PatientAddress",
-        "PatientTelephoneNumbers", "PatientMotherBirthName", "MedicalRecordLocator", "IssuerOfPatientID",
-        "PatientAge", "PatientSize", "PatientWeight", "EthnicGroup", "Occupation", "AdditionalPatientHistory",
-        "PatientComments", "MilitaryRank", "BranchOfService", "CountryOfResidence", "RegionOfResidence",
-        "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "InstitutionCodeSequence",
-        "StationName", "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers",
-        "PerformingPhysicianName", "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord", "RequestingPhysician",
-        "OperatorsName", "DeviceSerialNumber", "StudyDescription", "SeriesDescription", "ImageComments",
-        "ProtocolName", "RequestedProcedureID", "RequestedProcedureDescription", "RequestAttributesSequence",
-        "ReferencedStudySequence", "ReferencedPatientSequence", "PerformedProcedureStepID",
-        "PerformedProcedureStepDescription", "AdmittingDiagnosesDescription", "DerivationDescription",
-        "AcquisitionDeviceProcessingDescription", "TextComments", "ScheduledProcedureStepID",
+        # SOP common and image identification (the UIDs the table names are remapped)
+        "SpecificCharacterSet", "SOPClassUID", "ImageType", "Modality", "SeriesNumber", "InstanceNumber",
+        "AcquisitionNumber", "BurnedInAnnotation", "RecognizableVisualFeatures",
+        # image pixel module
+        "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated", "BitsStored",
+        "HighBit", "PixelRepresentation", "PlanarConfiguration", "NumberOfFrames", "PixelData",
+        "PixelPaddingValue", "SmallestImagePixelValue", "LargestImagePixelValue", "LossyImageCompression",
+        "LossyImageCompressionRatio", "LossyImageCompressionMethod",
+        # geometry
+        "PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient", "SliceThickness",
+        "SpacingBetweenSlices", "SliceLocation", "PatientPosition", "BodyPartExamined",
+        # rescale and display window
+        "RescaleIntercept", "RescaleSlope", "RescaleType", "WindowCenter", "WindowWidth",
+        # CT acquisition and reconstruction parameters
+        "KVP", "XRayTubeCurrent", "ExposureTime", "Exposure", "ExposureInuAs", "ConvolutionKernel",
+        "ReconstructionDiameter", "DataCollectionDiameter", "GantryDetectorTilt", "TableHeight",
+        "RotationDirection", "FilterType", "GeneratorPower", "FocalSpots", "SpiralPitchFactor", "CTDIvol",
+        "SingleCollimationWidth", "TotalCollimationWidth", "TableSpeed", "TableFeedPerRotation",
+        "RevolutionTime", "ExposureModulationType", "ScanOptions",
+        # the de-identification record this module writes
+        "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+        "LongitudinalTemporalInformationModified",
     }
 )  # fmt: skip
-EMPTIED = frozenset({"PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                     "ReferringPhysicianName", "StudyTime"})
-SHIFTED_VRS = ("DA", "DT")
-FALLBACK_REMOVED_VRS = ("PN", "TM", "ST", "LT", "UT")
-# Every attribute that carries PHI in an original export (kept for callers that list them).
-PHI_KEYWORDS = REMOVED | EMPTIED | {"PatientID", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate",
-                                    "AcquisitionDateTime", "InstanceCreationDate", "SeriesTime", "AcquisitionTime",
-                                    "ContentTime", "InstanceCreationTime"}
+DUMMY = {"AE": "ANONYMOUS", "AS": "000D", "CS": "ANONYMIZED", "DS": "0", "IS": "0", "LO": "ANONYMIZED",
+         "LT": "ANONYMIZED", "PN": "ANONYMIZED", "SH": "ANONYMIZED", "ST": "ANONYMIZED", "UC": "ANONYMIZED",
+         "UT": "ANONYMIZED", "TM": "000000"}
+STRING_VRS = frozenset(DUMMY) | {"DA", "DT", "UI", "UR"}
 _PSEUDONYM = re.compile(r"p-[0-9a-f]{16}")
+
+
+@dataclass(frozen=True)
+class ProfileTable:
+    """Table E.1-1 as committed: tag -> action code (the repeating groups 50xx, 60xx: see `_action`)."""
+
+    edition: str
+    source: str
+    actions: dict[int, str]
+
+
+@lru_cache(maxsize=1)
+def profile_table(path: Path = TABLE_FILE) -> ProfileTable:
+    """Read the committed table once."""
+    raw = json.loads(Path(path).read_text())
+    actions = {int(row["tag"], 16): row["action"] for row in raw["attributes"] if "xx" not in row["tag"]}
+    return ProfileTable(raw["edition"], raw["source"], actions)
 
 
 @dataclass(frozen=True)
@@ -108,36 +138,62 @@ def deidentify(dataset: Dataset, salt: str) -> Deidentified:
     group = "p-" + salted_hash(salt, *group_source)
     series = "s-" + salted_hash(salt, "series", str(ds.get("SeriesInstanceUID", "") or ""))
     shift = date_shift_days(salt, group)
-    ds.remove_private_tags()
-    _remove_overlays_and_curves(ds)
-    ds.walk(lambda parent, element: _apply_profile(parent, element, salt, shift))
+    table = profile_table()
+    ds.walk(lambda parent, element: _apply_profile(parent, element, table, salt, shift))
     ds.PatientID = group
     _record_method(ds)
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None and "SOPInstanceUID" in ds:
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    _rebuild_file_meta(ds)
     return Deidentified(dataset=ds, group=group, series=series, shift_days=shift)
 
 
-def _remove_overlays_and_curves(ds: Dataset) -> None:
-    """Repeating groups 50xx (curves) and 60xx (overlays) may hold burned-in text: remove them."""
-    for tag in [tag for tag in ds.keys() if 0x5000 <= tag.group <= 0x50FF or 0x6000 <= tag.group <= 0x60FF]:
-        del ds[tag]
+def _rebuild_file_meta(ds: Dataset) -> None:
+    """New file meta (transfer syntax, SOP class and instance) and a zero preamble: nothing else survives."""
+    old = getattr(ds, "file_meta", None)
+    meta = FileMetaDataset()
+    if old is not None and "TransferSyntaxUID" in old:
+        meta.TransferSyntaxUID = old.TransferSyntaxUID
+    if "SOPClassUID" in ds:
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    if "SOPInstanceUID" in ds:
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta = meta
+    ds.preamble = b"\x00" * 128
 
 
-def _apply_profile(dataset: Dataset, element: DataElement, salt: str, shift: int) -> None:
-    """`Dataset.walk` callback: the Basic Profile action for one element, at any nesting depth."""
-    keyword, vr = element.keyword, element.VR
-    if keyword in REMOVED:
-        del dataset[element.tag]
-    elif keyword in EMPTIED:
-        element.value = ""
-    elif vr in SHIFTED_VRS and element.value:
-        element.value = _map_values(element.value, lambda value: shift_date(value, shift))
-    elif vr == "UI" and element.value:
-        element.value = _map_values(element.value, lambda value: _remap_uid(value, salt))
-    elif vr in FALLBACK_REMOVED_VRS and keyword != "PatientID":
-        del dataset[element.tag]
+def _action(element: DataElement, table: ProfileTable) -> str | None:
+    """The table's action for this element, None if unnamed. 'X' for private tags and for the whole of
+    the repeating groups: the table removes curves (50xx) and overlay data and comments (60xx); the rest of
+    an overlay (rows, origin, ...) is of no use without its data."""
+    tag = element.tag
+    if tag.is_private or 0x5000 <= tag.group <= 0x50FF or 0x6000 <= tag.group <= 0x60FF:
+        return "X"
+    return table.actions.get(int(tag))
+
+
+def _apply_profile(dataset: Dataset, element: DataElement, table: ProfileTable, salt: str, shift: int) -> None:
+    """`Dataset.walk` callback: the profile's action for one element, at any nesting depth."""
+    tag, vr = element.tag, element.VR
+    action = _action(element, table)
+    if action is None:  # not named by the table: a UID is remapped (standard ones stay), else KEEP or remove
+        if vr == "UI" and element.value:
+            element.value = _map_values(element.value, lambda value: _remap_uid(value, salt))
+        elif element.keyword not in KEEP:
+            del dataset[tag]
+        return
+    if tag == PATIENT_ID:
+        return  # becomes the salted patient key
+    if vr in ("DA", "DT") and action != "X" and tag not in NOT_SHIFTED:
+        element.value = _map_values(element.value, lambda value: shift_date(value, shift)) if element.value else ""
+    elif vr == "UI" and ("U" in action or "D" in action):
+        element.value = _map_values(element.value, lambda value: _remap_uid(value, salt)) if element.value else ""
+    elif vr == "SQ" and action in ("D", "Z/D", "X/Z/U*"):
+        return  # kept: walk treats its items
+    elif action.startswith("X"):
+        del dataset[tag]
+    elif action == "Z" or vr == "SQ":
+        element.value = Sequence() if vr == "SQ" else ("" if vr in STRING_VRS else None)
+    else:  # D, Z/D: a dummy value
+        element.value = DUMMY.get(vr, "" if vr in STRING_VRS else None)
 
 
 def _map_values(value, change):
@@ -166,28 +222,32 @@ def _record_method(ds: Dataset) -> None:
 
 
 def remaining_phi(dataset: Dataset) -> list[str]:
-    """Keywords of attributes still carrying PHI anywhere in the dataset (empty when clean).
-
-    PHI means: a removed attribute present, an emptied one with a value, a PatientID that is not a
-    salted pseudonym, dates not marked as modified, or any private tag.
-    """
+    """Attributes that should not be there after `deidentify` (empty when clean): a private tag, a curve or
+    overlay, an attribute the table removes (X), an attribute neither in the table nor kept, a non-empty Z,
+    a PatientID that is not a salted pseudonym, or dates not marked as modified."""
+    table = profile_table()
     dates_modified = str(dataset.get("LongitudinalTemporalInformationModified", "")) == "MODIFIED"
     found: set[str] = set()
 
     def check(_: Dataset, element: DataElement) -> None:
-        keyword = element.keyword
-        if element.tag.is_private:
-            found.add(f"private {element.tag}")
-        elif keyword in REMOVED or (keyword in EMPTIED and element.value not in ("", None)):
-            found.add(keyword)
-        elif keyword == "PatientID" and not _PSEUDONYM.fullmatch(str(element.value or "")):
-            found.add(keyword)
-        elif element.VR in SHIFTED_VRS and element.value and not dates_modified:
-            found.add(keyword)
-        elif keyword in PHI_KEYWORDS and element.VR == "TM" and element.value:
-            found.add(keyword)
+        name = element.keyword or str(element.tag)
+        action = _action(element, table)
+        if element.tag == PATIENT_ID:
+            if not _PSEUDONYM.fullmatch(str(element.value or "")):
+                found.add(name)
+        elif action is None:
+            if element.keyword not in KEEP and element.VR != "UI":
+                found.add(name)
+        elif (action.startswith("X") and action != "X/Z/U*" and element.VR not in ("DA", "DT")) or \
+                (action == "Z" and element.VR not in ("DA", "DT", "SQ") and element.value):
+            found.add(name)
+        elif element.VR in ("DA", "DT") and element.value and not dates_modified:
+            found.add(name)
 
-    dataset.walk(check)
+    clean = copy.copy(dataset)  # the method's own codes are the one sequence written after the walk
+    if "DeidentificationMethodCodeSequence" in clean:
+        del clean.DeidentificationMethodCodeSequence
+    clean.walk(check)
     return sorted(found)
 
 

@@ -323,7 +323,7 @@ def test_dag_run_stops_at_a_refusing_stage_without_retrying(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     params_file = write_tiny_params(tmp_path)
     raw = yaml.safe_load(params_file.read_text())
-    raw["validate"].update(min_width=4000, max_width=4096)  # every generated slice is too narrow
+    raw["validate"].update(min_class_share=0.5)  # a dataset-level refusal: no class holds half the images
     params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
     report, output, _ = run_dag_test(tmp_path, monkeypatch, params_file, retries="keep-retries")
 

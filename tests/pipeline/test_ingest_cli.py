@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,7 @@ def test_generate_then_ingest_writes_manifest_quarantine_and_metrics(tmp_path, c
     assert metrics["files_seen"] == metrics["ingested_new"] == TINY_FILES and metrics["salt"] == "env"
     assert metrics["per_class"] == {"Normal": 4, "Cyst": 4, "Tumor": 4, "Stone": 4}
     assert metrics["store"] == str(tmp_path / "store")
+    assert metrics["deidentification"]["table"] == "PS3.15 Table E.1-1 2026c"
     assert "16 files seen" in capsys.readouterr().out
 
 
@@ -93,6 +95,21 @@ def test_ingest_never_changes_the_source_and_reruns_are_idempotent(tmp_path, tin
     assert reasons["DICOMDIR"].startswith("no label folder")
     assert reasons["Cyst/broken.dcm"].startswith("not a DICOM Part 10 file")
     assert set(reasons) == {"Cyst/broken.dcm", "Polyp/x.dcm", "DICOMDIR"}
+
+
+def test_a_real_export_without_a_salt_is_refused_the_generated_default_is_not(tmp_path, tiny_export, caplog,
+                                                                            monkeypatch):
+    monkeypatch.delenv("KIDNEY_CT_SALT")
+    assert ingest_main(["--params", write_params(tmp_path)]) == 0  # the generated default: a public salt is fine
+    assert json.loads((tmp_path / "ingested" / "ingest.json").read_text())["salt"] == "default"
+    real = tmp_path / "real"
+    shutil.copytree(tiny_export, real)
+    assert ingest_main(["--params", write_params(tmp_path, source=real)]) == 2
+    assert "KIDNEY_CT_SALT is not set: a real export needs a secret salt" in caplog.text
+    (tiny_export / "Normal" / "from-the-pacs.dcm").write_bytes((real / "Normal").rglob("*.dcm").__next__().read_bytes())
+    caplog.clear()
+    assert ingest_main(["--params", write_params(tmp_path)]) == 2  # a file generate did not write: real data
+    assert "KIDNEY_CT_SALT is not set" in caplog.text
 
 
 def test_missing_source_fails_clearly_and_writes_nothing(tmp_path, caplog):

@@ -11,7 +11,10 @@ from pydicom.uid import CTImageStorage
 
 from components.common.params import GenerateParams
 from components.generate.core import generate_export
-from components.ingest.deid import MIN_SHIFT_DAYS, SHIFT_SPAN_DAYS, deidentify, remaining_phi, shift_date
+from pydicom.datadict import keyword_for_tag
+
+from components.ingest.deid import (KEEP, MIN_SHIFT_DAYS, SHIFT_SPAN_DAYS, dataset_bytes, deidentify, profile_table,
+                                    remaining_phi, shift_date)
 
 SALT = "deid-salt"
 
@@ -78,7 +81,7 @@ def test_unlisted_names_times_text_overlays_and_private_tags_go(slices):
     assert {"PatientID", "PatientName", "StudyDate"} <= set(remaining_phi(original))
     ds = deidentify(original, SALT).dataset
     assert remaining_phi(ds) == []
-    assert "PersonName" not in ds.ContentSequence[0] and "AcquisitionTime" not in ds
+    assert ds.ContentSequence[0].PersonName == "ANONYMIZED" and "AcquisitionTime" not in ds  # D, X/Z
     assert ds.ContentSequence[0].ObservationDateTime.startswith(shift_date("20240102", deidentify(original, SALT)
                                                                            .shift_days))
     assert 0x60003000 not in ds and not any(element.tag.is_private for element in ds.iterall())
@@ -88,3 +91,38 @@ def test_shift_date_keeps_the_time_part_and_blanks_garbage():
     assert shift_date("20240301", 1) == "20240229"
     assert shift_date("20240301120000.5", 1) == "20240229120000.5"
     assert shift_date("not a date", 1) == ""
+
+
+def test_the_action_table_is_the_committed_edition_of_table_e1_1():
+    table = profile_table()
+    assert table.edition == "2026c" and table.source.startswith("dicom-anonymizer==")
+    assert len(table.actions) > 600
+    assert set(table.actions.values()) == {"D", "Z", "X", "U", "Z/D", "X/Z", "X/D", "X/Z/D", "X/Z/U*"}
+    named = {keyword_for_tag(tag) for tag in table.actions}
+    assert not KEEP & named, "an allowlisted attribute the table names follows the table"
+    for keyword, action in (("PatientName", "Z"), ("AdmissionID", "X"), ("StudyInstanceUID", "U"),
+                            ("PatientID", "Z/D"), ("InstitutionName", "X/Z/D")):
+        assert table.actions[next(tag for tag in table.actions if keyword_for_tag(tag) == keyword)] == action
+
+
+def test_attributes_the_table_does_not_name_go_unless_a_ct_classifier_needs_them(slices):
+    original = slices[0].copy()
+    original.Manufacturer, original.ConvolutionKernel, original.SeriesNumber = "ACME", "B30f", 4
+    original.add_new(0x00431234, "LO", "UNKNOWN PUBLIC TEXT")  # odd group: private, removed
+    original.AdmissionID, original.StationAETitle, original.GantryID = "ADM-1", "CT-AE-1", "GANTRY-7"
+    original.WindowCenterWidthExplanation = "DR SMITH PREFERS THIS"
+    ds = deidentify(original, SALT).dataset
+    for gone in ("Manufacturer", "AdmissionID", "StationAETitle", "GantryID", "WindowCenterWidthExplanation",
+                 "StudyDescription", "SeriesDescription"):
+        assert gone not in ds, gone
+    assert (ds.ConvolutionKernel, ds.SeriesNumber, ds.KVP, ds.RescaleIntercept) == ("B30f", 4, original.KVP,
+                                                                                    original.RescaleIntercept)
+    assert remaining_phi(ds) == [] and 0x00431234 not in ds
+
+
+def test_file_meta_is_rebuilt_and_the_preamble_zeroed(slices):
+    original = slices[0].copy()
+    original.file_meta.SourceApplicationEntityTitle = "HOSPITAL-PACS"
+    original.preamble = b"MRN 12345".ljust(128, b" ")
+    data = dataset_bytes(deidentify(original, SALT).dataset)
+    assert b"HOSPITAL-PACS" not in data and b"MRN 12345" not in data and data[:128] == b"\x00" * 128

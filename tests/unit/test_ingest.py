@@ -6,6 +6,8 @@ import hashlib
 import io
 import logging
 import re
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -20,7 +22,9 @@ from components.common.storage import LocalStore, open_store
 from components.generate.core import dicom_bytes, generate_export
 from components.ingest.core import (
     MANIFEST_COLUMNS,
+    ImageLimits,
     Rejection,
+    SaltRequired,
     SourceFile,
     check_counts,
     ingest,
@@ -28,7 +32,7 @@ from components.ingest.core import (
     resolve_salt,
     rows_to_csv,
 )
-from components.ingest.deid import PHI_KEYWORDS, deidentify, remaining_phi
+from components.ingest.deid import deidentify, remaining_phi
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 SALT = "test-salt"
@@ -61,7 +65,7 @@ def _with_every_phi_tag(ds: Dataset) -> Dataset:
     return ds
 
 
-def _png(seed: int = 0, size: int = 32) -> bytes:
+def _png(seed: int = 0, size: int = 64) -> bytes:
     pixels = np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
@@ -102,7 +106,6 @@ def test_deidentify_removes_every_phi_tag_and_marks_the_dataset(tiny_files):
     assert "ReferencedStudySequence" not in clean  # removed with the accession number nested in it
     assert not any(element.tag.is_private for element in clean.iterall())
     assert clean.PatientIdentityRemoved == "YES" and clean.DeidentificationMethod
-    assert set(REQUIRED_PHI_REMOVED) <= PHI_KEYWORDS
     assert original.PatientName, "the input dataset must not be modified"
 
 
@@ -144,6 +147,46 @@ def test_salt_comes_from_the_env_var_else_the_default_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="kidney_ct"):
         assert resolve_salt(settings, {}) == ("fallback", "default")
     assert "MY_SALT is not set" in caplog.text
+
+
+def test_a_real_export_without_a_salt_is_refused():
+    settings = IngestParams(salt_env="MY_SALT", default_salt="fallback")
+    assert resolve_salt(settings, {"MY_SALT": "secret"}, allow_default=False) == ("secret", "env")
+    with pytest.raises(SaltRequired, match="MY_SALT is not set: a real export needs a secret salt"):
+        resolve_salt(settings, {}, allow_default=False)
+
+
+def _variant(files: list[SourceFile], **changes) -> bytes:
+    ds = _dataset(files)
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    return dicom_bytes(ds)
+
+
+def test_what_is_not_a_plain_ct_slice_is_quarantined_with_its_reason(tiny_files):
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    cases = {
+        "Normal/burned.dcm": (dict(BurnedInAnnotation="YES"), "BurnedInAnnotation is YES"),
+        "Normal/sc.dcm": (dict(SOPClassUID=SecondaryCaptureImageStorage), "secondary capture (Secondary Capture"),
+        "Normal/screen.dcm": (dict(ImageType=["DERIVED", "SECONDARY", "SCREEN SAVE"]), "ImageType says SCREEN SAVE"),
+        "Normal/mr.dcm": (dict(Modality="MR"), "modality MR, not CT"),
+        "Normal/nomod.dcm": (dict(Modality=""), "modality missing, not CT"),
+        "Normal/rgb.dcm": (dict(PhotometricInterpretation="PALETTE COLOR"), "unsupported photometric interpretation"),
+    }
+    files = [SourceFile(path, _variant(tiny_files, **changes)) for path, (changes, _) in cases.items()]
+    files += [SourceFile("Normal/tiny.png", _png(1, size=4)), SourceFile("Normal/huge.png", _png(2, size=80))]
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((64, 64), 4000, dtype=np.uint16)).save(buffer, format="PNG")
+    files.append(SourceFile("Normal/deep.png", buffer.getvalue()))
+    result = ingest(files, LocalStore(Path(tempfile.mkdtemp())), CLASSES, SALT, ImageLimits(8, 72))
+    reasons = {row["source"]: row["reason"] for row in result.quarantine}
+    for path, (_, reason) in cases.items():
+        assert reasons[path].startswith(reason), (path, reasons[path])
+    assert reasons["Normal/tiny.png"] == "image is 4x4 pixels: smaller than the minimum side of 8"
+    assert reasons["Normal/huge.png"] == "image is 80x80 pixels: larger than the maximum side of 72"
+    assert reasons["Normal/deep.png"].startswith("unsupported bit depth or colour mode 'I;16'")
+    assert result.manifest == [] and result.counts["quarantined"] == len(files)
 
 
 # --- labels ----------------------------------------------------------------------------------------
