@@ -157,7 +157,20 @@ def gradcam(model, images: np.ndarray, class_index: int | None = None, layer_nam
     grads, _ = _gradients(head, activations, chosen)
     weights = grads.mean(axis=(1, 2), keepdims=True)
     cams = np.maximum((weights * activations).sum(axis=-1), 0.0)
-    return _normalise(_resize(cams, images.shape[1], images.shape[2]))
+    return _normalise(_onto_image(model, cams, images.shape[1], images.shape[2]))
+
+
+def _onto_image(model, cams: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Heatmaps resized to the image, or into the region a front `roi_crop` (Cropping2D) kept, zero elsewhere."""
+    import keras
+
+    crop = next((layer for layer in _own_layers(model) if isinstance(layer, keras.layers.Cropping2D)), None)
+    if crop is None:
+        return _resize(cams, height, width)
+    (top, bottom), (left, right) = crop.cropping
+    placed = np.zeros((len(cams), height, width), np.float32)
+    placed[:, top:height - bottom, left:width - right] = _resize(cams, height - top - bottom, width - left - right)
+    return placed
 
 
 def overlay(gray: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -109,11 +109,14 @@ class CandidateParams(_Strict):
     vit_heads: int = Field(4, ge=1)
     intensity_channels: list[float] = []          # extra input channels: pixels above each threshold of [0, 1],
                                                   #   stretched (a "dense structures" window: stones, bone)
+    roi: list[float] = []                         # [top, bottom, left, right] fractions of the slice the model
+                                                  #   looks at (cropped inside the model); [] = the whole slice
     global_pooling: Literal["avg_max", "max"] = "avg_max"  # compact CNN: average + max, or max alone
     batchnorm_momentum: float = Field(0.99, gt=0, lt=1)  # compact CNN; lower (0.9) when a run has few steps,
                                                   #   so the moving statistics catch up before validation
     dropout: float = Field(0.5, ge=0, lt=1)
     learning_rate: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decay to 5% over the epochs (steadier ends)
     weight_decay: float = Field(0.0, ge=0)        # > 0: AdamW with this decoupled weight decay
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     loss_weighting: Literal["none", "class", "class_and_group"] = "none"  # balance classes (and scan series)
@@ -136,6 +139,11 @@ class CandidateParams(_Strict):
         if self.weighted_sampling and self.loss_weighting == "none":
             raise ValueError("weighted_sampling draws by the loss weights: set loss_weighting to class or "
                              "class_and_group")
+        if self.roi and (len(self.roi) != 4 or not (0 <= self.roi[0] < self.roi[1] <= 1
+                                                     and 0 <= self.roi[2] < self.roi[3] <= 1)):
+            raise ValueError("roi is [top, bottom, left, right] fractions with top < bottom and left < right")
+        if self.roi and self.architecture not in ("paper_cnn", "compact_cnn"):
+            raise ValueError(f"{self.architecture} takes the whole slice: leave `roi` empty")
         if any(not 0 <= t < 1 for t in self.intensity_channels):
             raise ValueError("each of `intensity_channels` is a threshold in [0, 1)")
         return self

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -43,9 +44,22 @@ class TrainResult:
     runtime: dict = field(default_factory=dict)
 
 
-def compile_model(model, learning_rate: float, n_classes: int, jit_compile="auto", weight_decay: float = 0.0,
+def learning_rate_for(candidate: CandidateParams, steps_per_epoch: int):
+    """The candidate's learning rate: a constant, or a cosine decay over every step of its epochs (to 5%)."""
+    import keras
+
+    if candidate.lr_schedule == "constant":
+        return candidate.learning_rate
+    return keras.optimizers.schedules.CosineDecay(candidate.learning_rate, candidate.epochs * max(steps_per_epoch, 1),
+                                                  alpha=0.05)
+
+
+def compile_model(model, learning_rate, n_classes: int, jit_compile="auto", weight_decay: float = 0.0,
                   label_smoothing: float = 0.0) -> None:
-    """Adam (AdamW with weight decay) + categorical cross-entropy; accuracy, precision, recall, macro-F1 per epoch."""
+    """Adam (AdamW with weight decay) + categorical cross-entropy; accuracy, precision, recall, macro-F1 per epoch.
+
+    `learning_rate` is a float or a Keras schedule (see `learning_rate_for`).
+    """
     import keras
 
     optimizer = (keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay) if weight_decay > 0
@@ -190,8 +204,9 @@ def train_candidate(name: str, candidate: CandidateParams, augment: AugmentParam
     else:
         model = build_model(name, candidate, data.x_train.shape[1], n_classes, augmentation_layers(augment, seed),
                             data.pixel_mean, data.pixel_variance)
-        compile_model(model, candidate.learning_rate, n_classes, runtime.jit_compile, candidate.weight_decay,
-                      candidate.label_smoothing)
+        steps = math.ceil((candidate.epoch_images or len(data.y_train)) / candidate.batch_size)
+        compile_model(model, learning_rate_for(candidate, steps), n_classes, runtime.jit_compile,
+                      candidate.weight_decay, candidate.label_smoothing)
     if checkpoint_dir is not None:
         stopper, saver = resumable_callbacks(checkpoint_dir, key, stopping, state, extra_state or {})
         own = [stopper, saver]

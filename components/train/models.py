@@ -30,12 +30,25 @@ class WeightsError(SetupError):
     """The `weights` setting names a file that is not there (nothing is downloaded implicitly)."""
 
 
+ROI_LAYER = "roi_crop"  # the Cropping2D that keeps a candidate's region of interest (Grad-CAM maps back through it)
+
+
+def roi_cropping(image_size: int, roi: list[float]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Cropping2D's ((top, bottom), (left, right)) pixel cuts for `roi` = [top, bottom, left, right] fractions kept."""
+    top, bottom, left, right = (round(f * image_size) for f in roi)
+    if bottom - top < 8 or right - left < 8:
+        raise SetupError(f"roi {roi} keeps less than 8 px of a {image_size} px image: widen it")
+    return (top, image_size - bottom), (left, image_size - right)
+
+
 def input_front(image_size: int, augmentation: list, mean: float, variance: float,
-                intensity_channels: list[float] = ()):
-    """Shared model front: uint8-range input -> [0, 1] -> augmentation (training only) -> standardised.
+                intensity_channels: list[float] = (), roi: list[float] = ()):
+    """Shared model front: uint8-range input -> [0, 1] -> augmentation (training only) -> [roi] -> standardised.
 
     Each threshold t of `intensity_channels` adds a channel that keeps only pixels brighter than t, stretched
     to [0, 1]: a second "window" on the densest structures (stones, bone) next to the standardised grey one.
+    A `roi` crops the (augmented) slice to a fixed region inside the model, so the whole slice is what is
+    stored, served and explained, and the body only computes on the region.
     """
     import keras
 
@@ -43,6 +56,8 @@ def input_front(image_size: int, augmentation: list, mean: float, variance: floa
     x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit")(inputs)
     for layer in augmentation:
         x = layer(x)
+    if roi:
+        x = keras.layers.Cropping2D(roi_cropping(image_size, roi), name=ROI_LAYER)(x)
     grey = keras.layers.Normalization(mean=mean, variance=variance, name="standardise")(x)
     if not intensity_channels:
         return inputs, grey
@@ -184,7 +199,7 @@ def build_model(name: str, candidate: CandidateParams, image_size: int, n_classe
     """A compile-ready functional model for one candidate, softmax over `n_classes`."""
     import keras
 
-    inputs, x = input_front(image_size, augmentation, mean, variance, candidate.intensity_channels)
+    inputs, x = input_front(image_size, augmentation, mean, variance, candidate.intensity_channels, candidate.roi)
     size = model_input_size(candidate, image_size)
     if size != image_size:
         x = keras.layers.Resizing(size, size, name="resize")(x)

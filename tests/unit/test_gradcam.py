@@ -107,6 +107,23 @@ def test_compact_cnn_with_its_pooling_branches_and_input_windows_is_explained():
     assert find_last_conv_layer(model) == "conv2b" and heat.shape == (2, SIZE, SIZE)
 
 
+def test_heat_of_a_model_with_a_roi_lies_inside_the_region_it_looked_at():
+    from components.common.params import CandidateParams
+    from components.train.models import build_model
+
+    import keras
+
+    keras.utils.set_random_seed(0)
+    candidate = CandidateParams(architecture="compact_cnn", filters=[4, 8], dense_units=8, roi=[0.25, 0.75, 0.0, 0.5])
+    model = build_model("roi", candidate, SIZE, 4, [], 0.3, 0.04)
+    heat = gradcam(model, square_images(4)[0])
+    assert heat.shape == (4, SIZE, SIZE)
+    top, bottom, right = SIZE // 4, SIZE * 3 // 4, SIZE // 2
+    outside = heat.copy()
+    outside[:, top:bottom, :right] = 0.0
+    assert outside.max() == 0.0 and heat[:, top:bottom, :right].max() > 0.0
+
+
 def test_model_without_conv_is_refused():
     import keras
 

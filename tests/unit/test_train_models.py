@@ -83,8 +83,8 @@ def test_params_refuse_a_width_or_weights_the_architecture_cannot_take():
 def test_commented_candidates_in_params_yaml_match_the_study_list():
     commented = re.findall(r"^    # (\w+):\s+(\{.*\})$", (REPO / "params.yaml").read_text(), flags=re.M)
     listed = {name: CandidateParams(**yaml.safe_load(body)) for name, body in commented}
-    assert set(listed) | {"paper_cnn"} == set(STUDY_CANDIDATES)
-    assert listed == {n: c for n, c in study_candidates().items() if n != "paper_cnn"}
+    assert set(listed) == set(STUDY_CANDIDATES)  # the paper's CNN is listed too, beside the default candidate
+    assert listed == study_candidates()
 
 
 def test_compact_cnn_pools_globally_and_round_trips(tmp_path):
@@ -116,3 +116,28 @@ def test_intensity_channels_are_refused_where_the_body_wants_three_grey_channels
         CandidateParams(architecture="resnet50", intensity_channels=[0.8])
     with pytest.raises(ValidationError, match="threshold"):
         CandidateParams(architecture="compact_cnn", intensity_channels=[1.2])
+
+
+def test_roi_crops_inside_the_model_so_the_body_sees_only_the_region(tmp_path):
+    import keras
+
+    candidate = CandidateParams(architecture="compact_cnn", filters=[4, 8], dense_units=8, roi=[0.5, 1.0, 0.25, 0.75],
+                                global_pooling="max")
+    model = build_model("roi", candidate, 32, 4, [], MEAN, VARIANCE)
+    assert model.input_shape == (None, 32, 32, 1)
+    assert tuple(model.get_layer("roi_crop").output.shape[1:3]) == (16, 16)
+    assert "avg_pool" not in {layer.name for layer in model.layers}
+    images = np.zeros((2, 32, 32, 1), "float32")
+    images[1, :16] = 255.0  # changes only outside the region: the prediction cannot move
+    out = np.asarray(model.predict(images, verbose=0))
+    assert np.allclose(out[0], out[1], atol=1e-6)
+    model.save(tmp_path / "m.keras")
+    assert np.allclose(np.asarray(keras.saving.load_model(tmp_path / "m.keras").predict(images, verbose=0)), out)
+
+
+def test_roi_is_refused_when_malformed_or_on_a_body_that_needs_the_whole_slice():
+    for roi in ([0.5, 0.4, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 1.2, 0.0, 1.0]):
+        with pytest.raises(ValidationError, match="roi"):
+            CandidateParams(architecture="compact_cnn", roi=roi)
+    with pytest.raises(ValidationError, match="roi"):
+        CandidateParams(architecture="resnet50", roi=[0.0, 0.5, 0.0, 1.0])
