@@ -34,9 +34,8 @@ class Paths(_Strict):
 class StorageParams(_Strict):
     endpoint_url: str | None = None
     region: str = "us-east-1"
-    retry_attempts: int = Field(5, ge=1)  # S3 calls: attempts before a clear failure
-    retry_backoff_s: float = Field(0.5, ge=0)  # first pause; doubles per retry
-    retry_max_backoff_s: float = Field(8.0, ge=0)
+    retry_mode: Literal["standard", "adaptive"] = "standard"  # botocore's retry mode
+    retry_attempts: int = Field(5, ge=1)  # S3 calls: botocore's total_max_attempts before a clear failure
     connect_timeout_s: float = Field(5, gt=0)
     read_timeout_s: float = Field(30, gt=0)
 
