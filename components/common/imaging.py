@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,8 +32,9 @@ def looks_like_dicom(data: bytes) -> bool:
 
 
 def decode_dicom(data: bytes) -> LoadedImage:
-    """Decode a DICOM file to Hounsfield units using RescaleSlope/Intercept."""
+    """Decode a DICOM file to Hounsfield units with pydicom's modality LUT (LUT Sequence or rescale)."""
     import pydicom
+    from pydicom.pixels import apply_modality_lut
     from pydicom.errors import InvalidDicomError
 
     try:
@@ -47,9 +49,10 @@ def decode_dicom(data: bytes) -> LoadedImage:
         raise ImageDecodeError(f"DICOM pixel data cannot be decoded ({exc})") from None
     if raw.ndim != 2:
         raise ImageDecodeError(f"expected one 2-D slice, got pixel array of shape {raw.shape}")
-    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-    hu = raw.astype(np.float32) * slope + intercept
+    try:  # Modality LUT Sequence if present, else RescaleSlope/Intercept, else the stored values
+        hu = apply_modality_lut(raw, ds).astype(np.float32)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError, struct.error) as exc:
+        raise ImageDecodeError(f"DICOM modality LUT cannot be applied ({type(exc).__name__}: {exc})") from None
     return LoadedImage(pixels=hu, kind="dicom", mode=str(raw.dtype))
 
 
