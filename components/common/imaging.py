@@ -10,7 +10,6 @@ from typing import Literal
 import numpy as np
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class ImageDecodeError(ValueError):
@@ -109,10 +108,3 @@ def prepare_for_model(image: LoadedImage, size: int, center: float, width: float
     unit = resize(window_unit(image, center, width), size)
     return np.clip(np.round(unit * 255.0), 0, 255).astype(np.uint8)
 
-
-def to_display(unit_or_std: np.ndarray) -> np.ndarray:
-    """Rescale any 2-D array to uint8 0-255 for figures and previews."""
-    arr = unit_or_std.astype(np.float32)
-    low, high = float(arr.min()), float(arr.max())
-    scaled = (arr - low) / (high - low) if high > low else np.zeros_like(arr)
-    return (scaled * 255).round().astype(np.uint8)
