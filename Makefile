@@ -11,7 +11,7 @@ export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
 .PHONY: install run test test-fast mlflow-ui serve clean system-deps browser bench-serve bench-train \
-	real-data real-data-cv search cv-table
+	real-data real-data-cv search cv-table lint
 
 $(BIN)/.installed: requirements/base.txt requirements/test.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -62,7 +62,10 @@ search: install ## grouped 5-fold CV of each trial in profiles/search.yaml (TRIA
 cv-table: install ## every grouped-CV trial logged to MLflow, as a Markdown table
 	$(BIN)/python -m components.leakage.table
 
-test: install ## run the whole test suite (installs Orthanc and Chromium first when it can)
+lint: install ## ruff check of the tree (rules and line length in pyproject.toml); make test runs it first
+	$(BIN)/ruff check .
+
+test: install lint ## lint, then the whole test suite (installs Orthanc and Chromium first when it can)
 	@$(MAKE) --no-print-directory system-deps || echo "WARNING: no orthanc/orthanc-dicomweb: the PACS tests will skip"
 	@$(MAKE) --no-print-directory browser || echo "WARNING: no chromium/chromium-driver: the browser test will skip"
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest

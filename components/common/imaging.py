@@ -33,8 +33,8 @@ def looks_like_dicom(data: bytes) -> bool:
 def decode_dicom(data: bytes) -> LoadedImage:
     """Decode a DICOM file to Hounsfield units with pydicom's modality LUT (LUT Sequence or rescale)."""
     import pydicom
-    from pydicom.pixels import apply_modality_lut
     from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data))

@@ -122,7 +122,7 @@ class CandidateParams(_Strict):
     min_epochs: int = Field(0, ge=0)              # epochs trained before early stopping may stop or pick
 
     @model_validator(mode="after")
-    def _width_supported(self) -> "CandidateParams":
+    def _width_supported(self) -> CandidateParams:
         if self.architecture in FIXED_WIDTH and self.width != 1.0:
             raise ValueError(f"{self.architecture} has a fixed width: leave `width` at 1.0")
         if self.weights != "none" and self.architecture in ("paper_cnn", "compact_cnn", "vit"):
@@ -219,7 +219,7 @@ with warnings.catch_warnings():
         package: PackageParams = PackageParams()
 
         @model_validator(mode="after")
-        def _classes_distinct(self) -> "Params":
+        def _classes_distinct(self) -> Params:
             if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
                 raise ValueError("`classes` must list at least two distinct labels")
             return self

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -91,7 +91,7 @@ def package(params: Params, args: argparse.Namespace) -> None:
     log.info("champion is %s", champion.model_uri)
     model_tag, reused = ensure_bento_model(champion, params.package.bento_name)
     bento_tag = build_bento(params.package.bento_name, model_tag, champion)
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created = datetime.now(UTC).isoformat(timespec="seconds")
     out = Path(params.paths.package) / "bento.json"
     write_json(out, bento_record(champion, bento_tag, model_tag, reused, created))
     log.info("wrote %s", out)

@@ -50,7 +50,7 @@ def test_split_is_grouped_and_stratified(seed):
     splits = split_by_group(labels, groups, test_fraction=0.25, val_fraction=0.2, seed=seed)
     assert straddling_groups(groups, splits) == []
     for label in set(labels):
-        sides = {s for l, s in zip(labels, splits) if l == label}
+        sides = {s for lab, s in zip(labels, splits) if lab == label}
         assert sides == {"train", "val", "test"}, f"{label} missing a split"
     test_share = splits.count("test") / len(splits)
     assert 0.1 < test_share < 0.45

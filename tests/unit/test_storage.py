@@ -4,8 +4,8 @@ and what is left after the last attempt is one clear StorageError; refusals are 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 import pytest
 
