@@ -11,7 +11,7 @@ export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
 .PHONY: install run test test-fast mlflow-ui serve clean system-deps browser bench-serve bench-train \
-	real-data real-data-cv search cv-table
+	real-data real-data-cv search cv-table lint
 
 $(BIN)/.installed: requirements/base.txt requirements/test.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -53,16 +53,24 @@ real-data-cv: install ## only the grouped 5-fold CV of the real-data recipe (lea
 	@args=$$($(PROFILE) real-data) || exit 2; $(DVC_EXP) -n real-data-cv-$(STAMP) $$args leakage
 
 TRIALS ?= $(shell $(BIN)/python -m components.profile --list-trials 2>/dev/null)
+# Each trial is queued (DVC stashes its params; the workspace's params.yaml is never touched), then the queue
+# runs one trial at a time in temp copies of the repo: the local object store and paths outside the repo are
+# passed absolute (--queued), and MLflow logs to the project's store (DVC_ROOT). `--run-all` exits 0 even
+# when a trial fails, hence the grep.
 search: install ## grouped 5-fold CV of each trial in profiles/search.yaml (TRIALS="t01 t02" for some)
-	@cp params.yaml .params.before-search.yaml; trap 'cp .params.before-search.yaml params.yaml' EXIT; \
-	for t in $(TRIALS); do echo "== trial $$t"; cp .params.before-search.yaml params.yaml; \
-	  args=$$($(PROFILE) --search $$t) || exit 2; $(DVC_EXP) -n $$t $$args leakage || exit 1; done
+	@for t in $(TRIALS); do args=$$($(PROFILE) --search $$t --queued) || exit 2; \
+	  $(DVC_EXP) --queue -n $$t $$args leakage || exit 1; done; \
+	log=$$(mktemp); $(DVC_EXP) --run-all 2>&1 | tee $$log; failed=$$(grep -c "Failed to reproduce" $$log); \
+	rm -f $$log; [ "$$failed" = 0 ] || { echo "search: a trial failed (dvc queue logs NAME shows why)"; exit 1; }
 	$(BIN)/python -m components.leakage.table
 
 cv-table: install ## every grouped-CV trial logged to MLflow, as a Markdown table
 	$(BIN)/python -m components.leakage.table
 
-test: install ## run the whole test suite (installs Orthanc and Chromium first when it can)
+lint: install ## ruff check of the tree (rules and line length in pyproject.toml); make test runs it first
+	$(BIN)/ruff check .
+
+test: install lint ## lint, then the whole test suite (installs Orthanc and Chromium first when it can)
 	@$(MAKE) --no-print-directory system-deps || echo "WARNING: no orthanc/orthanc-dicomweb: the PACS tests will skip"
 	@$(MAKE) --no-print-directory browser || echo "WARNING: no chromium/chromium-driver: the browser test will skip"
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest

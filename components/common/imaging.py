@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class ImageDecodeError(ValueError):
@@ -31,9 +31,10 @@ def looks_like_dicom(data: bytes) -> bool:
 
 
 def decode_dicom(data: bytes) -> LoadedImage:
-    """Decode a DICOM file to Hounsfield units using RescaleSlope/Intercept."""
+    """Decode a DICOM file to Hounsfield units with pydicom's modality LUT (LUT Sequence or rescale)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
@@ -47,9 +48,10 @@ def decode_dicom(data: bytes) -> LoadedImage:
         raise ImageDecodeError(f"DICOM pixel data cannot be decoded ({exc})") from None
     if raw.ndim != 2:
         raise ImageDecodeError(f"expected one 2-D slice, got pixel array of shape {raw.shape}")
-    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-    hu = raw.astype(np.float32) * slope + intercept
+    try:  # Modality LUT Sequence if present, else RescaleSlope/Intercept, else the stored values
+        hu = apply_modality_lut(raw, ds).astype(np.float32)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError, struct.error) as exc:
+        raise ImageDecodeError(f"DICOM modality LUT cannot be applied ({type(exc).__name__}: {exc})") from None
     return LoadedImage(pixels=hu, kind="dicom", mode=str(raw.dtype))
 
 
@@ -110,10 +112,3 @@ def prepare_for_model(image: LoadedImage, size: int, center: float, width: float
     unit = resize(window_unit(image, center, width), size)
     return np.clip(np.round(unit * 255.0), 0, 255).astype(np.uint8)
 
-
-def to_display(unit_or_std: np.ndarray) -> np.ndarray:
-    """Rescale any 2-D array to uint8 0-255 for figures and previews."""
-    arr = unit_or_std.astype(np.float32)
-    low, high = float(arr.min()), float(arr.max())
-    scaled = (arr - low) / (high - low) if high > low else np.zeros_like(arr)
-    return (scaled * 255).round().astype(np.uint8)

@@ -34,9 +34,8 @@ class Paths(_Strict):
 class StorageParams(_Strict):
     endpoint_url: str | None = None
     region: str = "us-east-1"
-    retry_attempts: int = Field(5, ge=1)  # S3 calls: attempts before a clear failure
-    retry_backoff_s: float = Field(0.5, ge=0)  # first pause; doubles per retry
-    retry_max_backoff_s: float = Field(8.0, ge=0)
+    retry_mode: Literal["standard", "adaptive"] = "standard"  # botocore's retry mode
+    retry_attempts: int = Field(5, ge=1)  # S3 calls: botocore's total_max_attempts before a clear failure
     connect_timeout_s: float = Field(5, gt=0)
     read_timeout_s: float = Field(30, gt=0)
 
@@ -129,7 +128,7 @@ class CandidateParams(_Strict):
     min_epochs: int = Field(0, ge=0)              # epochs trained before early stopping may stop or pick
 
     @model_validator(mode="after")
-    def _width_supported(self) -> "CandidateParams":
+    def _width_supported(self) -> CandidateParams:
         if self.architecture in FIXED_WIDTH and self.width != 1.0:
             raise ValueError(f"{self.architecture} has a fixed width: leave `width` at 1.0")
         if self.weights != "none" and self.architecture in ("paper_cnn", "compact_cnn", "vit"):
@@ -231,7 +230,7 @@ with warnings.catch_warnings():
         package: PackageParams = PackageParams()
 
         @model_validator(mode="after")
-        def _classes_distinct(self) -> "Params":
+        def _classes_distinct(self) -> Params:
             if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
                 raise ValueError("`classes` must list at least two distinct labels")
             return self

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from components.common.params import StorageParams
 
@@ -66,59 +66,27 @@ class LocalStore:
                 yield path.relative_to(self.root).as_posix()
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently to retry an S3 call when the endpoint cannot be reached."""
+def log_retries(client: object) -> None:
+    """Log each retry botocore makes (it only logs at DEBUG), so an outage shows in the stage log."""
 
-    attempts: int = 5
-    backoff_s: float = 0.5  # first wait; doubles each retry
-    max_backoff_s: float = 8.0
+    def before_send(request: object, **_: object) -> None:
+        retries = getattr(request, "context", {}).get("retries", {})
+        attempt, most = retries.get("attempt", 1), retries.get("max")
+        if attempt > 1 and most:
+            log.warning("S3 %s %s: retry %d/%d (botocore %s retries)", request.method, request.url,
+                        attempt - 1, most - 1, client.meta.config.retries.get("mode"))
 
-    def waits(self) -> list[float]:
-        """The pauses between attempts: backoff, 2*backoff, ... capped at max_backoff_s."""
-        return [min(self.backoff_s * 2**i, self.max_backoff_s) for i in range(max(self.attempts - 1, 0))]
-
-
-def _transient(exc: Exception) -> bool:
-    """Connection-level failures (endpoint down, reset, timeout, 5xx) that a retry may cure."""
-    from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
-
-    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, ConnectionError)):
-        return True
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return status >= 500 or exc.response.get("Error", {}).get("Code") in ("SlowDown", "RequestTimeout")
-    return type(exc).__name__ in ("ConnectTimeoutError", "ProxyConnectionError")
-
-
-def with_retries(action: Callable[[], T], what: str, policy: RetryPolicy,
-                 sleep: Callable[[float], None] = time.sleep) -> T:
-    """Run `action`; on a transient failure wait and retry with exponential backoff, then give up clearly."""
-    waits = policy.waits()
-    for attempt in range(len(waits) + 1):
-        try:
-            return action()
-        except Exception as exc:  # botocore raises many types; only transient ones are retried
-            if not _transient(exc):
-                raise
-            if attempt == len(waits):
-                raise StorageError(f"{what}: endpoint unreachable after {attempt + 1} attempts over "
-                                   f"{sum(waits):.1f} s of backoff ({type(exc).__name__}: {exc}); "
-                                   "check the endpoint and re-run: stored objects are kept and skipped") from None
-            log.warning("%s failed (%s); retry %d/%d in %.2f s", what, type(exc).__name__, attempt + 1,
-                        len(waits), waits[attempt])
-            sleep(waits[attempt])
-    raise AssertionError("unreachable")
+    client.meta.events.register("before-send.s3", before_send)
 
 
 @dataclass
 class S3Store:
-    """An S3 bucket (AWS, MinIO, moto) under an optional key prefix; calls retry with backoff."""
+    """An S3 bucket (AWS, MinIO, moto) under an optional key prefix; botocore retries each call."""
 
     bucket: str
     prefix: str
     client: object = field(repr=False)
-    retry: RetryPolicy = RetryPolicy()
+    attempts: int = 1  # botocore's total_max_attempts, named in the error when an endpoint stays down
 
     @property
     def uri(self) -> str:
@@ -128,12 +96,20 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _call(self, action: Callable[[], T], what: str) -> T:
-        """Retry transient failures; turn every other botocore error into a StorageError."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        """Run one S3 call (botocore retries transient failures); turn what is left into a StorageError."""
+        from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+        from botocore.exceptions import ConnectionError as Unreachable
 
         try:
-            return with_retries(action, what, self.retry)
-        except (ClientError, BotoCoreError) as exc:
+            return action()
+        except (Unreachable, HTTPClientError) as exc:  # refused, reset, timed out: after the last retry
+            raise StorageError(f"{what}: endpoint unreachable after {self.attempts} attempts "
+                               f"({type(exc).__name__}: {exc}); check the endpoint and re-run: "
+                               "stored objects are kept and skipped") from None
+        except ClientError as exc:
+            tried = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) + 1
+            raise StorageError(f"{what}: {exc} (after {tried} attempt{'s' if tried > 1 else ''})") from None
+        except BotoCoreError as exc:
             raise StorageError(f"{what}: {exc}") from None
 
     def exists(self, key: str) -> bool:
@@ -185,9 +161,9 @@ def open_store(uri: str, settings: StorageParams) -> ObjectStore:
         "s3",
         endpoint_url=settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
         region_name=settings.region,
-        # botocore does not retry itself: S3Store retries with logged backoff, then fails clearly
-        config=Config(retries={"total_max_attempts": 1, "mode": "standard"},
+        # botocore retries connection errors, 5xx and throttling with jittered exponential backoff
+        config=Config(retries={"mode": settings.retry_mode, "total_max_attempts": settings.retry_attempts},
                       connect_timeout=settings.connect_timeout_s, read_timeout=settings.read_timeout_s),
     )
-    policy = RetryPolicy(settings.retry_attempts, settings.retry_backoff_s, settings.retry_max_backoff_s)
-    return S3Store(bucket=bucket, prefix=prefix.strip("/"), client=client, retry=policy)
+    log_retries(client)
+    return S3Store(bucket=bucket, prefix=prefix.strip("/"), client=client, attempts=settings.retry_attempts)

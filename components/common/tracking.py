@@ -9,11 +9,16 @@ from components.common.params import MlflowParams
 
 
 def tracking_uri(params: MlflowParams) -> str:
-    """MLFLOW_TRACKING_URI if set, else params; a relative sqlite path is made absolute."""
+    """MLFLOW_TRACKING_URI if set, else params; a relative sqlite path is made absolute.
+
+    Relative to the project root DVC names in DVC_ROOT when a stage runs under DVC: a queued
+    `dvc exp run` runs in a temp copy of the repo, and its runs belong in the project's store.
+    """
     uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking_uri
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        uri = prefix + str(Path(uri[len(prefix):]).resolve())
+        root = Path(os.environ.get("DVC_ROOT") or ".")
+        uri = prefix + str((root / uri[len(prefix):]).resolve())
     return uri
 
 

@@ -1,6 +1,6 @@
 """CLI: python -m components.explain IMAGE --out overlay.png — Grad-CAM of one PNG/JPEG/DICOM slice.
 
-The champion is resolved from the registry by the same helper the package stage uses.
+The champion is resolved from the registry by the same helpers the package stage uses (common/registry.py).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from components.common.cli import StageError, log, run_stage, stage_parser
 from components.common.gradcam import GradCamError
 from components.common.imaging import ImageDecodeError, decode_image, prepare_for_model
 from components.common.params import Params
+from components.common.registry import connect_mlflow, existing_registry_uri, load_registered_keras, mlflow_alias_lookup
 from components.explain.core import explain_pixels
-from components.package.__main__ import connect_mlflow, existing_registry_uri, load_registered_keras, mlflow_alias_lookup
 from components.package.core import resolve_champion
 
 
@@ -29,7 +29,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
                                    champion.window_width)
     except ImageDecodeError as exc:
         raise StageError(f"cannot read {image}: {exc}") from None
-    model = load_registered_keras(champion)
+    model = load_registered_keras(champion.model_uri)
     try:
         result = explain_pixels(model, pixels, list(champion.classes))
     except (GradCamError, ValueError) as exc:

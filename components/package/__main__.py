@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 
 from components.common.cli import StageError, log, read_json, run_stage, stage_parser, write_json
 from components.common.params import Params
-from components.common.tracking import tracking_uri
+from components.common.registry import connect_mlflow, existing_registry_uri, load_registered_keras, mlflow_alias_lookup
 from components.package.core import (
     CHAMPION_ALIAS,
     MODEL_FILE,
-    AliasLookup,
     Champion,
     bento_model_labels,
     bento_model_metadata,
@@ -45,52 +43,6 @@ def configure_bentoml_env(params: Params) -> str:
     return home
 
 
-def existing_registry_uri(params: Params) -> str:
-    """The tracking/registry URI (env wins over params); a missing sqlite file is refused, not created."""
-    uri = tracking_uri(params.mlflow)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise StageError(f"no MLflow registry at {uri}: run the train and register stages first")
-    return uri
-
-
-def connect_mlflow(uri: str) -> None:
-    """Point this process's MLflow tracking and registry at `uri` (models:/ URIs resolve there)."""
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-
-
-def mlflow_alias_lookup(uri: str) -> AliasLookup:
-    """An alias lookup on the real registry: None when the model or alias does not exist."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-    def lookup(model_name: str, alias: str):
-        try:
-            aliases = client.get_registered_model(model_name).aliases
-            return client.get_model_version(model_name, aliases[alias]) if alias in aliases else None
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return None  # no registered model of that name
-            raise StageError(f"cannot read the MLflow registry at {uri}: {exc.message}") from None
-
-    return lookup
-
-
-def load_registered_keras(champion: Champion):
-    """Download the champion's MLflow model (from the connected registry) and load it in Keras."""
-    import mlflow.keras
-
-    with tempfile.TemporaryDirectory(prefix="kidney-ct-package-") as tmp:
-        try:
-            return mlflow.keras.load_model(champion.model_uri, dst_path=tmp)
-        except Exception as exc:  # mlflow/keras raise many types for a missing or broken artifact
-            raise StageError(f"cannot load {champion.model_uri} as a Keras model: {exc}") from None
-
-
 def ensure_bento_model(champion: Champion, name: str) -> tuple[str, bool]:
     """Tag of the BentoML model for this registry version, creating it only if absent."""
     import bentoml
@@ -100,7 +52,7 @@ def ensure_bento_model(champion: Champion, name: str) -> tuple[str, bool]:
     if existing:
         log.info("reusing BentoML model %s (already packaged from %s)", existing, champion.model_uri)
         return existing, True
-    keras_model = load_registered_keras(champion)
+    keras_model = load_registered_keras(champion.model_uri)
     check_model_shapes(keras_model.input_shape, keras_model.output_shape, champion)
     with bentoml.models.create(name, labels=bento_model_labels(champion),
                                metadata=bento_model_metadata(champion)) as bento_model:
@@ -139,7 +91,7 @@ def package(params: Params, args: argparse.Namespace) -> None:
     log.info("champion is %s", champion.model_uri)
     model_tag, reused = ensure_bento_model(champion, params.package.bento_name)
     bento_tag = build_bento(params.package.bento_name, model_tag, champion)
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created = datetime.now(UTC).isoformat(timespec="seconds")
     out = Path(params.paths.package) / "bento.json"
     write_json(out, bento_record(champion, bento_tag, model_tag, reused, created))
     log.info("wrote %s", out)

@@ -13,35 +13,24 @@ def thumbnail_vectors(thumbnails: np.ndarray) -> np.ndarray:
     return flat / np.where(norms > 1e-6, norms, 1.0)
 
 
-class _UnionFind:
-    def __init__(self, size: int) -> None:
-        self.parent = np.arange(size)
-
-    def find(self, i: int) -> int:
-        root = i
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[i] != root:
-            self.parent[i], i = root, self.parent[i]
-        return int(root)
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
 def near_duplicate_clusters(thumbnails: np.ndarray, threshold: float, block: int = 1024) -> np.ndarray:
-    """Cluster ids linking every pair whose thumbnail correlation is >= threshold (single linkage)."""
+    """Cluster ids linking every pair whose thumbnail correlation is >= threshold (single linkage).
+
+    A cluster's id is its first image's index, so ids do not depend on how the graph is traversed.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     vectors = thumbnail_vectors(thumbnails)
-    forest = _UnionFind(len(vectors))
-    for start in range(0, len(vectors), block):
-        sims = vectors[start : start + block] @ vectors.T
-        rows, cols = np.nonzero(sims >= threshold)
-        for r, c in zip(rows + start, cols):
-            if c > r:
-                forest.union(int(r), int(c))
-    return np.array([forest.find(i) for i in range(len(vectors))])
+    size = len(vectors)
+    pairs = [np.nonzero(vectors[start : start + block] @ vectors.T >= threshold) for start in range(0, size, block)]
+    rows = np.concatenate([r + start for (r, _), start in zip(pairs, range(0, size, block))] or [np.empty(0, int)])
+    cols = np.concatenate([c for _, c in pairs] or [np.empty(0, int)])
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(size, size))
+    _, component = connected_components(graph, directed=False)
+    first = np.full(component.max() + 1 if size else 0, size)
+    np.minimum.at(first, component, np.arange(size))
+    return first[component]
 
 
 def assign_groups(patient_keys: list[str], thumbnails: np.ndarray, threshold: float) -> list[str]:

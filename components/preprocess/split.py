@@ -1,4 +1,10 @@
-"""A stratified split that never puts one group on two sides."""
+"""A stratified split that never puts one group on two sides.
+
+Why not sklearn's StratifiedGroupKFold (leakage's k-fold CV uses it): taking its first fold as test
+leaves a class off a side in 25 of 40 class x seed cases on 4 classes x 3 groups, 2 of 40 on 4 x 6
+(this splitter: 0), and its `shuffle` only breaks ties, so seeds 0, 1, 2 give one identical split of
+the real data's 158 groups (this one gives three). Measured 2026-12-02, scikit-learn 1.9.1.
+"""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from components.common.params import ParamsError
-from components.profile.core import ProfileError, merge, overrides
+from components.profile.core import ProfileError, merge, overrides, queued_paths
 from components.profile.files import SEARCH, profile_overlay, read_yaml, search_profile, search_trials, trial_overlay
 
 
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
                         "names (what `make search` runs); instead of PROFILE [TRIAL]")
     parser.add_argument("--params", default="params.yaml", help="the base params file (default: params.yaml)")
     parser.add_argument("--list-trials", action="store_true", help="print the trial names of profiles/search.yaml")
+    parser.add_argument("--queued", action="store_true", help="for `dvc exp run --queue` (a temp copy of the "
+                        "repo): also pass the object store and paths that leave the repo (../shared/...) absolute")
     parser.add_argument("--write", metavar="FILE", help="instead, write the merged params to FILE (for the Airflow "
                         "DAG or Kubeflow, which take a params file)")
     args = parser.parse_args(argv)
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         profile, trial = (search_profile(), args.search) if args.search else (args.profile, args.trial)
         overlays = [profile_overlay(profile)] + ([trial_overlay(trial)] if trial else [])
         base = read_yaml(Path(args.params))
+        if args.queued:
+            overlays.append(queued_paths(merge(base, *overlays), Path.cwd()))
         lines = overrides(base, *overlays)  # also validates the merged params
     except (ProfileError, ParamsError) as exc:
         print(f"profile: {exc}", file=sys.stderr)

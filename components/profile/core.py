@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from components.common.params import parse_params
@@ -29,6 +30,21 @@ def merge(*layers: dict) -> dict:
     for layer in layers:
         merged = deep_merge(merged, layer)
     return merged
+
+
+def queued_paths(merged: dict, root: Path) -> dict:
+    """An overlay making absolute (from `root`) the paths a queued `dvc exp run` must share with the project.
+
+    A queued trial runs in a temp copy of the repo: a relative path that leaves the repo (../shared/...) would
+    point elsewhere, and a local object store is no DVC output, so each copy would start with an empty one.
+    """
+    def local(value: object) -> bool:
+        return isinstance(value, str) and "://" not in value and not PurePosixPath(value).is_absolute()
+
+    paths = merged.get("paths") or {}
+    fixed = {key: str((root / value).resolve()) for key, value in paths.items()
+             if local(value) and (key == "store" or PurePosixPath(value).parts[:1] == ("..",))}
+    return {"paths": fixed} if fixed else {}
 
 
 def _leaf_text(key: str, value: Any) -> str:

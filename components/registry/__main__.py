@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from components.common.cli import StageError, log, run_stage, stage_parser
 from components.common.params import Params
-from components.common.tracking import tracking_uri
+from components.common.registry import existing_registry_uri
 from components.registry import mlflow_store
 from components.registry.core import RegistryRefusal, format_table
 
 
-def registry_uri(params: Params) -> str:
-    """The tracking/registry URI (env wins); a missing sqlite file is refused, never created."""
-    uri = tracking_uri(params.mlflow)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise StageError(f"no MLflow registry at {uri}: run the pipeline (register stage) first")
-    return uri
-
-
 def run(params: Params, args: argparse.Namespace) -> None:
-    client, name = mlflow_store.client_for(registry_uri(params)), params.register.model_name
+    client, name = mlflow_store.client_for(existing_registry_uri(params)), params.register.model_name
     try:
         if args.command == "list":
             print(format_table(mlflow_store.rows(client, name)))

@@ -49,15 +49,21 @@ def data_version(params: Params) -> str:
 
 
 def epoch_logger():
-    """A Keras callback that logs every epoch's metrics to the active MLflow run."""
-    import keras
-    import mlflow
+    """mlflow.keras.MlflowCallback: every epoch's metrics, the optimizer's config as params, the model summary.
 
-    class MlflowEpochLogger(keras.callbacks.Callback):
+    Steps are 1-based epoch numbers (as in history.json and best_epoch); validation metrics arrive per epoch
+    as val_*, so the callback's step-less `validation_*` copies from on_test_end are left out.
+    """
+    from mlflow.keras import MlflowCallback
+
+    class EpochLogger(MlflowCallback):
         def on_epoch_end(self, epoch, logs=None):
-            mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1)
+            super().on_epoch_end(epoch + 1, logs)
 
-    return MlflowEpochLogger()
+        def on_test_end(self, logs=None):
+            pass
+
+    return EpochLogger()
 
 
 def model_signature(model, data: SplitArrays):

@@ -15,7 +15,7 @@ import numpy as np
 
 from components.augment.core import augmentation_layers
 from components.common.params import AugmentParams, CandidateParams, RuntimeParams
-from components.train.data import batch_feeder, one_hot  # noqa: F401  (one_hot re-exported for callers)
+from components.train.data import batch_feeder
 from components.train.models import SetupError, build_model
 
 STATE_FILE, LAST_MODEL, BEST_WEIGHTS = "state.json", "last.keras", "best_weights.npz"

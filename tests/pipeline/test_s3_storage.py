@@ -9,8 +9,8 @@ import hashlib
 import io
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
@@ -102,7 +102,7 @@ def run(cwd: Path, *command: str) -> str:
 
 def test_endpoint_outage_mid_ingest_fails_clearly_and_the_next_run_completes(tmp_path, s3, monkeypatch, caplog):
     endpoint = TcpProxy(target_port=s3.port).start()  # the S3 endpoint the stage sees; stop() = outage
-    params = str(s3_params(tmp_path, endpoint.endpoint, retry_attempts=3, retry_backoff_s=0.05))
+    params = str(s3_params(tmp_path, endpoint.endpoint, retry_attempts=3))
     assert generate_main(["--params", params]) == 0
     read_files = ingest_cli.read_files
 

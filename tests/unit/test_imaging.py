@@ -19,6 +19,55 @@ def test_dicom_decodes_to_hounsfield_units():
     assert image.pixels[15, 15] == pytest.approx(-1024.0)
 
 
+def with_modality_lut(data: bytes, first_map: int, table: list[int], bits: int = 16) -> bytes:
+    """The same DICOM file with a Modality LUT Sequence in place of RescaleSlope/Intercept."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    del ds.RescaleSlope, ds.RescaleIntercept
+    item = Dataset()
+    item.LUTDescriptor = [len(table), first_map, bits]
+    item.ModalityLUTType = "HU"
+    item.add_new(0x00283006, "OW", np.asarray(table, dtype="<u2").tobytes())  # LUT Data, as scanners write it
+    ds.ModalityLUTSequence = [item]
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_rescale_slope_is_applied():
+    import pydicom
+
+    stored = np.array([[0, 10], [100, -5]], dtype=np.int16)
+    ds = pydicom.dcmread(io.BytesIO(ct_dicom_bytes(stored, intercept=-1000.0)))
+    ds.RescaleSlope = 2.5
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    assert decode_image(buffer.getvalue()).pixels.tolist() == [[-1000.0, -975.0], [-750.0, -1012.5]]
+
+
+def test_modality_lut_sequence_maps_stored_values_through_the_table():
+    stored = np.array([[98, 100, 101], [102, 103, 500]], dtype=np.int16)
+    table = [7, 50, 900, 1300]  # entries for stored values 100, 101, 102, 103
+    image = decode_image(with_modality_lut(ct_dicom_bytes(stored), first_map=100, table=table))
+    assert image.kind == "dicom" and image.pixels.dtype == np.float32
+    # below first_map -> first entry, above the table -> last entry
+    assert image.pixels.tolist() == [[7.0, 7.0, 50.0], [900.0, 1300.0, 1300.0]]
+
+
+def test_broken_modality_lut_is_refused_with_a_reason():
+    import pydicom
+
+    data = with_modality_lut(ct_dicom_bytes(np.zeros((2, 2), np.int16)), first_map=0, table=[1, 2])
+    ds = pydicom.dcmread(io.BytesIO(data))
+    del ds.ModalityLUTSequence[0].LUTData
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    with pytest.raises(ImageDecodeError, match="modality LUT cannot be applied"):
+        decode_image(buffer.getvalue())
+
+
 def test_window_maps_hu_range_to_unit_interval():
     stored = np.array([[1024 - 1000, 1024 + 40, 1024 + 1000]], dtype=np.int16)
     unit = window_unit(decode_image(ct_dicom_bytes(stored)), center=40, width=400)

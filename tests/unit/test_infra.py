@@ -109,13 +109,18 @@ def dockerfile_targets(path: Path) -> set[str]:
     return set(re.findall(r"(?im)^FROM \S+ AS (\S+)$", path.read_text()))
 
 
-def test_every_stage_has_an_image_target_with_its_entry_point():
-    stages = set(load_stage_graph(REPO / "dvc.yaml", REPO / "params.yaml"))
+def test_images_hold_every_stage_and_have_no_unused_targets():
+    """DAG pods and KFP components run `python -m components.<stage>` in the cpu/gpu images; only the
+    bases, the service (compose, k8s) and the GPU train image are build targets."""
     cpu, gpu = INFRA / "docker" / "Dockerfile.cpu", INFRA / "docker" / "Dockerfile.gpu"
-    assert stages - {"train"} <= dockerfile_targets(cpu) and "train" in dockerfile_targets(gpu)
-    for stage in stages:
-        text = (gpu if stage == "train" else cpu).read_text()
-        assert f'"components.{stage}"' in text, stage
+    assert dockerfile_targets(cpu) == {"cpu-base", "service"} and dockerfile_targets(gpu) == {"gpu-base", "train"}
+    compose_targets = set(re.findall(r"target: (\w[\w-]*)", (INFRA / "compose.yaml").read_text()))
+    assert compose_targets and compose_targets <= dockerfile_targets(cpu)
+    for dockerfile in (cpu, gpu):
+        assert re.search(r"(?m)^COPY components/ components/$", dockerfile.read_text()), dockerfile.name
+    for stage in load_stage_graph(REPO / "dvc.yaml", REPO / "params.yaml"):
+        assert (REPO / "components" / stage / "__main__.py").is_file(), stage
+    assert '"components.train"' in gpu.read_text()
 
 
 @pytest.mark.parametrize("dockerfile", sorted((INFRA / "docker").glob("Dockerfile.*")), ids=lambda p: p.name)

@@ -50,10 +50,18 @@ def test_split_is_grouped_and_stratified(seed):
     splits = split_by_group(labels, groups, test_fraction=0.25, val_fraction=0.2, seed=seed)
     assert straddling_groups(groups, splits) == []
     for label in set(labels):
-        sides = {s for l, s in zip(labels, splits) if l == label}
+        sides = {s for lab, s in zip(labels, splits) if lab == label}
         assert sides == {"train", "val", "test"}, f"{label} missing a split"
     test_share = splits.count("test") / len(splits)
     assert 0.1 < test_share < 0.45
+
+
+def test_split_is_deterministic_by_seed_and_the_seed_matters():
+    labels = [label for label in "ABCD" for _ in range(24)]
+    groups = [f"{label}{i // 3}" for label in "ABCD" for i in range(24)]  # 8 groups of 3 per class
+    first = split_by_group(labels, groups, 0.25, 0.2, seed=11)
+    assert split_by_group(labels, groups, 0.25, 0.2, seed=11) == first
+    assert len({tuple(split_by_group(labels, groups, 0.25, 0.2, seed=s)) for s in range(5)}) > 1
 
 
 def test_a_class_with_one_group_stays_in_train():

@@ -5,7 +5,7 @@ import yaml
 
 from components.common.params import ParamsError, parse_params
 from components.profile.__main__ import main
-from components.profile.core import ProfileError, deep_merge, flatten, overrides
+from components.profile.core import ProfileError, deep_merge, flatten, overrides, queued_paths
 from tests.tiny import REPO
 
 BASE = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -142,3 +142,20 @@ def test_cv_table_stars_a_trial_whose_recipe_the_profile_has_changed_since_it_ra
     table = markdown(trial_rows([fresh, stale, other], ["Stone"]), ["Stone"], drift)
     assert "| t07-t02-without-intensity-channel* |" in table and "| t02-compact-balanced |" in table
     assert table.splitlines()[-1] == "- t07-t02-without-intensity-channel: candidate.intensity_channels: [0.8] -> []"
+
+
+def test_a_queued_trial_gets_the_store_and_paths_outside_the_repo_absolute(tmp_path):
+    repo = tmp_path / "repo"
+    merged = {"paths": {"source": "../shared/data/kidney-ct", "store": "data/store", "prepared": "data/prepared",
+                        "models": "/abs/models"}, "leakage": {"cv_folds": 5}}
+    assert queued_paths(merged, repo) == {"paths": {"source": str(tmp_path / "shared" / "data" / "kidney-ct"),
+                                                    "store": str(repo / "data" / "store")}}
+    assert queued_paths({"paths": {"store": "s3://bucket/store", "source": "data/pacs_export"}}, repo) == {}
+
+
+def test_queued_overrides_carry_the_absolute_store(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    assert main(["real-data", "--queued"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"-S ++paths.store={REPO / 'data' / 'store'}" in lines
+    assert f"-S ++paths.source={(REPO / '../shared/data/kidney-ct').resolve()}" in lines

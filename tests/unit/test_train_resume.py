@@ -82,3 +82,26 @@ def test_killed_train_stage_resumes_from_its_last_epoch(tmp_path):
     assert len(history["loss"]) == 25
     assert history["loss"][:killed["epochs_done"]] == killed["history"]["loss"]
     assert not state_file.parent.exists()  # cleared once the outputs are written
+
+
+def test_each_epoch_is_logged_to_mlflow_by_the_keras_callback(tmp_path, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from components.train.__main__ import epoch_logger
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run() as run:
+        result = train_candidate("cnn", candidate(3), AugmentParams(), tiny_data(), 4, 0, [epoch_logger()], verbose=0)
+    client = MlflowClient(tracking_uri=uri)
+    for key in ("loss", "val_loss", "val_f1"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [1, 2, 3], key
+        assert [m.value for m in history] == pytest.approx(result.history[key]), key
+    logged = client.get_run(run.info.run_id).data
+    assert not any(key.startswith("validation_") for key in logged.metrics)
+    assert logged.params["optimizer_name"] and "optimizer_learning_rate" in logged.params
+    assert "model_summary.txt" in [f.path for f in client.list_artifacts(run.info.run_id)]
+
