@@ -275,7 +275,7 @@ def _lesion(rng: np.random.Generator, kind: str, kidneys: tuple[Ellipse, Ellipse
         reach, radius, hu = rng.uniform(0.0, 0.5), rng.uniform(1.0, 4.0), rng.uniform(800, 1500)
     else:  # tumor: hypoenhancing solid mass near the outline, bulging out of the kidney
         reach = rng.uniform(0.7, 0.95)
-        radius, hu = rng.uniform(15.0, 26.0), enhancement.cortex - rng.uniform(70, 110)
+        radius, hu = rng.uniform(15.0, 26.0), enhancement.cortex - rng.uniform(80, 130)
     return Lesion(kind, side, theta, reach, radius, z_center, half, hu, tuple(rng.uniform(0, 2 * np.pi, size=8)))
 
 
