@@ -137,9 +137,9 @@ class CandidateParams(_Strict):
             if self.width != 1.0 or self.intensity_channels:
                 raise ValueError("ct_resnet152 has a fixed width and one grey input: leave `width` at 1.0 and "
                                  "`intensity_channels` empty")
-            if self.weights not in ("converted", "none"):
+            if self.weights == "imagenet":
                 raise ValueError("ct_resnet152 reads the backbone stage's conversion: set `weights: converted` "
-                                 "(or none: random weights, for tests)")
+                                 "(or none: random weights, for tests; or a converted .npz file)")
             if not self.backbone_layers or len(set(self.backbone_layers)) != len(self.backbone_layers):
                 raise ValueError("backbone_layers: list one or more distinct layers, e.g. [layer3]")
             if not self.head_c or min(self.head_c) <= 0:
