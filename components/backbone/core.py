@@ -198,9 +198,24 @@ def feature_extractor(image_size: int, layers: list[str], size: int | None = Non
     return model
 
 
+def explained_map(x, layer: str):
+    """An identity 1x1 depthwise conv (weights 1, frozen) on a layer's output: the conv Grad-CAM explains.
+
+    A residual block ends in Add + ReLU, so no conv of the backbone is followed by a plain chain to the output;
+    this exact identity is (only pooling and the head follow it), and it needs no custom layer.
+    """
+    import keras
+
+    return keras.layers.DepthwiseConv2D(1, use_bias=False, depthwise_initializer="ones", trainable=False,
+                                        name=f"cam_{layer}")(x)
+
+
 def front_and_backbone(unit_or_raw, layers: list[str], size: int, depths=DEPTHS, width: int = STEM_WIDTH,
                        rescale: bool = True):
-    """[to 0-1 ->] [resize ->] orient -> ResNet up to the deepest of `layers` -> mean-pooled outputs concatenated."""
+    """[to 0-1 ->] [resize ->] orient -> ResNet up to the deepest of `layers` -> mean-pooled outputs concatenated.
+
+    Grad-CAM works on a single layer (one `cam_<layer>` map feeds the head); with several, it refuses plainly.
+    """
     import keras
 
     x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit")(unit_or_raw) if rescale else unit_or_raw
@@ -209,5 +224,6 @@ def front_and_backbone(unit_or_raw, layers: list[str], size: int, depths=DEPTHS,
     x = orientation_layers(x, size)
     deepest = max(layers, key=LAYERS.index)
     outputs = resnet_layers(x, deepest, depths, width)
-    pooled = [keras.layers.GlobalAveragePooling2D(name=f"{layer}_pool")(outputs[layer]) for layer in layers]
+    pooled = [keras.layers.GlobalAveragePooling2D(name=f"{layer}_pool")(explained_map(outputs[layer], layer))
+              for layer in layers]
     return pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="features")(pooled)
