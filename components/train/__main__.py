@@ -116,9 +116,10 @@ def train_frozen_head(params: Params, name: str, candidate, data: SplitArrays) -
     if gap > 1e-3:
         raise StageError(f"the cached features do not match the model (probabilities differ by {gap:.3g}): "
                          "re-run the backbone and features stages")
-    scores = list(head.val_macro_f1.items())
-    return TrainResult(model=model, history={"head_c": [c for c, _ in scores], "val_f1": [f for _, f in scores]},
-                       seconds=seconds, best_epoch=1 + [c for c, _ in scores].index(head.c) if scores else 1,
+    tried = list(head.train_macro_f1)  # one "epoch" per C tried, so the usual curves plot train vs validation F1
+    history = {"head_c": tried, "f1": [head.train_macro_f1[c] for c in tried],
+               **({"val_f1": [head.val_macro_f1[c] for c in tried]} if head.val_macro_f1 else {})}
+    return TrainResult(model=model, history=history, seconds=seconds, best_epoch=1 + tried.index(head.c),
                        runtime={"head": "logistic_regression", "head_c": head.c, "check_gap": gap})
 
 

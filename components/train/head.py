@@ -23,9 +23,11 @@ class Head:
     bias: np.ndarray               # (K,)
     c: float
     val_macro_f1: dict[float, float] = field(default_factory=dict)  # per C tried; empty without validation
+    train_macro_f1: dict[float, float] = field(default_factory=dict)  # per C tried (the final fit's if one)
 
 
-def _fit(features: np.ndarray, labels: np.ndarray, n_classes: int, c: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _fit(features: np.ndarray, labels: np.ndarray, n_classes: int, c: float,
+         seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Standardise, fit, and fold the standardisation into (kernel, bias) over all `n_classes`."""
     mean, std = features.mean(axis=0), features.std(axis=0)
     std[std == 0] = 1.0
@@ -53,12 +55,19 @@ def fit_head(f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray, y_val:
              cs: list[float], seed: int = 0) -> Head:
     """Pick C by validation macro-F1 (ties: the smaller C), then refit on train + validation with it."""
     scores: dict[float, float] = {}
+    fitted: dict[float, float] = {}
     if len(y_val) and len(cs) > 1:
         for c in cs:
-            kernel, bias = _fit(f_train, y_train, n_classes, c, seed)
-            predicted = head_probabilities(Head(kernel, bias, c), f_val).argmax(axis=1)
-            scores[c] = float(f1_score(y_val, predicted, labels=list(range(n_classes)), average="macro",
-                                       zero_division=0))
+            head = Head(*_fit(f_train, y_train, n_classes, c, seed), c)
+            scores[c] = _macro_f1(head, f_val, y_val, n_classes)
+            fitted[c] = _macro_f1(head, f_train, y_train, n_classes)
     best = max(sorted(cs), key=lambda c: scores.get(c, 0.0))
-    kernel, bias = _fit(np.concatenate([f_train, f_val]), np.concatenate([y_train, y_val]), n_classes, best, seed)
-    return Head(kernel, bias, best, scores)
+    f_all, y_all = np.concatenate([f_train, f_val]), np.concatenate([y_train, y_val])
+    head = Head(*_fit(f_all, y_all, n_classes, best, seed), best, scores)
+    head.train_macro_f1 = fitted or {best: _macro_f1(head, f_all, y_all, n_classes)}
+    return head
+
+
+def _macro_f1(head: Head, features: np.ndarray, labels: np.ndarray, n_classes: int) -> float:
+    predicted = head_probabilities(head, features).argmax(axis=1)
+    return float(f1_score(labels, predicted, labels=list(range(n_classes)), average="macro", zero_division=0))

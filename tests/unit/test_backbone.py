@@ -28,7 +28,8 @@ def fake_state(depths=(1, 1, 1, 1), width: int = 4, prefix: str = "visual_encode
     def bn(name, n):
         state.update({f"{prefix}{name}.weight": rng.uniform(0.5, 1.5, n), f"{prefix}{name}.bias": rng.normal(0, .1, n),
                       f"{prefix}{name}.running_mean": rng.normal(0, .1, n),
-                      f"{prefix}{name}.running_var": rng.uniform(0.5, 1.5, n), f"{prefix}{name}.num_batches_tracked": 7})
+                      f"{prefix}{name}.running_var": rng.uniform(0.5, 1.5, n),
+                      f"{prefix}{name}.num_batches_tracked": 7})
 
     conv("conv1", width, 3, 7), bn("bn1", width)
     inplanes = width
@@ -139,6 +140,7 @@ def test_head_on_two_classes_gives_a_two_row_softmax():
     f = y[:, None] * 4.0 + rng.normal(0, 1, (100, 3))
     head = fit_head(f, y, f[:0], y[:0], n_classes=2, cs=[1.0])
     assert head.val_macro_f1 == {} and (head_probabilities(head, f).argmax(axis=1) == y).mean() > 0.9
+    assert list(head.train_macro_f1) == [1.0] and head.train_macro_f1[1.0] > 0.9
 
 
 def test_layer_columns_and_batched_extraction():

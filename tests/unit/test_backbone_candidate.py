@@ -65,6 +65,11 @@ def test_features_then_frozen_head_give_one_model_that_reloads_and_explains(proj
     candidate = resolve_backbone(params, params.train.candidates["ct"])
     result = train_frozen_head(params, "ct", candidate, data)
     assert result.runtime["check_gap"] < 1e-4 and result.history["head_c"] == [0.1, 1.0]
+    assert len(result.history["f1"]) == len(result.history["val_f1"]) == 2  # what the training-curve plot reads
+    from components.common.plots import save_training_curves
+
+    save_training_curves(result.history, tmp_path / "curves.png", "ct")
+    assert (tmp_path / "curves.png").stat().st_size > 0
     model = result.model
     assert not any(model.get_layer(n).trainable for n in ("conv1", "layer1_2_conv3"))
     model.save(tmp_path / "model.keras")
