@@ -125,3 +125,22 @@ def test_params_example_of_the_candidate_parses():
     raw = tiny_params(Path("/tmp"))
     raw["train"]["candidates"]["ct"] = CANDIDATE
     assert parse_params(raw).train.candidates["ct"].trainable == "frozen"
+
+
+def test_fine_tuning_runs_through_the_usual_training_loop(project: Path):
+    from components.common.params import AugmentParams, load_params
+    from components.features.cache import resolve_backbone
+    from components.train.__main__ import load_split_arrays
+    from components.train.core import train_candidate
+
+    params = load_params(project)
+    candidate = resolve_backbone(params, params.train.candidates["ct"]).model_copy(
+        update={"trainable": "last_blocks_1", "epochs": 1, "batch_size": 8, "learning_rate": 1e-3})
+    data = load_split_arrays(Path(params.paths.prepared) / "arrays")
+    before = np.load(Path(params.paths.backbone) / WEIGHTS_FILE)["layer1_2_conv3.0"]
+    result = train_candidate("ct", candidate, AugmentParams(), data, 2, seed=0, callbacks=[], verbose=0)
+    model = result.model
+    assert len(result.history["loss"]) == 1
+    assert np.allclose(model.get_layer("layer1_0_conv1").get_weights()[0],        # frozen block: converted weights
+                       np.load(Path(params.paths.backbone) / WEIGHTS_FILE)["layer1_0_conv1.0"])
+    assert not np.allclose(model.get_layer("layer1_2_conv3").get_weights()[0], before)  # the last block trained
