@@ -16,7 +16,8 @@ export DO_NOT_TRACK := 1
 $(BIN)/.installed: requirements/base.txt requirements/test.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements/test.txt -c requirements/constraints.txt
+	$(BIN)/python -m pip install -q -r requirements/test.txt -c requirements/constraints.txt \
+	  --extra-index-url https://download.pytorch.org/whl/cpu  # torch's CPU build (the backbone conversion)
 	touch $@
 
 install: $(BIN)/.installed ## create .venv with the pinned dependencies

@@ -340,6 +340,14 @@ def kidney_ct_retraining() -> None:
         run_stage("augment", current_settings())
 
     @task
+    def backbone() -> None:
+        run_stage("backbone", current_settings())
+
+    @task
+    def features() -> None:
+        run_stage("features", current_settings())
+
+    @task
     def list_candidates() -> list[str]:
         return read_candidate_names(current_settings().params_file)
 
@@ -369,10 +377,12 @@ def kidney_ct_retraining() -> None:
         run_stage("package", current_settings())
 
     preprocessed = generate() >> ingest() >> validate() >> preprocess()
+    converted = backbone()
+    featured = [preprocessed, converted] >> features()
     trained = train.expand(candidate=list_candidates())
-    scored = preprocessed >> augment() >> trained >> evaluate()
+    scored = [preprocessed >> augment(), featured] >> trained >> evaluate()
     scored >> register() >> package()
-    [scored, preprocessed >> leakage()] >> report()
+    [scored, featured >> leakage()] >> report()
 
 
 kidney_ct_retraining()

@@ -111,6 +111,7 @@ def _on_cluster(task, settings: ClusterSettings, cache: bool):
     return task
 
 
+NO_DATA = "independent-of-the-data"  # the data_version of a stage that reads no data (the backbone conversion)
 UNCACHED = frozenset({"generate", "ingest", "register", "package"})  # new data / registry side effects
 
 
@@ -139,6 +140,9 @@ def build_pipeline(settings: ClusterSettings, graph: Mapping[str, Iterable[str]]
                 version = made[0].outputs["data_version"]
             elif stage in before["ingest"]:  # upstream of the data (generate): no data version yet
                 made = [plain_component(stage, settings.cpu_image)(params_file=params_file)]
+            elif "ingest" not in before[stage]:  # independent of the data (backbone): keyed on the params only
+                made = [stage_component(stage, settings.cpu_image)(params_file=params_file, data_version=NO_DATA,
+                                                                   params_hash=params_hash)]
             elif stage == "train":
                 made = [_train_task(settings, name, params_file, version, params_hash)
                         for name in settings.candidates]

@@ -26,6 +26,8 @@ class Paths(_Strict):
     leakage: str = "reports/leakage"
     report: str = "reports/report"
     checkpoints: str = ".checkpoints"  # per-epoch training state; outside DVC outs so it survives a re-run
+    backbone: str = "data/backbone"    # the CT ResNet-152 converted to Keras weights (backbone stage)
+    features: str = "data/features"    # its pooled features per prepared image (features stage)
     evaluation: str
     registration: str
     package: str
@@ -91,7 +93,9 @@ class AugmentParams(_Strict):
     preview_samples: int = Field(4, ge=1)
 
 
-Architecture = Literal["paper_cnn", "compact_cnn", "efficientnet_b0", "mobilenet_v2", "resnet50", "inception_v3", "vit"]
+Architecture = Literal["paper_cnn", "compact_cnn", "efficientnet_b0", "mobilenet_v2", "resnet50", "inception_v3", "vit",
+                       "ct_resnet152"]
+BackboneLayer = Literal["layer1", "layer2", "layer3", "layer4"]
 FIXED_WIDTH = ("efficientnet_b0", "resnet50", "inception_v3")  # keras.applications without a width knob
 
 
@@ -126,9 +130,26 @@ class CandidateParams(_Strict):
     patience: int = Field(4, ge=1)
     early_stopping: Literal["loss", "macro_f1"] = "loss"  # validation score that picks the best epoch
     min_epochs: int = Field(0, ge=0)              # epochs trained before early stopping may stop or pick
+    backbone_layers: list[BackboneLayer] = ["layer3"]  # ct_resnet152: mean-pooled outputs the head reads
+    trainable: str = Field("frozen", pattern=r"^(frozen|all|last_blocks_[1-9][0-9]*)$")  # ct_resnet152: frozen =
+    #                                               head on cached features; last_blocks_N / all = fine-tune
+    head_c: list[float] = [0.01, 0.1, 1.0]        # ct_resnet152 frozen: logistic-regression C values; the
+    #                                               grouped validation split picks one
 
     @model_validator(mode="after")
     def _width_supported(self) -> CandidateParams:
+        if self.architecture == "ct_resnet152":
+            if self.width != 1.0 or self.intensity_channels or self.roi:
+                raise ValueError("ct_resnet152 has a fixed width and one whole grey input: leave `width` at 1.0 "
+                                 "and `intensity_channels` and `roi` empty")
+            if self.weights == "imagenet":
+                raise ValueError("ct_resnet152 reads the backbone stage's conversion: set `weights: converted` "
+                                 "(or none: random weights, for tests; or a converted .npz file)")
+            if not self.backbone_layers or len(set(self.backbone_layers)) != len(self.backbone_layers):
+                raise ValueError("backbone_layers: list one or more distinct layers, e.g. [layer3]")
+            if not self.head_c or min(self.head_c) <= 0:
+                raise ValueError("head_c: list one or more positive C values")
+            return self
         if self.architecture in FIXED_WIDTH and self.width != 1.0:
             raise ValueError(f"{self.architecture} has a fixed width: leave `width` at 1.0")
         if self.weights != "none" and self.architecture in ("paper_cnn", "compact_cnn", "vit"):
@@ -155,6 +176,15 @@ class RuntimeParams(_Strict):
     mixed_precision: bool = False                 # mixed_float16 when a GPU is present; ignored on CPU
     distribution: Literal["none", "data_parallel"] = "none"  # keras.distribution.DataParallel (JAX backend)
     loader_workers: int = Field(2, ge=1)          # threads assembling batches from the memory-mapped arrays
+
+
+class BackboneParams(_Strict):
+    """The CT ResNet-152 (backbone stage) and its cached features (features stage)."""
+
+    enabled: bool = False                         # true: convert the checkpoint and cache features
+    image_size: int | None = Field(None, ge=32)   # side the backbone sees; None = the prepared arrays' size
+    layers: list[BackboneLayer] = ["layer3", "layer4"]  # pooled outputs cached per image (one forward pass)
+    batch_size: int = Field(16, ge=1)
 
 
 class TrainParams(_Strict):
@@ -221,6 +251,7 @@ with warnings.catch_warnings():
         validate_: ValidateParams = Field(ValidateParams(), alias="validate")
         preprocess: PreprocessParams = PreprocessParams()
         augment: AugmentParams = AugmentParams()
+        backbone: BackboneParams = BackboneParams()
         train: TrainParams
         evaluate: EvaluateParams = EvaluateParams()
         register: RegisterParams = RegisterParams()

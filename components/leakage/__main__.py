@@ -14,13 +14,15 @@ from components.common.cli import StageError, log, run_stage, stage_parser, writ
 from components.common.params import Params
 from components.common.tracking import configure_mlflow
 from components.common.tta import plain_and_tta
-from components.leakage.core import (IndexSplit, fold_variants, grouped_folds, groups_overlap, random_image_split,
-                                     recipe_params, score_split, summarise_folds, summarise_variants, variant_label)
+from components.leakage.core import (PLAIN, IndexSplit, fold_variants, grouped_folds, groups_overlap,
+                                     random_image_split, recipe_params, score_split, summarise_folds,
+                                     summarise_variants, variant_label)
 from components.preprocess.core import pixel_statistics
 from components.preprocess.split import SPLITS
+from components.features.cache import FeaturesError, load_features, resolve_backbone
 from components.train.core import SplitArrays, train_candidate
 from components.train.data import loss_weights
-
+from components.train.head import fit_head, head_probabilities
 
 
 def load_all_images(prepared: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -34,12 +36,43 @@ def load_all_images(prepared: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
 
 
+def frozen_backbone_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray):
+    """The fit of a frozen ct_resnet152 candidate: its logistic-regression head on the cached features.
+
+    The features of every image are read in load_all_images' order; only the plain variant is scored (the head
+    is deterministic, and TTA would need features of the augmented views).
+    """
+    candidate, prepared = params.train.candidates[name], Path(params.paths.prepared)
+    counts = {s: int(np.load(prepared / "arrays" / f"y_{s}.npy").shape[0]) for s in SPLITS}
+    try:
+        cached = load_features(params, candidate, x.shape[1], counts)
+    except FeaturesError as exc:
+        raise StageError(str(exc)) from None
+    features = np.concatenate([np.asarray(cached[s]) for s in SPLITS])
+    if params.leakage.tta or params.leakage.ensemble > 1:
+        log.info("%s is a frozen backbone with a deterministic head: TTA and ensembles are not scored", name)
+
+    def fit(split: IndexSplit) -> dict[str, np.ndarray]:
+        began = time.perf_counter()
+        head = fit_head(features[split.train], y[split.train], features[split.val], y[split.val],
+                        len(params.classes), list(candidate.head_c), params.train.seed)
+        log.info("head fitted in %.1f s (C %g; validation macro-F1 by C %s)", time.perf_counter() - began, head.c,
+                 {c: round(f, 3) for c, f in head.val_macro_f1.items()})
+        return {PLAIN: head_probabilities(head, features[split.test])}
+
+    return fit
+
+
 def recipe_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray, groups: np.ndarray):
     """A closure training candidate `name` on any index split and returning test probabilities by variant.
 
     Variants: plain, and with `leakage.tta` / `leakage.ensemble` also TTA, ensemble, ensemble + TTA.
     """
     candidate, views = params.train.candidates[name], params.leakage.tta
+    if candidate.architecture == "ct_resnet152" and candidate.trainable == "frozen":
+        return frozen_backbone_fit(params, name, x, y)
+    if candidate.architecture == "ct_resnet152":  # fine-tuning: the converted weights under paths.backbone
+        candidate = resolve_backbone(params, candidate)
 
     def fit(split: IndexSplit) -> dict[str, np.ndarray]:
         weights = loss_weights(y[split.train], len(params.classes), candidate.loss_weighting, groups[split.train])

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,12 @@ import pandas as pd
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.common.tracking import configure_mlflow
-from components.train.core import SplitArrays, clear_checkpoint, fingerprint, read_checkpoint, train_candidate
+from components.features.cache import FeaturesError, load_features, resolve_backbone
+from components.train.core import (SplitArrays, TrainResult, clear_checkpoint, fingerprint, read_checkpoint,
+                                   train_candidate)
 from components.train.data import loss_weights
-from components.train.models import SetupError, resolve_weights
+from components.train.head import fit_head, head_probabilities
+from components.train.models import SetupError, build_model, resolve_weights
 from components.train.parent import open_parent_run
 
 
@@ -85,6 +89,46 @@ def start_candidate_run(name: str, previous: dict | None, experiment_id: str, da
     return mlflow.start_run(run_name=name, parent_run_id=parent)
 
 
+def is_frozen_backbone(candidate) -> bool:
+    """A ct_resnet152 candidate whose backbone stays frozen: its head is fitted on the cached features."""
+    return candidate.architecture == "ct_resnet152" and candidate.trainable == "frozen"
+
+
+def train_frozen_head(params: Params, name: str, candidate, data: SplitArrays) -> TrainResult:
+    """Fit the logistic-regression head on cached features; return the whole model (front, backbone, head).
+
+    A few validation images go through the whole model as a check that the cache matches it.
+    """
+    arrays = Path(params.paths.prepared) / "arrays"
+    counts = {"train": len(data.y_train), "val": len(data.y_val),
+              "test": int(np.load(arrays / "X_test.npy", mmap_mode="r").shape[0])}
+    try:
+        features = load_features(params, candidate, data.x_train.shape[1], counts)
+    except FeaturesError as exc:
+        raise StageError(str(exc)) from None
+    began = time.perf_counter()
+    head = fit_head(np.asarray(features["train"]), np.asarray(data.y_train), np.asarray(features["val"]),
+                    np.asarray(data.y_val), len(params.classes), list(candidate.head_c), params.train.seed)
+    seconds = time.perf_counter() - began
+    log.info("head: C %g picked by validation macro-F1 %s, fitted in %.1f s", head.c,
+             {c: round(f, 3) for c, f in head.val_macro_f1.items()}, seconds)
+    model = build_model(name, candidate, data.x_train.shape[1], len(params.classes), [], data.pixel_mean,
+                        data.pixel_variance)
+    model.get_layer("probabilities").set_weights([head.kernel, head.bias])
+    check = slice(0, min(8, len(data.y_val) or len(data.y_train)))
+    source, cached = (data.x_val, features["val"]) if len(data.y_val) else (data.x_train, features["train"])
+    gap = float(np.abs(np.asarray(model.predict(np.asarray(source[check], dtype="float32"), verbose=0))
+                       - head_probabilities(head, np.asarray(cached[check]))).max())
+    if gap > 1e-3:
+        raise StageError(f"the cached features do not match the model (probabilities differ by {gap:.3g}): "
+                         "re-run the backbone and features stages")
+    tried = list(head.train_macro_f1)  # one "epoch" per C tried, so the usual curves plot train vs validation F1
+    history = {"head_c": tried, "f1": [head.train_macro_f1[c] for c in tried],
+               **({"val_f1": [head.val_macro_f1[c] for c in tried]} if head.val_macro_f1 else {})}
+    return TrainResult(model=model, history=history, seconds=seconds, best_epoch=1 + tried.index(head.c),
+                       runtime={"head": "logistic_regression", "head_c": head.c, "check_gap": gap})
+
+
 def run(params: Params, args: argparse.Namespace) -> None:
     import mlflow
 
@@ -93,7 +137,10 @@ def run(params: Params, args: argparse.Namespace) -> None:
         raise StageError(f"unknown candidate {name!r}; params lists {sorted(params.train.candidates)}")
     candidate = params.train.candidates[name]
     try:
-        resolve_weights(candidate.weights)
+        if candidate.architecture == "ct_resnet152":
+            candidate = resolve_backbone(params, candidate)
+        else:
+            resolve_weights(candidate.weights)
     except SetupError as exc:
         raise StageError(str(exc)) from None
     data = with_loss_weights(load_split_arrays(Path(params.paths.prepared) / "arrays"), params, name)
@@ -115,9 +162,12 @@ def run(params: Params, args: argparse.Namespace) -> None:
                                **{f"augment_{k}": v for k, v in params.augment.model_dump().items()}})
         log.info("training %s on %d images (%d validation)", name, len(data.y_train), len(data.y_val))
         try:
-            result = train_candidate(name, candidate, params.augment, data, n_classes, params.train.seed,
-                                     callbacks=[epoch_logger()], checkpoint_dir=checkpoints,
-                                     runtime=params.train.runtime, extra_state={"run_id": active.info.run_id})
+            if is_frozen_backbone(candidate):
+                result = train_frozen_head(params, name, candidate, data)
+            else:
+                result = train_candidate(name, candidate, params.augment, data, n_classes, params.train.seed,
+                                         callbacks=[epoch_logger()], checkpoint_dir=checkpoints,
+                                         runtime=params.train.runtime, extra_state={"run_id": active.info.run_id})
         except SetupError as exc:
             raise StageError(str(exc)) from None
         result.model.save(out / "model.keras")

@@ -189,6 +189,59 @@ BODIES = {"paper_cnn": paper_cnn_body, "compact_cnn": compact_cnn_body, "vit": v
           **{arch: application_body for arch in APPLICATION_RANGE}}
 
 
+def backbone_weights(weights: str) -> dict | None:
+    """ct_resnet152's `weights`: none = random, else the converted .npz (the CLI resolves `converted` to it)."""
+    from components.backbone.core import load_weights
+
+    if weights == "none":
+        return None
+    if not Path(weights).is_file():
+        raise WeightsError(f"converted backbone {weights} not found: set backbone.enabled: true and run the "
+                           "backbone stage (dvc repro backbone)")
+    return load_weights(Path(weights))
+
+
+def ct_resnet152_model(name: str, candidate: CandidateParams, image_size: int, n_classes: int, augmentation: list,
+                       weights: dict | None = None):
+    """The CT ResNet-152 candidate: 0-1 grey -> augmentation -> orientation -> backbone -> pooled layers -> softmax.
+
+    The same layers as the features stage's extractor (components/backbone/core.py), so a head fitted on cached
+    features gives this model's output. `weights`: the converted backbone ({layer: arrays}); None = random.
+    `trainable` freezes the backbone (frozen), or all but its last N bottleneck blocks (last_blocks_N).
+    """
+    import keras
+
+    from components.backbone.core import assign_weights, front_and_backbone, set_orientation_weights
+
+    inputs = keras.Input((image_size, image_size, 1), name="image")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit")(inputs)
+    for layer in augmentation:
+        x = layer(x)
+    x = front_and_backbone(x, list(candidate.backbone_layers), model_input_size(candidate, image_size),
+                           rescale=False)
+    x = keras.layers.Dropout(candidate.dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name=name)
+    set_orientation_weights(model)
+    if weights is not None:
+        assign_weights(model, weights)
+    set_backbone_trainable(model, candidate.trainable)
+    return model
+
+
+def set_backbone_trainable(model, trainable: str) -> None:
+    """frozen: no backbone layer trains; all: every one; last_blocks_N: the last N bottleneck blocks only."""
+    from components.backbone.core import backbone_layer_names
+
+    names = backbone_layer_names(model)
+    block_of = lambda n: "_".join(n.split("_")[:2])  # noqa: E731  (layer3_35_downsample_0 -> layer3_35)
+    blocks = sorted({block_of(n) for n in names if n.startswith("layer")},
+                    key=lambda b: (b.split("_")[0], int(b.split("_")[1])))
+    tuned = set(blocks[-int(trainable.rsplit("_", 1)[1]):]) if trainable.startswith("last_blocks_") else set()
+    for name in names:
+        model.get_layer(name).trainable = trainable == "all" or block_of(name) in tuned
+
+
 def model_input_size(candidate: CandidateParams, image_size: int) -> int:
     """The side the body sees: the candidate's own size, else the arrays' size (raised to the body's minimum)."""
     return max(candidate.image_size or image_size, MIN_SIZE.get(candidate.architecture, 8))
@@ -198,6 +251,10 @@ def build_model(name: str, candidate: CandidateParams, image_size: int, n_classe
                 mean: float, variance: float):
     """A compile-ready functional model for one candidate, softmax over `n_classes`."""
     import keras
+
+    if candidate.architecture == "ct_resnet152":  # its own front: the backbone wants 0-1 grey, not standardised
+        return ct_resnet152_model(name, candidate, image_size, n_classes, augmentation,
+                                  backbone_weights(candidate.weights))
 
     inputs, x = input_front(image_size, augmentation, mean, variance, candidate.intensity_channels, candidate.roi)
     size = model_input_size(candidate, image_size)

@@ -1,0 +1,1 @@
+"""features stage: the converted CT backbone's pooled features of every prepared image, cached by DVC."""

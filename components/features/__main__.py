@@ -1,0 +1,69 @@
+"""CLI: python -m components.features — pooled CT-backbone features of the prepared train/val/test arrays.
+
+A frozen ct_resnet152 candidate fits its head on these (seconds instead of a forward pass per epoch); the
+leakage stage's grouped CV reads them too. With `backbone.enabled: false` only features.json is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from components.backbone.core import WEIGHTS_FILE, ConversionError, assign_weights, feature_extractor, load_weights
+from components.common.cli import StageError, log, run_stage, stage_parser, write_json
+from components.common.params import Params
+from components.features.core import LAYER_WIDTHS, extract
+from components.preprocess.split import SPLITS
+
+
+def run(params: Params, args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    settings, out = params.backbone, Path(params.paths.features)
+    out.mkdir(parents=True, exist_ok=True)
+    if not settings.enabled:
+        write_json(out / "features.json", {"enabled": False})
+        log.info("backbone.enabled is false: no features extracted")
+        return
+    weights_file, arrays = Path(params.paths.backbone) / WEIGHTS_FILE, Path(params.paths.prepared) / "arrays"
+    if not weights_file.is_file():
+        raise StageError(f"{weights_file} not found: run the backbone stage first (backbone.enabled: true)")
+    if not (arrays / "X_train.npy").is_file():
+        raise StageError(f"{arrays} has no X_train.npy: run the preprocess stage first")
+    images = {split: np.load(arrays / f"X_{split}.npy", mmap_mode="r") for split in SPLITS}
+    side = images["train"].shape[1]
+    size = settings.image_size or side
+    model = feature_extractor(side, list(settings.layers), size)
+    try:
+        assign_weights(model, load_weights(weights_file))
+    except ConversionError as exc:
+        raise StageError(f"{weights_file}: {exc}; re-run the backbone stage") from None
+    predict = lambda batch: model.predict_on_batch(batch)  # noqa: E731
+    began, counts = time.perf_counter(), {}
+    for split, x in images.items():
+        bar = lambda it, s=split, n=len(x): tqdm(it, desc=f"features {s}", unit="batch",  # noqa: E731
+                                                 total=-(-n // settings.batch_size))
+        np.save(out / f"{split}.npy", extract(predict, x, settings.batch_size, bar))
+        counts[split] = int(len(x))
+    seconds = time.perf_counter() - began
+    total = sum(counts.values())
+    write_json(out / "features.json", {
+        "enabled": True, "layers": list(settings.layers), "widths": [LAYER_WIDTHS[la] for la in settings.layers],
+        "image_size": size, "array_size": side, "images": counts, "seconds": round(seconds, 1),
+        "images_per_second": round(total / seconds, 2) if seconds else None,
+        "machine": f"{os.cpu_count()} CPU cores", "threads": int(os.environ.get("OMP_NUM_THREADS", 0)) or None})
+    log.info("%d images -> %s features in %.0f s (%.2f img/s)", total, "+".join(settings.layers), seconds,
+             total / seconds if seconds else float("nan"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("Cache the frozen CT backbone's pooled features of every prepared image.")
+    return run_stage("features", run, parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

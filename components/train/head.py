@@ -1,0 +1,73 @@
+"""Pure core of the frozen-backbone head: a class-balanced logistic regression on cached features.
+
+C is picked by macro-F1 on the grouped validation split, then the head is refitted on train + validation.
+The standardisation is folded into the weights, so the head is one Dense softmax layer of the saved model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+
+ABSENT_LOGIT = -30.0  # bias of a class the training data lacks: the head never predicts it
+
+
+@dataclass
+class Head:
+    """Dense-layer weights (features -> logits) and how C was chosen."""
+
+    kernel: np.ndarray             # (D, K)
+    bias: np.ndarray               # (K,)
+    c: float
+    val_macro_f1: dict[float, float] = field(default_factory=dict)  # per C tried; empty without validation
+    train_macro_f1: dict[float, float] = field(default_factory=dict)  # per C tried (the final fit's if one)
+
+
+def _fit(features: np.ndarray, labels: np.ndarray, n_classes: int, c: float,
+         seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Standardise, fit, and fold the standardisation into (kernel, bias) over all `n_classes`."""
+    mean, std = features.mean(axis=0), features.std(axis=0)
+    std[std == 0] = 1.0
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=3000, random_state=seed)
+    model.fit((features - mean) / std, labels)
+    kernel, bias = np.zeros((features.shape[1], n_classes)), np.full(n_classes, ABSENT_LOGIT)
+    coef, intercept = model.coef_, model.intercept_
+    if len(model.classes_) == 2:  # sklearn keeps one row for two classes: logits (-z/2, z/2) give the same softmax
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+    for row, cls in enumerate(model.classes_):
+        kernel[:, cls] = coef[row] / std
+        bias[cls] = intercept[row] - float(np.sum(coef[row] * mean / std))
+    return kernel.astype("float32"), bias.astype("float32")
+
+
+def head_probabilities(head: Head, features: np.ndarray) -> np.ndarray:
+    """Softmax of the head's logits: what the saved model's `probabilities` layer outputs."""
+    logits = np.asarray(features, dtype="float64") @ head.kernel + head.bias
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return (e / e.sum(axis=1, keepdims=True)).astype("float32")
+
+
+def fit_head(f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray, y_val: np.ndarray, n_classes: int,
+             cs: list[float], seed: int = 0) -> Head:
+    """Pick C by validation macro-F1 (ties: the smaller C), then refit on train + validation with it."""
+    scores: dict[float, float] = {}
+    fitted: dict[float, float] = {}
+    if len(y_val) and len(cs) > 1:
+        for c in cs:
+            head = Head(*_fit(f_train, y_train, n_classes, c, seed), c)
+            scores[c] = _macro_f1(head, f_val, y_val, n_classes)
+            fitted[c] = _macro_f1(head, f_train, y_train, n_classes)
+    best = max(sorted(cs), key=lambda c: scores.get(c, 0.0))
+    f_all, y_all = np.concatenate([f_train, f_val]), np.concatenate([y_train, y_val])
+    head = Head(*_fit(f_all, y_all, n_classes, best, seed), best, scores)
+    head.train_macro_f1 = fitted or {best: _macro_f1(head, f_all, y_all, n_classes)}
+    return head
+
+
+def _macro_f1(head: Head, features: np.ndarray, labels: np.ndarray, n_classes: int) -> float:
+    predicted = head_probabilities(head, features).argmax(axis=1)
+    return float(f1_score(labels, predicted, labels=list(range(n_classes)), average="macro", zero_division=0))
