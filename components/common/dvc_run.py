@@ -12,7 +12,8 @@ DVC repo (a git checkout of this project), does under one workspace lock:
 
 A retry after a crash at any step is safe: a stage whose lock entry was written is not rerun,
 push and commit are no-ops the second time. Exit codes: 0 done (ran or unchanged, see --result),
-2 the stage refused its input (exit 2 of the stage) or the repo is not usable, 1 anything else.
+2 the stage refused its input (exit 2 of the stage) or the repo is not usable, 1 anything else;
+with `--skip-exit-code N`, N when the stage was unchanged (Airflow then marks the task skipped).
 """
 
 from __future__ import annotations
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=None, help="params file to run with (default: params.yaml)")
     parser.add_argument("--result", type=Path, default=None, help="write what happened here as JSON")
     parser.add_argument("--message", default="dvc_run", help="commit message prefix (e.g. the DAG run id)")
+    parser.add_argument("--skip-exit-code", type=int, default=0,
+                        help="exit with this code when the stage was unchanged (an orchestrator marks it skipped)")
     args = parser.parse_args(argv)
     try:
         result = run(Path.cwd(), args.stage, args.params, args.message)
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
              "no remote" if result.pushed is None else result.pushed, result.commit or "none (lock unchanged)")
     if args.result is not None:
         args.result.write_text(json.dumps(asdict(result)))
-    return 0
+    return 0 if result.ran else args.skip_exit_code
 
 
 if __name__ == "__main__":
