@@ -70,6 +70,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -239,8 +240,8 @@ class PodSettings:
     """How a stage runs as a Kubernetes pod (KubernetesPodOperator)."""
 
     namespace: str = "kidney-ct"
-    cpu_image: str = "ghcr.io/example/kidney-ct-cpu:latest"
-    gpu_image: str = "ghcr.io/example/kidney-ct-gpu:latest"
+    cpu_image: str = ""  # repo@sha256:<digest> (the image build's manifest): a tag can move under a run
+    gpu_image: str = ""
     train_gpus: int = 1
     workspace_pvc: str = "kidney-ct-workspace"  # a git + DVC checkout of the project, shared by the pods
     workspace: str = "/workspace"
@@ -286,7 +287,11 @@ def resolve_pod_settings(environ: Mapping[str, str]) -> PodSettings:
     unknown = set(config) - set(PodSettings.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)} in env {POD_ENV}")
-    return PodSettings(**config)
+    pod = PodSettings(**config)
+    for name in ("cpu_image", "gpu_image"):
+        if not re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", getattr(pod, name)):
+            raise ValueError(f"env {POD_ENV}: {name} {getattr(pod, name)!r} must be pinned by digest (repo@sha256:..)")
+    return pod
 
 
 def pod_kwargs(stage: str, pod: PodSettings) -> dict[str, Any]:

@@ -25,6 +25,7 @@ if dag is not None:
     report["shapes"] = {t.task_id: describe(t) for t in dag.tasks}
 print("REPORT:" + json.dumps(report))''')
 
+CPU, GPU = "reg/kct-cpu@sha256:" + "c" * 64, "reg/kct-gpu@sha256:" + "9" * 64
 STAGES = ("generate", "ingest", "validate", "preprocess", "augment", "train", "evaluate", "leakage", "report",
           "register", "package")
 
@@ -49,8 +50,7 @@ def test_default_shape_runs_every_stage_through_dvc_on_the_worker(tmp_path, monk
 
 def test_kubernetes_shape_makes_the_tasks_pods_chosen_at_parse_time_without_a_db(tmp_path, monkeypatch) -> None:
     env = {"KIDNEY_CT_RUNNERS": json.dumps({"default": "dvc", "train": "kubernetes", "validate": "kubernetes"}),
-           "KIDNEY_CT_KUBERNETES": json.dumps({"namespace": "ml", "gpu_image": "reg/kct-gpu@sha256:ab",
-                                               "cpu_image": "reg/kct-cpu@sha256:cd"})}
+           "KIDNEY_CT_KUBERNETES": json.dumps({"namespace": "ml", "gpu_image": GPU, "cpu_image": CPU})}
     report = parse_with(tmp_path, monkeypatch, env)
     assert report["import_errors"] == {}
     assert report["touched"] == [], "choosing the shape must not touch a DB, params file or network"
@@ -59,22 +59,23 @@ def test_kubernetes_shape_makes_the_tasks_pods_chosen_at_parse_time_without_a_db
 
     validate = shapes["validate"]
     assert validate["type"] == "KubernetesPodOperator" and validate["namespace"] == "ml"
-    assert validate["image"] == "reg/kct-cpu@sha256:cd" and validate["limits"] is None
+    assert validate["image"] == CPU and validate["limits"] is None
     assert validate["arguments"][:3] == ["/workspace", "components.common.dvc_run", "validate"]
     assert "{{ params.params_file or 'params.yaml' }}" in validate["arguments"]
     assert validate["skip_on_exit_code"] == [99] and validate["trigger_rule"] == "none_failed"
 
     train = shapes["train"]
     assert train["mapped"] is True and train["operator"] == "KubernetesPodOperator"
-    assert train["image"] == "reg/kct-gpu@sha256:ab" and train["limits"] == {"nvidia.com/gpu": "1"}
+    assert train["image"] == GPU and train["limits"] == {"nvidia.com/gpu": "1"}
     assert "list_candidates" in report["tasks"]["train"]["upstream"]
     assert shapes["ingest"]["type"] == "_PythonDecoratedOperator"  # not named: the default runner
     assert report["tasks"]["ingest"]["outlets"] == ["kidney_ct_ingested_manifest"]
 
 
-@pytest.mark.parametrize("runners, message", [('{"train": "slurm"}', "slurm"), ("{train", "not valid JSON"),
-                                               ('{"trian": "dvc"}', "unknown stages")])
-def test_a_wrong_runner_setting_is_an_import_error_that_says_why(tmp_path, monkeypatch, runners, message) -> None:
-    report = parse_with(tmp_path, monkeypatch, {"KIDNEY_CT_RUNNERS": runners})
+@pytest.mark.parametrize("runners, pod, message", [
+    ('{"train": "slurm"}', "{}", "slurm"), ("{train", "{}", "not valid JSON"), ('{"trian": "dvc"}', "{}", "unknown stages"),
+    ('{"train": "kubernetes"}', '{"cpu_image": "reg/kct-cpu:latest"}', "pinned by digest")])
+def test_a_wrong_runner_setting_is_an_import_error_that_says_why(tmp_path, monkeypatch, runners, pod, message) -> None:
+    report = parse_with(tmp_path, monkeypatch, {"KIDNEY_CT_RUNNERS": runners, "KIDNEY_CT_KUBERNETES": pod})
     assert DAG_ID not in report["dag_ids"]
     assert any(message in error for error in report["import_errors"].values())

@@ -26,7 +26,7 @@ SERVICE = {
     "additionalProperties": False,
     "anyOf": [{"required": ["image"]}, {"required": ["build"]}],
     "properties": {
-        "image": {"type": "string", "pattern": r"^[^:]+:(?!latest$)[\w.\-]+$"},  # pinned tag
+        "image": {"type": "string", "pattern": r"^[^:]+:((?!latest$)[\w.\-]+|\$\{\w+\})$"},  # pinned tag
         "build": {"type": "object", "required": ["context", "dockerfile"], "additionalProperties": False,
                   "properties": {"context": {"type": "string"}, "dockerfile": {"type": "string"},
                                  "target": {"type": "string"}}},
