@@ -143,7 +143,7 @@ def run(root: Path, stage: str, params_file: Path | None, message: str) -> Stage
         with repo:
             ran = reproduce(repo, stage)
             pushed = push(repo, stage)
-        commit = git_commit(root, f"{message}: {stage}")
+        commit = git_commit(root, f"{message}: {stage}" if ran else f"{message}: params.yaml ({stage} unchanged)")
     return StageRun(stage=stage, ran=ran, pushed=pushed, commit=commit, params_changed=changed)
 
 
