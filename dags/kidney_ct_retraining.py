@@ -37,7 +37,7 @@ check or a failed quality gate) fails its task at once without a retry, because 
 gives the same answer; any other non-zero exit (a crash, a kill) is retried once.
 
 The `ingest` task updates the asset `kidney_ct_ingested_manifest`; the event's extra holds the
-manifest's path.
+manifest's path (an unchanged, skipped ingest emits no event: there is no new data).
 
 **When it runs** (asset-aware): every week (Monday 00:00 UTC) **or** as soon as one of these assets
 is updated, whichever comes first:

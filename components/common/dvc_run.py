@@ -133,6 +133,8 @@ def run(root: Path, stage: str, params_file: Path | None, message: str) -> Stage
 
     if not (root / ".dvc").is_dir():
         raise RunRefused(f"{root} is not a DVC repo (run `git init && dvc init` there)")
+    if not (root / ".git").exists():
+        raise RunRefused(f"{root} is not a git checkout: the run's dvc.lock could not be committed")
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     with workspace_lock(root):
         changed = sync_params(root, params_file)
