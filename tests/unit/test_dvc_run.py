@@ -85,3 +85,16 @@ def test_a_refusing_stage_exits_2_and_commits_nothing(toy_repo: Path, tmp_path: 
 def test_outside_a_dvc_repo_it_refuses_with_a_reason(tmp_path: Path) -> None:
     code, _, output = dvc_run(tmp_path, "double")
     assert code == 2 and "not a DVC repo" in output
+
+
+def test_a_retry_after_a_crash_past_the_stage_pushes_and_commits_without_rerunning(toy_repo: Path,
+                                                                                  tmp_path: Path) -> None:
+    # The first try ran the stage (dvc.lock written) and died before push and commit.
+    sh([str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", "double"], toy_repo)
+    (toy_repo / "out.txt").touch()  # a rerun would rewrite it; the retry must leave it alone
+    mtime = (toy_repo / "out.txt").stat().st_mtime_ns
+    code, retry, output = dvc_run(toy_repo, "double")
+    assert code == 0, output
+    assert retry["ran"] is False and retry["pushed"] == 1 and retry["commit"]
+    assert (toy_repo / "out.txt").stat().st_mtime_ns == mtime
+    assert sum(1 for p in (tmp_path / "remote").rglob("*") if p.is_file()) == 1
