@@ -11,7 +11,7 @@ export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
 .PHONY: install run test test-fast mlflow-ui serve clean system-deps browser bench-serve bench-train \
-	real-data real-data-cv search cv-table lint
+	real-data real-data-cv search cv-table lint bench-airflow
 
 $(BIN)/.installed: requirements/base.txt requirements/test.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -90,6 +90,9 @@ bench-train: install ## per candidate: params, img/s synthetic vs through the fe
 
 bench-serve: install ## load-test the service on 127.0.0.1 (1/8/32 clients, batching on/off) -> reports/serving/bench.json
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m serving.bench
+
+bench-airflow: install ## a real Airflow 3 on 127.0.0.1: first run vs no-op rerun vs asset-triggered run (tiny params)
+	$(BIN)/pytest tests/pipeline/test_dag_airflow_server.py -q -s | grep -E "took|passed|failed"
 
 clean: ## remove pipeline outputs (keeps .venv)
 	rm -rf data models reports mlruns.db mlartifacts .bentoml dvc.lock

@@ -4,12 +4,18 @@
 Runs the project's stages, in the order of `dvc.yaml`, once a week (and whenever it is
 triggered by hand):
 
-`generate -> ingest -> validate -> preprocess -> augment -> train (one mapped task per
-candidate) -> evaluate -> register -> package`
+`generate -> ingest -> validate -> preprocess -> [augment, backbone -> features] -> train (one mapped task
+per candidate) -> evaluate -> register -> package`
 
-Each task only **wires** a stage: it runs `python -m components.<stage> --params <file>` (the
-very command `dvc.yaml` runs) in the project directory and fails with the stage's own message
-when the stage exits non-zero. All ML logic lives in `components/`.
+Each task only **wires** a stage. By default (runner `dvc`) it runs
+`python -m components.common.dvc_run <stage> --params <file>` in the project directory, a git + DVC
+checkout: the run's params file is copied over its `params.yaml`, `dvc repro --single-item <stage>`
+runs the stage's `cmd` (`python -m components.<stage>`, as a plain `dvc repro` and Kubeflow do) only
+when its deps or params changed, its outputs are pushed to the default DVC remote, and `dvc.lock`
+(with `params.yaml`) is committed on the checked-out branch, message `kidney_ct_retraining <run id>:
+<stage>`. An **unchanged stage ends as `skipped`** (its dependents still run: trigger rule
+`none_failed`), so a run with nothing new is a string of skips. A task fails with the stage's own
+message when the stage exits non-zero. All ML logic lives in `components/`.
 
 `list_candidates` reads `params.train.candidates` at run time, and `train` is mapped over the
 names it returns, so adding a candidate to the params file adds a training task; `evaluate`
@@ -31,7 +37,7 @@ check or a failed quality gate) fails its task at once without a retry, because 
 gives the same answer; any other non-zero exit (a crash, a kill) is retried once.
 
 The `ingest` task updates the asset `kidney_ct_ingested_manifest`; the event's extra holds the
-manifest's path.
+manifest's path (an unchanged, skipped ingest emits no event: there is no new data).
 
 **When it runs** (asset-aware): every week (Monday 00:00 UTC) **or** as soon as one of these assets
 is updated, whichever comes first:
@@ -42,18 +48,21 @@ is updated, whichever comes first:
 * `kidney_ct_pacs_export` — for folder exports: the job that drops a new export updates it (e.g.
   `POST /api/v2/assets/events` with `{"asset_id": ..}` on Airflow's REST API).
 
-**Retries are safe**: every stage is idempotent (ingest skips stored objects, train resumes its
-checkpointed MLflow run, register reuses the model version of the same run or of the same data and
-params fingerprint), so a retried task never duplicates data or model versions.
+**Retries are safe**: a stage whose dvc.lock entry was written is not rerun, push and commit are
+no-ops the second time, and every stage is idempotent anyway (ingest skips stored objects, train
+resumes its checkpointed MLflow run, register reuses the model version of the same run or of the
+same data and params fingerprint), so a retried task never duplicates data or model versions.
 
-**Where each stage runs** — chosen per task by configuration, not by editing this file
-(Airflow Variable `kidney_ct_runners` or env `KIDNEY_CT_RUNNERS`, JSON):
-`{"default": "local", "train": "kubernetes"}`. `local` runs the stage as a subprocess of the worker;
-`kubernetes` runs it in a pod (KubernetesPodOperator) from the stage's image, with the settings in
-Variable `kidney_ct_kubernetes` / env `KIDNEY_CT_KUBERNETES` (JSON; keys of `PodSettings`: namespace,
-cpu_image, gpu_image, train_gpus, workspace_pvc, workspace, config_map, secret). Training pods request
-`nvidia.com/gpu`. In a pod the params file is looked up at the same path relative to the workspace
-volume as it has relative to the project directory here.
+**Where each stage runs** — chosen per stage by the env var `KIDNEY_CT_RUNNERS` (JSON, e.g.
+`{"default": "dvc", "train": "kubernetes"}`), read when this file is parsed because it decides the
+operator (no Variable: that would need the metadata DB at parse time). `dvc` (default): the tracked
+run above, a subprocess of the worker; `local`: `python -m components.<stage> --params <file>` directly,
+untracked (a project folder without git/DVC, e.g. `dag.test()`); `kubernetes`: the task **is** a
+KubernetesPodOperator (train: one mapped pod per candidate) that runs the same `dvc_run` command in
+the stage's image on the workspace volume (a git + DVC checkout), exit code 99 = unchanged = skipped;
+settings in env `KIDNEY_CT_KUBERNETES` (JSON; keys of `PodSettings`: namespace, cpu_image, gpu_image,
+train_gpus, workspace_pvc, workspace, config_map, secret). Training pods request `nvidia.com/gpu`. In a
+pod the DAG param `params_file` is read relative to the workspace (default `params.yaml`).
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -84,9 +94,15 @@ PACS_EXPORT = Asset(name="kidney_ct_pacs_export", uri="x-kidney-ct://pacs/export
 WEEKLY = CronTriggerTimetable("0 0 * * 1", timezone="UTC")
 RETRAIN_SCHEDULE = AssetOrTimeSchedule(timetable=WEEKLY, assets=(NEW_STUDIES | PACS_EXPORT))
 WATCH_DAG_ID = "kidney_ct_pacs_watch"
-RUNNER_KEYS = ("kidney_ct_runners", "KIDNEY_CT_RUNNERS")  # (Airflow Variable, env var)
-POD_KEYS = ("kidney_ct_kubernetes", "KIDNEY_CT_KUBERNETES")
-RUNNERS = ("local", "kubernetes")
+RUNNERS_ENV = "KIDNEY_CT_RUNNERS"  # read at parse time: which operator each stage's task is
+POD_ENV = "KIDNEY_CT_KUBERNETES"
+RUNNERS = ("dvc", "local", "kubernetes")
+STAGES = ("generate", "ingest", "validate", "preprocess", "augment", "backbone", "features", "train", "evaluate",
+          "leakage", "report", "register", "package")
+UNCHANGED_EXIT_CODE = 99  # components.common.dvc_run --skip-exit-code: the stage was unchanged
+STAGE_TRIGGER_RULE = "none_failed"  # an unchanged (skipped) upstream stage still lets its dependents run
+POD_PARAMS_TEMPLATE = "{{ params.params_file or 'params.yaml' }}"  # relative to the pod's workspace
+POD_MESSAGE_TEMPLATE = "kidney_ct_retraining {{ run_id }}"
 
 # (DAG param, Airflow Variable, environment variable) for each run-time setting.
 PROJECT_DIR_KEYS = ("project_dir", "kidney_ct_project_dir", "KIDNEY_CT_PROJECT_DIR")
@@ -154,21 +170,13 @@ def current_settings() -> StageSettings:
     )
 
 
-def run_stage_command(stage: str, settings: StageSettings, *extra_args: str) -> None:
-    """Run `python -m components.<stage> --params FILE [extra]` in the project dir; raise on failure.
-
-    A subprocess per stage (rather than calling `main()` in the worker) because: TensorFlow keeps
-    the memory it grabbed (and its graph/Keras global state) for the life of the process, so
-    in-process stages would pile up memory across tasks in a long-lived worker; a crash or an
-    OOM kill takes down only the child, which Airflow then reports and retries; and it is the
-    exact command dvc.yaml runs, so `dvc repro` and this DAG execute the same code path.
-    """
-    command = [sys.executable, "-m", f"components.{stage}", "--params", str(settings.params_file), *extra_args]
-    log.info("running %s in %s", " ".join(command), settings.project_dir)
+def _stream(label: str, command: list[str], cwd: Path) -> tuple[int, list[str]]:
+    """Run `command` in `cwd`, logging its output live; return the exit code and the last lines."""
+    log.info("running %s in %s", " ".join(command), cwd)
     tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
     with subprocess.Popen(
         command,
-        cwd=settings.project_dir,
+        cwd=cwd,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -177,9 +185,44 @@ def run_stage_command(stage: str, settings: StageSettings, *extra_args: str) -> 
     ) as process:
         assert process.stdout is not None
         for line in process.stdout:
-            log.info("[%s] %s", stage, line.rstrip())
+            log.info("[%s] %s", label, line.rstrip())
             tail.append(line.rstrip())
-    _raise_on_failure(stage, process.returncode, list(tail))
+    return process.returncode, list(tail)
+
+
+def run_stage_command(stage: str, settings: StageSettings, *extra_args: str) -> None:
+    """Runner `local`: `python -m components.<stage> --params FILE [extra]`, untracked by DVC.
+
+    A subprocess per stage (rather than calling `main()` in the worker) because: TensorFlow keeps
+    the memory it grabbed (and its graph/Keras global state) for the life of the process, so
+    in-process stages would pile up memory across tasks in a long-lived worker; a crash or an
+    OOM kill takes down only the child, which Airflow then reports and retries; and it is the
+    exact command dvc.yaml runs, so `dvc repro` and this DAG execute the same code path.
+    """
+    command = [sys.executable, "-m", f"components.{stage}", "--params", str(settings.params_file), *extra_args]
+    returncode, tail = _stream(stage, command, settings.project_dir)
+    _raise_on_failure(stage, returncode, tail)
+
+
+def dvc_target(stage: str, candidate: str | None = None) -> str:
+    """The dvc.yaml stage name: `train@<candidate>` for a training task, else the stage itself."""
+    return f"{stage}@{candidate}" if candidate else stage
+
+
+def dvc_run_arguments(target: str, params_file: str, message: str) -> list[str]:
+    """`python -m` arguments of the tracked run of one stage (worker and pod run the same)."""
+    return ["components.common.dvc_run", target, "--params", params_file, "--message", message,
+            "--skip-exit-code", str(UNCHANGED_EXIT_CODE)]
+
+
+def run_stage_dvc(target: str, settings: StageSettings, run_id: str) -> None:
+    """Runner `dvc`: the stage through DVC (repro --single-item, push, commit dvc.lock); skip if unchanged."""
+    arguments = dvc_run_arguments(target, str(settings.params_file), f"{DAG_ID} {run_id}")
+    returncode, tail = _stream(target, [sys.executable, "-m", *arguments], settings.project_dir)
+    if returncode == UNCHANGED_EXIT_CODE:
+        raise AirflowSkipException(f"stage {target} unchanged since dvc.lock (same deps, params and code): "
+                                   "nothing to do, its outputs are the recorded ones")
+    _raise_on_failure(target, returncode, tail)
 
 
 def _raise_on_failure(stage: str, returncode: int, tail: list[str]) -> None:
@@ -197,83 +240,83 @@ class PodSettings:
     """How a stage runs as a Kubernetes pod (KubernetesPodOperator)."""
 
     namespace: str = "kidney-ct"
-    cpu_image: str = "ghcr.io/example/kidney-ct-cpu:latest"
-    gpu_image: str = "ghcr.io/example/kidney-ct-gpu:latest"
+    cpu_image: str = ""  # repo@sha256:<digest> (the image build's manifest): a tag can move under a run
+    gpu_image: str = ""
     train_gpus: int = 1
-    workspace_pvc: str = "kidney-ct-workspace"  # shared volume with params and local outputs
+    workspace_pvc: str = "kidney-ct-workspace"  # a git + DVC checkout of the project, shared by the pods
     workspace: str = "/workspace"
     config_map: str = "kidney-ct-config"  # MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL, ...
     secret: str = "kidney-ct-secrets"  # AWS keys, KIDNEY_CT_SALT, PACS password
 
 
-def _json_setting(keys: tuple[str, str], get_variable: Callable[[str], str | None],
-                  environ: Mapping[str, str]) -> dict:
-    """A JSON object from the Airflow Variable, else the env var, else {}; a clear error if malformed."""
+def _json_setting(env: str, environ: Mapping[str, str]) -> dict:
+    """A JSON object from env var `env`, else {}; a clear error if malformed (raised at parse time)."""
     import json
 
-    variable, env = keys
-    text = _first_set(get_variable(variable), environ.get(env))
+    text = _first_set(environ.get(env))
     if text is None:
         return {}
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise AirflowFailException(f"Variable {variable} / env {env} is not valid JSON: {exc}") from None
+        raise ValueError(f"env {env} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise AirflowFailException(f"Variable {variable} / env {env} must be a JSON object")
+        raise ValueError(f"env {env} must be a JSON object")
     return value
 
 
-def resolve_runner(stage: str, get_variable: Callable[[str], str | None], environ: Mapping[str, str]) -> str:
-    """'local' or 'kubernetes' for `stage`: its own entry, else `default`, else local."""
-    config = _json_setting(RUNNER_KEYS, get_variable, environ)
-    runner = str(config.get(stage, config.get("default", "local")))
-    if runner not in RUNNERS:
-        raise AirflowFailException(f"runner {runner!r} for stage {stage} is not one of {', '.join(RUNNERS)} "
-                                   f"(Variable {RUNNER_KEYS[0]} / env {RUNNER_KEYS[1]})")
-    return runner
+def resolve_runners(stages: tuple[str, ...], environ: Mapping[str, str]) -> dict[str, str]:
+    """Each stage's runner from env KIDNEY_CT_RUNNERS: its own entry, else `default`, else `dvc`.
+
+    Read when the DAG file is parsed (it decides which operator a task is), from the environment
+    only: an Airflow Variable would need the metadata DB at parse time.
+    """
+    config = _json_setting(RUNNERS_ENV, environ)
+    unknown = set(config) - set(stages) - {"default"}
+    if unknown:
+        raise ValueError(f"env {RUNNERS_ENV} names unknown stages {sorted(unknown)}")
+    runners = {stage: str(config.get(stage, config.get("default", "dvc"))) for stage in stages}
+    wrong = {stage: runner for stage, runner in runners.items() if runner not in RUNNERS}
+    if wrong:
+        raise ValueError(f"env {RUNNERS_ENV}: runners {wrong} are not among {', '.join(RUNNERS)}")
+    return runners
 
 
-def resolve_pod_settings(get_variable: Callable[[str], str | None], environ: Mapping[str, str]) -> PodSettings:
-    config = _json_setting(POD_KEYS, get_variable, environ)
+def resolve_pod_settings(environ: Mapping[str, str]) -> PodSettings:
+    config = _json_setting(POD_ENV, environ)
     unknown = set(config) - set(PodSettings.__dataclass_fields__)
     if unknown:
-        raise AirflowFailException(f"unknown keys {sorted(unknown)} in Variable {POD_KEYS[0]} / env {POD_KEYS[1]}")
-    return PodSettings(**config)
+        raise ValueError(f"unknown keys {sorted(unknown)} in env {POD_ENV}")
+    pod = PodSettings(**config)
+    for name in ("cpu_image", "gpu_image"):
+        if not re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", getattr(pod, name)):
+            raise ValueError(f"env {POD_ENV}: {name} {getattr(pod, name)!r} must be pinned by digest (repo@sha256:..)")
+    return pod
 
 
-def stage_pod_operator(stage: str, settings: StageSettings, pod: PodSettings, task_id: str, *extra_args: str):
-    """A KubernetesPodOperator running the stage's entry point in its image on the workspace volume."""
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+def pod_kwargs(stage: str, pod: PodSettings) -> dict[str, Any]:
+    """KubernetesPodOperator arguments shared by every task of `stage` (image, volume, env, resources)."""
     from kubernetes.client import models as k8s
 
     gpus = pod.train_gpus if stage == "train" else 0
-    params_in_pod = Path(pod.workspace) / settings.params_file.relative_to(settings.project_dir)
     optional_env = [k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name=pod.config_map, optional=True)),
                     k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=pod.secret, optional=True))]
-    return KubernetesPodOperator(
-        task_id=f"{task_id}_pod", name=f"kidney-ct-{stage}", namespace=pod.namespace,
+    return dict(
+        name=f"kidney-ct-{stage}", namespace=pod.namespace,
         image=pod.gpu_image if stage == "train" else pod.cpu_image,
         cmds=["sh", "-ec", 'cd "$1" && shift && exec python -m "$@"', stage],
-        arguments=[pod.workspace, f"components.{stage}", "--params", str(params_in_pod), *extra_args],
         container_resources=k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": str(gpus)}) if gpus else None,
         volumes=[k8s.V1Volume(name="workspace", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
             claim_name=pod.workspace_pvc))],
         volume_mounts=[k8s.V1VolumeMount(name="workspace", mount_path=pod.workspace)],
         env_from=optional_env, get_logs=True, on_finish_action="delete_pod",
+        skip_on_exit_code=UNCHANGED_EXIT_CODE, trigger_rule=STAGE_TRIGGER_RULE,
     )
 
 
-def run_stage(stage: str, settings: StageSettings, *extra_args: str) -> None:
-    """Run a stage where the configuration says: a local subprocess (default) or a Kubernetes pod."""
-    get_variable = lambda key: Variable.get(key, default=None)  # noqa: E731
-    if resolve_runner(stage, get_variable, os.environ) == "local":
-        run_stage_command(stage, settings, *extra_args)
-        return
-    context = get_current_context()
-    pod = resolve_pod_settings(get_variable, os.environ)
-    log.info("running %s as a pod in namespace %s", stage, pod.namespace)
-    stage_pod_operator(stage, settings, pod, context["ti"].task_id, *extra_args).execute(context)
+def pod_arguments(pod: PodSettings, target: str) -> list[str]:
+    """The pod's command line: the tracked run of `target` in the workspace (params templated per run)."""
+    return [pod.workspace, *dvc_run_arguments(target, POD_PARAMS_TEMPLATE, POD_MESSAGE_TEMPLATE)]
 
 
 def read_candidate_names(params_file: Path) -> list[str]:
@@ -299,6 +342,57 @@ def ingested_manifest_path(settings: StageSettings) -> str:
     return str((settings.project_dir / ingested / "manifest.csv").absolute())
 
 
+def run_stage(stage: str, runner: str, candidate: str | None = None) -> StageSettings:
+    """Run a stage on the worker: through DVC (`dvc`) or directly (`local`); return the run's settings."""
+    settings = current_settings()
+    if runner == "dvc":
+        run_stage_dvc(dvc_target(stage, candidate), settings, get_current_context()["run_id"])
+    else:
+        run_stage_command(stage, settings, *(["--candidate", candidate] if candidate else []))
+    return settings
+
+
+def stage_task(stage: str, runner: str, pod: PodSettings | None):
+    """The task of one (unmapped) stage: a KubernetesPodOperator, or a Python task on the worker."""
+    outlets = [INGESTED_MANIFEST] if stage == "ingest" else []
+    if runner == "kubernetes":
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+        return KubernetesPodOperator(task_id=stage, outlets=outlets, arguments=pod_arguments(pod, stage),
+                                     **pod_kwargs(stage, pod))
+
+    @task(task_id=stage, outlets=outlets, trigger_rule=STAGE_TRIGGER_RULE)
+    def body(*, outlet_events: Any = None) -> None:
+        settings = run_stage(stage, runner)
+        if outlets:
+            outlet_events[INGESTED_MANIFEST].extra = {"manifest": ingested_manifest_path(settings)}
+
+    return body()
+
+
+def train_tasks(runner: str, pod: PodSettings | None):
+    """`train`, mapped over the candidates `list_candidates` reads from the run's params file."""
+
+    @task(trigger_rule=STAGE_TRIGGER_RULE)
+    def list_candidates() -> list[str]:
+        return read_candidate_names(current_settings().params_file)
+
+    names = list_candidates()
+    if runner == "kubernetes":
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+        arguments = names.map(lambda name: pod_arguments(pod, dvc_target("train", name)))
+        return names, KubernetesPodOperator.partial(task_id="train", **pod_kwargs("train", pod)).expand(
+            arguments=arguments)
+
+    @task(map_index_template="{{ candidate_name }}", trigger_rule=STAGE_TRIGGER_RULE)
+    def train(candidate: str) -> None:
+        get_current_context()["candidate_name"] = candidate  # type: ignore[typeddict-unknown-key]
+        run_stage("train", runner, candidate)
+
+    return names, train.expand(candidate=names)
+
+
 @dag(
     dag_id=DAG_ID,
     description="Weekly retrain, gate, register and package of the kidney CT classifier",
@@ -316,73 +410,17 @@ def ingested_manifest_path(settings: StageSettings) -> str:
 )
 def kidney_ct_retraining() -> None:
     """Wire the stages in dvc.yaml's order; train is mapped over the candidates."""
+    runners = resolve_runners(STAGES, os.environ)
+    pod = resolve_pod_settings(os.environ) if "kubernetes" in runners.values() else None
+    task_of = {stage: stage_task(stage, runners[stage], pod) for stage in STAGES if stage != "train"}
+    names, trained = train_tasks(runners["train"], pod)
 
-    @task
-    def generate() -> None:
-        run_stage("generate", current_settings())
-
-    @task(outlets=[INGESTED_MANIFEST])
-    def ingest(*, outlet_events: Any = None) -> None:
-        settings = current_settings()
-        run_stage("ingest", settings)
-        outlet_events[INGESTED_MANIFEST].extra = {"manifest": ingested_manifest_path(settings)}
-
-    @task
-    def validate() -> None:
-        run_stage("validate", current_settings())
-
-    @task
-    def preprocess() -> None:
-        run_stage("preprocess", current_settings())
-
-    @task
-    def augment() -> None:
-        run_stage("augment", current_settings())
-
-    @task
-    def backbone() -> None:
-        run_stage("backbone", current_settings())
-
-    @task
-    def features() -> None:
-        run_stage("features", current_settings())
-
-    @task
-    def list_candidates() -> list[str]:
-        return read_candidate_names(current_settings().params_file)
-
-    @task(map_index_template="{{ candidate_name }}")
-    def train(candidate: str) -> None:
-        get_current_context()["candidate_name"] = candidate  # type: ignore[typeddict-unknown-key]
-        run_stage("train", current_settings(), "--candidate", candidate)
-
-    @task
-    def evaluate() -> None:
-        run_stage("evaluate", current_settings())
-
-    @task
-    def leakage() -> None:
-        run_stage("leakage", current_settings())
-
-    @task
-    def report() -> None:
-        run_stage("report", current_settings())
-
-    @task
-    def register() -> None:
-        run_stage("register", current_settings())
-
-    @task
-    def package() -> None:
-        run_stage("package", current_settings())
-
-    preprocessed = generate() >> ingest() >> validate() >> preprocess()
-    converted = backbone()
-    featured = [preprocessed, converted] >> features()
-    trained = train.expand(candidate=list_candidates())
-    scored = [preprocessed >> augment(), featured] >> trained >> evaluate()
-    scored >> register() >> package()
-    [scored, featured >> leakage()] >> report()
+    preprocessed = task_of["generate"] >> task_of["ingest"] >> task_of["validate"] >> task_of["preprocess"]
+    preprocessed >> names
+    featured = [preprocessed, task_of["backbone"]] >> task_of["features"]  # a no-op unless backbone.enabled
+    scored = [preprocessed >> task_of["augment"], featured] >> trained >> task_of["evaluate"]
+    scored >> task_of["register"] >> task_of["package"]
+    [scored, featured >> task_of["leakage"]] >> task_of["report"]
 
 
 kidney_ct_retraining()

@@ -6,39 +6,48 @@ components.<stage> --params FILE`) in the stage's image, with its working direct
 PersistentVolumeClaim (`/workspace`, holding the params file and every `paths.*` output that is not
 in object storage). Object storage, MLflow and PACS settings come from a ConfigMap and a Secret.
 
-Caching: `ingest` always runs (new studies may have landed) and outputs the data version (sha256
-of manifest.csv); every step that derives from the data takes that version and the params file's
-hash as inputs, so KFP's cache key (component + inputs) changes exactly when data or params change.
-`register` and `package` are not cached: they talk to the registry, and they are idempotent.
-`train` runs one task per candidate in the GPU image with an `nvidia.com/gpu` request.
+Caching on content: KFP's cache key is a step's container spec (image, command, args) plus its
+input values. The pipeline computes its own inputs, nothing is left to the caller: the first step
+`fingerprint` (never cached) writes the params file's digest, `ingest` (never cached: new studies
+may have landed) writes the data version (sha256 of manifest.csv), and every step that derives from
+the data takes both as inputs. Images are referenced by digest (`repo@sha256:..`, from the build
+manifest the image build writes, `--images`), so new code is a new image digest is a new key. A
+change of code, params or data therefore never reuses a stale step. `register` and `package` are
+not cached: they talk to the registry, and they are idempotent. `train` runs one task per candidate
+in the GPU image with an `nvidia.com/gpu` request.
 
-Compile (offline): `python -m pipelines.kidney_ct --params params.yaml --out kidney_ct_pipeline.yaml`,
-then upload the YAML in the KFP UI or with `kfp.Client().create_run_from_pipeline_package(...)`,
-passing `params_hash` from `python -m pipelines.kidney_ct --print-params-hash`.
+Compile (offline): `python -m pipelines.kidney_ct --params params.yaml --images build/images.json
+--out kidney_ct_pipeline.yaml`, then upload the YAML in the KFP UI or with
+`kfp.Client().create_run_from_pipeline_package(...)`. The manifest is JSON
+`{"cpu": "<repo>@sha256:<64 hex>", "gpu": "<repo>@sha256:<64 hex>"}` (README: Kubeflow).
 """
 
 # No `from __future__ import annotations`: KFP reads the component signatures' real annotations.
 import argparse
-import hashlib
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import yaml
 
+from components.common.fingerprint import params_digest
 from components.common.stage_graph import ancestors, load_stage_graph
 
 WORKSPACE = "/workspace"
 STAGE_SCRIPT = 'cd "$1" && shift && exec python -m "$@"'  # $1: workspace, then module and its args
 INGEST_SCRIPT = ('cd "$1" && python -m components.ingest --params "$2" --data-version-out "$3"')
+FINGERPRINT_SCRIPT = 'cd "$1" && python -m components.common.fingerprint --params "$2" --out "$3"'
+PINNED = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
 class ClusterSettings:
     """Where the images, the shared volume and the service settings live on the cluster."""
 
-    cpu_image: str = "ghcr.io/example/kidney-ct-cpu:latest"
-    gpu_image: str = "ghcr.io/example/kidney-ct-gpu:latest"
+    cpu_image: str = ""  # repo@sha256:digest, from the build manifest
+    gpu_image: str = ""
     workspace_pvc: str = "kidney-ct-workspace"
     config_map: str = "kidney-ct-config"  # MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL
     secret: str = "kidney-ct-secrets"  # AWS keys, salt, PACS password
@@ -49,10 +58,28 @@ class ClusterSettings:
                                     "KIDNEY_CT_DICOMWEB_PASSWORD")
 
 
-def params_hash(params_file: str | Path) -> str:
-    """sha256 of the params file's canonical YAML (formatting and comments do not count)."""
-    raw = yaml.safe_load(Path(params_file).read_text()) or {}
-    return hashlib.sha256(yaml.safe_dump(raw, sort_keys=True).encode()).hexdigest()
+params_hash = params_digest  # what the `fingerprint` step computes, for a look from the outside
+
+
+def load_image_manifest(path: str | Path) -> dict[str, str]:
+    """{"cpu": ref, "gpu": ref} from the build manifest; every ref must be pinned by digest."""
+    try:
+        images = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"image build manifest {path} is not readable JSON: {exc}") from None
+    missing = {"cpu", "gpu"} - set(images)
+    if missing:
+        raise ValueError(f"image build manifest {path} lacks {sorted(missing)}")
+    return {key: str(images[key]) for key in ("cpu", "gpu")}
+
+
+def check_pinned(settings: ClusterSettings) -> None:
+    """Refuse an image referenced by tag: a tag can move, so KFP's cache key would not follow the code."""
+    for name in ("cpu_image", "gpu_image"):
+        ref = getattr(settings, name)
+        if not PINNED.match(ref):
+            raise ValueError(f"{name} {ref!r} is not pinned by digest (repo@sha256:<64 hex>): pass --images "
+                             "with the manifest the image build wrote")
 
 
 def candidate_names(params_file: str | Path) -> list[str]:
@@ -86,6 +113,17 @@ def plain_component(stage: str, image: str) -> Callable:
 
     component.__name__ = component.__qualname__ = stage
     return dsl.container_component(component)
+
+
+def fingerprint_component(image: str) -> Callable:
+    """The params digest of the run's params file, computed in the workspace (an input of cached steps)."""
+    from kfp import dsl
+
+    def fingerprint(params_file: str, params_digest: dsl.OutputPath(str)):
+        return dsl.ContainerSpec(image=image, command=["sh", "-ec", FINGERPRINT_SCRIPT, "fingerprint"],
+                                 args=[WORKSPACE, params_file, params_digest])
+
+    return dsl.container_component(fingerprint)
 
 
 def ingest_component(image: str) -> Callable:
@@ -130,7 +168,11 @@ def build_pipeline(settings: ClusterSettings, graph: Mapping[str, Iterable[str]]
         raise ValueError("the stage graph has no `ingest` stage: nothing would define the data version")
 
     @dsl.pipeline(name="kidney-ct-retraining", description="The stages of dvc.yaml on Kubeflow Pipelines")
-    def kidney_ct_retraining(params_file: str = "params.yaml", params_hash: str = ""):
+    def kidney_ct_retraining(params_file: str = "params.yaml"):
+        fingerprint = fingerprint_component(settings.cpu_image)(params_file=params_file)
+        fingerprint.set_display_name("fingerprint")
+        _on_cluster(fingerprint, settings, cache=False)
+        params_hash = fingerprint.outputs["params_digest"]
         tasks: dict[str, list] = {}
         version = None
         for stage in order:
@@ -171,6 +213,7 @@ def compile_pipeline(settings: ClusterSettings, out: str | Path, graph: Mapping[
     """Compile the pipeline to a KFP v2 YAML package (offline)."""
     from kfp import compiler
 
+    check_pinned(settings)
     compiler.Compiler().compile(build_pipeline(settings, graph), str(out))
     return Path(out)
 
@@ -180,18 +223,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="params file: candidates and cache hash")
     parser.add_argument("--dvc", default="dvc.yaml", help="the stage graph to mirror")
     parser.add_argument("--out", default="kidney_ct_pipeline.yaml")
-    parser.add_argument("--cpu-image", default=ClusterSettings.cpu_image)
-    parser.add_argument("--gpu-image", default=ClusterSettings.gpu_image)
-    parser.add_argument("--print-params-hash", action="store_true", help="print the params hash and exit")
+    parser.add_argument("--images", default="build/images.json",
+                        help='build manifest: {"cpu": "repo@sha256:..", "gpu": "repo@sha256:.."}')
+    parser.add_argument("--print-params-hash", action="store_true", help="print the params digest and exit")
     args = parser.parse_args(argv)
     if args.print_params_hash:
         print(params_hash(args.params))
         return 0
-    settings = ClusterSettings(cpu_image=args.cpu_image, gpu_image=args.gpu_image,
-                               candidates=tuple(candidate_names(args.params)))
-    path = compile_pipeline(settings, args.out, load_stage_graph(args.dvc, args.params))
-    print(f"compiled {len(settings.candidates)} candidate(s) into {path}; run it with params_hash="
-          f"{params_hash(args.params)}")
+    try:
+        images = load_image_manifest(args.images)
+        settings = ClusterSettings(cpu_image=images["cpu"], gpu_image=images["gpu"],
+                                   candidates=tuple(candidate_names(args.params)))
+        path = compile_pipeline(settings, args.out, load_stage_graph(args.dvc, args.params))
+    except ValueError as exc:
+        print(f"compile failed: {exc}")
+        return 2
+    print(f"compiled {len(settings.candidates)} candidate(s) into {path} (images {images['cpu']}, {images['gpu']})")
     return 0
 
 

@@ -71,6 +71,8 @@ class KidneyCtClassifier:
         self.size = int(meta["image_size"])
         self.window = (float(meta["window_center"]), float(meta["window_width"]))
         self.model_version = str(meta.get("mlflow_version", stored.tag.version))
+        self.served = {"mlflow_model": str(meta.get("mlflow_model", "")), "mlflow_version": self.model_version,
+                       "bento_model": str(stored.tag)}
         self.model = keras.saving.load_model(stored.path_of(meta.get("model_file", "model.keras")), compile=False)
         self.batcher = MicroBatcher(self.run_model, self.config.max_batch_size, self.config.max_latency_ms)
 
@@ -92,6 +94,11 @@ class KidneyCtClassifier:
 
     async def checked_pixels(self, image: Path) -> np.ndarray:
         return await asyncio.to_thread(self.prepare, image)
+
+    @bentoml.api
+    async def version(self) -> dict[str, str]:
+        """Which model this instance serves: the registry name and version, and the BentoML model tag."""
+        return self.served
 
     @bentoml.api
     async def predict(self, image: Path) -> Prediction:

@@ -44,14 +44,21 @@ def configure_bentoml_env(params: Params) -> str:
 
 
 def ensure_bento_model(champion: Champion, name: str) -> tuple[str, bool]:
-    """Tag of the BentoML model for this registry version, creating it only if absent."""
+    """Tag of the BentoML model for this registry version, which afterwards is `<name>:latest`.
+
+    serving/bentofile.yaml declares `<name>:latest`, so a plain `bentoml build` pins the champion:
+    a version packaged before is reused while it is the newest, and saved again (a copy, now the
+    newest) when the champion moved back to it (a rollback or a re-promotion).
+    """
     import bentoml
 
     stored = [(str(m.tag), m.info.labels) for m in bentoml.models.list()]
     existing = find_packaged(stored, name, champion)
-    if existing:
+    if existing and str(bentoml.models.get(f"{name}:latest").tag) == existing:
         log.info("reusing BentoML model %s (already packaged from %s)", existing, champion.model_uri)
         return existing, True
+    if existing:
+        return _resave_as_latest(bentoml.models.get(existing), name, champion), False
     keras_model = load_registered_keras(champion.model_uri)
     check_model_shapes(keras_model.input_shape, keras_model.output_shape, champion)
     with bentoml.models.create(name, labels=bento_model_labels(champion),
@@ -59,6 +66,20 @@ def ensure_bento_model(champion: Champion, name: str) -> tuple[str, bool]:
         keras_model.save(bento_model.path_of(MODEL_FILE))
     log.info("saved %s into the BentoML model store as %s", champion.model_uri, bento_model.tag)
     return str(bento_model.tag), False
+
+
+def _resave_as_latest(stored, name: str, champion: Champion) -> str:
+    """A copy of an older BentoML model of the champion, so that `<name>:latest` is the champion again."""
+    import shutil
+
+    import bentoml
+
+    with bentoml.models.create(name, labels=bento_model_labels(champion),
+                               metadata=bento_model_metadata(champion)) as bento_model:
+        shutil.copy2(stored.path_of(MODEL_FILE), bento_model.path_of(MODEL_FILE))
+    log.info("champion %s was packaged before as %s: saved again as %s, now %s:latest", champion.model_uri,
+             stored.tag, bento_model.tag, name)
+    return str(bento_model.tag)
 
 
 def build_bento(name: str, model_tag: str, champion: Champion) -> str:

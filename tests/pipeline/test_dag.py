@@ -26,7 +26,7 @@ DAG_FILE = DAGS / "kidney_ct_retraining.py"
 DAG_ID = "kidney_ct_retraining"
 HELPER_TASKS = {"list_candidates": "train"}  # task id -> the stage it belongs to
 PROJECT_ENV = ("KIDNEY_CT_PARAMS", "KIDNEY_CT_PROJECT_DIR", "AIRFLOW_VAR_KIDNEY_CT_PARAMS",
-               "AIRFLOW_VAR_KIDNEY_CT_PROJECT_DIR")
+               "AIRFLOW_VAR_KIDNEY_CT_PROJECT_DIR", "KIDNEY_CT_RUNNERS", "KIDNEY_CT_KUBERNETES")
 
 PARSE_SCRIPT = r"""
 import json, os, sys
@@ -287,6 +287,9 @@ def run_dag_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, params_file: P
     """
     home = tmp_path / "airflow_home"
     isolate_airflow(monkeypatch, home, f"sqlite:///{home / 'airflow.db'}")
+    # The repo itself with absolute tmp paths is no DVC workspace: run the stages directly, untracked
+    # (the tracked `dvc` runner is tested under a real Airflow in test_dag_airflow_server.py).
+    monkeypatch.setenv("KIDNEY_CT_RUNNERS", '{"default": "local"}')
     for name in ("MLFLOW_TRACKING_URI", "BENTOML_HOME"):  # they would override the tmp params
         monkeypatch.delenv(name, raising=False)
     started = time.monotonic()

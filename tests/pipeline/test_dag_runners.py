@@ -1,67 +1,81 @@
-"""Per-task choice of where a stage runs (local subprocess or Kubernetes pod), by configuration only."""
+"""Where a stage runs is decided by configuration when the DAG file is parsed (env only, no DB):
+the default shape runs every stage through DVC on the worker; `kubernetes` makes the task itself a
+KubernetesPodOperator (train: mapped, one pod per candidate) running the same `dvc_run` command."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from tests.pipeline.test_dag import DAG_FILE, isolate_airflow, run_python
+import pytest
 
-RUNNERS_SCRIPT = r"""
-import importlib.util, json, sys
-from pathlib import Path
-spec = importlib.util.spec_from_file_location("kidney_ct_dag", sys.argv[1])
-m = sys.modules["kidney_ct_dag"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(m)
+from tests.pipeline.test_dag import DAG_ID, DAGS, PARSE_SCRIPT, isolate_airflow, run_python
 
-def attempt(call):
-    try:
-        return call()
-    except Exception as exc:
-        return {"raised": type(exc).__name__, "message": str(exc)}
+SHAPE_SCRIPT = PARSE_SCRIPT.replace('print("REPORT:" + json.dumps(report))', r'''
+def describe(t):
+    op = getattr(t, "partial_kwargs", None) or {}
+    get = lambda name: op.get(name, getattr(t, name, None))
+    limits = get("container_resources").limits if get("container_resources") else None
+    return {"type": type(t).__name__, "operator": getattr(t, "operator_class", type(t)).__name__
+            if not isinstance(getattr(t, "operator_class", None), dict) else t.operator_class["task_type"],
+            "image": get("image"), "namespace": get("namespace"), "arguments": get("arguments"),
+            "limits": limits, "skip_on_exit_code": get("skip_on_exit_code"), "trigger_rule": str(getattr(t.trigger_rule, "value", t.trigger_rule)),
+            "mapped": bool(getattr(t, "is_mapped", False))}
+if dag is not None:
+    report["shapes"] = {t.task_id: describe(t) for t in dag.tasks}
+print("REPORT:" + json.dumps(report))''')
 
-variables = {"kidney_ct_runners": json.dumps({"default": "local", "train": "kubernetes"})}
-env = {"KIDNEY_CT_RUNNERS": json.dumps({"default": "kubernetes"}),
-       "KIDNEY_CT_KUBERNETES": json.dumps({"namespace": "ml", "gpu_image": "reg/kct-gpu:2", "cpu_image": "reg/kct-cpu:2"})}
-settings = m.StageSettings(Path("/srv/kidney-ct"), Path("/srv/kidney-ct/conf/params.yaml"))
-pod = m.resolve_pod_settings(lambda key: None, env)
-
-def describe(op):
-    limits = op.container_resources.limits if op.container_resources else None
-    return {"image": op.image, "namespace": op.namespace, "cmds": op.cmds, "arguments": op.arguments,
-            "limits": limits, "pvc": op.volumes[0].persistent_volume_claim.claim_name,
-            "mount": op.volume_mounts[0].mount_path, "type": type(op).__name__}
-
-report = {
-    "train_by_variable": m.resolve_runner("train", variables.get, env),
-    "ingest_by_variable": m.resolve_runner("ingest", variables.get, env),
-    "ingest_by_env": m.resolve_runner("ingest", lambda key: None, env),
-    "nothing_set": m.resolve_runner("train", lambda key: None, {}),
-    "bad_runner": attempt(lambda: m.resolve_runner("train", lambda key: '{"train": "slurm"}', {})),
-    "bad_json": attempt(lambda: m.resolve_runner("train", lambda key: "{train", {})),
-    "bad_pod_key": attempt(lambda: m.resolve_pod_settings(lambda key: '{"gpus": 2}', {})),
-    "train_pod": describe(m.stage_pod_operator("train", settings, pod, "train", "--candidate", "paper_cnn")),
-    "validate_pod": describe(m.stage_pod_operator("validate", settings, pod, "validate")),
-}
-print("REPORT:" + json.dumps(report))
-"""
+CPU, GPU = "reg/kct-cpu@sha256:" + "c" * 64, "reg/kct-gpu@sha256:" + "9" * 64
+STAGES = ("generate", "ingest", "validate", "preprocess", "augment", "backbone", "features", "train", "evaluate",
+          "leakage", "report", "register", "package")
 
 
-def test_runner_and_pod_come_from_configuration(tmp_path: Path, monkeypatch) -> None:
-    isolate_airflow(monkeypatch, tmp_path / "airflow_home", f"sqlite:///{tmp_path / 'airflow.db'}")
-    report = run_python(RUNNERS_SCRIPT, str(DAG_FILE), cwd=tmp_path)
+def parse_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> dict:
+    isolate_airflow(monkeypatch, tmp_path / "airflow_home", f"sqlite:///{tmp_path / 'no-dir' / 'airflow.db'}")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "cwd").mkdir()
+    return run_python(SHAPE_SCRIPT, str(DAGS), DAG_ID, cwd=tmp_path / "cwd")
 
-    assert (report["train_by_variable"], report["ingest_by_variable"]) == ("kubernetes", "local")
-    assert (report["ingest_by_env"], report["nothing_set"]) == ("kubernetes", "local")
-    assert report["bad_runner"]["raised"] == "AirflowFailException" and "slurm" in report["bad_runner"]["message"]
-    assert report["bad_json"]["raised"] == "AirflowFailException" and "not valid JSON" in report["bad_json"]["message"]
-    assert "gpus" in report["bad_pod_key"]["message"]
 
-    train = report["train_pod"]
-    assert train["type"] == "KubernetesPodOperator" and train["namespace"] == "ml"
-    assert train["image"] == "reg/kct-gpu:2" and train["limits"] == {"nvidia.com/gpu": "1"}
-    assert train["arguments"] == ["/workspace", "components.train", "--params", "/workspace/conf/params.yaml",
-                                  "--candidate", "paper_cnn"]
-    assert (train["pvc"], train["mount"]) == ("kidney-ct-workspace", "/workspace")
-    validate = report["validate_pod"]
-    assert validate["image"] == "reg/kct-cpu:2" and validate["limits"] is None
-    assert "components.validate" in validate["arguments"]
+def test_default_shape_runs_every_stage_through_dvc_on_the_worker(tmp_path, monkeypatch) -> None:
+    report = parse_with(tmp_path, monkeypatch, {})
+    assert report["import_errors"] == {} and report["touched"] == []
+    shapes = report["shapes"]
+    assert {shapes[s]["type"] for s in STAGES} <= {"_PythonDecoratedOperator", "DecoratedMappedOperator"}
+    assert "KubernetesPodOperator" not in json.dumps(shapes)
+    assert {shapes[s]["trigger_rule"] for s in STAGES} == {"none_failed"}  # a skipped (unchanged) stage
+    assert shapes["train"]["mapped"] is True
+
+
+def test_kubernetes_shape_makes_the_tasks_pods_chosen_at_parse_time_without_a_db(tmp_path, monkeypatch) -> None:
+    env = {"KIDNEY_CT_RUNNERS": json.dumps({"default": "dvc", "train": "kubernetes", "validate": "kubernetes"}),
+           "KIDNEY_CT_KUBERNETES": json.dumps({"namespace": "ml", "gpu_image": GPU, "cpu_image": CPU})}
+    report = parse_with(tmp_path, monkeypatch, env)
+    assert report["import_errors"] == {}
+    assert report["touched"] == [], "choosing the shape must not touch a DB, params file or network"
+    assert not (tmp_path / "no-dir").exists()
+    shapes = report["shapes"]
+
+    validate = shapes["validate"]
+    assert validate["type"] == "KubernetesPodOperator" and validate["namespace"] == "ml"
+    assert validate["image"] == CPU and validate["limits"] is None
+    assert validate["arguments"][:3] == ["/workspace", "components.common.dvc_run", "validate"]
+    assert "{{ params.params_file or 'params.yaml' }}" in validate["arguments"]
+    assert validate["skip_on_exit_code"] == [99] and validate["trigger_rule"] == "none_failed"
+
+    train = shapes["train"]
+    assert train["mapped"] is True and train["operator"] == "KubernetesPodOperator"
+    assert train["image"] == GPU and train["limits"] == {"nvidia.com/gpu": "1"}
+    assert "list_candidates" in report["tasks"]["train"]["upstream"]
+    assert shapes["ingest"]["type"] == "_PythonDecoratedOperator"  # not named: the default runner
+    assert report["tasks"]["ingest"]["outlets"] == ["kidney_ct_ingested_manifest"]
+
+
+@pytest.mark.parametrize("runners, pod, message", [
+    ('{"train": "slurm"}', "{}", "slurm"), ("{train", "{}", "not valid JSON"), ('{"trian": "dvc"}', "{}", "unknown stages"),
+    ('{"train": "kubernetes"}', '{"cpu_image": "reg/kct-cpu:latest"}', "pinned by digest")])
+def test_a_wrong_runner_setting_is_an_import_error_that_says_why(tmp_path, monkeypatch, runners, pod, message) -> None:
+    report = parse_with(tmp_path, monkeypatch, {"KIDNEY_CT_RUNNERS": runners, "KIDNEY_CT_KUBERNETES": pod})
+    assert DAG_ID not in report["dag_ids"]
+    assert any(message in error for error in report["import_errors"].values())

@@ -107,6 +107,15 @@ def test_predict_returns_the_champions_probabilities(served, name, make):
     np.testing.assert_allclose(probs, expected_probabilities(root, record, make()), atol=1e-5)
 
 
+def test_the_service_reports_the_version_it_serves(served):
+    url, record, _ = served
+    response = requests.post(f"{url}/version", json={}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"mlflow_model": record["mlflow_model_name"],
+                               "mlflow_version": record["mlflow_model_version"],
+                               "bento_model": record["bento_model_tag"]}
+
+
 def test_garbage_gets_a_readable_400_and_the_service_keeps_serving(served):
     url, _, _ = served
     bad = predict(url, "notes.txt", b"this is not an image" * 20)

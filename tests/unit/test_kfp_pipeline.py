@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -11,16 +13,21 @@ from components.common.stage_graph import ancestors, load_stage_graph
 from pipelines.kidney_ct import NO_DATA, ClusterSettings, compile_pipeline, main, params_hash
 
 REPO = Path(__file__).resolve().parents[2]
+CPU = "registry.local/kct-cpu@sha256:" + "c" * 64
+GPU = "registry.local/kct-gpu@sha256:" + "9" * 64
+HELPERS = {"fingerprint"}  # not a dvc.yaml stage: computes the params digest
+
+
+def compile_spec(out: Path, cpu: str = CPU, gpu: str = GPU) -> dict:
+    settings = ClusterSettings(cpu_image=cpu, gpu_image=gpu, candidates=("small", "wide"))
+    compile_pipeline(settings, out, load_stage_graph(REPO / "dvc.yaml", REPO / "params.yaml"))
+    pipeline_spec, platform_spec = yaml.safe_load_all(out.read_text())  # KFP writes two documents
+    return {**pipeline_spec, **platform_spec}
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("kfp") / "pipeline.yaml"
-    settings = ClusterSettings(cpu_image="registry.local/kct-cpu:1", gpu_image="registry.local/kct-gpu:1",
-                               candidates=("small", "wide"))
-    compile_pipeline(settings, out, load_stage_graph(REPO / "dvc.yaml", REPO / "params.yaml"))
-    pipeline_spec, platform_spec = yaml.safe_load_all(out.read_text())  # KFP writes two documents
-    return {**pipeline_spec, **platform_spec}
+    return compile_spec(tmp_path_factory.mktemp("kfp") / "pipeline.yaml")
 
 
 def tasks(spec: dict) -> dict:
@@ -36,8 +43,9 @@ def test_every_stage_runs_its_entry_point_in_its_image(compiled):
     for name, task in tasks(compiled).items():
         container = executor(compiled, task)
         stage = name.split("-")[0]
-        assert f"components.{stage}" in " ".join(container["command"] + container["args"]), name
-        assert container["image"] == ("registry.local/kct-gpu:1" if stage == "train" else "registry.local/kct-cpu:1")
+        module = "components.common.fingerprint" if stage in HELPERS else f"components.{stage}"
+        assert module in " ".join(container["command"] + container["args"]), name
+        assert container["image"] == (GPU if stage == "train" else CPU)
 
 
 def test_train_requests_a_gpu_per_candidate(compiled):
@@ -53,7 +61,7 @@ def test_cache_is_keyed_on_the_ingested_data_version_and_the_params_hash(compile
     for name, task in tasks(compiled).items():
         cached = task.get("cachingOptions", {}).get("enableCache", False)
         stage = name.split("-")[0]
-        assert cached == (stage not in ("generate", "ingest", "register", "package")), name
+        assert cached == (stage not in ("fingerprint", "generate", "ingest", "register", "package")), name
         if cached:
             inputs = task["inputs"]["parameters"]
             if stage == "backbone":  # converts pinned weights, reads no data: keyed on the params only
@@ -61,13 +69,18 @@ def test_cache_is_keyed_on_the_ingested_data_version_and_the_params_hash(compile
                 continue
             assert inputs["data_version"]["taskOutputParameter"] == {"outputParameterKey": "data_version",
                                                                      "producerTask": "ingest"}
-            assert inputs["params_hash"]["componentInputParameter"] == "params_hash"
+            assert inputs["params_hash"]["taskOutputParameter"] == {"outputParameterKey": "params_digest",
+                                                                    "producerTask": "fingerprint"}
+    assert set(compiled["root"]["inputDefinitions"]["parameters"]) == {"params_file"}  # nothing caller-supplied
 
 
 def test_task_order_matches_dvc_stage_graph(compiled):
     graph: dict[str, set[str]] = {}
     for name, task in tasks(compiled).items():
-        graph.setdefault(name.split("-")[0], set()).update(dep.split("-")[0] for dep in task.get("dependentTasks", []))
+        if name in HELPERS:
+            continue
+        graph.setdefault(name.split("-")[0], set()).update(
+            dep.split("-")[0] for dep in task.get("dependentTasks", []) if dep not in HELPERS)
     for stage in graph:
         graph[stage].discard(stage)
     assert ancestors(graph) == ancestors(load_stage_graph(REPO / "dvc.yaml", REPO / "params.yaml"))
@@ -92,3 +105,60 @@ def test_params_hash_ignores_formatting_but_not_values(tmp_path, capsys):
     assert params_hash(a) == params_hash(b) != params_hash(c)
     assert main(["--params", str(a), "--print-params-hash"]) == 0
     assert capsys.readouterr().out.strip() == params_hash(a)
+
+
+def cache_keys(spec: dict, params_file: Path, manifest: bytes) -> dict[str, str]:
+    """Each cached task's cache key as KFP's driver forms it: container spec + resolved input values.
+
+    The runtime outputs are computed the way the steps compute them: the params digest of
+    `params_file` (fingerprint) and the sha256 of `manifest` (ingest's data version).
+    """
+    outputs = {("fingerprint", "params_digest"): params_hash(params_file),
+               ("ingest", "data_version"): hashlib.sha256(manifest).hexdigest()}
+    keys = {}
+    for name, task in tasks(spec).items():
+        if not task.get("cachingOptions", {}).get("enableCache"):
+            continue
+        values = {}
+        for key, source in task["inputs"]["parameters"].items():
+            if "taskOutputParameter" in source:
+                ref = source["taskOutputParameter"]
+                values[key] = outputs[(ref["producerTask"], ref["outputParameterKey"])]
+            elif "runtimeValue" in source:  # a constant (the backbone's data version: it reads no data)
+                values[key] = source["runtimeValue"]["constant"]
+            else:
+                values[key] = source["componentInputParameter"]
+        blob = json.dumps({"container": executor(spec, task), "inputs": values}, sort_keys=True)
+        keys[name] = hashlib.sha256(blob.encode()).hexdigest()
+    return keys
+
+
+def test_cache_key_changes_when_params_data_or_code_change(compiled, tmp_path):
+    params_a, params_b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    params_a.write_text("train: {seed: 1}\n")
+    params_b.write_text("train: {seed: 2}\n")
+    manifest_a, manifest_b = b"image,label\na.dcm,Cyst\n", b"image,label\na.dcm,Cyst\nb.dcm,Stone\n"
+    base = cache_keys(compiled, params_a, manifest_a)
+    assert base and base == cache_keys(compiled, tmp_path / "a.yaml", manifest_a)  # same content, same key
+
+    new_code = compile_spec(tmp_path / "new-code.yaml", cpu="registry.local/kct-cpu@sha256:" + "d" * 64)
+    params_changed, data_changed = cache_keys(compiled, params_b, manifest_a), cache_keys(compiled, params_a, manifest_b)
+    assert all(params_changed[name] != base[name] for name in base), "a params change must miss the cache"
+    assert all(data_changed[name] != base[name] for name in base if name != "backbone"), "so must a data change"
+    assert data_changed["backbone"] == base["backbone"]  # the conversion reads no data: it stays cached
+    code = cache_keys(new_code, params_a, manifest_a)
+    assert all(code[name] != base[name] for name in base if not name.startswith("train"))  # CPU image
+    assert all(code[name] == base[name] for name in base if name.startswith("train"))  # GPU image unchanged
+
+
+def test_images_by_tag_are_refused_and_the_manifest_gives_digests(tmp_path, capsys):
+    with pytest.raises(ValueError, match="not pinned by digest"):
+        compile_spec(tmp_path / "tagged.yaml", cpu="registry.local/kct-cpu:latest")
+    manifest = tmp_path / "images.json"
+    manifest.write_text(json.dumps({"cpu": CPU, "gpu": GPU}))
+    out = tmp_path / "from-manifest.yaml"
+    assert main(["--params", str(REPO / "params.yaml"), "--dvc", str(REPO / "dvc.yaml"), "--images", str(manifest),
+                 "--out", str(out)]) == 0
+    assert CPU in out.read_text() and ":latest" not in out.read_text()
+    assert main(["--images", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
+    assert "not readable" in capsys.readouterr().out
