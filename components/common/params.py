@@ -27,6 +27,7 @@ class Paths(_Strict):
     report: str = "reports/report"
     checkpoints: str = ".checkpoints"  # per-epoch training state; outside DVC outs so it survives a re-run
     evaluation: str
+    predictions: str = "reports/predictions"  # evaluate's val/test probabilities + CIs, read by report
     registration: str
     package: str
 
@@ -165,6 +166,8 @@ class EvaluateParams(_Strict):
     min_accuracy: float = Field(0.6, ge=0, le=1)
     min_macro_f1: float = Field(0.55, ge=0, le=1)
     min_class_recall: float = Field(0.0, ge=0, le=1)  # every class's recall at least this (0 = no check)
+    min_series_macro_f1: float = Field(0.0, ge=0, le=1)  # study verdicts' macro-F1 at least this (0 = no check)
+    series_pooling: Literal["mean", "max", "geometric", "vote"] = "mean"  # slice probabilities -> study verdict
 
 
 class RegisterParams(_Strict):

@@ -3,7 +3,8 @@
 import numpy as np
 
 from components.common.params import ReportParams
-from components.report.core import analyse, metric_functions, pick_examples
+from components.report.bootstrap import group_bootstrap
+from components.report.core import calibration_summary, metric_functions, pick_examples
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 
@@ -17,16 +18,17 @@ def test_per_class_recall_function_is_that_class_only():
     assert fns["accuracy"](y, p) == 0.75
 
 
-def test_analyse_gives_cis_and_calibration():
+def test_calibration_and_group_cis_of_one_candidate():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 400)
     probs = np.full((400, 4), 0.02)
     probs[np.arange(400), np.where(rng.random(400) < 0.6, y, (y + 1) % 4)] = 0.94
     groups = [f"g{i // 10}" for i in range(400)]
-    out = analyse(y[200:], probs[200:], groups[200:], y[:200], probs[:200], CLASSES, ReportParams(bootstrap_resamples=50))
-    assert set(out["ci95"]) == {"accuracy", "macro_f1", *(f"recall_{c}" for c in CLASSES)}
-    acc = out["ci95"]["accuracy"]
+    cis = group_bootstrap(y[200:], probs[200:].argmax(1), groups[200:], metric_functions(4, CLASSES), resamples=50)
+    assert set(cis) == {"accuracy", "macro_f1", *(f"recall_{c}" for c in CLASSES)}
+    acc = cis["accuracy"]
     assert acc["low"] <= acc["estimate"] <= acc["high"] and acc["groups"] == 20
+    out = calibration_summary(y[200:], probs[200:], y[:200], probs[:200], ReportParams())
     assert out["temperature"] > 1 and out["ece_after"] < out["ece_before"]
 
 
