@@ -96,3 +96,42 @@ def test_saved_probabilities_read_back_in_array_order(tmp_path):
     np.testing.assert_allclose(back.probabilities, probs)
     with pytest.raises(KeyError, match="no val probabilities for candidate 'cnn'"):
         read_split(frame, "cnn", "val", CLASSES)
+
+
+def test_series_key_reads_the_dicom_uid_else_the_folder():
+    from components.common.study import series_key
+    from tests.fixtures import ct_dicom_bytes, png_bytes
+
+    assert series_key("exports/patient 1/a.png", png_bytes(np.zeros((4, 4)))) == "exports/patient 1"
+    assert series_key("a.png", png_bytes(np.zeros((4, 4)))) == "."
+    assert series_key("x/a.dcm", ct_dicom_bytes(np.zeros((4, 4)))) == "x"  # a DICOM without a SeriesInstanceUID
+
+
+def test_zip_members_skip_folders_and_resource_files_and_enforce_bounds():
+    import io
+    import zipfile
+
+    from components.common.study import ArchiveError, zip_members
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("s/a.png", b"a" * 10)
+        archive.writestr("s/.DS_Store", b"x")
+        archive.writestr("__MACOSX/s/._a.png", b"x")
+        archive.writestr("s/b.png", b"b" * 10)
+    data = buffer.getvalue()
+    assert zip_members(data, 5, 100) == [("s/a.png", b"a" * 10), ("s/b.png", b"b" * 10)]
+    with pytest.raises(ArchiveError, match="holds 2 files; at most 1"):
+        zip_members(data, 1, 100)
+    with pytest.raises(ArchiveError, match="unpacks to more than"):
+        zip_members(data, 5, 15)
+    with pytest.raises(ArchiveError, match="not a readable zip"):
+        zip_members(b"PK\x03\x04 junk", 5, 100)
+
+
+def test_study_verdict_names_the_pooled_class_and_its_top_slices():
+    from components.common.study import study_verdict
+
+    verdict = study_verdict(TUMOR_SERIES, CLASSES, "max", top_k=2)
+    assert verdict.label == "Tumor" and verdict.slices == 6 and verdict.top == [5, 0]
+    assert sum(verdict.probabilities.values()) == pytest.approx(1.0)
