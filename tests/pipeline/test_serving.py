@@ -251,3 +251,5 @@ def test_a_zip_of_the_series_gets_the_same_verdict_and_nothing_readable_is_a_400
     assert bad.status_code == 400 and "no readable slice in the series" in bad.text and "damaged" in bad.text
     assert predict_series(url, [("broken.zip", b"PK\x03\x04 not a zip")]).status_code == 400
     assert predict_series(url, files, top_k=0).status_code == 400
+    unauthorised = requests.post(f"{url}/predict_series", files=[("images", f) for f in files], timeout=30)
+    assert unauthorised.status_code == 401
