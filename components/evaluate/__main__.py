@@ -11,10 +11,10 @@ import numpy as np
 from components.common.cli import StageError, log, read_json, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.common.plots import save_confusion_matrix, save_training_curves
+from components.common.pooling import pool_by_series, series_ids, series_labels
 from components.common.tracking import configure_mlflow
 from components.evaluate.comparison import (COLUMNS, comparison_markdown, comparison_rows, inference_ms_per_image,
                                             save_comparison_chart)
-from components.common.pooling import series_ids
 from components.evaluate.core import classification_metrics, gate_verdict, pick_winner, series_metrics
 from components.evaluate.predictions import INTERVALS, PROBABILITIES, SplitPredictions, probability_rows
 
@@ -37,8 +37,6 @@ def ci_keys(cis: dict) -> dict:
 
 def series_scores(y_test: np.ndarray, probabilities: np.ndarray, series: list[str], params: Params) -> tuple[dict, dict]:
     """Study-level metrics (with CIs, bootstrap over series) and their full CIs."""
-    from components.common.pooling import pool_by_series, series_labels
-
     pooling = params.evaluate.series_pooling
     scores = series_metrics(y_test, probabilities, series, params.classes, pooling)
     order, pooled = pool_by_series(probabilities, series, pooling)
