@@ -13,6 +13,7 @@ import asyncio
 import base64
 import io
 import os
+import re
 from http import HTTPStatus
 from pathlib import Path
 
@@ -74,6 +75,11 @@ class SeriesPrediction(BaseModel):
     top_slices: list[SliceEvidence]
     skipped: list[Skipped]
     model_version: str
+
+
+def upload_name(path: Path) -> str:
+    """The sender's file name: BentoML stores an upload as NamedTemporaryFile(suffix=<its name>), i.e. tmpXXXXXXXX<name>."""
+    return re.sub(r"^tmp[a-z0-9_]{8}(?=.)", "", path.name)
 
 
 def png_base64(array: np.ndarray, mode: str) -> str:
@@ -156,9 +162,9 @@ class KidneyCtClassifier:
                 try:
                     files += zip_members(data, limit, total_bytes)
                 except ArchiveError as exc:
-                    raise BadInput(f"cannot open {path.name}: {exc}") from None
+                    raise BadInput(f"cannot open {upload_name(path)}: {exc}") from None
             else:
-                files.append((path.name, data))
+                files.append((upload_name(path), data))
             if len(files) > limit:
                 raise BentoMLException(f"the series has more than {limit} files; this service accepts at most "
                                        f"{limit} slices per series", error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
