@@ -37,6 +37,23 @@ def load_evaluation(params: Params) -> tuple[pd.DataFrame, dict]:
     return load_probabilities(folder), read_json(folder / INTERVALS)
 
 
+def saved_analysis(params: Params, name: str, probabilities: pd.DataFrame, intervals: dict,
+                   y_test: np.ndarray) -> tuple[np.ndarray, dict]:
+    """One candidate's saved test probabilities, evaluate's CIs and the calibration fitted on its val ones."""
+    if name not in intervals:
+        raise StageError(f"no CIs for candidate {name!r} in {INTERVALS}: re-run the evaluate stage")
+    try:
+        test, val = (read_split(probabilities, name, s, params.classes) for s in ("test", "val"))
+    except KeyError as exc:
+        raise StageError(exc.args[0]) from None
+    cis = intervals[name]
+    if len(test.labels) != len(y_test) or np.any(test.labels != y_test):
+        raise StageError(f"the saved test probabilities of {name} do not match the prepared test split: "
+                         "re-run the evaluate stage")
+    analysis = calibration_summary(y_test, test.probabilities, val.labels, val.probabilities, params.report)
+    return test.probabilities, analysis | {"ci95": cis["slice"], "series_ci95": cis.get("series")}
+
+
 def gradcam_rows(model, x_test, y_test, probs, classes, per_class) -> list:
     """Overlay rows per true class: correct and wrong test images with their Grad-CAM."""
     from components.common.gradcam import gradcam, overlay
@@ -146,17 +163,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
                 ("Candidates compared", comparison_section(metrics, Path(params.paths.evaluation) / "plots"))]
     summary, candidate_html = {}, []
     for name in metrics:
-        try:
-            test, val = (read_split(probabilities, name, s, params.classes) for s in ("test", "val"))
-            cis = intervals[name]
-        except KeyError as exc:
-            raise StageError(exc.args[0]) from None
-        if len(test.labels) != len(y_test) or np.any(test.labels != y_test):
-            raise StageError(f"the saved test probabilities of {name} do not match the prepared test split: "
-                             "re-run the evaluate stage")
-        probs_test = test.probabilities
-        analysis = calibration_summary(y_test, probs_test, val.labels, val.probabilities, params.report)
-        analysis |= {"ci95": cis["slice"], "series_ci95": cis.get("series")}
+        probs_test, analysis = saved_analysis(params, name, probabilities, intervals, y_test)
         per_class = params.report.gradcam_per_class
         rows = gradcam_rows(load_model(params, name), x_test, y_test, probs_test, params.classes, per_class) if per_class else []
         candidate_html.append(candidate_section(name, metrics[name], analysis, params, figs, rows))

@@ -1,6 +1,7 @@
 """Report core: CIs per class and example picks for Grad-CAM."""
 
 import numpy as np
+import pytest
 
 from components.common.params import ReportParams
 from components.report.bootstrap import group_bootstrap
@@ -38,3 +39,32 @@ def test_pick_examples_right_and_wrong_per_class():
     picks = pick_examples(y, p, 4, per_class=1)
     assert (0, 0, True) in picks and (0, 1, False) in picks and (2, 5, False) in picks
     assert not any(c == 3 for c, _, _ in picks)
+
+
+def test_the_report_reads_evaluates_saved_probabilities_and_refuses_stale_ones(tmp_path):
+    import pandas as pd
+
+    from components.common.cli import StageError
+    from components.common.params import parse_params
+    from components.evaluate.predictions import SplitPredictions, probability_rows
+    from components.report.__main__ import saved_analysis
+    from tests.tiny import tiny_params
+
+    params = parse_params(tiny_params(tmp_path))
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 40)
+    probs = rng.dirichlet(np.ones(4), 40)
+    saved = lambda idx: SplitPredictions(y[idx], probs[idx], ["g"] * len(idx), ["g"] * len(idx),  # noqa: E731
+                                         [str(i) for i in idx])
+    frame = pd.concat([probability_rows("cnn", "test", saved(np.arange(20)), CLASSES),
+                       probability_rows("cnn", "val", saved(np.arange(20, 40)), CLASSES)])
+    intervals = {"cnn": {"slice": {"accuracy": {"estimate": 0.3}}, "series": None}}
+    out, analysis = saved_analysis(params, "cnn", frame, intervals, y[:20])
+    np.testing.assert_allclose(out, probs[:20])
+    assert analysis["ci95"] == intervals["cnn"]["slice"] and analysis["temperature"] > 0
+    with pytest.raises(StageError, match="do not match the prepared test split"):
+        saved_analysis(params, "cnn", frame, intervals, (y[:20] + 1) % 4)
+    with pytest.raises(StageError, match="no CIs for candidate 'vit'"):
+        saved_analysis(params, "vit", frame, intervals, y[:20])
+    with pytest.raises(StageError, match="no test probabilities for candidate 'cnn'"):
+        saved_analysis(params, "cnn", frame[frame["split"] == "val"], intervals, y[:20])
