@@ -51,7 +51,7 @@ class SliceEvidence(BaseModel):
     """One slice that drove a study verdict: its own scores, and PNGs (base64) of it and its Grad-CAM."""
 
     name: str
-    index: int  # position in the upload order
+    index: int  # position among the scored slices (upload order, zips expanded, skipped files left out)
     label: str
     probabilities: dict[str, float]
     verdict_probability: float
