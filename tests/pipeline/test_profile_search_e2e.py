@@ -92,7 +92,7 @@ def test_cv_table_lists_both_trials_in_order_and_the_variant_scores_of_the_secon
                                                      "| tb-label-smoothing + ensemble of 2",
                                                      "| tb-label-smoothing + ensemble of 2 + TTA (flip+shift)"]
     assert all(" ± " in row for row in rows)
-    header = searched["table"].stdout.splitlines()[0].split(" | ")
+    header = next(line for line in searched["table"].stdout.splitlines() if line.startswith("| trial")).split(" | ")
     column = header.index("series macro-F1")
     assert all(" ± " in row.split(" | ")[column] for row in rows)  # every row, variants too, scores per series
 
