@@ -78,7 +78,7 @@ class SeriesPrediction(BaseModel):
 
 
 def upload_name(path: Path) -> str:
-    """The sender's file name: BentoML stores an upload as NamedTemporaryFile(suffix=<its name>), i.e. tmpXXXXXXXX<name>."""
+    """The sender's file name: BentoML stores an upload as NamedTemporaryFile(suffix=<name>), i.e. tmpXXXXXXXX<name>."""
     return re.sub(r"^tmp[a-z0-9_]{8}(?=.)", "", path.name)
 
 

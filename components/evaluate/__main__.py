@@ -35,14 +35,15 @@ def ci_keys(cis: dict) -> dict:
     return {f"{k}_ci": [round(cis[k]["low"], 4), round(cis[k]["high"], 4)] for k in ("accuracy", "macro_f1")}
 
 
-def series_scores(y_test: np.ndarray, probabilities: np.ndarray, series: list[str], params: Params) -> tuple[dict, dict]:
+def series_scores(y_test: np.ndarray, probabilities: np.ndarray, series: list[str],
+                  params: Params) -> tuple[dict, dict]:
     """Study-level metrics (with CIs, bootstrap over series) and their full CIs."""
     pooling = params.evaluate.series_pooling
     scores = series_metrics(y_test, probabilities, series, params.classes, pooling)
     order, pooled = pool_by_series(probabilities, series, pooling)
     cis = bootstrap_cis(series_labels(y_test, series, order), pooled.argmax(axis=1), order, params)
-    scores |= ci_keys(cis) | {"recall_ci": {c: [round(cis[f"recall_{c}"]["low"], 4), round(cis[f"recall_{c}"]["high"], 4)]
-                                           for c in params.classes}}
+    recall_ci = {c: [round(cis[f"recall_{c}"]["low"], 4), round(cis[f"recall_{c}"]["high"], 4)] for c in params.classes}
+    scores |= ci_keys(cis) | {"recall_ci": recall_ci}
     return scores, cis
 
 

@@ -10,7 +10,8 @@ from typing import Callable
 import numpy as np
 
 COLUMNS = ["candidate", "architecture", "passed", "winner", "accuracy", "macro_precision", "macro_recall",
-           "macro_f1", "test_loss", "series_accuracy", "series_macro_f1", "parameters", "training_seconds", "inference_ms_per_image"]
+           "macro_f1", "test_loss", "series_accuracy", "series_macro_f1", "parameters", "training_seconds",
+           "inference_ms_per_image"]
 CHART_METRICS = ["accuracy", "macro_precision", "macro_recall", "macro_f1"]
 
 

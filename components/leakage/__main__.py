@@ -106,7 +106,8 @@ def log_cv_to_mlflow(params: Params, name: str, cv: dict, trial: str | None = No
         mlflow.log_metric("cv_seconds", float(cv["seconds"]))
         for step, fold in enumerate(cv["per_fold"], start=1):
             mlflow.log_metrics({"fold_macro_f1": fold["macro_f1"], "fold_accuracy": fold["accuracy"],
-                                **({"fold_series_macro_f1": fold["series_macro_f1"]} if "series_macro_f1" in fold else {}),
+                                **({"fold_series_macro_f1": fold["series_macro_f1"]} if "series_macro_f1" in fold
+                                   else {}),
                                 **{f"fold_{n}_macro_f1": v["macro_f1"] for n, v in fold.get("variants", {}).items()}},
                                step=step)
         mlflow.log_dict(cv, "grouped_cv.json")
@@ -160,7 +161,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
     if "grouped_cv" in report:
         cv = report["grouped_cv"]
         log.info("grouped %d-fold CV: macro-F1 %.3f ± %.3f; series macro-F1 %.3f ± %.3f", cv["folds"],
-                 cv["macro_f1"]["mean"], cv["macro_f1"]["std"], cv["series_macro_f1"]["mean"], cv["series_macro_f1"]["std"])
+                 cv["macro_f1"]["mean"], cv["macro_f1"]["std"], cv["series_macro_f1"]["mean"],
+                 cv["series_macro_f1"]["std"])
         for variant, scores in cv.get("variants", {}).items():
             log.info("  %s: macro-F1 %.3f ± %.3f", variant_label(variant, tta, ensemble),
                      scores["macro_f1"]["mean"], scores["macro_f1"]["std"])

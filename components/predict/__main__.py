@@ -8,7 +8,7 @@ import os
 import sys
 import zipfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pandas as pd
 
@@ -95,8 +95,8 @@ def load_registered(uri: str | None, params: Params):
     name = params.register.model_name
     if uri is None:
         champion = resolve_champion(mlflow_alias_lookup(registry), name)
-        return _load_mlflow(champion.model_uri), Contract(list(champion.classes), champion.image_size,
-                                                          champion.window_center, champion.window_width), champion.model_uri
+        contract = Contract(list(champion.classes), champion.image_size, champion.window_center, champion.window_width)
+        return _load_mlflow(champion.model_uri), contract, champion.model_uri
     contract = contract_from_params(params)
     if uri.startswith("models:/"):
         from mlflow import MlflowClient
@@ -106,7 +106,8 @@ def load_registered(uri: str | None, params: Params):
         model, _, version = model.partition("/")
         client = MlflowClient()
         try:
-            found = client.get_model_version_by_alias(model, alias) if alias else client.get_model_version(model, version)
+            found = (client.get_model_version_by_alias(model, alias) if alias
+                     else client.get_model_version(model, version))
         except Exception as exc:
             raise StageError(f"cannot find {uri} in the registry at {registry}: {exc}") from None
         champion: Champion = champion_from_version(model, found)

@@ -76,7 +76,8 @@ def predict_batches(predict: Predict, pixels: np.ndarray, n_classes: int, batch_
     return probs
 
 
-def tabulate(names: list[str], series: list[str], probs: np.ndarray, contract: Contract, pooling: str) -> tuple[list[dict], list[dict]]:
+def tabulate(names: list[str], series: list[str], probs: np.ndarray, contract: Contract,
+             pooling: str) -> tuple[list[dict], list[dict]]:
     """Slice rows (probabilities, predicted class, series verdict) and one row per series (its verdict)."""
     classes = contract.classes
     series_rows, verdict_of = [], {}
@@ -88,7 +89,8 @@ def tabulate(names: list[str], series: list[str], probs: np.ndarray, contract: C
         series_rows.append({"series": key, "slices": int(len(members)), "verdict": verdict.label,
                             "pooling": pooling, **{f"p_{c}": round(p, 6) for c, p in verdict.probabilities.items()},
                             "top_slice": names[members[verdict.top[0]]]})
-    slice_rows = [{"file": n, "series": s, "predicted": classes[int(p.argmax())], "confidence": round(float(p.max()), 6),
+    slice_rows = [{"file": n, "series": s, "predicted": classes[int(p.argmax())],
+                   "confidence": round(float(p.max()), 6),
                    **{f"p_{c}": round(float(v), 6) for c, v in zip(classes, p)}, "series_verdict": verdict_of[s]}
                   for n, s, p in zip(names, series, probs)]
     return slice_rows, series_rows

@@ -165,7 +165,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
     for name in metrics:
         probs_test, analysis = saved_analysis(params, name, probabilities, intervals, y_test)
         per_class = params.report.gradcam_per_class
-        rows = gradcam_rows(load_model(params, name), x_test, y_test, probs_test, params.classes, per_class) if per_class else []
+        rows = (gradcam_rows(load_model(params, name), x_test, y_test, probs_test, params.classes, per_class)
+                if per_class else [])
         candidate_html.append(candidate_section(name, metrics[name], analysis, params, figs, rows))
         summary[name] = {k: analysis[k] for k in ("ci95", "series_ci95", "temperature", "ece_before", "ece_after")}
     sections.append(("Per candidate: curves, confusion, confidence intervals, calibration, Grad-CAM", "".join(candidate_html)))

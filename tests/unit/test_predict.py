@@ -61,7 +61,8 @@ def test_dicom_slices_group_by_series_uid_not_folder_and_are_windowed_as_served(
     scored = score_export(items(files), brightness_model, CONTRACT, progress=False)
     assert {r["series"]: r["verdict"] for r in scored.series} == {"1.2.3": "Tumor", "1.2.4": "Normal"}
     # stored 1500 = 476 HU (intercept -1024), above the 40/400 window: fully bright, as prepare_for_model makes it
-    assert next(r for r in scored.slices if r["file"] == "study/x1.dcm")["p_Tumor"] == pytest.approx(0.9 / 1.05, abs=1e-4)
+    bright = next(r for r in scored.slices if r["file"] == "study/x1.dcm")
+    assert bright["p_Tumor"] == pytest.approx(0.9 / 1.05, abs=1e-4)
 
 
 def test_unreadable_and_unsupported_files_are_quarantined_with_reasons_and_counts_add_up():
