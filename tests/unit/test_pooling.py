@@ -135,3 +135,14 @@ def test_study_verdict_names_the_pooled_class_and_its_top_slices():
     verdict = study_verdict(TUMOR_SERIES, CLASSES, "max", top_k=2)
     assert verdict.label == "Tumor" and verdict.slices == 6 and verdict.top == [5, 0]
     assert sum(verdict.probabilities.values()) == pytest.approx(1.0)
+
+
+def test_the_gate_keys_default_off_and_refuse_an_unknown_pooling():
+    from pydantic import ValidationError
+
+    gate = EvaluateParams()
+    assert gate.min_series_macro_f1 == 0.0 and gate.series_pooling == "mean"
+    with pytest.raises(ValidationError, match="series_pooling"):
+        EvaluateParams(series_pooling="median")
+    with pytest.raises(ValidationError, match="min_series_macro_f1"):
+        EvaluateParams(min_series_macro_f1=1.5)
