@@ -26,7 +26,9 @@ def leakage_lines(leakage: dict | None) -> list[str]:
         cv = leakage["grouped_cv"]
         recalls = ", ".join(f"{k[len('recall_'):]} {v['mean']:.2f}" for k, v in cv.items() if k.startswith("recall_"))
         lines.append(f"leakage    grouped {cv['folds']}-fold CV of {leakage['candidate']}: macro-F1 "
-                     f"{cv['macro_f1']['mean']:.3f} ± {cv['macro_f1']['std']:.3f}; recall {recalls}")
+                     f"{cv['macro_f1']['mean']:.3f} ± {cv['macro_f1']['std']:.3f}; recall {recalls}"
+                     + (f"; per series macro-F1 {cv['series_macro_f1']['mean']:.3f} ± {cv['series_macro_f1']['std']:.3f}"
+                        if "series_macro_f1" in cv else ""))
     return lines
 
 
@@ -67,8 +69,11 @@ def summary_lines(params_path: str = "params.yaml") -> list[str]:
     lines.append(f"augment    preview grid: {Path(paths.augment_preview) / 'preview.png'}")
     metrics = _read(Path(paths.evaluation) / "metrics.json") or {}
     for name, m in metrics.items():
+        series = m.get("series")
+        per_series = (f"; per series ({series['pooling']} pooling) macro-F1 {series['macro_f1']:.3f} on "
+                      f"{series['series']} series") if series else ""
         lines.append(f"evaluate   {name}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}{ci_text(m)} on "
-                     f"{m['test_images']} held-out images (group-aware split)")
+                     f"{m['test_images']} held-out images (group-aware split){per_series}")
     lines.append(f"           plots: {Path(paths.evaluation) / 'plots'}")
     lines += leakage_lines(_read(Path(paths.leakage) / "leakage.json"))
     registration = _read(Path(paths.registration) / "registration.json")

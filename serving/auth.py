@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 from serving.config import ServeConfig
 from serving.inputs import RejectedUpload, check_token
 
-PROTECTED = ("/predict", "/explain", "/preview")
+PROTECTED = ("/predict", "/explain", "/preview", "/predict_series")
 
 
 class BearerTokenAuth:

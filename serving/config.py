@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from components.common.pooling import POOLINGS
+
 PREFIX = "KIDNEY_CT_"
 
 
@@ -15,6 +17,8 @@ class ServeConfig:
     max_latency_ms: float = 5.0    # KIDNEY_CT_MAX_LATENCY_MS: longest a request waits for company
     max_upload_mb: float = 20.0    # KIDNEY_CT_MAX_UPLOAD_MB: bigger uploads get 413
     max_pixels: int = 4096 * 4096  # KIDNEY_CT_MAX_PIXELS: bigger images get 413
+    max_series_files: int = 1000   # KIDNEY_CT_MAX_SERIES_FILES: slices per /predict_series call (more gets 413)
+    series_pooling: str = "mean"   # KIDNEY_CT_SERIES_POOLING: study verdict; match evaluate.series_pooling
     token_env: str = "KIDNEY_CT_API_TOKEN"  # when this variable is set, /predict and /explain need the token
 
     @property
@@ -31,7 +35,8 @@ def load_config(env: dict[str, str] | None = None) -> ServeConfig:
     env = dict(os.environ if env is None else env)
     default, values = ServeConfig(), {}
     for name, kind in (("batching", _flag), ("max_batch_size", int), ("max_latency_ms", float),
-                       ("max_upload_mb", float), ("max_pixels", int)):
+                       ("max_upload_mb", float), ("max_pixels", int), ("max_series_files", int),
+                       ("series_pooling", str)):
         raw = env.get(PREFIX + name.upper())
         if raw is not None:
             try:
@@ -39,6 +44,9 @@ def load_config(env: dict[str, str] | None = None) -> ServeConfig:
             except ValueError:
                 raise ValueError(f"{PREFIX + name.upper()}={raw!r} is not a valid {kind.__name__}") from None
     config = ServeConfig(**{**default.__dict__, **values})
-    if config.max_batch_size < 1 or config.max_latency_ms < 0 or config.max_pixels < 1 or config.max_upload_mb <= 0:
+    if config.max_batch_size < 1 or config.max_latency_ms < 0 or config.max_pixels < 1 or config.max_upload_mb <= 0 \
+            or config.max_series_files < 1:
         raise ValueError(f"invalid serving settings: {config}")
+    if config.series_pooling not in POOLINGS:
+        raise ValueError(f"{PREFIX}SERIES_POOLING={config.series_pooling!r}: choose one of {', '.join(POOLINGS)}")
     return config

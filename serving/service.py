@@ -2,14 +2,18 @@
 
 Serve a packaged Bento:   bentoml serve kidney_ct_classifier:latest
 or the source tree:       bentoml serve serving.service:KidneyCtClassifier
-Routes: POST /predict, /explain, /preview; GET /ui/ (the page for readers); BentoML adds /healthz,
+Routes: POST /predict, /explain, /preview, /predict_series (a whole series: several files or a zip -> the study
+verdict, the slices that drove it and their Grad-CAM); GET /ui/ (the page for readers); BentoML adds /healthz,
 /livez, /readyz (ready once the model is loaded) and /metrics (Prometheus). Settings: serving/config.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import os
+import re
 from http import HTTPStatus
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from starlette.responses import FileResponse, RedirectResponse
 from starlette.routing import Route
 
 from components.common.imaging import ImageDecodeError, decode_image, prepare_for_model
+from components.common.study import ArchiveError, dicom_series_uid, study_verdict, zip_members
 from serving.auth import BearerTokenAuth
 from serving.batching import MicroBatcher
 from serving.config import load_config
@@ -40,6 +45,47 @@ class Prediction(BaseModel):
     label: str
     probabilities: dict[str, float]
     model_version: str
+
+
+class SliceEvidence(BaseModel):
+    """One slice that drove a study verdict: its own scores, and PNGs (base64) of it and its Grad-CAM."""
+
+    name: str
+    index: int  # position among the scored slices (upload order, zips expanded, skipped files left out)
+    label: str
+    probabilities: dict[str, float]
+    verdict_probability: float
+    slice_png: str
+    gradcam_png: str
+
+
+class Skipped(BaseModel):
+    name: str
+    reason: str
+
+
+class SeriesPrediction(BaseModel):
+    """The study verdict: the pooled slice probabilities, the top slices for it, and what was skipped."""
+
+    label: str
+    probabilities: dict[str, float]
+    pooling: str
+    slices: int
+    series_uids: list[str]
+    top_slices: list[SliceEvidence]
+    skipped: list[Skipped]
+    model_version: str
+
+
+def upload_name(path: Path) -> str:
+    """The sender's file name: BentoML stores an upload as NamedTemporaryFile(suffix=<name>), i.e. tmpXXXXXXXX<name>."""
+    return re.sub(r"^tmp[a-z0-9_]{8}(?=.)", "", path.name)
+
+
+def png_base64(array: np.ndarray, mode: str) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def resolve_bento_model() -> bentoml.Model:
@@ -112,6 +158,68 @@ class KidneyCtClassifier:
         return Prediction(label=self.classes[int(probs.argmax())],
                           probabilities={name: float(p) for name, p in zip(self.classes, probs)},
                           model_version=self.model_version)
+
+    def unpack(self, images: list[Path]) -> list[tuple[str, bytes]]:
+        """(name, bytes) per uploaded slice, zips expanded; 413 past the series bounds, 400 for a broken zip."""
+        files: list[tuple[str, bytes]] = []
+        limit, total_bytes = self.config.max_series_files, self.config.max_upload_bytes * self.config.max_series_files
+        for path in images:
+            data = path.read_bytes()
+            if data[:4] == b"PK\x03\x04":
+                try:
+                    files += zip_members(data, limit, total_bytes)
+                except ArchiveError as exc:
+                    raise BadInput(f"cannot open {upload_name(path)}: {exc}") from None
+            else:
+                files.append((upload_name(path), data))
+            if len(files) > limit:
+                raise BentoMLException(f"the series has more than {limit} files; this service accepts at most "
+                                       f"{limit} slices per series", error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        return files
+
+    def prepare_series(self, images: list[Path]) -> tuple[list[str], np.ndarray, list[Skipped], list[str]]:
+        """Names and pixels of the readable slices; each unreadable one skipped with its reason."""
+        names, pixels, skipped, uids = [], [], [], set()
+        for name, data in self.unpack(images):
+            try:
+                check_size(data, self.config.max_upload_bytes, self.config.max_pixels)
+                pixels.append(prepare_for_model(decode_image(data), self.size, *self.window))
+            except (RejectedUpload, ImageDecodeError) as exc:
+                skipped.append(Skipped(name=name, reason=str(exc)))
+                continue
+            names.append(name)
+            uids.add(dicom_series_uid(data) or "")
+        if not names:
+            reasons = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:5]) or "no file received"
+            raise BadInput(f"no readable slice in the series ({reasons}). Send PNG, JPEG or DICOM slices, "
+                           "or one zip of them, as the multipart field `images`.")
+        return names, np.stack(pixels), skipped, sorted(u for u in uids if u)
+
+    def series_verdict(self, images: list[Path], top_k: int) -> SeriesPrediction:
+        """Score every slice, pool into the study verdict, Grad-CAM the top-k slices for it."""
+        from components.common.gradcam import gradcam, overlay
+
+        names, pixels, skipped, uids = self.prepare_series(images)
+        step = self.config.max_batch_size
+        probs = np.concatenate([self.run_model(pixels[i:i + step]) for i in range(0, len(pixels), step)]).astype(float)
+        verdict = study_verdict(probs, self.classes, self.config.series_pooling, top_k)
+        top, k = verdict.top, self.classes.index(verdict.label)
+        heat = gradcam(self.model, pixels[top][..., np.newaxis].astype(np.float32), class_index=k)  # for the verdict
+        evidence = [SliceEvidence(name=names[i], index=i, label=self.classes[int(probs[i].argmax())],
+                                  probabilities={c: float(p) for c, p in zip(self.classes, probs[i])},
+                                  verdict_probability=float(probs[i, k]), slice_png=png_base64(pixels[i], "L"),
+                                  gradcam_png=png_base64(overlay(pixels[i], h), "RGB"))
+                    for i, h in zip(top, heat)]
+        return SeriesPrediction(label=verdict.label, probabilities=verdict.probabilities, pooling=verdict.pooling,
+                                slices=verdict.slices, series_uids=uids, top_slices=evidence, skipped=skipped,
+                                model_version=self.model_version)
+
+    @bentoml.api
+    async def predict_series(self, images: list[Path], top_k: int = 3) -> SeriesPrediction:
+        """The study verdict for a whole series: slices as repeated multipart field `images`, or one zip."""
+        if not 1 <= top_k <= 16:
+            raise BadInput("top_k must be between 1 and 16")
+        return await asyncio.to_thread(self.series_verdict, images, top_k)
 
     @bentoml.api
     async def explain(self, image: Path) -> Image.Image:

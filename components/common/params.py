@@ -29,6 +29,7 @@ class Paths(_Strict):
     backbone: str = "data/backbone"    # the CT ResNet-152 converted to Keras weights (backbone stage)
     features: str = "data/features"    # its pooled features per prepared image (features stage)
     evaluation: str
+    predictions: str = "reports/predictions"  # evaluate's val/test probabilities + CIs, read by report
     registration: str
     package: str
 
@@ -205,6 +206,8 @@ class EvaluateParams(_Strict):
     min_accuracy: float = Field(0.6, ge=0, le=1)
     min_macro_f1: float = Field(0.55, ge=0, le=1)
     min_class_recall: float = Field(0.0, ge=0, le=1)  # every class's recall at least this (0 = no check)
+    min_series_macro_f1: float = Field(0.0, ge=0, le=1)  # study verdicts' macro-F1 at least this (0 = no check)
+    series_pooling: Literal["mean", "max", "geometric", "vote"] = "mean"  # slice probabilities -> study verdict
 
 
 class RegisterParams(_Strict):
@@ -218,6 +221,8 @@ class LeakageParams(_Strict):
     cv_folds: int = Field(0, ge=0)
     seed: int = 5
     tta: list[Literal["flip", "shift"]] = []  # also score test-time augmentation (same models, more views)
+    max_epochs: int | None = Field(None, ge=1)  # cap on the recipe's epochs for the models trained here (None = as
+    #                                             the recipe says): keeps the embedded default's run short
     ensemble: int = Field(1, ge=1)  # >1: also score the mean of this many models per fold (seeds train.seed + k);
     #                                 the plain score stays the first model's
 

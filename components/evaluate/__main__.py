@@ -11,36 +11,59 @@ import numpy as np
 from components.common.cli import StageError, log, read_json, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.common.plots import save_confusion_matrix, save_training_curves
+from components.common.pooling import pool_by_series, series_ids, series_labels
 from components.common.tracking import configure_mlflow
 from components.evaluate.comparison import (COLUMNS, comparison_markdown, comparison_rows, inference_ms_per_image,
                                             save_comparison_chart)
-from components.evaluate.core import classification_metrics, gate_verdict, pick_winner
+from components.evaluate.core import classification_metrics, gate_verdict, pick_winner, series_metrics
+from components.evaluate.predictions import INTERVALS, PROBABILITIES, SplitPredictions, probability_rows
 
 COST_KEYS = ("parameters", "training_seconds", "inference_ms_per_image")  # reported beside the test metrics
 
 
-def confidence_intervals(y_test: np.ndarray, probabilities: np.ndarray, groups_test: list[str], params: Params) -> dict:
-    """95% CIs of accuracy and macro-F1 by bootstrap over test groups, as metrics.json `<metric>_ci`."""
+def bootstrap_cis(y_true: np.ndarray, y_pred: np.ndarray, groups: list[str], params: Params) -> dict:
+    """95% CIs of accuracy, macro-F1 and each class's recall by bootstrap over `groups`."""
     from components.report.bootstrap import group_bootstrap
     from components.report.core import metric_functions
 
-    fns = metric_functions(len(params.classes), params.classes)
-    cis = group_bootstrap(y_test, probabilities.argmax(axis=1), groups_test,
-                          {k: fns[k] for k in ("accuracy", "macro_f1")}, resamples=params.report.bootstrap_resamples)
-    return {f"{k}_ci": [round(v["low"], 4), round(v["high"], 4)] for k, v in cis.items()}
+    return group_bootstrap(y_true, y_pred, groups, metric_functions(len(params.classes), params.classes),
+                           resamples=params.report.bootstrap_resamples)
 
 
-def test_groups(params: Params) -> list[str]:
-    """The group of every test image, in the order of the test arrays."""
+def ci_keys(cis: dict) -> dict:
+    """metrics.json's `<metric>_ci` pairs from a group_bootstrap result."""
+    return {f"{k}_ci": [round(cis[k]["low"], 4), round(cis[k]["high"], 4)] for k in ("accuracy", "macro_f1")}
+
+
+def series_scores(y_test: np.ndarray, probabilities: np.ndarray, series: list[str],
+                  params: Params) -> tuple[dict, dict]:
+    """Study-level metrics (with CIs, bootstrap over series) and their full CIs."""
+    pooling = params.evaluate.series_pooling
+    scores = series_metrics(y_test, probabilities, series, params.classes, pooling)
+    order, pooled = pool_by_series(probabilities, series, pooling)
+    cis = bootstrap_cis(series_labels(y_test, series, order), pooled.argmax(axis=1), order, params)
+    recall_ci = {c: [round(cis[f"recall_{c}"]["low"], 4), round(cis[f"recall_{c}"]["high"], 4)] for c in params.classes}
+    scores |= ci_keys(cis) | {"recall_ci": recall_ci}
+    return scores, cis
+
+
+def split_tables(params: Params) -> dict:
+    """The val and test rows of split.csv (key, group, series), each in the order of its arrays."""
     import pandas as pd
 
-    split = pd.read_csv(Path(params.paths.prepared) / "split.csv", dtype=str)
-    return split.loc[split["split"] == "test", "group"].tolist()
+    split = pd.read_csv(Path(params.paths.prepared) / "split.csv", dtype=str, keep_default_na=False)
+    return {name: split.loc[split["split"] == name] for name in ("val", "test")}
 
 
-def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np.ndarray,
-                       groups_test: list[str]) -> dict:
-    """Load one trained candidate, score it, draw its plots, log to its MLflow run."""
+def split_predictions(table, y: np.ndarray, probabilities: np.ndarray) -> SplitPredictions:
+    groups = table["group"].tolist()
+    series = series_ids(groups, table["series"].tolist() if "series" in table else None)
+    return SplitPredictions(y, probabilities, groups, series, table["key"].tolist())
+
+
+def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np.ndarray, tables: dict,
+                       x_val: np.ndarray, y_val: np.ndarray) -> dict:
+    """Load one trained candidate, score it (slice and series level), draw its plots, log to its MLflow run."""
     import keras
     import mlflow
 
@@ -49,9 +72,13 @@ def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np
         raise StageError(f"{folder / 'model.keras'} not found: run `train --candidate {name}` first")
     run_info = read_json(folder / "run.json")
     model = keras.saving.load_model(folder / "model.keras")
-    probabilities = np.asarray(model.predict(x_test.astype("float32"), batch_size=64, verbose=0))
-    metrics = classification_metrics(y_test, probabilities, params.classes)
-    metrics |= confidence_intervals(y_test, probabilities, groups_test, params)
+    predict = lambda x: np.asarray(model.predict(np.asarray(x, "float32"), batch_size=64, verbose=0))  # noqa: E731
+    test = split_predictions(tables["test"], y_test, predict(x_test))
+    val = split_predictions(tables["val"], y_val, predict(x_val) if len(y_val) else np.zeros((0, len(params.classes))))
+    metrics = classification_metrics(y_test, test.probabilities, params.classes)
+    slice_cis = bootstrap_cis(y_test, test.probabilities.argmax(axis=1), test.groups, params)
+    metrics |= ci_keys(slice_cis)
+    metrics["series"], series_cis = series_scores(y_test, test.probabilities, test.series, params)
     latency = inference_ms_per_image(model.predict_on_batch, x_test)
     passed, reasons = gate_verdict(metrics, params.evaluate)
     plots = Path(params.paths.evaluation) / "plots"
@@ -61,6 +88,7 @@ def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np
                          f"{name}: training curves")
     with mlflow.start_run(run_id=run_info["run_id"]):
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)}
+                           | {f"test_series_{k}": metrics["series"][k] for k in ("accuracy", "macro_f1")}
                            | {"inference_ms_per_image": latency})
         mlflow.set_tags({"gate_passed": str(passed).lower(), "gate_reasons": "; ".join(reasons) or "none"})
         mlflow.log_artifact(str(plots / f"confusion_{name}.png"), "evaluation")
@@ -68,7 +96,27 @@ def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np
     return {"passed": passed, "reasons": reasons, "metrics": metrics, "run_id": run_info["run_id"],
             "model_uri": run_info["model_uri"], "parameters": run_info["parameters"],
             "architecture": run_info.get("architecture", ""), "training_seconds": run_info.get("training_seconds"),
-            "inference_ms_per_image": round(latency, 3)}
+            "inference_ms_per_image": round(latency, 3),
+            "predictions": {"test": test, "val": val}, "intervals": {"slice": slice_cis, "series": series_cis}}
+
+
+def write_predictions(results: dict[str, dict], params: Params) -> None:
+    """probabilities.csv (every candidate's val and test slices) and intervals.json under paths.predictions."""
+    import pandas as pd
+
+    out = Path(params.paths.predictions)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = [probability_rows(name, split, r["predictions"][split], params.classes)
+              for name, r in results.items() for split in ("val", "test")]
+    pd.concat(frames, ignore_index=True).to_csv(out / PROBABILITIES, index=False)
+    write_json(out / INTERVALS, {name: r["intervals"] for name, r in results.items()})
+
+
+def metrics_entry(r: dict) -> dict:
+    """One candidate's metrics.json entry: scores and costs, without the confusion matrices."""
+    series = {k: v for k, v in r["metrics"]["series"].items() if k != "confusion_matrix"}
+    return ({k: v for k, v in r["metrics"].items() if k not in ("confusion_matrix", "series")}
+            | {"series": series} | {k: r[k] for k in COST_KEYS})
 
 
 def write_comparison(results: dict[str, dict], winner: str | None, params: Params) -> list[dict]:
@@ -78,7 +126,8 @@ def write_comparison(results: dict[str, dict], winner: str | None, params: Param
     out = Path(params.paths.evaluation)
     rows = comparison_rows(results, winner)
     pd.DataFrame(rows, columns=COLUMNS).to_csv(out / "comparison.csv", index=False)
-    (out / "comparison.md").write_text(comparison_markdown(rows, params.evaluate.gate_metric))
+    (out / "comparison.md").write_text(comparison_markdown(rows, params.evaluate.gate_metric,
+                                                                 params.evaluate.series_pooling))
     save_comparison_chart(rows, out / "plots" / "comparison.png")
     return rows
 
@@ -108,11 +157,13 @@ def run(params: Params, args: argparse.Namespace) -> None:
     if not (arrays / "X_test.npy").is_file():
         raise StageError(f"{arrays} has no X_test.npy: run the preprocess stage first")
     x_test, y_test = np.load(arrays / "X_test.npy", mmap_mode="r"), np.load(arrays / "y_test.npy")
+    x_val, y_val = np.load(arrays / "X_val.npy", mmap_mode="r"), np.load(arrays / "y_val.npy")
     if len(y_test) == 0:
         raise StageError("the test split is empty: add data or raise preprocess.test_fraction")
     configure_mlflow(params.mlflow)
-    groups = test_groups(params)
-    results = {name: evaluate_candidate(name, params, x_test, y_test, groups) for name in params.train.candidates}
+    tables = split_tables(params)
+    results = {name: evaluate_candidate(name, params, x_test, y_test, tables, x_val, y_val)
+               for name in params.train.candidates}
     winner = pick_winner(results, params.evaluate.gate_metric)
     out = Path(params.paths.evaluation)
     write_json(out / "verdict.json", {"winner": winner, "gate": params.evaluate.model_dump(),
@@ -120,14 +171,15 @@ def run(params: Params, args: argparse.Namespace) -> None:
                                                      | {"gate_metric": r["metrics"][params.evaluate.gate_metric]}
                                                      | {k: r[k] for k in COST_KEYS}
                                                      for n, r in results.items()}})
-    write_json(out / "metrics.json", {n: {k: v for k, v in r["metrics"].items() if k != "confusion_matrix"}
-                                      | {k: r[k] for k in COST_KEYS} for n, r in results.items()})
+    write_json(out / "metrics.json", {n: metrics_entry(r) for n, r in results.items()})
+    write_predictions(results, params)
     write_comparison(results, winner, params)
     close_parent_runs(results, winner, params)
     for name, r in results.items():
         m = r["metrics"]
-        log.info("%s: accuracy %.3f, macro-F1 %.3f on %d test images -> %s%s", name, m["accuracy"], m["macro_f1"],
-                 m["test_images"], "PASSED" if r["passed"] else "FAILED", "" if r["passed"] else f" ({'; '.join(r['reasons'])})")
+        log.info("%s: accuracy %.3f, macro-F1 %.3f on %d test images; series macro-F1 %.3f on %d series -> %s%s",
+                 name, m["accuracy"], m["macro_f1"], m["test_images"], m["series"]["macro_f1"], m["series"]["series"],
+                 "PASSED" if r["passed"] else "FAILED", "" if r["passed"] else f" ({'; '.join(r['reasons'])})")
     log.info("winner: %s", winner or "none: no candidate passed the gates")
 
 

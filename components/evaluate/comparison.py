@@ -10,7 +10,8 @@ from typing import Callable
 import numpy as np
 
 COLUMNS = ["candidate", "architecture", "passed", "winner", "accuracy", "macro_precision", "macro_recall",
-           "macro_f1", "test_loss", "parameters", "training_seconds", "inference_ms_per_image"]
+           "macro_f1", "test_loss", "series_accuracy", "series_macro_f1", "parameters", "training_seconds",
+           "inference_ms_per_image"]
 CHART_METRICS = ["accuracy", "macro_precision", "macro_recall", "macro_f1"]
 
 
@@ -38,6 +39,8 @@ def comparison_rows(results: dict[str, dict], winner: str | None) -> list[dict]:
         rows.append({"candidate": name, "architecture": r.get("architecture", ""), "passed": r["passed"],
                      "winner": name == winner, **{k: m[k] for k in ("accuracy", "macro_precision", "macro_recall",
                                                                      "macro_f1", "test_loss")},
+                     "series_accuracy": m.get("series", {}).get("accuracy"),
+                     "series_macro_f1": m.get("series", {}).get("macro_f1"),
                      "parameters": r["parameters"], "training_seconds": r.get("training_seconds"),
                      "inference_ms_per_image": r.get("inference_ms_per_image")})
     return rows
@@ -53,13 +56,16 @@ def _cell(value) -> str:
     return "" if value is None else str(value)
 
 
-def comparison_markdown(rows: list[dict], gate_metric: str) -> str:
+def comparison_markdown(rows: list[dict], gate_metric: str, pooling: str | None = None) -> str:
     """A Markdown table of every candidate, with the winner named and the tie-break rule stated."""
     header = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
     body = "".join("| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |\n" for row in rows)
     winner = next((row["candidate"] for row in rows if row["winner"]), None)
     note = (f"\nWinner: **{winner}** (highest test {gate_metric} among candidates that passed the gates; "
             "ties go to the lower inference ms per image)." if winner else "\nNo candidate passed the gates.")
+    if pooling:
+        note += (f"\n\nseries_*: one verdict per scan series, the {pooling} of its slices' probabilities "
+                 "(evaluate.series_pooling), against the series' majority label.")
     return "# Candidate comparison (group-aware test split)\n\n" + header + body + note + "\n"
 
 

@@ -6,6 +6,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
 
 from components.common.params import EvaluateParams
+from components.common.pooling import pool_by_series, series_labels
 
 
 def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict:
@@ -30,9 +31,35 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, classe
     }
 
 
+def series_metrics(y_true: np.ndarray, probabilities: np.ndarray, series: list[str], classes: list[str],
+                   pooling: str = "mean") -> dict:
+    """Study-level scores: each series' pooled probabilities against its slices' majority label."""
+    order, pooled = pool_by_series(probabilities, series, pooling)
+    truth = series_labels(y_true, series, order)
+    labels = list(range(len(classes)))
+    y_pred = pooled.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(truth, y_pred, labels=labels, zero_division=0)
+    return {
+        "pooling": pooling,
+        "accuracy": float(accuracy_score(truth, y_pred)),
+        "macro_f1": float(f1.mean()),
+        "series": int(len(order)),
+        "per_class": {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                      for c, p, r, f, s in zip(classes, precision, recall, f1, support)},
+        "confusion_matrix": confusion_matrix(truth, y_pred, labels=labels).tolist(),
+    }
+
+
 def gate_verdict(metrics: dict, gate: EvaluateParams) -> tuple[bool, list[str]]:
     """Whether metrics clear the minimums in params, with a plain reason for each miss."""
     reasons = []
+    series = metrics.get("series")
+    if gate.min_series_macro_f1 > 0 and series is None:
+        reasons.append("no series-level scores to check evaluate.min_series_macro_f1 against")
+    elif series is not None and series["macro_f1"] < gate.min_series_macro_f1:
+        reasons.append(f"series-level macro-F1 {series['macro_f1']:.3f} ({series['pooling']} of the slice "
+                       f"probabilities over {series['series']} series) is below the minimum "
+                       f"{gate.min_series_macro_f1:.3f}")
     if metrics["accuracy"] < gate.min_accuracy:
         reasons.append(f"accuracy {metrics['accuracy']:.3f} is below the minimum {gate.min_accuracy:.3f}")
     if metrics["macro_f1"] < gate.min_macro_f1:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
+from components.common.pooling import series_ids
 from components.common.tracking import configure_mlflow
 from components.common.tta import plain_and_tta
 from components.leakage.core import (PLAIN, IndexSplit, fold_variants, grouped_folds, groups_overlap,
@@ -63,6 +64,13 @@ def frozen_backbone_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray)
     return fit
 
 
+def load_series(prepared: Path) -> np.ndarray:
+    """Each image's study unit (DICOM series, else its group), in the order of load_all_images."""
+    table = pd.read_csv(prepared / "split.csv", dtype=str, keep_default_na=False)
+    rows = pd.concat([table.loc[table["split"] == split] for split in SPLITS])
+    return np.array(series_ids(rows["group"].tolist(), rows["series"].tolist() if "series" in rows else None))
+
+
 def recipe_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray, groups: np.ndarray):
     """A closure training candidate `name` on any index split and returning test probabilities by variant.
 
@@ -73,6 +81,11 @@ def recipe_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray, groups: 
         return frozen_backbone_fit(params, name, x, y)
     if candidate.architecture == "ct_resnet152":  # fine-tuning: the converted weights under paths.backbone
         candidate = resolve_backbone(params, candidate)
+    if params.leakage.max_epochs and candidate.epochs > params.leakage.max_epochs:
+        log.info("%s trains %d epochs here instead of %d (leakage.max_epochs)", name, params.leakage.max_epochs,
+                 candidate.epochs)
+        candidate = candidate.model_copy(update={"epochs": params.leakage.max_epochs,
+                                                 "min_epochs": min(candidate.min_epochs, params.leakage.max_epochs)})
 
     def fit(split: IndexSplit) -> dict[str, np.ndarray]:
         weights = loss_weights(y[split.train], len(params.classes), candidate.loss_weighting, groups[split.train])
@@ -131,6 +144,8 @@ def log_cv_to_mlflow(params: Params, name: str, cv: dict, trial: str | None = No
         mlflow.log_metric("cv_seconds", float(cv["seconds"]))
         for step, fold in enumerate(cv["per_fold"], start=1):
             mlflow.log_metrics({"fold_macro_f1": fold["macro_f1"], "fold_accuracy": fold["accuracy"],
+                                **({"fold_series_macro_f1": fold["series_macro_f1"]} if "series_macro_f1" in fold
+                                   else {}),
                                 **{f"fold_{n}_macro_f1": v["macro_f1"] for n, v in fold.get("variants", {}).items()}},
                                step=step)
         mlflow.log_dict(cv, "grouped_cv.json")
@@ -145,13 +160,14 @@ def run(params: Params, args: argparse.Namespace) -> None:
     if name not in params.train.candidates:
         raise StageError(f"leakage.candidate {name!r} is not in train.candidates {sorted(params.train.candidates)}")
     x, y, groups = load_all_images(prepared)
+    series = load_series(prepared)
     fit = recipe_fit(params, name, x, y, groups)
     report: dict = {"candidate": name, "images": int(len(y)), "groups": int(len(np.unique(groups)))}
     if settings.random_split:
         split = random_image_split(y, params.preprocess.test_fraction, params.preprocess.val_fraction, settings.seed)
         log.info("training %s on a RANDOM image-level split (leaky on purpose: %d groups on both sides)", name,
                  len(groups_overlap(split, groups)))
-        report["random_split"] = score_split(fit, split, y, params.classes)
+        report["random_split"] = score_split(fit, split, y, params.classes, series, params.evaluate.series_pooling)
         report["random_split"]["groups_shared_with_test"] = len(set(groups[split.test]) & set(groups[split.train]))
     if settings.cv_folds >= 2:
         folds = []
@@ -163,10 +179,12 @@ def run(params: Params, args: argparse.Namespace) -> None:
         for k, split in enumerate(splits, start=1):
             log.info("grouped fold %d/%d: %d train, %d val, %d test images", k, len(splits), len(split.train),
                      len(split.val), len(split.test))
-            folds.append(score_split(fit, split, y, params.classes))
+            folds.append(score_split(fit, split, y, params.classes, series, params.evaluate.series_pooling))
             extra = "".join(f"; {variant_label(n, tta, ensemble)}: macro-F1 {v['macro_f1']:.3f}"
                             for n, v in folds[-1].get("variants", {}).items())
-            log.info("fold %d: macro-F1 %.3f, accuracy %.3f%s", k, folds[-1]["macro_f1"], folds[-1]["accuracy"], extra)
+            log.info("fold %d: macro-F1 %.3f, accuracy %.3f, series macro-F1 %.3f (%d series)%s", k,
+                     folds[-1]["macro_f1"], folds[-1]["accuracy"], folds[-1]["series_macro_f1"],
+                     folds[-1]["series_count"], extra)
         report["grouped_cv"] = {"folds": len(folds), "per_fold": folds, "seconds": time.perf_counter() - began,
                                 "machine": machine_description(), **summarise_folds(folds, params.classes)}
         if variants := summarise_variants(folds, params.classes):
@@ -180,7 +198,9 @@ def run(params: Params, args: argparse.Namespace) -> None:
                  r["accuracy"], r["macro_f1"])
     if "grouped_cv" in report:
         cv = report["grouped_cv"]
-        log.info("grouped %d-fold CV: macro-F1 %.3f ± %.3f", cv["folds"], cv["macro_f1"]["mean"], cv["macro_f1"]["std"])
+        log.info("grouped %d-fold CV: macro-F1 %.3f ± %.3f; series macro-F1 %.3f ± %.3f", cv["folds"],
+                 cv["macro_f1"]["mean"], cv["macro_f1"]["std"], cv["series_macro_f1"]["mean"],
+                 cv["series_macro_f1"]["std"])
         for variant, scores in cv.get("variants", {}).items():
             log.info("  %s: macro-F1 %.3f ± %.3f", variant_label(variant, tta, ensemble),
                      scores["macro_f1"]["mean"], scores["macro_f1"]["std"])

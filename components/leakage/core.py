@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from components.common.params import AugmentParams, CandidateParams, Params
-from components.evaluate.core import classification_metrics
+from components.evaluate.core import classification_metrics, series_metrics
 
 
 @dataclass(frozen=True)
@@ -56,17 +56,30 @@ Fit = Callable[[IndexSplit], dict[str, np.ndarray]]  # trains on split.train/val
 PLAIN = "plain"  # the variant every fit returns: one prediction per image; others (e.g. "tta") ride along
 
 
-def score_split(fit: Fit, split: IndexSplit, labels: np.ndarray, classes: list[str]) -> dict:
-    """Train through `fit` and score each variant of its test probabilities (the plain one at the top level)."""
+def score_split(fit: Fit, split: IndexSplit, labels: np.ndarray, classes: list[str],
+                series: np.ndarray | None = None, pooling: str = "mean") -> dict:
+    """Train through `fit` and score each variant of its test probabilities (the plain one at the top level).
+
+    With `series` (one id per image), each variant also gets the study-level `series_accuracy` and
+    `series_macro_f1`: the `pooling` of every test series' slice probabilities, as evaluate scores them.
+    """
     variants = fit(split)
-    scored = {name: _scores(labels[split.test], probabilities, classes) for name, probabilities in variants.items()}
+    test_series = None if series is None else np.asarray(series)[split.test]
+    scored = {name: _scores(labels[split.test], probabilities, classes, test_series, pooling)
+              for name, probabilities in variants.items()}
     plain = scored.pop(PLAIN)
     return {**plain, "variants": scored} if scored else plain
 
 
-def _scores(y_true: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict:
+def _scores(y_true: np.ndarray, probabilities: np.ndarray, classes: list[str], series: np.ndarray | None = None,
+            pooling: str = "mean") -> dict:
     metrics = classification_metrics(y_true, probabilities, classes)
-    return {k: v for k, v in metrics.items() if k != "confusion_matrix"}
+    scores = {k: v for k, v in metrics.items() if k != "confusion_matrix"}
+    if series is not None:
+        study = series_metrics(y_true, probabilities, list(series), classes, pooling)
+        scores |= {"series_accuracy": study["accuracy"], "series_macro_f1": study["macro_f1"],
+                   "series_count": study["series"]}
+    return scores
 
 
 def fold_variants(members: list[tuple[np.ndarray, np.ndarray]], tta: bool) -> dict[str, np.ndarray]:
@@ -98,6 +111,9 @@ def summarise_folds(fold_metrics: list[dict], classes: list[str]) -> dict:
     table = {"accuracy": [m["accuracy"] for m in fold_metrics], "macro_f1": [m["macro_f1"] for m in fold_metrics]}
     for c in classes:
         table[f"recall_{c}"] = [m["per_class"][c]["recall"] for m in fold_metrics]
+    for name in ("series_accuracy", "series_macro_f1"):  # study verdicts, where the folds scored them
+        if fold_metrics and all(name in m for m in fold_metrics):
+            table[name] = [m[name] for m in fold_metrics]
     return {name: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
             for name, v in table.items()}
 

@@ -22,7 +22,8 @@ def _pm(metrics: dict, name: str) -> str:
 
 
 def trial_rows(runs: list[dict], classes: list[str]) -> list[list[str]]:
-    """Rows of (trial, candidate, macro-F1, accuracy, recall per class, time, machine), oldest first.
+    """Rows of (trial, candidate, macro-F1, accuracy, recall per class, series macro-F1, series accuracy, time,
+    machine), oldest first; the series columns score one verdict per scan series (n/a for trials run before).
 
     A trial that also scored test-time augmentation or an ensemble gets a row per variant, e.g. "<trial> + TTA
     (<views>)" or "<trial> + ensemble of 3"; the time is the whole CV's (every member trained) on each row.
@@ -41,7 +42,8 @@ def trial_rows(runs: list[dict], classes: list[str]) -> list[list[str]]:
                 variants.append((f"{variant}_", f"{run['name']} + {label}"))
         for prefix, name in variants:
             rows.append([name, tags.get("candidate", "?"), _pm(m, f"{prefix}macro_f1"), _pm(m, f"{prefix}accuracy"),
-                         *[_pm(m, f"{prefix}recall_{c}") for c in classes], *timing])
+                         *[_pm(m, f"{prefix}recall_{c}") for c in classes], _pm(m, f"{prefix}series_macro_f1"),
+                         _pm(m, f"{prefix}series_accuracy"), *timing])
     return rows
 
 
@@ -64,7 +66,8 @@ def recipe_drift(logged: dict[str, str], current: dict[str, object], defaults: d
 def markdown(rows: list[list[str]], classes: list[str], drift: dict[str, list[str]] | None = None) -> str:
     """A GitHub Markdown table of the trial rows; trials whose recipe changed since are starred and listed."""
     drift = {name: changes for name, changes in (drift or {}).items() if changes}
-    header = ["trial", "candidate", "macro-F1", "accuracy", *[f"recall {c}" for c in classes], "CV time", "machine"]
+    header = ["trial", "candidate", "macro-F1", "accuracy", *[f"recall {c}" for c in classes], "series macro-F1",
+              "series accuracy", "CV time", "machine"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     trials = [row[0].split(" + ")[0] for row in rows]  # "t06 + TTA (..)" is trial t06's second row
     lines += ["| " + " | ".join([row[0] + ("*" if trial in drift else ""), *row[1:]]) + " |"
@@ -110,7 +113,8 @@ def fetch_runs(experiment_id: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Print every grouped-CV trial (leakage stage runs logged to "
                                      "MLflow) as a Markdown table: macro-F1 and per-class recall mean ± std over "
-                                     "folds, CV time and machine. Trials of profiles/search.yaml whose recipe has "
+                                     "folds, the study-level (per scan series) macro-F1 and accuracy, CV time and "
+                                     "machine. Trials of profiles/search.yaml whose recipe has "
                                      "changed since they ran (a knob of the profile or the params file) are starred "
                                      "and the changed knobs listed.")
     parser.add_argument("--params", default="params.yaml", help="params file naming the MLflow store")

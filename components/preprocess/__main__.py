@@ -46,7 +46,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
         np.save(out / "arrays" / f"X_{split}.npy", x)
         np.save(out / "arrays" / f"y_{split}.npy", y)
     write_json(out / "arrays" / "stats.json", {k: prepared.summary[k] for k in ("train_pixel_mean", "train_pixel_variance")})
-    split = pd.DataFrame(prepared.table).merge(records[["key", "sha256"]], on="key", how="left")
+    extra = ["key", "sha256"] + (["series"] if "series" in records else [])  # series: the study verdict's unit
+    split = pd.DataFrame(prepared.table).merge(records[extra], on="key", how="left")
     split.to_csv(out / "split.csv", index=False)
     audit_split(split, out / "split_check.json")
     write_json(out / "preprocess.json", prepared.summary)

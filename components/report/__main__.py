@@ -14,19 +14,44 @@ import pandas as pd
 from components.common.cli import StageError, log, read_json, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.report import figures
-from components.report.core import analyse, pick_examples
+from components.evaluate.predictions import INTERVALS, PROBABILITIES, load_probabilities, read_split
+from components.report.core import calibration_summary, pick_examples
 from components.report.html import ci, image_tag, page, table
 
 
-def load_model_predictions(params: Params, name: str, x_val, x_test):
+def load_model(params: Params, name: str):
+    """The trained candidate, for Grad-CAM only (its probabilities come from evaluate)."""
     import keras
 
     path = Path(params.paths.models) / name / "model.keras"
     if not path.is_file():
         raise StageError(f"{path} not found: run `train --candidate {name}` first")
-    model = keras.saving.load_model(path)
-    predict = lambda x: np.asarray(model.predict(np.asarray(x, "float32"), batch_size=64, verbose=0))  # noqa: E731
-    return model, predict(x_val), predict(x_test)
+    return keras.saving.load_model(path)
+
+
+def load_evaluation(params: Params) -> tuple[pd.DataFrame, dict]:
+    """Evaluate's probabilities and CIs (paths.predictions), or a plain error naming the stage to run."""
+    folder = Path(params.paths.predictions)
+    if not (folder / PROBABILITIES).is_file() or not (folder / INTERVALS).is_file():
+        raise StageError(f"{folder} has no {PROBABILITIES} / {INTERVALS}: run the evaluate stage first")
+    return load_probabilities(folder), read_json(folder / INTERVALS)
+
+
+def saved_analysis(params: Params, name: str, probabilities: pd.DataFrame, intervals: dict,
+                   y_test: np.ndarray) -> tuple[np.ndarray, dict]:
+    """One candidate's saved test probabilities, evaluate's CIs and the calibration fitted on its val ones."""
+    if name not in intervals:
+        raise StageError(f"no CIs for candidate {name!r} in {INTERVALS}: re-run the evaluate stage")
+    try:
+        test, val = (read_split(probabilities, name, s, params.classes) for s in ("test", "val"))
+    except KeyError as exc:
+        raise StageError(exc.args[0]) from None
+    cis = intervals[name]
+    if len(test.labels) != len(y_test) or np.any(test.labels != y_test):
+        raise StageError(f"the saved test probabilities of {name} do not match the prepared test split: "
+                         "re-run the evaluate stage")
+    analysis = calibration_summary(y_test, test.probabilities, val.labels, val.probabilities, params.report)
+    return test.probabilities, analysis | {"ci95": cis["slice"], "series_ci95": cis.get("series")}
 
 
 def gradcam_rows(model, x_test, y_test, probs, classes, per_class) -> list:
@@ -76,6 +101,7 @@ def candidate_section(name: str, metrics: dict, analysis: dict, params: Params, 
             f"(95% CI, bootstrap over {cis['accuracy']['groups']} test groups). ECE {analysis['ece_before']:.3f} "
             f"raw, {analysis['ece_after']:.3f} after temperature scaling (T = {analysis['temperature']:.2f}, fitted on validation).</p>"
             + table(["class", "precision", "recall", "recall 95% CI", "F1", "support"], per_class)
+            + series_paragraph(metrics.get("series"), analysis.get("series_ci95"))
             + image_tag(plots / f"curves_{name}.png", f"{name}: training and validation curves, best epochs marked")
             + image_tag(plots / f"confusion_{name}.png", f"{name}: confusion matrix")
             + image_tag(figs / f"metrics_ci_{name}.png", f"{name}: metrics with 95% confidence intervals")
@@ -83,12 +109,25 @@ def candidate_section(name: str, metrics: dict, analysis: dict, params: Params, 
             + (image_tag(figs / f"gradcam_{name}.png", f"{name}: Grad-CAM overlays") if grad_rows else ""))
 
 
+def series_paragraph(series: dict | None, cis: dict | None) -> str:
+    """The study verdict: pooled series-level scores with CIs (bootstrap over series)."""
+    if not series or not cis:
+        return "<p>No series-level scores in this evaluation (re-run evaluate).</p>"
+    rows = [[c, v["recall"], ci(cis[f"recall_{c}"]), v["support"]] for c, v in series["per_class"].items()]
+    return (f"<p><b>Per study</b> ({series['series']} test series; verdict = {series['pooling']} of the slice "
+            f"probabilities, evaluate.series_pooling): accuracy {ci(cis['accuracy'])}, macro-F1 "
+            f"{ci(cis['macro_f1'])} (95% CI, bootstrap over series).</p>"
+            + table(["class", "series recall", "recall 95% CI", "series"], rows))
+
+
 def comparison_section(metrics: dict, plots: Path) -> str:
     keys = ["accuracy", "macro_precision", "macro_recall", "macro_f1", "test_loss"]
     extra = [k for k in ("parameters", "training_seconds", "inference_ms_per_image") if any(k in m for m in metrics.values())]
-    rows = [[n, *(m[k] for k in keys), *(m.get(k, "") for k in extra)] for n, m in metrics.items()]
+    rows = [[n, *(m[k] for k in keys), *(m.get("series", {}).get(k, "") for k in ("accuracy", "macro_f1")),
+             *(m.get(k, "") for k in extra)] for n, m in metrics.items()]
     chart = plots / "comparison.png"
-    return (table(["candidate", "accuracy", "precision", "recall", "F1", "test loss", *extra], rows)
+    return (table(["candidate", "accuracy", "precision", "recall", "F1", "test loss", "series accuracy",
+                   "series F1", *extra], rows)
             + (image_tag(chart, "Metrics per candidate") if chart.is_file() else ""))
 
 
@@ -118,18 +157,18 @@ def run(params: Params, args: argparse.Namespace) -> None:
     leakage = read_json(leakage_file) if leakage_file.is_file() else None
     split = pd.read_csv(prepared_dir / "split.csv", dtype=str)
     arrays = prepared_dir / "arrays"
-    x_val, y_val = np.load(arrays / "X_val.npy", mmap_mode="r"), np.load(arrays / "y_val.npy")
     x_test, y_test = np.load(arrays / "X_test.npy", mmap_mode="r"), np.load(arrays / "y_test.npy")
-    groups_test = split.loc[split["split"] == "test", "group"].tolist()
+    probabilities, intervals = load_evaluation(params)
     sections = [("Data", data_section(params, prepared, split, x_test, y_test, figs)),
                 ("Candidates compared", comparison_section(metrics, Path(params.paths.evaluation) / "plots"))]
     summary, candidate_html = {}, []
     for name in metrics:
-        model, probs_val, probs_test = load_model_predictions(params, name, x_val, x_test)
-        analysis = analyse(y_test, probs_test, groups_test, y_val, probs_val, params.classes, params.report)
-        rows = gradcam_rows(model, x_test, y_test, probs_test, params.classes, params.report.gradcam_per_class)
+        probs_test, analysis = saved_analysis(params, name, probabilities, intervals, y_test)
+        per_class = params.report.gradcam_per_class
+        rows = (gradcam_rows(load_model(params, name), x_test, y_test, probs_test, params.classes, per_class)
+                if per_class else [])
         candidate_html.append(candidate_section(name, metrics[name], analysis, params, figs, rows))
-        summary[name] = {k: analysis[k] for k in ("ci95", "temperature", "ece_before", "ece_after")}
+        summary[name] = {k: analysis[k] for k in ("ci95", "series_ci95", "temperature", "ece_before", "ece_after")}
     sections.append(("Per candidate: curves, confusion, confidence intervals, calibration, Grad-CAM", "".join(candidate_html)))
     lead = (leakage or {}).get("candidate") or next(iter(metrics))
     sections.append(("Honest vs leaky evaluation", leakage_section(leakage, metrics[lead], figs)))

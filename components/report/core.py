@@ -1,4 +1,4 @@
-"""Pure core of the report: CIs, calibration and example picks for one candidate's predictions."""
+"""Pure core of the report: metric functions, calibration and example picks for one candidate's predictions."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import numpy as np
 from sklearn.metrics import f1_score, recall_score
 
 from components.common.params import ReportParams
-from components.report.bootstrap import group_bootstrap
 from components.report.calibration import (apply_temperature, expected_calibration_error, fit_temperature,
                                            reliability)
 
@@ -22,17 +21,13 @@ def metric_functions(n_classes: int, classes: list[str]) -> dict:
     return fns
 
 
-def analyse(y_test: np.ndarray, probs_test: np.ndarray, groups_test: list[str], y_val: np.ndarray,
-            probs_val: np.ndarray, classes: list[str], settings: ReportParams, seed: int = 0) -> dict:
-    """Group-bootstrap CIs, and calibration before/after a temperature fitted on validation."""
-    y_pred = probs_test.argmax(axis=1)
-    cis = group_bootstrap(y_test, y_pred, groups_test, metric_functions(len(classes), classes),
-                          resamples=settings.bootstrap_resamples, seed=seed)
+def calibration_summary(y_test: np.ndarray, probs_test: np.ndarray, y_val: np.ndarray, probs_val: np.ndarray,
+                        settings: ReportParams) -> dict:
+    """Calibration before/after a temperature fitted on validation (the CIs come from evaluate)."""
     temperature = fit_temperature(y_val, probs_val)
     scaled = apply_temperature(probs_test, temperature)
     bins = settings.calibration_bins
     return {
-        "ci95": cis,
         "temperature": temperature,
         "ece_before": expected_calibration_error(y_test, probs_test, bins),
         "ece_after": expected_calibration_error(y_test, scaled, bins),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.test_serving import TOKEN, dicom_slice, served  # noqa: F401  (module fixture reused)
+from tests.pipeline.test_serving import TOKEN, dicom_slice, served, series_files  # noqa: F401  (fixture reused)
 from tests.package_support import CLASSES
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -69,3 +69,31 @@ def test_a_bad_file_shows_a_readable_error_on_the_page(served, browser, tmp_path
     browser.find_element(By.ID, "file").send_keys(str(upload))
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text)
     assert "not a PNG or JPEG image" in browser.find_element(By.ID, "error").text
+
+
+def test_upload_a_series_and_read_its_verdict_with_the_slices_that_drove_it(served, browser, tmp_path):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, record, _ = served
+    paths = []
+    for name, data in series_files() + [("notes.txt", b"not an image " * 20)]:
+        (tmp_path / name).write_bytes(data)
+        paths.append(str(tmp_path / name))
+    browser.get(f"{url}/ui/")
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.ID, "series-files").send_keys("\n".join(paths))  # several files at once
+    WebDriverWait(browser, 60).until(ready.visibility_of_element_located((By.ID, "series-label")))
+    label = browser.find_element(By.ID, "series-label").text
+    assert label in CLASSES
+    summary = browser.find_element(By.ID, "series-summary").text
+    assert "5 slices" in summary and record["mlflow_model_version"] in summary
+    bars = browser.find_elements(By.CSS_SELECTOR, "#series-bars .bar")
+    assert bars[0].get_attribute("data-cls") == label
+    figures = browser.find_elements(By.CSS_SELECTOR, "#series-slices figure.evidence")
+    assert len(figures) == 3 and all(f"{label} " in f.find_element(By.TAG_NAME, "figcaption").text for f in figures)
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script(
+        "return [...document.querySelectorAll('#series-slices img')].every(i => i.complete && i.naturalWidth > 0);"))
+    assert "notes.txt: not a PNG or JPEG image" in browser.find_element(By.ID, "series-skipped").text
+    assert browser.find_element(By.ID, "error").text == ""  # the one-slice view is untouched

@@ -61,7 +61,21 @@ def test_every_stage_ran_and_wrote_its_outputs(repro):
     assert (project / "reports/augment/preview.png").stat().st_size > 1000
     metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())["paper_cnn"]
     assert 0.0 <= metrics["macro_f1"] <= 1.0 and metrics["test_images"] > 0
+    series = metrics["series"]  # one verdict per test series (one series per generated patient)
+    assert series["pooling"] == "mean" and series["series"] == len(set(split_groups(project, "test")))
+    assert series["macro_f1_ci"][0] <= series["macro_f1"] <= series["macro_f1_ci"][1]
+    probabilities = (project / "reports/predictions/probabilities.csv").read_text().splitlines()
+    assert len(probabilities) == 1 + metrics["test_images"] + len(split_groups(project, "val"))  # val + test slices
+    assert set(json.loads((project / "reports/predictions/intervals.json").read_text())["paper_cnn"]) == {
+        "slice", "series"}
     assert (project / "reports/evaluate/plots/confusion_paper_cnn.png").is_file()
+
+
+def split_groups(project: Path, split: str) -> list[str]:
+    import pandas as pd
+
+    table = pd.read_csv(project / "data/prepared/split.csv", dtype=str)
+    return table.loc[table["split"] == split, "group"].tolist()
 
 
 def test_report_holds_every_figure_and_the_honest_vs_leaky_numbers(repro):
@@ -72,7 +86,7 @@ def test_report_holds_every_figure_and_the_honest_vs_leaky_numbers(repro):
                     "metrics with 95% confidence intervals", "reliability diagram", "Grad-CAM overlays",
                     "Leakage gap", "Metrics per candidate"):
         assert caption in html, caption
-    assert "figure missing" not in html
+    assert "figure missing" not in html and "Per study" in html and "bootstrap over series" in html
     assert html.count("data:image/png;base64,") >= 10  # self-contained
     leakage = json.loads((project / "reports/leakage/leakage.json").read_text())
     assert leakage["random_split"]["groups_shared_with_test"] > 0  # the random split really leaks

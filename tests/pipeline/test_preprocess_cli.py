@@ -24,7 +24,9 @@ def test_preprocess_writes_grouped_split_and_its_check(tmp_path, tiny_export, mo
     assert preprocess(["--params", params]) == 0
     prepared = tmp_path / "data/prepared"
     split = pd.read_csv(prepared / "split.csv")
-    assert list(split.columns) == ["key", "label", "group", "split", "sha256"]
+    assert list(split.columns) == ["key", "label", "group", "split", "sha256", "series"]
+    assert split["series"].str.startswith("s-").all()  # the salted SeriesInstanceUID: the study verdict's unit
+    assert (split.groupby("series")["group"].nunique() == 1).all()  # a series belongs to one patient
     assert split["sha256"].notna().all()
     assert (split.groupby("group")["split"].nunique() == 1).all()
     assert json.loads((prepared / "split_check.json").read_text())["success"] is True

@@ -76,10 +76,11 @@ def test_each_trial_is_one_mlflow_grouped_cv_run_with_its_recipe(searched):
     base = dict(db.execute("select key, value from params where run_uuid = ?", (runs["ta-baseline"],)))
     assert base["candidate.architecture"] == "paper_cnn"
     metrics = {k for (k,) in db.execute("select key from metrics where run_uuid = ?", (runs["ta-baseline"],))}
-    assert {"cv_macro_f1_mean", "cv_macro_f1_std", "cv_recall_Stone_mean", "fold_macro_f1"} <= metrics
+    assert {"cv_macro_f1_mean", "cv_macro_f1_std", "cv_recall_Stone_mean", "fold_macro_f1",
+            "cv_series_macro_f1_mean", "cv_series_accuracy_std", "fold_series_macro_f1"} <= metrics  # study verdicts
     assert not any(k.startswith(("cv_tta_", "cv_ensemble")) for k in metrics)  # no variant asked for, none scored
     scored = {k for (k,) in db.execute("select key from metrics where run_uuid = ?", (runs["tb-label-smoothing"],))}
-    assert {"cv_tta_macro_f1_mean", "cv_tta_recall_Stone_std", "fold_tta_macro_f1", "cv_ensemble_macro_f1_mean",
+    assert {"cv_tta_macro_f1_mean", "cv_tta_recall_Stone_std", "cv_tta_series_macro_f1_mean", "fold_tta_macro_f1", "cv_ensemble_macro_f1_mean",
             "cv_ensemble_tta_recall_Stone_std", "fold_ensemble_tta_macro_f1"} <= scored
 
 
@@ -91,6 +92,9 @@ def test_cv_table_lists_both_trials_in_order_and_the_variant_scores_of_the_secon
                                                      "| tb-label-smoothing + ensemble of 2",
                                                      "| tb-label-smoothing + ensemble of 2 + TTA (flip+shift)"]
     assert all(" ± " in row for row in rows)
+    header = next(line for line in searched["table"].stdout.splitlines() if line.startswith("| trial")).split(" | ")
+    column = header.index("series macro-F1")
+    assert all(" ± " in row.split(" | ")[column] for row in rows)  # every row, variants too, scores per series
 
 
 def test_real_data_runs_everything_and_refuses_to_register_below_the_gate(searched):

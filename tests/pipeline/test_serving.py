@@ -200,3 +200,65 @@ def test_concurrent_requests_are_answered_from_shared_batches(served):
     for data, answer in zip(payloads, answers):  # batching must not mix up whose answer is whose
         expected = expected_probabilities(root, record, data)
         np.testing.assert_allclose([answer.json()["probabilities"][c] for c in CLASSES], expected, atol=1e-5)
+
+
+def predict_series(url: str, files: list[tuple[str, bytes]], **params) -> requests.Response:
+    return requests.post(f"{url}/predict_series", files=[("images", f) for f in files], data=params, timeout=60,
+                         headers=AUTH)
+
+
+def series_files() -> list[tuple[str, bytes]]:
+    slices = [(f"s{i}.png", png_bytes(np.random.default_rng(10 + i).integers(0, 256, (64, 64)))) for i in range(4)]
+    return slices + [("s4.dcm", dicom_slice())]
+
+
+def test_a_whole_series_gets_the_pooled_verdict_its_top_slices_and_their_gradcam(served):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from components.common.pooling import pool
+
+    url, record, root = served
+    files = series_files()
+    response = predict_series(url, files + [("notes.txt", b"not an image" * 20)], top_k=2)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    slice_probs = np.array([expected_probabilities(root, record, data) for _, data in files])
+    pooled = pool(slice_probs, "mean")
+    np.testing.assert_allclose([body["probabilities"][c] for c in CLASSES], pooled, atol=1e-5)
+    assert body["label"] == CLASSES[int(pooled.argmax())] and body["slices"] == 5 and body["pooling"] == "mean"
+    k = CLASSES.index(body["label"])
+    assert [s["index"] for s in body["top_slices"]] == list(np.argsort(-slice_probs[:, k], kind="stable")[:2])
+    assert body["skipped"] == [{"name": "notes.txt", "reason": "not a PNG or JPEG image"}]
+    assert body["series_uids"] == [] and body["model_version"] == record["mlflow_model_version"]  # fixture: no UID
+    for evidence in body["top_slices"]:
+        assert evidence["verdict_probability"] == pytest.approx(slice_probs[evidence["index"], k], abs=1e-5)
+        for field, mode in (("slice_png", "L"), ("gradcam_png", "RGB")):
+            image = Image.open(io.BytesIO(base64.b64decode(evidence[field])))
+            assert image.mode == mode and image.size == (record["image_size"], record["image_size"])
+
+
+def test_a_zip_of_the_series_gets_the_same_verdict_and_nothing_readable_is_a_400(served):
+    import io
+    import zipfile
+
+    url, _, _ = served
+    files = series_files()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files:
+            archive.writestr(f"series/{name}", data)
+        archive.writestr("__MACOSX/series/._s0.png", b"resource fork")
+    zipped = predict_series(url, [("series.zip", buffer.getvalue())])
+    plain = predict_series(url, files)
+    assert zipped.status_code == plain.status_code == 200, zipped.text
+    assert zipped.json()["probabilities"] == pytest.approx(plain.json()["probabilities"], abs=1e-6)
+    assert zipped.json()["slices"] == 5 and zipped.json()["skipped"] == []
+    bad = predict_series(url, [("a.txt", b"text" * 50), ("cut.png", truncated_png())])
+    assert bad.status_code == 400 and "no readable slice in the series" in bad.text and "damaged" in bad.text
+    assert predict_series(url, [("broken.zip", b"PK\x03\x04 not a zip")]).status_code == 400
+    assert predict_series(url, files, top_k=0).status_code == 400
+    unauthorised = requests.post(f"{url}/predict_series", files=[("images", f) for f in files], timeout=30)
+    assert unauthorised.status_code == 401

@@ -79,13 +79,16 @@ def test_comparison_table_holds_every_candidate_and_names_the_winner(tmp_path):
     from components.evaluate.comparison import (COLUMNS, comparison_markdown, comparison_rows,
                                                 save_comparison_chart)
 
-    metrics = {"accuracy": 0.8, "macro_precision": 0.7, "macro_recall": 0.75, "macro_f1": 0.72, "test_loss": 0.5}
+    metrics = {"accuracy": 0.8, "macro_precision": 0.7, "macro_recall": 0.75, "macro_f1": 0.72, "test_loss": 0.5,
+               "series": {"accuracy": 0.9, "macro_f1": 0.85, "pooling": "mean"}}
     results = {name: {"passed": name != "vit", "metrics": metrics, "parameters": 1234, "architecture": name,
                       "training_seconds": 12.5, "inference_ms_per_image": 3.25} for name in ("paper_cnn", "vit")}
     rows = comparison_rows(results, "paper_cnn")
     assert [r["candidate"] for r in rows] == ["paper_cnn", "vit"] and set(rows[0]) == set(COLUMNS)
-    table = comparison_markdown(rows, "macro_f1")
-    assert "| paper_cnn | paper_cnn | yes | yes | 0.800 | 0.700 | 0.750 | 0.720 | 0.500 | 1,234 | 12.500 | 3.250 |" in table
+    table = comparison_markdown(rows, "macro_f1", "mean")
+    assert ("| paper_cnn | paper_cnn | yes | yes | 0.800 | 0.700 | 0.750 | 0.720 | 0.500 | 0.900 | 0.850 | 1,234 | "
+            "12.500 | 3.250 |") in table
+    assert "the mean of its slices' probabilities" in table
     assert "Winner: **paper_cnn**" in table
     assert "No candidate passed" in comparison_markdown(comparison_rows(results, None), "macro_f1")
     save_comparison_chart(rows, tmp_path / "comparison.png")

@@ -5,7 +5,7 @@ import pytest
 
 from components.common.tta import plain_and_tta, shifted, tta_views
 from components.leakage.core import (PLAIN, fold_variants, grouped_folds, groups_overlap, score_split,
-                                     summarise_variants, variant_label)
+                                     summarise_folds, summarise_variants, variant_label)
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 
@@ -48,6 +48,25 @@ def test_variants_are_scored_beside_the_plain_prediction_and_summarised_over_fol
     assert summary["tta"]["macro_f1"] == {"mean": 1.0, "std": 0.0}
     plain_only = score_split(lambda s: {PLAIN: one_hot_guess(y[s.test])}, splits[0], y, CLASSES)
     assert "variants" not in plain_only and summarise_variants([plain_only], CLASSES) == {}
+
+
+def test_each_fold_also_scores_one_verdict_per_series_with_the_evaluate_pooling():
+    y, groups = labelled_groups(slices=3)
+    splits = list(grouped_folds(y, groups, folds=4, val_fraction=0.25, seed=0))
+
+    def fit(s):  # the first slice of every series is called the wrong class; the other two are right
+        first = np.array([i == 0 or groups[i] != groups[i - 1] for i in s.test])
+        p = np.eye(4)[y[s.test]] * 0.6 + 0.1
+        p[first] = np.eye(4)[(y[s.test][first] + 1) % 4] * 0.6 + 0.1
+        return {PLAIN: p, "tta": np.eye(4)[(y[s.test] + 1) % 4]}
+
+    folds = [score_split(fit, s, y, CLASSES, groups, "mean") for s in splits]
+    assert all(f["series_macro_f1"] == 1.0 and f["macro_f1"] < 0.8 for f in folds)
+    assert all(f["series_count"] == len(set(groups[s.test])) for f, s in zip(folds, splits))
+    assert all(f["variants"]["tta"]["series_macro_f1"] == 0.0 for f in folds)
+    summary = summarise_folds(folds, CLASSES)
+    assert summary["series_macro_f1"] == {"mean": 1.0, "std": 0.0} and "series_accuracy" in summary
+    assert "series_macro_f1" not in summarise_folds([score_split(fit, splits[0], y, CLASSES)], CLASSES)
 
 
 def test_shift_moves_pixels_and_fills_the_border_with_air():

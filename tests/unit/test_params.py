@@ -17,7 +17,8 @@ def raw_params() -> dict:
 def test_repo_params_load():
     params = load_params(REPO_PARAMS)
     assert params.classes == ["Normal", "Cyst", "Tumor", "Stone"]
-    assert "paper_cnn" in params.train.candidates
+    assert "compact_cnn" in params.train.candidates
+    assert params.evaluate.min_macro_f1 >= 0.9 and params.evaluate.min_class_recall >= 0.85  # the gate is on
     assert params.preprocess.image_size == 180
     assert params.validate_.min_class_share < params.validate_.max_class_share
 
@@ -31,8 +32,8 @@ def test_unknown_key_is_named():
 
 def test_out_of_range_value_is_named():
     raw = raw_params()
-    raw["train"]["candidates"]["paper_cnn"]["dropout"] = 1.5
-    with pytest.raises(ParamsError, match=r"train\.candidates\.paper_cnn\.dropout"):
+    raw["train"]["candidates"]["compact_cnn"]["dropout"] = 1.5
+    with pytest.raises(ParamsError, match=r"train\.candidates\.compact_cnn\.dropout"):
         parse_params(raw)
 
 

@@ -73,13 +73,16 @@ def test_cv_table_lists_trials_oldest_first_with_mean_and_std():
     run = lambda name, t, f1: {"name": name, "start_time": t, "tags": {"candidate": "c", "machine": "2 CPU cores"},  # noqa: E731
                                "params": {"leakage.cv_folds": "5"},
                                "metrics": {"cv_macro_f1_mean": f1, "cv_macro_f1_std": 0.05, "cv_seconds": 600.0,
-                                           "cv_recall_Stone_mean": 0.5, "cv_recall_Stone_std": 0.1}}
+                                           "cv_recall_Stone_mean": 0.5, "cv_recall_Stone_std": 0.1,
+                                           "cv_series_macro_f1_mean": f1 + 0.2, "cv_series_macro_f1_std": 0.07}}
     rows = trial_rows([run("t02", 2, 0.7), run("t01", 1, 0.4)], ["Stone", "Tumor"])
     assert [r[0] for r in rows] == ["t01", "t02"]
     assert rows[0][2] == "0.400 ± 0.050" and rows[0][4] == "0.500 ± 0.100" and rows[0][5] == "n/a"
-    assert rows[0][6] == "10 min (2.0/fold)"
+    assert rows[0][6] == "0.600 ± 0.070" and rows[0][7] == "n/a"  # series macro-F1; series accuracy not logged
+    assert rows[0][8] == "10 min (2.0/fold)"
     table = markdown(rows, ["Stone", "Tumor"]).splitlines()
     assert table[0].startswith("| trial | candidate | macro-F1") and len(table) == 4
+    assert "| series macro-F1 | series accuracy | CV time |" in table[0]
 
 
 def test_write_gives_a_whole_params_file_for_orchestrators(monkeypatch, tmp_path):

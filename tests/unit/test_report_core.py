@@ -1,9 +1,11 @@
 """Report core: CIs per class and example picks for Grad-CAM."""
 
 import numpy as np
+import pytest
 
 from components.common.params import ReportParams
-from components.report.core import analyse, metric_functions, pick_examples
+from components.report.bootstrap import group_bootstrap
+from components.report.core import calibration_summary, metric_functions, pick_examples
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 
@@ -17,16 +19,17 @@ def test_per_class_recall_function_is_that_class_only():
     assert fns["accuracy"](y, p) == 0.75
 
 
-def test_analyse_gives_cis_and_calibration():
+def test_calibration_and_group_cis_of_one_candidate():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 400)
     probs = np.full((400, 4), 0.02)
     probs[np.arange(400), np.where(rng.random(400) < 0.6, y, (y + 1) % 4)] = 0.94
     groups = [f"g{i // 10}" for i in range(400)]
-    out = analyse(y[200:], probs[200:], groups[200:], y[:200], probs[:200], CLASSES, ReportParams(bootstrap_resamples=50))
-    assert set(out["ci95"]) == {"accuracy", "macro_f1", *(f"recall_{c}" for c in CLASSES)}
-    acc = out["ci95"]["accuracy"]
+    cis = group_bootstrap(y[200:], probs[200:].argmax(1), groups[200:], metric_functions(4, CLASSES), resamples=50)
+    assert set(cis) == {"accuracy", "macro_f1", *(f"recall_{c}" for c in CLASSES)}
+    acc = cis["accuracy"]
     assert acc["low"] <= acc["estimate"] <= acc["high"] and acc["groups"] == 20
+    out = calibration_summary(y[200:], probs[200:], y[:200], probs[:200], ReportParams())
     assert out["temperature"] > 1 and out["ece_after"] < out["ece_before"]
 
 
@@ -36,3 +39,32 @@ def test_pick_examples_right_and_wrong_per_class():
     picks = pick_examples(y, p, 4, per_class=1)
     assert (0, 0, True) in picks and (0, 1, False) in picks and (2, 5, False) in picks
     assert not any(c == 3 for c, _, _ in picks)
+
+
+def test_the_report_reads_evaluates_saved_probabilities_and_refuses_stale_ones(tmp_path):
+    import pandas as pd
+
+    from components.common.cli import StageError
+    from components.common.params import parse_params
+    from components.evaluate.predictions import SplitPredictions, probability_rows
+    from components.report.__main__ import saved_analysis
+    from tests.tiny import tiny_params
+
+    params = parse_params(tiny_params(tmp_path))
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 40)
+    probs = rng.dirichlet(np.ones(4), 40)
+    saved = lambda idx: SplitPredictions(y[idx], probs[idx], ["g"] * len(idx), ["g"] * len(idx),  # noqa: E731
+                                         [str(i) for i in idx])
+    frame = pd.concat([probability_rows("cnn", "test", saved(np.arange(20)), CLASSES),
+                       probability_rows("cnn", "val", saved(np.arange(20, 40)), CLASSES)])
+    intervals = {"cnn": {"slice": {"accuracy": {"estimate": 0.3}}, "series": None}}
+    out, analysis = saved_analysis(params, "cnn", frame, intervals, y[:20])
+    np.testing.assert_allclose(out, probs[:20])
+    assert analysis["ci95"] == intervals["cnn"]["slice"] and analysis["temperature"] > 0
+    with pytest.raises(StageError, match="do not match the prepared test split"):
+        saved_analysis(params, "cnn", frame, intervals, (y[:20] + 1) % 4)
+    with pytest.raises(StageError, match="no CIs for candidate 'vit'"):
+        saved_analysis(params, "vit", frame, intervals, y[:20])
+    with pytest.raises(StageError, match="no test probabilities for candidate 'cnn'"):
+        saved_analysis(params, "cnn", frame[frame["split"] == "val"], intervals, y[:20])

@@ -56,6 +56,10 @@ def test_settings_come_from_env_and_bad_values_are_named():
         load_config({"KIDNEY_CT_MAX_BATCH_SIZE": "lots"})
     with pytest.raises(ValueError, match="invalid serving settings"):
         load_config({"KIDNEY_CT_MAX_BATCH_SIZE": "0"})
+    assert load_config({}).series_pooling == "mean" and load_config({}).max_series_files == 1000
+    assert load_config({"KIDNEY_CT_SERIES_POOLING": "max"}).series_pooling == "max"
+    with pytest.raises(ValueError, match="KIDNEY_CT_SERIES_POOLING='median': choose one of mean, max"):
+        load_config({"KIDNEY_CT_SERIES_POOLING": "median"})
 
 
 def test_size_bounds_say_413_with_the_limit():

@@ -11,6 +11,8 @@ def test_leakage_lines_show_the_leaky_number_and_the_grouped_cv_with_recalls():
     assert "random image-level split (leaky): accuracy 0.997, macro-F1 0.996" in lines[0]
     assert "grouped 5-fold CV of compact_cnn: macro-F1 0.610 ± 0.080; recall Stone 0.42, Cyst 0.90" in lines[1]
     assert leakage_lines(None) == [] and leakage_lines({"candidate": "c"}) == []
+    leakage["grouped_cv"]["series_macro_f1"] = {"mean": 0.7, "std": 0.05}
+    assert leakage_lines(leakage)[1].endswith("Cyst 0.90; per series macro-F1 0.700 ± 0.050")
 
 
 def test_champion_line_names_the_champions_test_macro_f1_with_its_ci():

@@ -1,0 +1,1 @@
+"""predict: batch scoring of an export (shadow mode) with the registry champion or a given model."""
