@@ -73,13 +73,22 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
-from airflow.sdk import (Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, Variable, dag,
-                         get_current_context, task)
+from airflow.sdk import (
+    Asset,
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    Param,
+    Variable,
+    dag,
+    get_current_context,
+    task,
+)
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 log = logging.getLogger(__name__)
@@ -398,7 +407,7 @@ def train_tasks(runner: str, pod: PodSettings | None):
     description="Weekly retrain, gate, register and package of the kidney CT classifier",
     doc_md=__doc__,
     schedule=RETRAIN_SCHEDULE,
-    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2025, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,  # runs share the output folders named in the params file
     default_args=DEFAULT_ARGS,
@@ -433,7 +442,7 @@ kidney_ct_retraining()
            "`ingest.dicomweb_url` lists studies not pulled yet; skips, emitting nothing, when there are none "
            "or no PACS is configured. Same settings as `kidney_ct_retraining` (project dir, params file).",
     schedule="@hourly",
-    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2025, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     default_args={**DEFAULT_ARGS, "retry_delay": timedelta(minutes=2)},

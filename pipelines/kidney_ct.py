@@ -26,9 +26,9 @@ Compile (offline): `python -m pipelines.kidney_ct --params params.yaml --images 
 import argparse
 import json
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
 import yaml
 

@@ -145,7 +145,7 @@ def ct_like_slice() -> np.ndarray:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| batching | clients | requests | p50 ms | p95 ms | p99 ms | served img/s | in-process img/s (batch = clients) | ratio |",
+    lines = ["| batching | clients | requests | p50 ms | p95 ms | p99 ms | served img/s | in-process img/s (batch = clients) | ratio |",  # noqa: E501
              "|---|---|---|---|---|---|---|---|---|"]
     for row in result["runs"]:
         base = result["in_process"][str(row["clients"])]
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     size = params.preprocess.image_size
     model = stand_in_model(size, list(candidate.filters), candidate.dense_units, len(params.classes))
     payload = png_bytes(ct_like_slice())
-    result = {"image_size": size, "payload": f"512x512 CT-like PNG ({len(payload) // 1024} KiB)", "seconds_per_level": args.seconds,
+    result = {"image_size": size, "payload": f"512x512 CT-like PNG ({len(payload) // 1024} KiB)", "seconds_per_level": args.seconds,  # noqa: E501
               "in_process": {str(b): in_process_throughput(model, size, b, args.seconds / 2) for b in LEVELS}, "runs": []}
     with tempfile.TemporaryDirectory(prefix="kidney-ct-bench-") as tmp:
         tag = save_bento_model(model, Path(tmp) / "bentoml", size, list(params.classes))

@@ -23,7 +23,7 @@ from bentoml.exceptions import BadInput, BentoMLException, NotFound
 from PIL import Image
 from pydantic import BaseModel
 from starlette.applications import Starlette
-from starlette.responses import FileResponse, RedirectResponse
+from starlette.responses import FileResponse
 from starlette.routing import Route
 
 from components.common.imaging import ImageDecodeError, decode_image, prepare_for_model

@@ -57,7 +57,7 @@ class AirflowServer:
                 "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "60",
                 "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600"}
 
-    def start(self, timeout_s: float = 240) -> "AirflowServer":
+    def start(self, timeout_s: float = 240) -> AirflowServer:
         self.port = self.port or free_port()
         self.home.mkdir(parents=True, exist_ok=True)
         self.env = {**self.env, "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16)}

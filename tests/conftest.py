@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-
 # --- generate/ingest: a tiny generated PACS export -----------------------------------------------
 TINY_EXPORT_CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 

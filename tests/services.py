@@ -40,7 +40,7 @@ class MotoS3:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "MotoS3":
+    def start(self) -> MotoS3:
         from moto.server import ThreadedMotoServer
 
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
@@ -53,7 +53,7 @@ class MotoS3:
             self.server.stop()
             self.server = None
 
-    def reset(self) -> "MotoS3":
+    def reset(self) -> MotoS3:
         """Forget every bucket: moto keeps its state per process, across servers and tests."""
         requests.post(f"{self.endpoint}/moto-api/reset", timeout=10).raise_for_status()
         return self
@@ -85,7 +85,7 @@ class TcpProxy:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "TcpProxy":
+    def start(self) -> TcpProxy:
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -171,7 +171,7 @@ class Orthanc:
     def dicomweb(self) -> str:
         return f"{self.url}/dicom-web"
 
-    def start(self, timeout_s: float = 30) -> "Orthanc":
+    def start(self, timeout_s: float = 30) -> Orthanc:
         self.http_port = self.http_port or free_port()
         config = self.root / "orthanc.json"
         self.root.mkdir(parents=True, exist_ok=True)

@@ -27,9 +27,9 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger("kidney_ct.dvc_run")
 LOCK_FILE = ".dvc/tmp/kidney-ct-orchestrator.lock"

@@ -8,7 +8,7 @@ the whole model, so a model it cannot split faithfully is refused instead of exp
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

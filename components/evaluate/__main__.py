@@ -13,8 +13,13 @@ from components.common.params import Params
 from components.common.plots import save_confusion_matrix, save_training_curves
 from components.common.pooling import pool_by_series, series_ids, series_labels
 from components.common.tracking import configure_mlflow
-from components.evaluate.comparison import (COLUMNS, comparison_markdown, comparison_rows, inference_ms_per_image,
-                                            save_comparison_chart)
+from components.evaluate.comparison import (
+    COLUMNS,
+    comparison_markdown,
+    comparison_rows,
+    inference_ms_per_image,
+    save_comparison_chart,
+)
 from components.evaluate.core import classification_metrics, gate_verdict, pick_winner, series_metrics
 from components.evaluate.predictions import INTERVALS, PROBABILITIES, SplitPredictions, probability_rows
 

@@ -45,8 +45,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
     predict = lambda batch: model.predict_on_batch(batch)  # noqa: E731
     began, counts = time.perf_counter(), {}
     for split, x in images.items():
-        bar = lambda it, s=split, n=len(x): tqdm(it, desc=f"features {s}", unit="batch",  # noqa: E731
-                                                 total=-(-n // settings.batch_size))
+        batches = -(-len(x) // settings.batch_size)
+        bar = lambda it, s=split, n=batches: tqdm(it, desc=f"features {s}", unit="batch", total=n)  # noqa: E731
         np.save(out / f"{split}.npy", extract(predict, x, settings.batch_size, bar))
         counts[split] = int(len(x))
     seconds = time.perf_counter() - began

@@ -41,7 +41,7 @@ class Ellipse:
     ay: float
     angle: float = 0.0
 
-    def mask(self, grid: "Grid", scale: float = 1.0) -> np.ndarray:
+    def mask(self, grid: Grid, scale: float = 1.0) -> np.ndarray:
         """Boolean mask of the pixels inside the ellipse, its axes multiplied by `scale`."""
         reach = max(self.ax, self.ay) * scale
         rows, cols = grid.window(self.cy, reach), grid.window(self.cx, reach)
@@ -53,7 +53,7 @@ class Ellipse:
         mask[rows, cols] = u * u + v * v <= 1.0
         return mask
 
-    def rotated(self, angle: float, cx: float, cy: float) -> "Ellipse":
+    def rotated(self, angle: float, cx: float, cy: float) -> Ellipse:
         """The ellipse turned by `angle` radians about the point (cx, cy)."""
         cos, sin = math.cos(angle), math.sin(angle)
         dx, dy = self.cx - cx, self.cy - cy
@@ -69,7 +69,7 @@ class Grid:
     spacing: float
 
     @classmethod
-    def square(cls, matrix: int, fov_mm: float = FIELD_OF_VIEW_MM) -> "Grid":
+    def square(cls, matrix: int, fov_mm: float = FIELD_OF_VIEW_MM) -> Grid:
         spacing = fov_mm / matrix
         axis = ((np.arange(matrix, dtype=np.float32) + 0.5) * spacing - fov_mm / 2).astype(np.float32)
         return cls(x=axis[np.newaxis, :], y=axis[:, np.newaxis], spacing=spacing)
@@ -264,7 +264,6 @@ def _lesion(rng: np.random.Generator, kind: str, kidneys: tuple[Ellipse, Ellipse
             enhancement: Enhancement) -> Lesion:
     """Place a lesion of `kind` in a random kidney, sized and positioned for that kind."""
     side = int(rng.integers(0, 2))
-    kidney = kidneys[side]
     theta = rng.uniform(0, 2 * np.pi)
     z_center = (n_slices - 1) / 2 + rng.uniform(-1.0, 1.0)
     farthest = max(z_center, n_slices - 1 - z_center) + 0.5

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm

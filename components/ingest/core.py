@@ -15,9 +15,9 @@ import io
 import logging
 import os
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Iterable, Mapping, Sequence
 
 from components.common.imaging import DICOM_SUFFIXES, ImageDecodeError, LoadedImage, decode_image, looks_like_dicom
 from components.common.params import IngestParams

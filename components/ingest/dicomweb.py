@@ -11,8 +11,8 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
 
 from components.ingest.deid import salted_hash
 

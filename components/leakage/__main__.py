@@ -15,12 +15,22 @@ from components.common.params import Params
 from components.common.pooling import series_ids
 from components.common.tracking import configure_mlflow
 from components.common.tta import plain_and_tta
-from components.leakage.core import (PLAIN, IndexSplit, fold_variants, grouped_folds, groups_overlap,
-                                     random_image_split, recipe_params, score_split, summarise_folds,
-                                     summarise_variants, variant_label)
+from components.features.cache import FeaturesError, load_features, resolve_backbone
+from components.leakage.core import (
+    PLAIN,
+    IndexSplit,
+    fold_variants,
+    grouped_folds,
+    groups_overlap,
+    random_image_split,
+    recipe_params,
+    score_split,
+    summarise_folds,
+    summarise_variants,
+    variant_label,
+)
 from components.preprocess.core import pixel_statistics
 from components.preprocess.split import SPLITS
-from components.features.cache import FeaturesError, load_features, resolve_backbone
 from components.train.core import SplitArrays, train_candidate
 from components.train.data import loss_weights
 from components.train.head import fit_head, head_probabilities

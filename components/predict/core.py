@@ -6,8 +6,8 @@ No file IO here: the CLI hands in (name, read) pairs and a predict function; tes
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 from tqdm import tqdm

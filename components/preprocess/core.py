@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 from tqdm import tqdm
@@ -54,7 +54,7 @@ def summarise(labels: list[str], groups: list[str], splits: list[str], group_sou
         "group_source": group_source,
         "groups": int(len(sizes)),
         "group_size": {"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max())},
-        "per_split": {s: dict(sorted(Counter(l for l, sp in zip(labels, splits) if sp == s).items()))
+        "per_split": {s: dict(sorted(Counter(lab for lab, sp in zip(labels, splits) if sp == s).items()))
                       for s in SPLITS},
         "groups_per_split": {s: len({g for g, sp in zip(groups, splits) if sp == s}) for s in SPLITS},
     }
@@ -75,7 +75,7 @@ def build_prepared(rows: list[ImageRow], images: np.ndarray, thumbs: np.ndarray,
     arrays = {}
     for split in SPLITS:
         mask = np.array([s == split for s in splits], dtype=bool)
-        y = np.array([index[l] for l, m in zip(labels, mask) if m], dtype=np.int64)
+        y = np.array([index[lab] for lab, m in zip(labels, mask) if m], dtype=np.int64)
         arrays[split] = (images[mask][..., None], y)
     source = "patient" if all(r.group for r in rows) else "near-duplicate" if not any(r.group for r in rows) else "mixed"
     table = [{"key": r.key, "label": r.label, "group": g, "split": s} for r, g, s in zip(rows, groups, splits)]

@@ -33,4 +33,4 @@ def decide_champion(challenger: float, champion: float | None, margin: float, me
         return ChampionDecision(True, "no champion yet: the challenger becomes champion")
     if challenger > champion + margin:
         return ChampionDecision(True, f"challenger {metric} {challenger:.4f} beats champion {champion:.4f} by more than {margin}")
-    return ChampionDecision(False, f"challenger {metric} {challenger:.4f} does not beat champion {champion:.4f} by more than {margin}")
+    return ChampionDecision(False, f"challenger {metric} {challenger:.4f} does not beat champion {champion:.4f} by more than {margin}")  # noqa: E501

@@ -7,8 +7,8 @@ The alias history is a JSON list of versions, oldest first, kept in the register
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 CHAMPION = "champion"
 HISTORY_TAG = "champion_history"

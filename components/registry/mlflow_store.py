@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import getpass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from components.common.cli import StageError
-from components.registry.core import (CHAMPION, HISTORY_TAG, Plan, VersionRow, parse_history, plan_promotion,
-                                      plan_rollback)
+from components.registry.core import (
+    CHAMPION,
+    HISTORY_TAG,
+    Plan,
+    VersionRow,
+    parse_history,
+    plan_promotion,
+    plan_rollback,
+)
 
 
 def client_for(uri: str):
@@ -40,7 +47,7 @@ def rows(client, name: str) -> list[VersionRow]:
     _model(client, name)
     found = client.search_model_versions(f"name = '{name}'")
     return [VersionRow(str(v.version), tuple(v.aliases or ()), dict(v.tags or {}),
-                       datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc).isoformat(timespec="seconds"))
+                       datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).isoformat(timespec="seconds"))
             for v in found]
 
 
@@ -60,7 +67,7 @@ def _who_when() -> tuple[str, str]:
         who = getpass.getuser()
     except (KeyError, OSError):
         who = "unknown"
-    return who, datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return who, datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def version_tags(client, name: str, version: str) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +13,8 @@ import pandas as pd
 
 from components.common.cli import StageError, log, read_json, run_stage, stage_parser, write_json
 from components.common.params import Params
-from components.report import figures
 from components.evaluate.predictions import INTERVALS, PROBABILITIES, load_probabilities, read_split
+from components.report import figures
 from components.report.core import calibration_summary, pick_examples
 from components.report.html import ci, image_tag, page, table
 
@@ -90,7 +90,7 @@ def data_section(params: Params, prepared: dict, split: pd.DataFrame, x_test, y_
 def candidate_section(name: str, metrics: dict, analysis: dict, params: Params, figs: Path, grad_rows: list) -> str:
     plots = Path(params.paths.evaluation) / "plots"
     cis = analysis["ci95"]
-    figures.metrics_with_ci({name: cis}, figs / f"metrics_ci_{name}.png", f"{name}: test metrics with 95% CIs (bootstrap over groups)")
+    figures.metrics_with_ci({name: cis}, figs / f"metrics_ci_{name}.png", f"{name}: test metrics with 95% CIs (bootstrap over groups)")  # noqa: E501
     figures.reliability_diagram(analysis["reliability_before"], analysis["reliability_after"],
                                 (analysis["ece_before"], analysis["ece_after"]), figs / f"reliability_{name}.png")
     if grad_rows:
@@ -99,7 +99,7 @@ def candidate_section(name: str, metrics: dict, analysis: dict, params: Params, 
                  for c, v in metrics["per_class"].items()]
     return (f"<h3>{name}</h3><p>Accuracy {ci(cis['accuracy'])}, macro-F1 {ci(cis['macro_f1'])} "
             f"(95% CI, bootstrap over {cis['accuracy']['groups']} test groups). ECE {analysis['ece_before']:.3f} "
-            f"raw, {analysis['ece_after']:.3f} after temperature scaling (T = {analysis['temperature']:.2f}, fitted on validation).</p>"
+            f"raw, {analysis['ece_after']:.3f} after temperature scaling (T = {analysis['temperature']:.2f}, fitted on validation).</p>"  # noqa: E501
             + table(["class", "precision", "recall", "recall 95% CI", "F1", "support"], per_class)
             + series_paragraph(metrics.get("series"), analysis.get("series_ci95"))
             + image_tag(plots / f"curves_{name}.png", f"{name}: training and validation curves, best epochs marked")
@@ -172,7 +172,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     sections.append(("Per candidate: curves, confusion, confidence intervals, calibration, Grad-CAM", "".join(candidate_html)))
     lead = (leakage or {}).get("candidate") or next(iter(metrics))
     sections.append(("Honest vs leaky evaluation", leakage_section(leakage, metrics[lead], figs)))
-    title = f"Kidney CT pipeline report — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    title = f"Kidney CT pipeline report — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     out = Path(params.paths.report)
     (out / "report.html").write_text(page(title, sections))
     write_json(out / "report.json", {"candidates": summary, "leakage": leakage, "groups": prepared["groups"]})

@@ -6,8 +6,7 @@ import numpy as np
 from sklearn.metrics import f1_score, recall_score
 
 from components.common.params import ReportParams
-from components.report.calibration import (apply_temperature, expected_calibration_error, fit_temperature,
-                                           reliability)
+from components.report.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability
 
 
 def metric_functions(n_classes: int, classes: list[str]) -> dict:

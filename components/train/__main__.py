@@ -16,8 +16,14 @@ from components.common.cli import StageError, log, run_stage, stage_parser, writ
 from components.common.params import Params
 from components.common.tracking import configure_mlflow
 from components.features.cache import FeaturesError, load_features, resolve_backbone
-from components.train.core import (SplitArrays, TrainResult, clear_checkpoint, fingerprint, read_checkpoint,
-                                   train_candidate)
+from components.train.core import (
+    SplitArrays,
+    TrainResult,
+    clear_checkpoint,
+    fingerprint,
+    read_checkpoint,
+    train_candidate,
+)
 from components.train.data import loss_weights
 from components.train.head import fit_head, head_probabilities
 from components.train.models import SetupError, build_model, resolve_weights

@@ -44,8 +44,8 @@ def measure(name: str, size: int, batch: int, warmup: int, steps: int, workers: 
     """Both throughputs for one candidate, in this process."""
     import keras
 
-    from components.common.params import AugmentParams
     from components.augment.core import augmentation_layers
+    from components.common.params import AugmentParams
     from components.train.core import compile_model
     from components.train.data import batch_feeder, one_hot
     from components.train.models import build_model

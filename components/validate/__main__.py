@@ -15,8 +15,14 @@ import pandas as pd
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.common.storage import StorageError, open_store
-from components.validate.core import (MANIFEST_COLUMNS, build_table, class_counts, expand_suite, share_wording,
-                                      suite_parameters)
+from components.validate.core import (
+    MANIFEST_COLUMNS,
+    build_table,
+    class_counts,
+    expand_suite,
+    share_wording,
+    suite_parameters,
+)
 from components.validate.report import ShareLimits, summarise
 from components.validate.suite import SuiteError, SuiteOutcome, load_declared_suite, run_suite
 

@@ -65,7 +65,10 @@ def _context(docs_dir: Path | None) -> Any:
     """An ephemeral GX context: in-memory stores, no analytics, no GX project folder anywhere."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
-        DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig)
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
     sites = {}
     if docs_dir is not None:

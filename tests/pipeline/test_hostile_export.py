@@ -107,7 +107,7 @@ def catalogue(slice_: bytes, other: bytes, jpeg: bytes) -> list[tuple[str, bytes
         ("Stone/truncated.jpg", jpeg[: len(jpeg) // 2], Q, "image file is damaged or truncated"),
         ("Stone/anim.gif", _gif(), Q, "unsupported image format"),
         ("Stone/.DS_Store", b"\x00\x00\x00\x01Bud1" + b"\x00" * 64, Q, "not a PNG or JPEG image"),
-        ("Tumor/notes.txt", "Patient DOE^JOHN, MRN 1234".encode(), Q, "not a PNG or JPEG image"),
+        ("Tumor/notes.txt", b"Patient DOE^JOHN, MRN 1234", Q, "not a PNG or JPEG image"),
         ("Tumor/пациент-Ünïcødé.png", _png(gray[:4, :4]), Q, "image is 4x4 pixels"),
         ("Normal/Ünïcødé-患者.png", _png(gray), "stored", ""),
         ("Normal/png-named.dcm", _png(gray[::-1]), "stored", ""),

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.test_serving import TOKEN, dicom_slice, served, series_files  # noqa: F401  (fixture reused)
 from tests.package_support import CLASSES
+from tests.pipeline.test_serving import TOKEN, dicom_slice, series_files, served  # noqa: F401  (fixture reused)
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -80,7 +80,7 @@ def test_each_trial_is_one_mlflow_grouped_cv_run_with_its_recipe(searched):
             "cv_series_macro_f1_mean", "cv_series_accuracy_std", "fold_series_macro_f1"} <= metrics  # study verdicts
     assert not any(k.startswith(("cv_tta_", "cv_ensemble")) for k in metrics)  # no variant asked for, none scored
     scored = {k for (k,) in db.execute("select key from metrics where run_uuid = ?", (runs["tb-label-smoothing"],))}
-    assert {"cv_tta_macro_f1_mean", "cv_tta_recall_Stone_std", "cv_tta_series_macro_f1_mean", "fold_tta_macro_f1", "cv_ensemble_macro_f1_mean",
+    assert {"cv_tta_macro_f1_mean", "cv_tta_recall_Stone_std", "cv_tta_series_macro_f1_mean", "fold_tta_macro_f1", "cv_ensemble_macro_f1_mean",  # noqa: E501
             "cv_ensemble_tta_recall_Stone_std", "fold_ensemble_tta_macro_f1"} <= scored
 
 

@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from components.backbone.core import (ConversionError, assign_weights, convert_state_dict, deflate_kernel,
-                                      feature_extractor, load_weights, orientation_layers, save_weights,
-                                      set_orientation_weights)
+from components.backbone.core import (
+    ConversionError,
+    assign_weights,
+    convert_state_dict,
+    deflate_kernel,
+    feature_extractor,
+    load_weights,
+    orientation_layers,
+    save_weights,
+    set_orientation_weights,
+)
 from components.common.params import BackboneParams, CandidateParams
 from components.features.core import extract, layer_columns
 from components.train.head import fit_head, head_probabilities

@@ -16,7 +16,6 @@ from components.backbone.core import WEIGHTS_FILE, convert_state_dict, save_weig
 from components.common.gradcam import find_last_conv_layer, gradcam
 from components.common.params import CandidateParams, parse_params
 from components.features.__main__ import main as features_main
-from components.train.core import SplitArrays
 from components.train.models import build_model, set_backbone_trainable
 from tests.tiny import tiny_params, write_params
 from tests.unit.test_backbone import fake_state

@@ -5,16 +5,23 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage
 
 from components.common.params import GenerateParams
 from components.generate.core import generate_export
-from pydicom.datadict import keyword_for_tag
-
-from components.ingest.deid import (KEEP, MIN_SHIFT_DAYS, SHIFT_SPAN_DAYS, dataset_bytes, deidentify, profile_table,
-                                    remaining_phi, shift_date)
+from components.ingest.deid import (
+    KEEP,
+    MIN_SHIFT_DAYS,
+    SHIFT_SPAN_DAYS,
+    dataset_bytes,
+    deidentify,
+    profile_table,
+    remaining_phi,
+    shift_date,
+)
 
 SALT = "deid-salt"
 

@@ -76,8 +76,7 @@ def test_equal_gate_metric_goes_to_the_cheaper_inference():
 
 
 def test_comparison_table_holds_every_candidate_and_names_the_winner(tmp_path):
-    from components.evaluate.comparison import (COLUMNS, comparison_markdown, comparison_rows,
-                                                save_comparison_chart)
+    from components.evaluate.comparison import COLUMNS, comparison_markdown, comparison_rows, save_comparison_chart
 
     metrics = {"accuracy": 0.8, "macro_precision": 0.7, "macro_recall": 0.75, "macro_f1": 0.72, "test_loss": 0.5,
                "series": {"accuracy": 0.9, "macro_f1": 0.85, "pooling": "mean"}}

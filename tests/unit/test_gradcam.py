@@ -108,10 +108,10 @@ def test_compact_cnn_with_its_pooling_branches_and_input_windows_is_explained():
 
 
 def test_heat_of_a_model_with_a_roi_lies_inside_the_region_it_looked_at():
+    import keras
+
     from components.common.params import CandidateParams
     from components.train.models import build_model
-
-    import keras
 
     keras.utils.set_random_seed(0)
     candidate = CandidateParams(architecture="compact_cnn", filters=[4, 8], dense_units=8, roi=[0.25, 0.75, 0.0, 0.5])

@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 
 from components.common.tta import plain_and_tta, shifted, tta_views
-from components.leakage.core import (PLAIN, fold_variants, grouped_folds, groups_overlap, score_split,
-                                     summarise_folds, summarise_variants, variant_label)
+from components.leakage.core import (
+    PLAIN,
+    fold_variants,
+    grouped_folds,
+    groups_overlap,
+    score_split,
+    summarise_folds,
+    summarise_variants,
+    variant_label,
+)
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from components.registry.core import (RegistryRefusal, VersionRow, format_table, parse_history, plan_promotion,
-                                      plan_rollback)
+from components.registry.core import (
+    RegistryRefusal,
+    VersionRow,
+    format_table,
+    parse_history,
+    plan_promotion,
+    plan_rollback,
+)
 
 PASSED = {"gate_passed": "true", "test_macro_f1": "0.81"}
 FAILED = {"gate_passed": "false", "gate_reasons": "macro-F1 0.400 is below the minimum 0.550"}

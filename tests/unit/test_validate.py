@@ -11,8 +11,14 @@ import pytest
 from PIL import Image
 
 from components.common.storage import LocalStore
-from components.validate.core import (TABLE_COLUMNS, build_table, expand_suite, share_bounds,
-                                      share_wording, suite_parameters)
+from components.validate.core import (
+    TABLE_COLUMNS,
+    build_table,
+    expand_suite,
+    share_bounds,
+    share_wording,
+    suite_parameters,
+)
 from components.validate.report import ShareLimits, summarise
 from components.validate.suite import SuiteError, load_declared_suite, run_suite
 
