@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from components.common.imaging import LoadedImage, decode_image, prepare_for_model
 from components.common.params import AugmentParams, CandidateParams, GenerateParams
 from components.generate.core import patient_anatomy
-from components.generate.phantom import Grid, add_noise, draw_slice
+from components.generate.phantom import Grid, draw_slice, reconstruct
 from components.preprocess.core import pixel_statistics
 from components.train.core import SplitArrays, train_candidate
 
@@ -27,6 +28,8 @@ SETTINGS = GenerateParams(seed=11, patients_per_class=40, slices_per_patient=SLI
 GRID = Grid.square(SETTINGS.matrix)
 TRAIN, TEST = range(0, 32), range(32, 40)
 REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "kidney-ct"
+_PREPROCESS = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())["preprocess"]
+WINDOW = (_PREPROCESS["window_center"], _PREPROCESS["window_width"])
 
 
 def kidney_crop(hu: np.ndarray, anatomy, which: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -44,13 +47,14 @@ def phantom_crops(label: str, patients) -> list[tuple[np.ndarray, tuple[int, int
         anatomy = patient_anatomy(SETTINGS, label, p)
         which = anatomy.lesion.kidney if anatomy.lesion is not None else p % 2
         for z in range(SLICES):
-            hu = add_noise(draw_slice(anatomy, z, GRID).hu, anatomy.noise_sigma, np.random.default_rng([p, z]))
+            hu = reconstruct(draw_slice(anatomy, z, GRID).hu, anatomy, GRID.spacing, np.random.default_rng([p, z]))
             crops.append(kidney_crop(hu, anatomy, which))
     return crops
 
 
 def model_input(hu: np.ndarray) -> np.ndarray:
-    return prepare_for_model(LoadedImage(hu, "dicom", "int16"), SIZE, 40, 400)
+    """The crop as the pipeline prepares a DICOM slice: the default's HU window (params.yaml)."""
+    return prepare_for_model(LoadedImage(hu, "dicom", "int16"), SIZE, *WINDOW)
 
 
 def arrays(patients) -> tuple[np.ndarray, np.ndarray]:

@@ -36,8 +36,8 @@ def champion_and_versions(raw: dict) -> tuple[str, list[str]]:
 
     client = MlflowClient(tracking_uri=raw["mlflow"]["tracking_uri"])
     name = raw["register"]["model_name"]
-    versions = sorted(v.version for v in client.search_model_versions(f"name='{name}'"))
-    return client.get_model_version_by_alias(name, "champion").version, versions
+    versions = sorted(str(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    return str(client.get_model_version_by_alias(name, "champion").version), versions
 
 
 def test_crippled_candidate_fails_the_gate_is_refused_and_the_champion_stays(tmp_path):
