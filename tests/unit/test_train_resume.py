@@ -93,6 +93,7 @@ def test_each_epoch_is_logged_to_mlflow_by_the_keras_callback(tmp_path, monkeypa
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("epoch-logger")  # not an experiment id an earlier test left active for another store
     with mlflow.start_run() as run:
         result = train_candidate("cnn", candidate(3), AugmentParams(), tiny_data(), 4, 0, [epoch_logger()], verbose=0)
     client = MlflowClient(tracking_uri=uri)
