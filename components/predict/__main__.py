@@ -85,9 +85,14 @@ def load_local(path: Path, params: Params):
         raise StageError(f"cannot load {file} as a Keras model: {exc}") from None
 
 
+def champion_contract(champion) -> Contract:
+    """The preprocessing a registry version was tagged with, as the predict core's contract."""
+    return Contract(list(champion.classes), champion.image_size, champion.window_center, champion.window_width)
+
+
 def load_registered(uri: str | None, params: Params):
     """The champion (or an MLflow URI) with the preprocessing its registry version was tagged with."""
-    from components.package.__main__ import connect_mlflow, existing_registry_uri, mlflow_alias_lookup
+    from components.common.registry import connect_mlflow, existing_registry_uri, load_registered_keras, mlflow_alias_lookup
     from components.package.core import Champion, champion_from_version, resolve_champion
 
     registry = existing_registry_uri(params)
@@ -95,8 +100,8 @@ def load_registered(uri: str | None, params: Params):
     name = params.register.model_name
     if uri is None:
         champion = resolve_champion(mlflow_alias_lookup(registry), name)
-        contract = Contract(list(champion.classes), champion.image_size, champion.window_center, champion.window_width)
-        return _load_mlflow(champion.model_uri), contract, champion.model_uri
+        contract = champion_contract(champion)
+        return load_registered_keras(champion.model_uri), contract, champion.model_uri
     contract = contract_from_params(params)
     if uri.startswith("models:/"):
         from mlflow import MlflowClient
@@ -111,20 +116,8 @@ def load_registered(uri: str | None, params: Params):
         except Exception as exc:
             raise StageError(f"cannot find {uri} in the registry at {registry}: {exc}") from None
         champion: Champion = champion_from_version(model, found)
-        contract = Contract(list(champion.classes), champion.image_size, champion.window_center, champion.window_width)
-    return _load_mlflow(uri), contract, uri
-
-
-def _load_mlflow(uri: str):
-    import tempfile
-
-    import mlflow.keras
-
-    with tempfile.TemporaryDirectory(prefix="kidney-ct-predict-") as tmp:
-        try:
-            return mlflow.keras.load_model(uri, dst_path=tmp)
-        except Exception as exc:  # mlflow/keras raise many types for a missing or broken artifact
-            raise StageError(f"cannot load {uri} as a Keras model: {exc}") from None
+        contract = champion_contract(champion)
+    return load_registered_keras(uri), contract, uri
 
 
 def load_model(spec: str | None, params: Params):
