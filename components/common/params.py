@@ -221,8 +221,6 @@ class LeakageParams(_Strict):
     cv_folds: int = Field(0, ge=0)
     seed: int = 5
     tta: list[Literal["flip", "shift"]] = []  # also score test-time augmentation (same models, more views)
-    max_epochs: int | None = Field(None, ge=1)  # cap on the recipe's epochs for the models trained here (None = as
-    #                                             the recipe says): keeps the embedded default's run short
     ensemble: int = Field(1, ge=1)  # >1: also score the mean of this many models per fold (seeds train.seed + k);
     #                                 the plain score stays the first model's
 

@@ -91,11 +91,6 @@ def recipe_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray, groups: 
         return frozen_backbone_fit(params, name, x, y)
     if candidate.architecture == "ct_resnet152":  # fine-tuning: the converted weights under paths.backbone
         candidate = resolve_backbone(params, candidate)
-    if params.leakage.max_epochs and candidate.epochs > params.leakage.max_epochs:
-        log.info("%s trains %d epochs here instead of %d (leakage.max_epochs)", name, params.leakage.max_epochs,
-                 candidate.epochs)
-        candidate = candidate.model_copy(update={"epochs": params.leakage.max_epochs,
-                                                 "min_epochs": min(candidate.min_epochs, params.leakage.max_epochs)})
 
     def fit(split: IndexSplit) -> dict[str, np.ndarray]:
         weights = loss_weights(y[split.train], len(params.classes), candidate.loss_weighting, groups[split.train])
