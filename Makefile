@@ -13,11 +13,16 @@ export DO_NOT_TRACK := 1
 .PHONY: install run test test-fast mlflow-ui serve clean system-deps browser bench-serve bench-train \
 	real-data real-data-cv search cv-table lint bench-airflow
 
+# torch's CPU build (the backbone conversion) comes from PyTorch's index where that host resolves; where it does
+# not (an offline mirror, a machine with the wheel in pip's find-links), asking it anyway costs pip five retries
+# per package, so it is left out.
+TORCH_CPU_INDEX = $(shell $(PYTHON) -c "import socket; socket.getaddrinfo('download.pytorch.org', 443)" 2>/dev/null \
+	&& echo --extra-index-url https://download.pytorch.org/whl/cpu)
+
 $(BIN)/.installed: requirements/base.txt requirements/test.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements/test.txt -c requirements/constraints.txt \
-	  --extra-index-url https://download.pytorch.org/whl/cpu  # torch's CPU build (the backbone conversion)
+	$(BIN)/python -m pip install -q -r requirements/test.txt -c requirements/constraints.txt $(TORCH_CPU_INDEX)
 	touch $@
 
 install: $(BIN)/.installed ## create .venv with the pinned dependencies
