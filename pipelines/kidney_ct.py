@@ -19,7 +19,7 @@ in the GPU image with an `nvidia.com/gpu` request.
 Compile (offline): `python -m pipelines.kidney_ct --params params.yaml --images build/images.json
 --out kidney_ct_pipeline.yaml`, then upload the YAML in the KFP UI or with
 `kfp.Client().create_run_from_pipeline_package(...)`. The manifest is JSON
-`{"cpu": "<repo>@sha256:<64 hex>", "gpu": "<repo>@sha256:<64 hex>"}` (README: Kubeflow).
+`{"cpu": "<repo>@sha256:<64 hex>", "gpu": "<repo>@sha256:<64 hex>"}` (docs/kubeflow.md).
 """
 
 # No `from __future__ import annotations`: KFP reads the component signatures' real annotations.

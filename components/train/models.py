@@ -77,7 +77,7 @@ def resolve_weights(weights: str) -> str | None:
         return "imagenet"
     if not Path(weights).is_file():
         raise WeightsError(f"weights file {weights} not found: pre-place the notop .h5 file there "
-                           "(see README 'Pretrained weights offline') or set weights: none")
+                           "(see docs/training.md, 'Pretrained weights') or set weights: none")
     return str(Path(weights).resolve())
 
 

@@ -1,7 +1,7 @@
 """Done-when story: promote through a real `mlflow server`, package, serve, predict, roll back, reload.
 
 The reload is blue/green: the rolled-back champion's Bento starts beside the running one, and the old
-server is stopped only after the new one is ready (what README "Reload to a new champion" describes).
+server is stopped only after the new one is ready (what docs/serving.md "Reload to a new champion" describes).
 """
 
 from __future__ import annotations
