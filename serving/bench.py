@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from components.common.procs import stop_process_group
+from components.common.tables import text_table
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (1, 8, 32)
@@ -145,14 +146,15 @@ def ct_like_slice() -> np.ndarray:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| batching | clients | requests | p50 ms | p95 ms | p99 ms | served img/s | in-process img/s (batch = clients) | ratio |",  # noqa: E501
-             "|---|---|---|---|---|---|---|---|---|"]
+    """The load runs as a Markdown table, each beside the in-process throughput at the same batch."""
+    rows = []
     for row in result["runs"]:
         base = result["in_process"][str(row["clients"])]
-        lines.append(f"| {'on' if row['batching'] else 'off'} | {row['clients']} | {row['requests']} | "
-                     f"{row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['p99_ms']:.1f} | {row['throughput_rps']:.1f} | "
-                     f"{base:.1f} | {row['throughput_rps'] / base:.2f} |")
-    return "\n".join(lines)
+        rows.append(["on" if row["batching"] else "off", row["clients"], row["requests"],
+                     *(f"{row[k]:.1f}" for k in ("p50_ms", "p95_ms", "p99_ms", "throughput_rps")), f"{base:.1f}",
+                     f"{row['throughput_rps'] / base:.2f}"])
+    return text_table(["batching", "clients", "requests", "p50 ms", "p95 ms", "p99 ms", "served img/s",
+                       "in-process img/s (batch = clients)", "ratio"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:

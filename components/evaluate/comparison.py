@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from components.common.tables import text_table
+
 COLUMNS = ["candidate", "architecture", "passed", "winner", "accuracy", "macro_precision", "macro_recall",
            "macro_f1", "test_loss", "series_accuracy", "series_macro_f1", "parameters", "training_seconds",
            "inference_ms_per_image"]
@@ -58,15 +60,14 @@ def _cell(value) -> str:
 
 def comparison_markdown(rows: list[dict], gate_metric: str, pooling: str | None = None) -> str:
     """A Markdown table of every candidate, with the winner named and the tie-break rule stated."""
-    header = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
-    body = "".join("| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |\n" for row in rows)
+    table = text_table(COLUMNS, [[_cell(row[c]) for c in COLUMNS] for row in rows])
     winner = next((row["candidate"] for row in rows if row["winner"]), None)
     note = (f"\nWinner: **{winner}** (highest test {gate_metric} among candidates that passed the gates; "
             "ties go to the lower inference ms per image)." if winner else "\nNo candidate passed the gates.")
     if pooling:
         note += (f"\n\nseries_*: one verdict per scan series, the {pooling} of its slices' probabilities "
                  "(evaluate.series_pooling), against the series' majority label.")
-    return "# Candidate comparison (group-aware test split)\n\n" + header + body + note + "\n"
+    return "# Candidate comparison (group-aware test split)\n\n" + table + "\n" + note + "\n"
 
 
 def save_comparison_chart(rows: list[dict], path: Path) -> None:

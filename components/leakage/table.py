@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from components.common.params import ParamsError, load_params, parse_params
+from components.common.tables import text_table
 from components.common.tracking import configure_mlflow
 from components.leakage.core import VARIANTS, knob_defaults, recipe_params, variant_label
 from components.profile.core import ProfileError, merge
@@ -67,10 +68,8 @@ def markdown(rows: list[list[str]], classes: list[str], drift: dict[str, list[st
     drift = {name: changes for name, changes in (drift or {}).items() if changes}
     header = ["trial", "candidate", "macro-F1", "accuracy", *[f"recall {c}" for c in classes], "series macro-F1",
               "series accuracy", "CV time", "machine"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     trials = [row[0].split(" + ")[0] for row in rows]  # "t06 + TTA (..)" is trial t06's second row
-    lines += ["| " + " | ".join([row[0] + ("*" if trial in drift else ""), *row[1:]]) + " |"
-              for trial, row in zip(trials, rows)]
+    lines = [text_table(header, [[row[0] + ("*" if trial in drift else ""), *row[1:]] for trial, row in zip(trials, rows)])]
     if drift:
         lines += ["", f"\\* measured with another recipe than the one {SEARCH} and the profile it names now "
                   "give: re-run the trial (`make search TRIALS=...`) or pin the knob in its overlay:"]

@@ -10,6 +10,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from components.common.tables import text_table
+
 CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
 
@@ -97,7 +99,7 @@ def format_table(rows: list[VersionRow]) -> str:
     """A plain-text table: version, aliases, gate, metrics, candidate, notes."""
     metrics = metric_columns(rows)
     header = ["version", "aliases", "gate", *metrics, "candidate", "notes"]
-    lines = [header]
+    body = []
     for row in sorted(rows, key=lambda r: int(r.version) if r.version.isdigit() else r.version, reverse=True):
         gate = "passed" if gate_passed(row.tags) else ("FAILED" if "gate_passed" in row.tags else "unknown")
         notes = []
@@ -105,7 +107,6 @@ def format_table(rows: list[VersionRow]) -> str:
             notes.append(f"forced: {row.tags.get('promotion_reason', '')}")
         if "rolled_back_at" in row.tags:
             notes.append(f"rolled back {row.tags['rolled_back_at']}")
-        lines.append([f"v{row.version}", ",".join(row.aliases) or "-", gate,
-                      *[row.tags.get(m, "-") for m in metrics], row.tags.get("candidate", "-"), "; ".join(notes) or "-"])
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+        body.append([f"v{row.version}", ",".join(row.aliases) or "-", gate,
+                     *[row.tags.get(m, "-") for m in metrics], row.tags.get("candidate", "-"), "; ".join(notes) or "-"])
+    return text_table(header, body, style="plain")

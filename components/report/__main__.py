@@ -16,7 +16,7 @@ from components.common.params import Params
 from components.evaluate.predictions import INTERVALS, PROBABILITIES, load_probabilities, read_split
 from components.report import figures
 from components.report.core import calibration_summary, pick_examples
-from components.report.html import ci, image_tag, page, table
+from components.report.html import ci, figure, page
 
 
 def load_model(params: Params, name: str):
@@ -71,23 +71,22 @@ def gradcam_rows(model, x_test, y_test, probs, classes, per_class) -> list:
     return list(rows.items())
 
 
-def data_section(params: Params, prepared: dict, split: pd.DataFrame, x_test, y_test, figs: Path) -> str:
+def data_section(params: Params, prepared: dict, split: pd.DataFrame, x_test, y_test, figs: Path) -> dict:
+    """Draws the data figures; the page's data section (counts, group sizes, samples, augmentation)."""
     figures.class_counts(prepared["per_split"], params.classes, figs / "class_counts.png")
     figures.group_sizes(sorted(Counter(split["group"]).values()), figs / "group_sizes.png")
     samples = {c: [np.asarray(x_test[i])[..., 0] for i in np.flatnonzero(y_test == k)[:4]]
                for k, c in enumerate(params.classes)}
     figures.samples_per_class({c: v for c, v in samples.items() if v}, figs / "samples.png")
-    size = prepared["group_size"]
-    return (f"<p>{prepared['images']} images in <b>{prepared['groups']} {prepared['group_source']} groups</b> "
-            f"(group size min {size['min']}, median {size['median']}, max {size['max']}); every group lies on "
-            "one side of the split.</p>"
-            + image_tag(figs / "class_counts.png", "Images per class and split")
-            + image_tag(figs / "group_sizes.png", "Group size distribution")
-            + image_tag(figs / "samples.png", "Sample test images per class")
-            + image_tag(Path(params.paths.augment_preview) / "preview.png", "Augmented training samples"))
+    return {"prepared": prepared,
+            "figures": [figure(figs / "class_counts.png", "Images per class and split"),
+                        figure(figs / "group_sizes.png", "Group size distribution"),
+                        figure(figs / "samples.png", "Sample test images per class"),
+                        figure(Path(params.paths.augment_preview) / "preview.png", "Augmented training samples")]}
 
 
-def candidate_section(name: str, metrics: dict, analysis: dict, params: Params, figs: Path, grad_rows: list) -> str:
+def candidate_section(name: str, metrics: dict, analysis: dict, params: Params, figs: Path, grad_rows: list) -> dict:
+    """Draws one candidate's figures; its part of the page (scores with CIs, calibration, per-class table)."""
     plots = Path(params.paths.evaluation) / "plots"
     cis = analysis["ci95"]
     figures.metrics_with_ci({name: cis}, figs / f"metrics_ci_{name}.png", f"{name}: test metrics with 95% CIs (bootstrap over groups)")  # noqa: E501
@@ -97,56 +96,48 @@ def candidate_section(name: str, metrics: dict, analysis: dict, params: Params, 
         figures.gradcam_grid(grad_rows, figs / f"gradcam_{name}.png", f"{name}: Grad-CAM, correct (✓) and wrong (✗)")
     per_class = [[c, v["precision"], v["recall"], ci(cis[f"recall_{c}"]), v["f1"], v["support"]]
                  for c, v in metrics["per_class"].items()]
-    return (f"<h3>{name}</h3><p>Accuracy {ci(cis['accuracy'])}, macro-F1 {ci(cis['macro_f1'])} "
-            f"(95% CI, bootstrap over {cis['accuracy']['groups']} test groups). ECE {analysis['ece_before']:.3f} "
-            f"raw, {analysis['ece_after']:.3f} after temperature scaling (T = {analysis['temperature']:.2f}, fitted on validation).</p>"  # noqa: E501
-            + table(["class", "precision", "recall", "recall 95% CI", "F1", "support"], per_class)
-            + series_paragraph(metrics.get("series"), analysis.get("series_ci95"))
-            + image_tag(plots / f"curves_{name}.png", f"{name}: training and validation curves, best epochs marked")
-            + image_tag(plots / f"confusion_{name}.png", f"{name}: confusion matrix")
-            + image_tag(figs / f"metrics_ci_{name}.png", f"{name}: metrics with 95% confidence intervals")
-            + image_tag(figs / f"reliability_{name}.png", f"{name}: reliability diagram")
-            + (image_tag(figs / f"gradcam_{name}.png", f"{name}: Grad-CAM overlays") if grad_rows else ""))
+    shown = [figure(plots / f"curves_{name}.png", f"{name}: training and validation curves, best epochs marked"),
+             figure(plots / f"confusion_{name}.png", f"{name}: confusion matrix"),
+             figure(figs / f"metrics_ci_{name}.png", f"{name}: metrics with 95% confidence intervals"),
+             figure(figs / f"reliability_{name}.png", f"{name}: reliability diagram")]
+    if grad_rows:
+        shown.append(figure(figs / f"gradcam_{name}.png", f"{name}: Grad-CAM overlays"))
+    return {"name": name, "cis": cis, "per_class": per_class, "figures": shown,
+            "series": series_scores(metrics.get("series"), analysis.get("series_ci95")),
+            **{k: analysis[k] for k in ("ece_before", "ece_after", "temperature")}}
 
 
-def series_paragraph(series: dict | None, cis: dict | None) -> str:
-    """The study verdict: pooled series-level scores with CIs (bootstrap over series)."""
+def series_scores(series: dict | None, cis: dict | None) -> dict | None:
+    """The study verdict: pooled series-level scores with CIs (bootstrap over series); None when not evaluated."""
     if not series or not cis:
-        return "<p>No series-level scores in this evaluation (re-run evaluate).</p>"
+        return None
     rows = [[c, v["recall"], ci(cis[f"recall_{c}"]), v["support"]] for c, v in series["per_class"].items()]
-    return (f"<p><b>Per study</b> ({series['series']} test series; verdict = {series['pooling']} of the slice "
-            f"probabilities, evaluate.series_pooling): accuracy {ci(cis['accuracy'])}, macro-F1 "
-            f"{ci(cis['macro_f1'])} (95% CI, bootstrap over series).</p>"
-            + table(["class", "series recall", "recall 95% CI", "series"], rows))
+    return {"count": series["series"], "pooling": series["pooling"], "cis": cis, "rows": rows}
 
 
-def comparison_section(metrics: dict, plots: Path) -> str:
+def comparison_section(metrics: dict, plots: Path) -> dict:
+    """One row per candidate: test metrics, series metrics, and the size/cost columns any candidate has."""
     keys = ["accuracy", "macro_precision", "macro_recall", "macro_f1", "test_loss"]
     extra = [k for k in ("parameters", "training_seconds", "inference_ms_per_image") if any(k in m for m in metrics.values())]
     rows = [[n, *(m[k] for k in keys), *(m.get("series", {}).get(k, "") for k in ("accuracy", "macro_f1")),
              *(m.get(k, "") for k in extra)] for n, m in metrics.items()]
     chart = plots / "comparison.png"
-    return (table(["candidate", "accuracy", "precision", "recall", "F1", "test loss", "series accuracy",
-                   "series F1", *extra], rows)
-            + (image_tag(chart, "Metrics per candidate") if chart.is_file() else ""))
+    return {"extra": extra, "rows": rows, "chart": figure(chart, "Metrics per candidate") if chart.is_file() else None}
 
 
-def leakage_section(leakage: dict | None, grouped: dict, figs: Path) -> str:
+def leakage_section(leakage: dict | None, grouped: dict, figs: Path) -> dict | None:
+    """Honest (unseen groups) vs leaky (random split) scores and the grouped CV; None without a random split."""
     if not leakage or "random_split" not in leakage:
-        return "<p>No random-split comparison in this run (params: leakage.random_split).</p>"
+        return None
     r = leakage["random_split"]
     figures.leakage_bars(grouped, r, figs / "leakage.png")
     rows = [["unseen groups (honest)", grouped["accuracy"], grouped["macro_f1"]],
             ["random image split (leaky)", r["accuracy"], r["macro_f1"]],
             ["gap", r["accuracy"] - grouped["accuracy"], r["macro_f1"] - grouped["macro_f1"]]]
-    out = (f"<p>The same recipe ({leakage['candidate']}) trained on a random image-level split, as in the "
-           f"published work: {r['groups_shared_with_test']} test groups also had slices in training.</p>"
-           + table(["split", "accuracy", "macro-F1"], rows) + image_tag(figs / "leakage.png", "Leakage gap"))
     cv = leakage.get("grouped_cv")
-    if cv:
-        out += "<p>Grouped cross-validation:</p>" + table(["metric", "mean", "std"], [
-            [k, v["mean"], v["std"]] for k, v in cv.items() if isinstance(v, dict) and "mean" in v])
-    return out
+    cv_rows = [[k, v["mean"], v["std"]] for k, v in cv.items() if isinstance(v, dict) and "mean" in v] if cv else None
+    return {"candidate": leakage["candidate"], "shared_groups": r["groups_shared_with_test"], "rows": rows,
+            "chart": figure(figs / "leakage.png", "Leakage gap"), "cv_rows": cv_rows}
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
@@ -159,22 +150,21 @@ def run(params: Params, args: argparse.Namespace) -> None:
     arrays = prepared_dir / "arrays"
     x_test, y_test = np.load(arrays / "X_test.npy", mmap_mode="r"), np.load(arrays / "y_test.npy")
     probabilities, intervals = load_evaluation(params)
-    sections = [("Data", data_section(params, prepared, split, x_test, y_test, figs)),
-                ("Candidates compared", comparison_section(metrics, Path(params.paths.evaluation) / "plots"))]
-    summary, candidate_html = {}, []
+    context = {"data": data_section(params, prepared, split, x_test, y_test, figs),
+               "comparison": comparison_section(metrics, Path(params.paths.evaluation) / "plots"), "candidates": []}
+    summary = {}
     for name in metrics:
         probs_test, analysis = saved_analysis(params, name, probabilities, intervals, y_test)
         per_class = params.report.gradcam_per_class
         rows = (gradcam_rows(load_model(params, name), x_test, y_test, probs_test, params.classes, per_class)
                 if per_class else [])
-        candidate_html.append(candidate_section(name, metrics[name], analysis, params, figs, rows))
+        context["candidates"].append(candidate_section(name, metrics[name], analysis, params, figs, rows))
         summary[name] = {k: analysis[k] for k in ("ci95", "series_ci95", "temperature", "ece_before", "ece_after")}
-    sections.append(("Per candidate: curves, confusion, confidence intervals, calibration, Grad-CAM", "".join(candidate_html)))
     lead = (leakage or {}).get("candidate") or next(iter(metrics))
-    sections.append(("Honest vs leaky evaluation", leakage_section(leakage, metrics[lead], figs)))
+    context["leakage"] = leakage_section(leakage, metrics[lead], figs)
     title = f"Kidney CT pipeline report — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     out = Path(params.paths.report)
-    (out / "report.html").write_text(page(title, sections))
+    (out / "report.html").write_text(page(title, context))
     write_json(out / "report.json", {"candidates": summary, "leakage": leakage, "groups": prepared["groups"]})
     log_to_mlflow(params, out, summary)
     log.info("wrote %s (%d figures)", out / "report.html", len(list(figs.glob("*.png"))))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.common.tables import text_table
 from components.train.candidates import study_candidates
 
 COLUMNS = ["candidate", "parameters", "synthetic_img_s", "pipeline_img_s", "ratio", "peak_rss_mb"]
@@ -79,10 +80,7 @@ def measure(name: str, size: int, batch: int, warmup: int, steps: int, workers: 
 
 def markdown(rows: list[dict]) -> str:
     """The results as a Markdown table."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(f"{row[c]:,}" if isinstance(row[c], int) else str(row[c]) for c in COLUMNS) + " |"
-              for row in rows]
-    return "\n".join(lines)
+    return text_table(COLUMNS, [[f"{row[c]:,}" if isinstance(row[c], int) else row[c] for c in COLUMNS] for row in rows])
 
 
 def run_all(args: argparse.Namespace) -> list[dict]:
