@@ -57,6 +57,13 @@ def test_repo_cluster_params_name_the_objects_infra_k8s_creates():
             ("ConfigMap", cluster.config_map), ("Secret", cluster.secret)} <= created
 
 
+def test_the_helm_values_give_the_dag_valid_cluster_settings():
+    values = yaml.safe_load((REPO / "infra" / "helm" / "airflow-values.yaml").read_text())
+    env = {item["name"]: item["value"] for item in values["env"]}
+    cluster = cluster_settings(json.loads(env["KIDNEY_CT_KUBERNETES"]), "helm values")
+    assert cluster.namespace == load_params(REPO / "params.yaml").cluster.namespace
+
+
 def kfp_containers(out: Path) -> dict[str, dict]:
     """Stage -> its container and Kubernetes config, as the compiled KFP package has them."""
     compile_pipeline(CLUSTER, out, load_stage_graph(REPO / "dvc.yaml", REPO / "params.yaml"), ["tiny"])
