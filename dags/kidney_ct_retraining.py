@@ -60,9 +60,11 @@ run above, a subprocess of the worker; `local`: `python -m components.<stage> --
 untracked (a project folder without git/DVC, e.g. `dag.test()`); `kubernetes`: the task **is** a
 KubernetesPodOperator (train: one mapped pod per candidate) that runs the same `dvc_run` command in
 the stage's image on the workspace volume (a git + DVC checkout), exit code 99 = unchanged = skipped;
-settings in env `KIDNEY_CT_KUBERNETES` (JSON; keys of `PodSettings`: namespace, cpu_image, gpu_image,
-train_gpus, workspace_pvc, workspace, config_map, secret). Training pods request `nvidia.com/gpu`. In a
-pod the DAG param `params_file` is read relative to the workspace (default `params.yaml`).
+settings in env `KIDNEY_CT_KUBERNETES` (JSON; the keys of params.yaml's `cluster`, `ClusterParams`, the
+type Kubeflow Pipelines uses too: namespace, cpu_image, gpu_image, train_gpus, train_cpu, train_memory,
+workspace_pvc, workspace, config_map, secret; env because it is read at parse time, when no params file may
+be opened). Training pods request `nvidia.com/gpu`, cpu and memory. In a pod the DAG param `params_file`
+is read relative to the workspace (default `params.yaml`).
 """
 
 from __future__ import annotations
@@ -70,7 +72,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -90,6 +91,9 @@ from airflow.sdk import (
     task,
 )
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+
+from components.common.cluster import StageContainer, cluster_settings, stage_arguments, stage_container
+from components.common.params import ClusterParams, Params, ParamsError, load_params
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +203,8 @@ def _stream(label: str, command: list[str], cwd: Path) -> tuple[int, list[str]]:
     return process.returncode, list(tail)
 
 
-def run_stage_command(stage: str, settings: StageSettings, *extra_args: str) -> None:
-    """Runner `local`: `python -m components.<stage> --params FILE [extra]`, untracked by DVC.
+def run_stage_command(stage: str, settings: StageSettings, *extra_args: str, candidate: str | None = None) -> None:
+    """Runner `local`: `python -m components.<stage> --params FILE [--candidate NAME] [extra]`, untracked by DVC.
 
     A subprocess per stage (rather than calling `main()` in the worker) because: TensorFlow keeps
     the memory it grabbed (and its graph/Keras global state) for the life of the process, so
@@ -208,7 +212,7 @@ def run_stage_command(stage: str, settings: StageSettings, *extra_args: str) -> 
     OOM kill takes down only the child, which Airflow then reports and retries; and it is the
     exact command dvc.yaml runs, so `dvc repro` and this DAG execute the same code path.
     """
-    command = [sys.executable, "-m", f"components.{stage}", "--params", str(settings.params_file), *extra_args]
+    command = [sys.executable, "-m", *stage_arguments(stage, str(settings.params_file), candidate), *extra_args]
     returncode, tail = _stream(stage, command, settings.project_dir)
     _raise_on_failure(stage, returncode, tail)
 
@@ -244,20 +248,6 @@ def _raise_on_failure(stage: str, returncode: int, tail: list[str]) -> None:
     raise AirflowException(message)
 
 
-@dataclass(frozen=True)
-class PodSettings:
-    """How a stage runs as a Kubernetes pod (KubernetesPodOperator)."""
-
-    namespace: str = "kidney-ct"
-    cpu_image: str = ""  # repo@sha256:<digest> (the image build's manifest): a tag can move under a run
-    gpu_image: str = ""
-    train_gpus: int = 1
-    workspace_pvc: str = "kidney-ct-workspace"  # a git + DVC checkout of the project, shared by the pods
-    workspace: str = "/workspace"
-    config_map: str = "kidney-ct-config"  # MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL, ...
-    secret: str = "kidney-ct-secrets"  # AWS keys, KIDNEY_CT_SALT, PACS password
-
-
 def _json_setting(env: str, environ: Mapping[str, str]) -> dict:
     """A JSON object from env var `env`, else {}; a clear error if malformed (raised at parse time)."""
     import json
@@ -291,63 +281,52 @@ def resolve_runners(stages: tuple[str, ...], environ: Mapping[str, str]) -> dict
     return runners
 
 
-def resolve_pod_settings(environ: Mapping[str, str]) -> PodSettings:
-    config = _json_setting(POD_ENV, environ)
-    unknown = set(config) - set(PodSettings.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown keys {sorted(unknown)} in env {POD_ENV}")
-    pod = PodSettings(**config)
-    for name in ("cpu_image", "gpu_image"):
-        if not re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", getattr(pod, name)):
-            raise ValueError(f"env {POD_ENV}: {name} {getattr(pod, name)!r} must be pinned by digest (repo@sha256:..)")
-    return pod
+def resolve_cluster(environ: Mapping[str, str]) -> ClusterParams:
+    """The pods' settings from env KIDNEY_CT_KUBERNETES (keys of params `cluster`), images pinned by digest."""
+    return cluster_settings(_json_setting(POD_ENV, environ), f"env {POD_ENV}")
 
 
-def pod_kwargs(stage: str, pod: PodSettings) -> dict[str, Any]:
+def pod_container(cluster: ClusterParams, target: str) -> StageContainer:
+    """The pod of dvc.yaml stage `target`: the tracked run of it in the workspace (params templated per run)."""
+    arguments = dvc_run_arguments(target, POD_PARAMS_TEMPLATE, POD_MESSAGE_TEMPLATE)
+    return stage_container(cluster, target.split("@")[0], arguments)
+
+
+def pod_kwargs(container: StageContainer, stage: str, cluster: ClusterParams) -> dict[str, Any]:
     """KubernetesPodOperator arguments shared by every task of `stage` (image, volume, env, resources)."""
     from kubernetes.client import models as k8s
 
-    gpus = pod.train_gpus if stage == "train" else 0
-    optional_env = [k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name=pod.config_map, optional=True)),
-                    k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=pod.secret, optional=True))]
+    optional_env = [k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name=cluster.config_map, optional=True)),
+                    k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=cluster.secret, optional=True))]
+    resources = (k8s.V1ResourceRequirements(limits=container.limits or None, requests=dict(container.requests) or None)
+                 if container.limits or container.requests else None)
     return dict(
-        name=f"kidney-ct-{stage}", namespace=pod.namespace,
-        image=pod.gpu_image if stage == "train" else pod.cpu_image,
-        cmds=["sh", "-ec", 'cd "$1" && shift && exec python -m "$@"', stage],
-        container_resources=k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": str(gpus)}) if gpus else None,
+        name=f"kidney-ct-{stage}", namespace=cluster.namespace, image=container.image, cmds=list(container.command),
+        container_resources=resources,
         volumes=[k8s.V1Volume(name="workspace", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-            claim_name=pod.workspace_pvc))],
-        volume_mounts=[k8s.V1VolumeMount(name="workspace", mount_path=pod.workspace)],
+            claim_name=cluster.workspace_pvc))],
+        volume_mounts=[k8s.V1VolumeMount(name="workspace", mount_path=cluster.workspace)],
         env_from=optional_env, get_logs=True, on_finish_action="delete_pod",
         skip_on_exit_code=UNCHANGED_EXIT_CODE, trigger_rule=STAGE_TRIGGER_RULE,
     )
 
 
-def pod_arguments(pod: PodSettings, target: str) -> list[str]:
-    """The pod's command line: the tracked run of `target` in the workspace (params templated per run)."""
-    return [pod.workspace, *dvc_run_arguments(target, POD_PARAMS_TEMPLATE, POD_MESSAGE_TEMPLATE)]
+def _params(params_file: Path) -> Params:
+    """The run's typed params (run time only); a task failure that says why when they are invalid."""
+    try:
+        return load_params(params_file)
+    except ParamsError as exc:
+        raise AirflowFailException(str(exc)) from None
 
 
 def read_candidate_names(params_file: Path) -> list[str]:
     """Names under `train.candidates` of a params file, in file order."""
-    import yaml  # run time only
-
-    try:
-        raw = yaml.safe_load(params_file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise AirflowFailException(f"{params_file} is not valid YAML: {exc}") from None
-    candidates = (raw.get("train") or {}).get("candidates") if isinstance(raw, dict) else None
-    if not isinstance(candidates, dict) or not candidates:
-        raise AirflowFailException(f"{params_file} lists no candidates under train.candidates")
-    return [str(name) for name in candidates]
+    return list(_params(params_file).train.candidates)
 
 
 def ingested_manifest_path(settings: StageSettings) -> str:
     """Where ingest wrote manifest.csv, from the params file's `paths.ingested`."""
-    import yaml  # run time only
-
-    raw = yaml.safe_load(settings.params_file.read_text()) or {}
-    ingested = Path(str(raw.get("paths", {}).get("ingested", "")))
+    ingested = Path(_params(settings.params_file).paths.ingested)
     return str((settings.project_dir / ingested / "manifest.csv").absolute())
 
 
@@ -357,18 +336,19 @@ def run_stage(stage: str, runner: str, candidate: str | None = None) -> StageSet
     if runner == "dvc":
         run_stage_dvc(dvc_target(stage, candidate), settings, get_current_context()["run_id"])
     else:
-        run_stage_command(stage, settings, *(["--candidate", candidate] if candidate else []))
+        run_stage_command(stage, settings, candidate=candidate)
     return settings
 
 
-def stage_task(stage: str, runner: str, pod: PodSettings | None):
+def stage_task(stage: str, runner: str, cluster: ClusterParams | None):
     """The task of one (unmapped) stage: a KubernetesPodOperator, or a Python task on the worker."""
     outlets = [INGESTED_MANIFEST] if stage == "ingest" else []
     if runner == "kubernetes":
         from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
-        return KubernetesPodOperator(task_id=stage, outlets=outlets, arguments=pod_arguments(pod, stage),
-                                     **pod_kwargs(stage, pod))
+        container = pod_container(cluster, stage)
+        return KubernetesPodOperator(task_id=stage, outlets=outlets, arguments=list(container.args),
+                                     **pod_kwargs(container, stage, cluster))
 
     @task(task_id=stage, outlets=outlets, trigger_rule=STAGE_TRIGGER_RULE)
     def body(*, outlet_events: Any = None) -> None:
@@ -379,7 +359,7 @@ def stage_task(stage: str, runner: str, pod: PodSettings | None):
     return body()
 
 
-def train_tasks(runner: str, pod: PodSettings | None):
+def train_tasks(runner: str, cluster: ClusterParams | None):
     """`train`, mapped over the candidates `list_candidates` reads from the run's params file."""
 
     @task(trigger_rule=STAGE_TRIGGER_RULE)
@@ -390,9 +370,9 @@ def train_tasks(runner: str, pod: PodSettings | None):
     if runner == "kubernetes":
         from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
-        arguments = names.map(lambda name: pod_arguments(pod, dvc_target("train", name)))
-        return names, KubernetesPodOperator.partial(task_id="train", **pod_kwargs("train", pod)).expand(
-            arguments=arguments)
+        arguments = names.map(lambda name: list(pod_container(cluster, dvc_target("train", name)).args))
+        kwargs = pod_kwargs(pod_container(cluster, "train"), "train", cluster)
+        return names, KubernetesPodOperator.partial(task_id="train", **kwargs).expand(arguments=arguments)
 
     @task(map_index_template="{{ candidate_name }}", trigger_rule=STAGE_TRIGGER_RULE)
     def train(candidate: str) -> None:
@@ -420,9 +400,9 @@ def train_tasks(runner: str, pod: PodSettings | None):
 def kidney_ct_retraining() -> None:
     """Wire the stages in dvc.yaml's order; train is mapped over the candidates."""
     runners = resolve_runners(STAGES, os.environ)
-    pod = resolve_pod_settings(os.environ) if "kubernetes" in runners.values() else None
-    task_of = {stage: stage_task(stage, runners[stage], pod) for stage in STAGES if stage != "train"}
-    names, trained = train_tasks(runners["train"], pod)
+    cluster = resolve_cluster(os.environ) if "kubernetes" in runners.values() else None
+    task_of = {stage: stage_task(stage, runners[stage], cluster) for stage in STAGES if stage != "train"}
+    names, trained = train_tasks(runners["train"], cluster)
 
     preprocessed = task_of["generate"] >> task_of["ingest"] >> task_of["validate"] >> task_of["preprocess"]
     preprocessed >> names

@@ -4,7 +4,9 @@ The steps and their order come from dvc.yaml's stage graph (read when compiling)
 there appears here. Each step runs the same entry point as `dvc repro` and the Airflow DAG (`python -m
 components.<stage> --params FILE`) in the stage's image, with its working directory on a shared
 PersistentVolumeClaim (`/workspace`, holding the params file and every `paths.*` output that is not
-in object storage). Object storage, MLflow and PACS settings come from a ConfigMap and a Secret.
+in object storage). Object storage, MLflow and PACS settings come from a ConfigMap and a Secret. The
+volume, ConfigMap, Secret and train's GPUs and requests are params.yaml's `cluster` (ClusterParams, the
+type Airflow's pods use too); the container of a stage is `components.common.cluster.stage_container`.
 
 Caching on content: KFP's cache key is a step's container spec (image, command, args) plus its
 input values. The pipeline computes its own inputs, nothing is left to the caller: the first step
@@ -25,44 +27,19 @@ Compile (offline): `python -m pipelines.kidney_ct --params params.yaml --images 
 # No `from __future__ import annotations`: KFP reads the component signatures' real annotations.
 import argparse
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from components.common.cluster import GPU_RESOURCE, check_pinned, cluster_settings, stage_arguments, stage_container
 from components.common.fingerprint import params_digest
+from components.common.params import ClusterParams, ParamsError, load_params
 from components.common.stage_graph import ancestors, load_stage_graph
-
-WORKSPACE = "/workspace"
-STAGE_SCRIPT = 'cd "$1" && shift && exec python -m "$@"'  # $1: workspace, then module and its args
-INGEST_SCRIPT = ('cd "$1" && python -m components.ingest --params "$2" --data-version-out "$3"')
-FINGERPRINT_SCRIPT = 'cd "$1" && python -m components.common.fingerprint --params "$2" --out "$3"'
-PINNED = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    """Where the images, the shared volume and the service settings live on the cluster."""
-
-    cpu_image: str = ""  # repo@sha256:digest, from the build manifest
-    gpu_image: str = ""
-    workspace_pvc: str = "kidney-ct-workspace"
-    config_map: str = "kidney-ct-config"  # MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL
-    secret: str = "kidney-ct-secrets"  # AWS keys, salt, PACS password
-    candidates: Sequence[str] = field(default_factory=lambda: ("paper_cnn",))
-    train_gpus: int = 1
-    config_keys: tuple[str, ...] = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL")
-    secret_keys: tuple[str, ...] = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KIDNEY_CT_SALT",
-                                    "KIDNEY_CT_DICOMWEB_PASSWORD")
-
 
 params_hash = params_digest  # what the `fingerprint` step computes, for a look from the outside
 
 
 def load_image_manifest(path: str | Path) -> dict[str, str]:
-    """{"cpu": ref, "gpu": ref} from the build manifest; every ref must be pinned by digest."""
+    """{"cpu": ref, "gpu": ref} from the build manifest (each ref is checked to be pinned by digest later)."""
     try:
         images = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
@@ -73,22 +50,16 @@ def load_image_manifest(path: str | Path) -> dict[str, str]:
     return {key: str(images[key]) for key in ("cpu", "gpu")}
 
 
-def check_pinned(settings: ClusterSettings) -> None:
-    """Refuse an image referenced by tag: a tag can move, so KFP's cache key would not follow the code."""
-    for name in ("cpu_image", "gpu_image"):
-        ref = getattr(settings, name)
-        if not PINNED.match(ref):
-            raise ValueError(f"{name} {ref!r} is not pinned by digest (repo@sha256:<64 hex>): pass --images "
-                             "with the manifest the image build wrote")
+def _container_spec(cluster: ClusterParams, stage: str, module_args: Sequence):
+    """The KFP ContainerSpec of `module_args` run as `stage` (components.common.cluster: Airflow's pods run the same)."""
+    from kfp import dsl
+
+    container = stage_container(cluster, stage, module_args)
+    return dsl.ContainerSpec(image=container.image, command=list(container.command), args=list(container.args))
 
 
-def candidate_names(params_file: str | Path) -> list[str]:
-    raw = yaml.safe_load(Path(params_file).read_text()) or {}
-    return list((raw.get("train") or {}).get("candidates") or {})
-
-
-def stage_component(stage: str, image: str, extra_args: Sequence[str] = ()) -> Callable:
-    """A container component running `python -m components.<stage> --params FILE [extra]` in /workspace.
+def stage_component(cluster: ClusterParams, stage: str, candidate: str | None = None) -> Callable:
+    """A container component running the stage's entry point (`python -m components.<stage> --params FILE`).
 
     `data_version` and `params_hash` are not read by the stage: they are inputs so that KFP's cache
     key covers them.
@@ -96,55 +67,53 @@ def stage_component(stage: str, image: str, extra_args: Sequence[str] = ()) -> C
     from kfp import dsl
 
     def component(params_file: str, data_version: str, params_hash: str):
-        return dsl.ContainerSpec(image=image, command=["sh", "-ec", STAGE_SCRIPT, stage],
-                                 args=[WORKSPACE, f"components.{stage}", "--params", params_file, *extra_args])
+        return _container_spec(cluster, stage, stage_arguments(stage, params_file, candidate))
 
     component.__name__ = component.__qualname__ = stage.replace("-", "_")
     return dsl.container_component(component)
 
 
-def plain_component(stage: str, image: str) -> Callable:
+def plain_component(cluster: ClusterParams, stage: str) -> Callable:
     """A container component for a stage that takes no cache-key inputs (generate)."""
     from kfp import dsl
 
     def component(params_file: str):
-        return dsl.ContainerSpec(image=image, command=["sh", "-ec", STAGE_SCRIPT, stage],
-                                 args=[WORKSPACE, f"components.{stage}", "--params", params_file])
+        return _container_spec(cluster, stage, stage_arguments(stage, params_file))
 
     component.__name__ = component.__qualname__ = stage
     return dsl.container_component(component)
 
 
-def fingerprint_component(image: str) -> Callable:
+def fingerprint_component(cluster: ClusterParams) -> Callable:
     """The params digest of the run's params file, computed in the workspace (an input of cached steps)."""
     from kfp import dsl
 
     def fingerprint(params_file: str, params_digest: dsl.OutputPath(str)):
-        return dsl.ContainerSpec(image=image, command=["sh", "-ec", FINGERPRINT_SCRIPT, "fingerprint"],
-                                 args=[WORKSPACE, params_file, params_digest])
+        return _container_spec(cluster, "fingerprint",
+                               ["components.common.fingerprint", "--params", params_file, "--out", params_digest])
 
     return dsl.container_component(fingerprint)
 
 
-def ingest_component(image: str) -> Callable:
+def ingest_component(cluster: ClusterParams) -> Callable:
     """`ingest`, which also writes the data version (sha256 of manifest.csv) as its output."""
     from kfp import dsl
 
     def ingest(params_file: str, data_version: dsl.OutputPath(str)):
-        return dsl.ContainerSpec(image=image, command=["sh", "-ec", INGEST_SCRIPT, "ingest"],
-                                 args=[WORKSPACE, params_file, data_version])
+        return _container_spec(cluster, "ingest",
+                               [*stage_arguments("ingest", params_file), "--data-version-out", data_version])
 
     return dsl.container_component(ingest)
 
 
-def _on_cluster(task, settings: ClusterSettings, cache: bool):
+def _on_cluster(task, cluster: ClusterParams, cache: bool):
     """Shared volume, config and secrets for one task, and whether KFP may reuse its cached result."""
     from kfp import kubernetes
 
-    kubernetes.mount_pvc(task, pvc_name=settings.workspace_pvc, mount_path=WORKSPACE)
-    kubernetes.use_config_map_as_env(task, settings.config_map, {key: key for key in settings.config_keys},
+    kubernetes.mount_pvc(task, pvc_name=cluster.workspace_pvc, mount_path=cluster.workspace)
+    kubernetes.use_config_map_as_env(task, cluster.config_map, {key: key for key in cluster.config_keys},
                                      optional=True)
-    kubernetes.use_secret_as_env(task, settings.secret, {key: key for key in settings.secret_keys}, optional=True)
+    kubernetes.use_secret_as_env(task, cluster.secret, {key: key for key in cluster.secret_keys}, optional=True)
     task.set_caching_options(cache)
     return task
 
@@ -159,8 +128,8 @@ def topological(graph: Mapping[str, Iterable[str]]) -> list[str]:
     return sorted(graph, key=lambda stage: (len(before[stage]), stage))
 
 
-def build_pipeline(settings: ClusterSettings, graph: Mapping[str, Iterable[str]]) -> Callable:
-    """The pipeline function for dvc.yaml's stage `graph` (stage -> upstream stages); train per candidate."""
+def build_pipeline(cluster: ClusterParams, graph: Mapping[str, Iterable[str]], candidates: Sequence[str]) -> Callable:
+    """The pipeline function for dvc.yaml's stage `graph` (stage -> upstream stages), train per candidate."""
     from kfp import dsl
 
     order, before = topological(graph), ancestors(graph)
@@ -169,58 +138,61 @@ def build_pipeline(settings: ClusterSettings, graph: Mapping[str, Iterable[str]]
 
     @dsl.pipeline(name="kidney-ct-retraining", description="The stages of dvc.yaml on Kubeflow Pipelines")
     def kidney_ct_retraining(params_file: str = "params.yaml"):
-        fingerprint = fingerprint_component(settings.cpu_image)(params_file=params_file)
+        fingerprint = fingerprint_component(cluster)(params_file=params_file)
         fingerprint.set_display_name("fingerprint")
-        _on_cluster(fingerprint, settings, cache=False)
+        _on_cluster(fingerprint, cluster, cache=False)
         params_hash = fingerprint.outputs["params_digest"]
         tasks: dict[str, list] = {}
         version = None
         for stage in order:
             after = [task for upstream in graph[stage] for task in tasks[upstream]]
             if stage == "ingest":
-                made = [ingest_component(settings.cpu_image)(params_file=params_file)]
+                made = [ingest_component(cluster)(params_file=params_file)]
                 version = made[0].outputs["data_version"]
             elif stage in before["ingest"]:  # upstream of the data (generate): no data version yet
-                made = [plain_component(stage, settings.cpu_image)(params_file=params_file)]
-            elif "ingest" not in before[stage]:  # independent of the data (backbone): keyed on the params only
-                made = [stage_component(stage, settings.cpu_image)(params_file=params_file, data_version=NO_DATA,
-                                                                   params_hash=params_hash)]
+                made = [plain_component(cluster, stage)(params_file=params_file)]
             elif stage == "train":
-                made = [_train_task(settings, name, params_file, version, params_hash)
-                        for name in settings.candidates]
-            else:
-                made = [stage_component(stage, settings.cpu_image)(params_file=params_file, data_version=version,
-                                                                   params_hash=params_hash)]
+                made = [_train_task(cluster, name, params_file, version, params_hash) for name in candidates]
+            else:  # a stage independent of the data (backbone) is keyed on the params only
+                made = [stage_component(cluster, stage)(params_file=params_file, params_hash=params_hash,
+                                                        data_version=version if "ingest" in before[stage] else NO_DATA)]
             for task in made:
                 if stage != "train":
                     task.set_display_name(stage)
-                _on_cluster(task.after(*after) if after else task, settings, stage not in UNCACHED)
+                _on_cluster(task.after(*after) if after else task, cluster, stage not in UNCACHED)
             tasks[stage] = made
 
     return kidney_ct_retraining
 
 
-def _train_task(settings: ClusterSettings, name: str, params_file, version, params_hash):
-    """One candidate's training step, in the GPU image with an nvidia.com/gpu request."""
-    task = stage_component("train", settings.gpu_image, ["--candidate", name])(
-        params_file=params_file, data_version=version, params_hash=params_hash)
+def _train_task(cluster: ClusterParams, name: str, params_file, version, params_hash):
+    """One candidate's training step: the GPU image, its GPUs and requests (components.common.cluster)."""
+    task = stage_component(cluster, "train", name)(params_file=params_file, data_version=version,
+                                                   params_hash=params_hash)
     task.set_display_name(f"train {name}")
-    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(settings.train_gpus)
-    return task.set_memory_request("8G").set_cpu_request("2")
+    container = stage_container(cluster, "train", ())
+    if container.gpus:
+        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(container.gpus)
+    if "memory" in container.requests:
+        task.set_memory_request(container.requests["memory"])
+    if "cpu" in container.requests:
+        task.set_cpu_request(container.requests["cpu"])
+    return task
 
 
-def compile_pipeline(settings: ClusterSettings, out: str | Path, graph: Mapping[str, Iterable[str]]) -> Path:
-    """Compile the pipeline to a KFP v2 YAML package (offline)."""
+def compile_pipeline(cluster: ClusterParams, out: str | Path, graph: Mapping[str, Iterable[str]],
+                     candidates: Sequence[str]) -> Path:
+    """Compile the pipeline to a KFP v2 YAML package (offline); images must be pinned by digest."""
     from kfp import compiler
 
-    check_pinned(settings)
-    compiler.Compiler().compile(build_pipeline(settings, graph), str(out))
+    check_pinned(cluster, "kubeflow pipeline (pass --images with the manifest the image build wrote)")
+    compiler.Compiler().compile(build_pipeline(cluster, graph, candidates), str(out))
     return Path(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Compile the kidney CT pipeline for Kubeflow Pipelines v2.")
-    parser.add_argument("--params", default="params.yaml", help="params file: candidates and cache hash")
+    parser.add_argument("--params", default="params.yaml", help="params file: cluster, candidates and cache hash")
     parser.add_argument("--dvc", default="dvc.yaml", help="the stage graph to mirror")
     parser.add_argument("--out", default="kidney_ct_pipeline.yaml")
     parser.add_argument("--images", default="build/images.json",
@@ -232,13 +204,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         images = load_image_manifest(args.images)
-        settings = ClusterSettings(cpu_image=images["cpu"], gpu_image=images["gpu"],
-                                   candidates=tuple(candidate_names(args.params)))
-        path = compile_pipeline(settings, args.out, load_stage_graph(args.dvc, args.params))
-    except ValueError as exc:
+        params = load_params(args.params)
+        cluster = cluster_settings({**params.cluster.model_dump(), "cpu_image": images["cpu"],
+                                    "gpu_image": images["gpu"]}, f"image build manifest {args.images}")
+        candidates = list(params.train.candidates)
+        path = compile_pipeline(cluster, args.out, load_stage_graph(args.dvc, args.params), candidates)
+    except (ValueError, ParamsError) as exc:
         print(f"compile failed: {exc}")
         return 2
-    print(f"compiled {len(settings.candidates)} candidate(s) into {path} (images {images['cpu']}, {images['gpu']})")
+    print(f"compiled {len(candidates)} candidate(s) into {path} (images {images['cpu']}, {images['gpu']})")
     return 0
 
 

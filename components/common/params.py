@@ -241,6 +241,24 @@ class PackageParams(_Strict):
     bentoml_home: str = ".bentoml"
 
 
+class ClusterParams(_Strict):
+    """Where a stage runs as a container (Airflow's KubernetesPodOperator and Kubeflow Pipelines alike)."""
+
+    namespace: str = "kidney-ct"                  # Airflow's pods (KFP runs in its own profile namespace)
+    cpu_image: str = ""                           # repo@sha256:<digest> of the image build; "" = set by the
+    gpu_image: str = ""                           #   orchestrator (KFP --images, env KIDNEY_CT_KUBERNETES)
+    workspace_pvc: str = "kidney-ct-workspace"    # the shared volume: params file and outputs (Airflow: a
+    workspace: str = "/workspace"                 #   git + DVC checkout), mounted here, the stages' cwd
+    config_map: str = "kidney-ct-config"          # MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL
+    secret: str = "kidney-ct-secrets"             # AWS keys, KIDNEY_CT_SALT, PACS password
+    config_keys: tuple[str, ...] = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL")
+    secret_keys: tuple[str, ...] = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KIDNEY_CT_SALT",
+                                    "KIDNEY_CT_DICOMWEB_PASSWORD")
+    train_gpus: int = Field(1, ge=0)              # nvidia.com/gpu per training container
+    train_cpu: str = "2"                          # requests of a training container
+    train_memory: str = "8G"
+
+
 # `register` is a params key and also ABCMeta.register on pydantic models; the shadowing is harmless.
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message='Field name "register"')
@@ -262,6 +280,7 @@ with warnings.catch_warnings():
         report: ReportParams = ReportParams()
         mlflow: MlflowParams = MlflowParams()
         package: PackageParams = PackageParams()
+        cluster: ClusterParams = ClusterParams()
 
         @model_validator(mode="after")
         def _classes_distinct(self) -> Params:
@@ -274,13 +293,17 @@ class ParamsError(Exception):
     """params.yaml is missing or invalid; the message says which key and why."""
 
 
+def error_lines(exc: ValidationError) -> str:
+    """One indented `dotted.key: reason` line per error of a failed validation."""
+    return "\n".join(f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+
+
 def parse_params(raw: dict) -> Params:
     """Validate a params mapping into the typed object, with readable errors."""
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
-        raise ParamsError("invalid params:\n" + "\n".join(lines)) from None
+        raise ParamsError("invalid params:\n" + error_lines(exc)) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -11,10 +10,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from components.common.cli import StageError, log, run_stage, stage_parser
+from components.common.export_layout import GENERATED_FILE
 from components.common.params import Params
 from components.generate.core import dicom_bytes, generate_export, lesion_kind
-
-GENERATED_FILE = re.compile(r"^[^/]+/study-[0-9a-f]{10}/IM\d{5}\.dcm$")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,9 +17,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
+from components.common.export_layout import GENERATED_FILE
 from components.common.params import Params
 from components.common.storage import StorageError, open_store
-from components.generate.__main__ import GENERATED_FILE
 from components.ingest.core import (
     MANIFEST_COLUMNS,
     QUARANTINE_COLUMNS,

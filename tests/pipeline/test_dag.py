@@ -78,7 +78,7 @@ settings = dag_module.StageSettings(project, project / "params.yaml")
 report = {}
 for stage in ("works", "refuses", "crashes"):
     try:
-        dag_module.run_stage_command(stage, settings, "--candidate", "tiny")
+        dag_module.run_stage_command(stage, settings, candidate="tiny")
         report[stage] = {"raised": None}
     except Exception as exc:
         report[stage] = {"raised": type(exc).__name__, "message": str(exc)}
@@ -165,6 +165,7 @@ def isolate_airflow(monkeypatch: pytest.MonkeyPatch, home: Path, sql_conn: str) 
     monkeypatch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(DAGS))
     monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", sql_conn)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the DAG imports components.common (as the Airflow image has it)
     for name in PROJECT_ENV:
         monkeypatch.delenv(name, raising=False)
 
@@ -261,8 +262,10 @@ def test_settings_come_from_param_then_variable_then_env_then_default(tmp_path: 
     for folder, name in files.items():
         (tmp_path / folder).mkdir()
         (tmp_path / folder / name).write_text("{}\n")
-    (tmp_path / "two.yaml").write_text("train:\n  candidates:\n    wide: {}\n    deep: {}\n")
-    (tmp_path / "none.yaml").write_text("train: {}\n")
+    two = tiny_params(tmp_path)
+    two["train"]["candidates"] = {"wide": {}, "deep": {}}
+    write_params(two, tmp_path / "two.yaml")
+    write_params({**two, "train": {"candidates": {}}}, tmp_path / "none.yaml")
     isolate_airflow(monkeypatch, tmp_path / "airflow_home", f"sqlite:///{tmp_path / 'airflow.db'}")
     report = run_python(SETTINGS_SCRIPT, str(DAG_FILE), str(tmp_path), cwd=tmp_path)
 
@@ -272,6 +275,7 @@ def test_settings_come_from_param_then_variable_then_env_then_default(tmp_path: 
     assert "nope.yaml" in report["missing"]["message"]
     assert report["candidates"] == ["wide", "deep"]
     assert report["no_candidates"]["raised"] == "AirflowFailException"
+    assert "train.candidates" in report["no_candidates"]["message"]  # the typed params say which key
 
 
 def write_tiny_params(tmp_path: Path) -> Path:

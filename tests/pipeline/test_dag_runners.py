@@ -15,11 +15,15 @@ SHAPE_SCRIPT = PARSE_SCRIPT.replace('print("REPORT:" + json.dumps(report))', r''
 def describe(t):
     op = getattr(t, "partial_kwargs", None) or {}
     get = lambda name: op.get(name, getattr(t, name, None))
-    limits = get("container_resources").limits if get("container_resources") else None
+    resources = get("container_resources")
+    limits, requests = (resources.limits, resources.requests) if resources else (None, None)
     return {"type": type(t).__name__, "operator": getattr(t, "operator_class", type(t)).__name__
             if not isinstance(getattr(t, "operator_class", None), dict) else t.operator_class["task_type"],
             "image": get("image"), "namespace": get("namespace"), "arguments": get("arguments"),
-            "limits": limits, "skip_on_exit_code": get("skip_on_exit_code"), "trigger_rule": str(getattr(t.trigger_rule, "value", t.trigger_rule)),
+            "limits": limits, "requests": requests, "cmds": get("cmds"),
+            "mounts": [m.mount_path for m in get("volume_mounts") or []],
+            "claims": [v.persistent_volume_claim.claim_name for v in get("volumes") or []],
+            "env_from": [(e.config_map_ref or e.secret_ref).name for e in get("env_from") or []], "skip_on_exit_code": get("skip_on_exit_code"), "trigger_rule": str(getattr(t.trigger_rule, "value", t.trigger_rule)),
             "mapped": bool(getattr(t, "is_mapped", False))}
 if dag is not None:
     report["shapes"] = {t.task_id: describe(t) for t in dag.tasks}

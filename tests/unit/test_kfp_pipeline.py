@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.common.params import ClusterParams
 from components.common.stage_graph import ancestors, load_stage_graph
-from pipelines.kidney_ct import NO_DATA, ClusterSettings, compile_pipeline, main, params_hash
+from pipelines.kidney_ct import NO_DATA, compile_pipeline, main, params_hash
 
 REPO = Path(__file__).resolve().parents[2]
 CPU = "registry.local/kct-cpu@sha256:" + "c" * 64
@@ -19,8 +20,8 @@ HELPERS = {"fingerprint"}  # not a dvc.yaml stage: computes the params digest
 
 
 def compile_spec(out: Path, cpu: str = CPU, gpu: str = GPU) -> dict:
-    settings = ClusterSettings(cpu_image=cpu, gpu_image=gpu, candidates=("small", "wide"))
-    compile_pipeline(settings, out, load_stage_graph(REPO / "dvc.yaml", REPO / "params.yaml"))
+    cluster = ClusterParams(cpu_image=cpu, gpu_image=gpu)
+    compile_pipeline(cluster, out, load_stage_graph(REPO / "dvc.yaml", REPO / "params.yaml"), ("small", "wide"))
     pipeline_spec, platform_spec = yaml.safe_load_all(out.read_text())  # KFP writes two documents
     return {**pipeline_spec, **platform_spec}
 
