@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -98,9 +99,15 @@ def label_of(dataset, attribute: str, classes: Sequence[str]) -> str:
     return found[0] if len(found) == 1 else ""
 
 
+def redact_uids(text: str) -> str:
+    """`text` with every dotted number (a DICOM UID, also an IP address) replaced by <uid>."""
+    return re.sub(r"\d+(?:\.\d+){2,}", "<uid>", text)
+
+
 @contextmanager
-def pacs_errors(base_url: str) -> Iterator[None]:
-    """Turn what requests and dicomweb-client raise into a PacsError that names the PACS and the cause."""
+def pacs_errors(base_url: str, what: str) -> Iterator[None]:
+    """Turn what requests and dicomweb-client raise during `what` into a PacsError naming the PACS and the
+    cause; UIDs (in URLs, in the PACS's answer) are redacted, since the message reaches logs."""
     import requests
 
     try:
@@ -111,12 +118,14 @@ def pacs_errors(base_url: str) -> Iterator[None]:
         if status in (401, 403):
             raise PacsError(f"PACS {base_url} refused the credentials (HTTP {status}): set ingest.dicomweb_user "
                             "and the password env var named by ingest.dicomweb_password_env") from None
-        body = response.text[:200] if response is not None else ""
-        raise PacsError(f"PACS answered HTTP {status} to GET {getattr(response, 'url', base_url)}: {body}") from None
+        body = redact_uids(response.text[:200]) if response is not None else ""
+        raise PacsError(f"PACS {base_url} answered HTTP {status} to {what}: {body}") from None
     except ValueError as exc:  # bad JSON, a malformed multipart answer or URL (requests' JSON error included)
-        raise PacsError(f"PACS {base_url} answered something unusable ({type(exc).__name__}: {exc})") from None
+        raise PacsError(f"PACS {base_url} answered {what} with something unusable "
+                        f"({type(exc).__name__}: {redact_uids(str(exc))})") from None
     except requests.RequestException as exc:
-        raise PacsError(f"PACS {base_url} unreachable ({type(exc).__name__}: {exc})") from None
+        raise PacsError(f"PACS {base_url} unreachable during {what} "
+                        f"({type(exc).__name__}: {redact_uids(str(exc))})") from None
 
 
 @dataclass
@@ -132,7 +141,8 @@ class PacsClient:
     def __post_init__(self) -> None:
         from dicomweb_client import DICOMwebClient
 
-        with pacs_errors(self.base_url):
+        logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # its INFO lines name study UIDs
+        with pacs_errors(self.base_url, "the client setup"):
             # permissive_uid: pull what the PACS holds even where its UIDs bend the standard's syntax
             self.web = DICOMwebClient(self.base_url.rstrip("/"), session=self.session, timeout=self.timeout_s,
                                       permissive_uid=True)
@@ -140,19 +150,19 @@ class PacsClient:
 
     def studies(self) -> list[StudyRef]:
         """Every study, page by page (QIDO-RS limit/offset until an empty page)."""
-        with pacs_errors(self.base_url):
+        with pacs_errors(self.base_url, "QIDO-RS search for studies"):
             payload = self.web.search_for_studies(limit=self.page_size, fields=[STUDY_INSTANCES], get_remaining=True)
         return parse_studies(payload)
 
     def series(self, study: str) -> list[SeriesRef]:
-        with pacs_errors(self.base_url):
+        with pacs_errors(self.base_url, "QIDO-RS search for the series of a study"):
             payload = self.web.search_for_series(study, limit=self.page_size, fields=[SERIES_INSTANCES],
                                                  get_remaining=True)
         return parse_series(study, payload)
 
     def instances(self, ref: SeriesRef) -> Iterator:
         """The series' instances as pydicom datasets, streamed from one WADO-RS request."""
-        with pacs_errors(self.base_url):
+        with pacs_errors(self.base_url, "WADO-RS retrieve of a series"):
             yield from self.web.iter_series(ref.study, ref.uid)
 
 
@@ -215,4 +225,5 @@ def pulled_files(client: PacsClient, studies: Sequence[StudyRef], classes: Seque
             except PacsError:
                 raise
             except Exception as exc:  # pydicom raises many types on odd files
-                yield f"unreadable/series-{salted_hash(salt, 'pull-series', ref.uid)[:16]}.dcm", None, f"not DICOM ({exc})"
+                source = f"unreadable/series-{salted_hash(salt, 'pull-series', ref.uid)[:16]}.dcm"
+                yield source, None, f"not DICOM ({redact_uids(str(exc))})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -106,7 +107,7 @@ class FakePacs(BaseHTTPRequestHandler):
             body = b"".join(b"--%s\r\nContent-Type: application/dicom\r\n\r\n%s\r\n" % (BOUNDARY.encode(), data)
                             for data in self.series[(parts[1], parts[3])]) + b"--%s--\r\n" % BOUNDARY.encode()
             return self._send(200, body, f'multipart/related; type="application/dicom"; boundary={BOUNDARY}')
-        self._send(404, b'{"HttpError": "Not Found"}', "application/json")
+        self._send(404, b'{"Details": "inexistent series: %s"}' % url.path.encode(), "application/json")
 
     def _json(self, items: list[dict], query: dict) -> None:
         offset, limit = int(query.get("offset", ["0"])[0]), int(query.get("limit", ["1000"])[0])
@@ -181,7 +182,7 @@ def test_5xx_answers_are_retried_by_the_session(pacs):
     FakePacs.fail_with = [503, 502]
     assert len(client_for(pacs, attempts=3).studies()) == 3
     FakePacs.fail_with = [503, 503]
-    with pytest.raises(PacsError, match="HTTP 503 to GET"):
+    with pytest.raises(PacsError, match="HTTP 503 to QIDO-RS search for studies"):
         client_for(pacs, attempts=2).studies()
 
 
@@ -191,3 +192,13 @@ def test_refused_credentials_and_an_unreachable_pacs_say_so(pacs):
         client_for(pacs).studies()
     with pytest.raises(PacsError, match="unreachable"):
         client_for("http://127.0.0.1:9/dicom-web").studies()
+
+
+def test_failures_and_logs_name_no_uid(pacs, caplog):
+    caplog.set_level(logging.INFO)  # the stages' level
+    client = client_for(pacs)
+    with pytest.raises(PacsError, match="HTTP 404 to WADO-RS retrieve of a series") as raised:
+        list(client.instances(SeriesRef("1.1", "1.1.9", 1)))
+    assert "1.1.9" not in str(raised.value) and "<uid>" in str(raised.value)
+    list(pulled_files(client, [StudyRef("1.2", 2)], CLASSES, "StudyDescription", "s"))
+    assert "1.2.1" not in caplog.text
