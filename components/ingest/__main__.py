@@ -135,7 +135,7 @@ def _check_new(params: Params) -> dict:
 
 
 def _pull(params: Params) -> None:
-    """PACS mode: QIDO-RS for studies new since the last run, WADO-RS their instances, then as above.
+    """PACS mode: QIDO-RS for studies new since the last run, WADO-RS their series, then as above.
 
     The manifest grows: rows of earlier pulls (read back from the store) plus this run's. The pull
     state (salted study keys -> instance counts) is saved in the store only after the manifest, so a
@@ -143,8 +143,8 @@ def _pull(params: Params) -> None:
     """
     settings = params.ingest
     salt, salt_source = _salt(params, allow_default=False)  # a PACS holds real patients
-    client = _pacs_client(settings)
     try:
+        client = _pacs_client(settings)
         store = open_store(params.paths.store, params.storage)
         state = read_state(store.get(STATE_KEY) if store.exists(STATE_KEY) else None)
         listed = client.studies()

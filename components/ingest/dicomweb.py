@@ -1,23 +1,25 @@
-"""Pull new studies from a DICOMweb PACS: QIDO-RS to find them, WADO-RS to fetch their instances.
+"""Pull new studies from a DICOMweb PACS: QIDO-RS to find them, WADO-RS to fetch them series by series.
 
-`PacsClient` does the HTTP (a `requests.Session` with retries and backoff); the rest is pure: which
-studies are new since the last run (`new_studies`, a state of salted study keys -> instance counts,
-so the state itself holds no UIDs), which class a dataset belongs to (`label_of`), and how to split a
-WADO-RS multipart/related answer into DICOM files (`multipart_parts`).
+`PacsClient` wraps `dicomweb_client.DICOMwebClient` (QIDO-RS paging, WADO-RS multipart decoding) on a
+`requests.Session` whose urllib3 `Retry` is the one retry policy, and turns its failures into
+`PacsError`s that say what to fix. The rest is pure: which studies are new since the last run
+(`new_studies`, a state of salted study keys -> instance counts, so the state itself holds no UIDs)
+and which class a dataset belongs to (`label_of`).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from components.ingest.deid import salted_hash
 
-STUDY_UID, SERIES_UID, SOP_UID, STUDY_INSTANCES = "0020000D", "0020000E", "00080018", "00201208"
-DICOM_MULTIPART = 'multipart/related; type="application/dicom"'
+STUDY_UID, SERIES_UID, STUDY_INSTANCES, SERIES_INSTANCES = "0020000D", "0020000E", "00201208", "00201209"
 STATE_KEY = "state/dicomweb.json"
 
 
@@ -34,10 +36,12 @@ class StudyRef:
 
 
 @dataclass(frozen=True)
-class InstanceRef:
+class SeriesRef:
+    """One series of a study as QIDO-RS lists it (one WADO-RS retrieve fetches all its instances)."""
+
     study: str
-    series: str
-    sop: str
+    uid: str
+    instances: int  # NumberOfSeriesRelatedInstances (0 when the PACS does not say)
 
 
 def _first(item: Mapping, tag: str) -> str:
@@ -46,21 +50,21 @@ def _first(item: Mapping, tag: str) -> str:
     return str(values[0])
 
 
+def _count(item: Mapping, tag: str) -> int:
+    value = _first(item, tag)
+    return int(value) if value.isdigit() else 0
+
+
 def parse_studies(payload: Sequence[Mapping]) -> list[StudyRef]:
     """StudyRefs from a QIDO-RS /studies answer (DICOM JSON); entries without a UID are skipped."""
-    refs = []
-    for item in payload:
-        uid = _first(item, STUDY_UID)
-        if uid:
-            count = _first(item, STUDY_INSTANCES)
-            refs.append(StudyRef(uid, int(count) if count.isdigit() else 0))
-    return refs
+    return [StudyRef(_first(item, STUDY_UID), _count(item, STUDY_INSTANCES)) for item in payload
+            if _first(item, STUDY_UID)]
 
 
-def parse_instances(study: str, payload: Sequence[Mapping]) -> list[InstanceRef]:
-    """InstanceRefs from a QIDO-RS /studies/{uid}/instances answer."""
-    refs = [InstanceRef(study, _first(item, SERIES_UID), _first(item, SOP_UID)) for item in payload]
-    return sorted((ref for ref in refs if ref.series and ref.sop), key=lambda ref: (ref.series, ref.sop))
+def parse_series(study: str, payload: Sequence[Mapping]) -> list[SeriesRef]:
+    """SeriesRefs, sorted by UID, from a QIDO-RS /studies/{uid}/series answer."""
+    refs = [SeriesRef(study, _first(item, SERIES_UID), _count(item, SERIES_INSTANCES)) for item in payload]
+    return sorted((ref for ref in refs if ref.uid), key=lambda ref: ref.uid)
 
 
 def study_key(salt: str, uid: str) -> str:
@@ -95,68 +99,71 @@ def label_of(dataset, attribute: str, classes: Sequence[str]) -> str:
     return found[0] if len(found) == 1 else ""
 
 
-def multipart_parts(body: bytes, content_type: str) -> list[bytes]:
-    """The bodies of a multipart/related answer (WADO-RS), headers stripped."""
-    match = re.search(r'boundary="?([^";]+)"?', content_type, flags=re.IGNORECASE)
-    if not match:
-        raise PacsError(f"WADO-RS answer is not multipart (Content-Type {content_type!r})")
-    delimiter = b"--" + match.group(1).encode()
-    parts = []
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
-            break  # closing delimiter
-        head, separator, payload = chunk.partition(b"\r\n\r\n")
-        if separator:
-            parts.append(payload[:-2] if payload.endswith(b"\r\n") else payload)
-    return parts
+def redact_uids(text: str) -> str:
+    """`text` with every dotted number (a DICOM UID, also an IP address) replaced by <uid>."""
+    return re.sub(r"\d+(?:\.\d+){2,}", "<uid>", text)
+
+
+@contextmanager
+def pacs_errors(base_url: str, what: str) -> Iterator[None]:
+    """Turn what requests and dicomweb-client raise during `what` into a PacsError naming the PACS and the
+    cause; UIDs (in URLs, in the PACS's answer) are redacted, since the message reaches logs."""
+    import requests
+
+    try:
+        yield
+    except requests.HTTPError as exc:
+        response = exc.response
+        status = response.status_code if response is not None else 0
+        if status in (401, 403):
+            raise PacsError(f"PACS {base_url} refused the credentials (HTTP {status}): set ingest.dicomweb_user "
+                            "and the password env var named by ingest.dicomweb_password_env") from None
+        body = redact_uids(response.text[:200]) if response is not None else ""
+        raise PacsError(f"PACS {base_url} answered HTTP {status} to {what}: {body}") from None
+    except ValueError as exc:  # bad JSON, a malformed multipart answer or URL (requests' JSON error included)
+        raise PacsError(f"PACS {base_url} answered {what} with something unusable "
+                        f"({type(exc).__name__}: {redact_uids(str(exc))})") from None
+    except requests.RequestException as exc:
+        raise PacsError(f"PACS {base_url} unreachable during {what} "
+                        f"({type(exc).__name__}: {redact_uids(str(exc))})") from None
 
 
 @dataclass
 class PacsClient:
-    """QIDO-RS / WADO-RS calls against one DICOMweb root, through a retrying `requests.Session`."""
+    """QIDO-RS / WADO-RS calls against one DICOMweb root through dicomweb-client and a retrying session."""
 
     base_url: str
     session: object
     timeout_s: float = 30
     page_size: int = 100
+    web: object = field(init=False, repr=False)
 
-    def _get(self, path: str, accept: str, params: dict | None = None):
-        import requests
+    def __post_init__(self) -> None:
+        from dicomweb_client import DICOMwebClient
 
-        url = f"{self.base_url.rstrip('/')}/{path}"
-        try:
-            response = self.session.get(url, params=params, headers={"Accept": accept}, timeout=self.timeout_s)
-        except requests.RequestException as exc:
-            raise PacsError(f"PACS {self.base_url} unreachable ({type(exc).__name__}: {exc})") from None
-        if response.status_code in (401, 403):
-            raise PacsError(f"PACS {self.base_url} refused the credentials (HTTP {response.status_code}): set "
-                            "ingest.dicomweb_user and the password env var named by ingest.dicomweb_password_env")
-        if not response.ok:
-            raise PacsError(f"PACS answered HTTP {response.status_code} to GET {url}: {response.text[:200]}")
-        return response
+        logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # its INFO lines name study UIDs
+        with pacs_errors(self.base_url, "the client setup"):
+            # permissive_uid: pull what the PACS holds even where its UIDs bend the standard's syntax
+            self.web = DICOMwebClient(self.base_url.rstrip("/"), session=self.session, timeout=self.timeout_s,
+                                      permissive_uid=True)
+        self.web.set_http_retry_params(retry=False)  # the session's urllib3 Retry already retries
 
     def studies(self) -> list[StudyRef]:
-        """Every study, page by page (QIDO-RS limit/offset)."""
-        listed: list[StudyRef] = []
-        while True:
-            params = {"limit": self.page_size, "offset": len(listed), "includefield": STUDY_INSTANCES}
-            response = self._get("studies", "application/dicom+json", params)
-            page = parse_studies(response.json() if response.content else [])
-            listed += page
-            if len(page) < self.page_size:
-                return listed
+        """Every study, page by page (QIDO-RS limit/offset until an empty page)."""
+        with pacs_errors(self.base_url, "QIDO-RS search for studies"):
+            payload = self.web.search_for_studies(limit=self.page_size, fields=[STUDY_INSTANCES], get_remaining=True)
+        return parse_studies(payload)
 
-    def instances(self, study: str) -> list[InstanceRef]:
-        response = self._get(f"studies/{study}/instances", "application/dicom+json")
-        return parse_instances(study, response.json() if response.content else [])
+    def series(self, study: str) -> list[SeriesRef]:
+        with pacs_errors(self.base_url, "QIDO-RS search for the series of a study"):
+            payload = self.web.search_for_series(study, limit=self.page_size, fields=[SERIES_INSTANCES],
+                                                 get_remaining=True)
+        return parse_series(study, payload)
 
-    def retrieve(self, ref: InstanceRef) -> bytes:
-        """One instance as DICOM Part 10 bytes (WADO-RS)."""
-        response = self._get(f"studies/{ref.study}/series/{ref.series}/instances/{ref.sop}", DICOM_MULTIPART)
-        parts = multipart_parts(response.content, response.headers.get("Content-Type", ""))
-        if len(parts) != 1:
-            raise PacsError(f"WADO-RS returned {len(parts)} parts for one instance")
-        return parts[0]
+    def instances(self, ref: SeriesRef) -> Iterator:
+        """The series' instances as pydicom datasets, streamed from one WADO-RS request."""
+        with pacs_errors(self.base_url, "WADO-RS retrieve of a series"):
+            yield from self.web.iter_series(ref.study, ref.uid)
 
 
 def retrying_session(user: str | None, password: str | None, attempts: int, backoff_s: float):
@@ -175,33 +182,48 @@ def retrying_session(user: str | None, password: str | None, attempts: int, back
     return session
 
 
-def instance_source_path(label: str, salt: str, ref: InstanceRef) -> str:
+def instance_source_path(label: str, salt: str, study: str, sop: str) -> str:
     """The manifest `source` of a pulled instance: label folder + salted names (no UIDs)."""
-    return f"{label}/pacs-{salted_hash(salt, 'pull-study', ref.study)[:12]}/{salted_hash(salt, 'pull-sop', ref.sop)[:16]}.dcm"
+    return f"{label}/pacs-{salted_hash(salt, 'pull-study', study)[:12]}/{salted_hash(salt, 'pull-sop', sop)[:16]}.dcm"
 
 
-def iter_dataset(data: bytes):
-    """Parse DICOM bytes (header only) for the label attribute."""
+def dataset_bytes(dataset) -> bytes:
+    """A retrieved dataset as DICOM Part 10 bytes, written as it was read."""
     import pydicom
 
-    return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, dataset, enforce_file_format=False)
+    return out.getvalue()
+
+
+def pulled_file(dataset, classes: Sequence[str], attribute: str, salt: str) -> tuple[str, bytes | None, str]:
+    """(source path, bytes or None, reason) of one retrieved instance: labelled, or why it is not."""
+    sop = str(dataset.get("SOPInstanceUID", ""))
+    label = label_of(dataset, attribute, classes)
+    if not label:
+        return (f"unlabelled/{salted_hash(salt, 'pull-sop', sop)[:16]}.dcm", None,
+                f"{attribute} names none (or more than one) of the classes {', '.join(classes)}")
+    return instance_source_path(label, salt, str(dataset.get("StudyInstanceUID", "")), sop), dataset_bytes(dataset), ""
 
 
 def pulled_files(client: PacsClient, studies: Sequence[StudyRef], classes: Sequence[str], attribute: str,
                  salt: str) -> Iterator[tuple[str, bytes | None, str]]:
-    """(source path, bytes or None, reason) for every instance of `studies`, with a progress bar."""
+    """(source path, bytes or None, reason) for every instance of `studies`, one WADO-RS retrieve a series.
+
+    A series whose answer does not parse as DICOM is quarantined as a whole (one row, the instances
+    read before the fault kept); PACS and network failures raise PacsError.
+    """
     from tqdm import tqdm
 
-    refs = [ref for study in studies for ref in client.instances(study.uid)]
-    for ref in tqdm(refs, desc="wado-rs", unit="instance"):
-        data = client.retrieve(ref)
-        try:
-            label = label_of(iter_dataset(data), attribute, classes)
-        except Exception as exc:  # pydicom raises many types on odd files
-            yield f"unlabelled/{salted_hash(salt, 'pull-sop', ref.sop)[:16]}.dcm", None, f"not DICOM ({exc})"
-            continue
-        if not label:
-            yield (f"unlabelled/{salted_hash(salt, 'pull-sop', ref.sop)[:16]}.dcm", None,
-                   f"{attribute} names none (or more than one) of the classes {', '.join(classes)}")
-            continue
-        yield instance_source_path(label, salt, ref), data, ""
+    series = [ref for study in studies for ref in client.series(study.uid)]
+    with tqdm(total=sum(ref.instances for ref in series), desc="wado-rs", unit="instance") as bar:
+        for ref in series:
+            try:
+                for dataset in client.instances(ref):
+                    bar.update()
+                    yield pulled_file(dataset, classes, attribute, salt)
+            except PacsError:
+                raise
+            except Exception as exc:  # pydicom raises many types on odd files
+                source = f"unreadable/series-{salted_hash(salt, 'pull-series', ref.uid)[:16]}.dcm"
+                yield source, None, f"not DICOM ({redact_uids(str(exc))})"

@@ -70,7 +70,9 @@ def test_pull_everything_then_only_new_studies(tmp_path, orthanc):
     for data in studies[1]:
         orthanc.upload(data)
     unlabelled = pydicom.dcmread(io.BytesIO(studies[1][0]))
-    unlabelled.StudyInstanceUID, unlabelled.SOPInstanceUID = "1.2.3.4.5.6", "1.2.3.4.5.6.1"
+    # a new study holds new series (a series UID shared across studies breaks the UID hierarchy)
+    unlabelled.StudyInstanceUID, unlabelled.SeriesInstanceUID = "1.2.3.4.5.6", "1.2.3.4.5.6.1"
+    unlabelled.SOPInstanceUID = "1.2.3.4.5.6.1.1"
     unlabelled.file_meta.MediaStorageSOPInstanceUID = unlabelled.SOPInstanceUID
     unlabelled.StudyDescription = "CT ABDOMEN"
     orthanc.upload(dicom_bytes(unlabelled))
