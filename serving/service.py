@@ -4,7 +4,8 @@ Serve a packaged Bento:   bentoml serve kidney_ct_classifier:latest
 or the source tree:       bentoml serve serving.service:KidneyCtClassifier
 Routes: POST /predict, /explain, /preview, /predict_series (a whole series: several files or a zip -> the study
 verdict, the slices that drove it and their Grad-CAM); GET /ui/ (the page for readers); BentoML adds /healthz,
-/livez, /readyz (ready once the model is loaded) and /metrics (Prometheus). Settings: serving/config.py.
+/livez, /readyz (ready once the model is loaded) and /metrics (Prometheus; the sizes of /predict's model
+batches are the histogram kidney_ct_predict_batch_size). Settings: serving/config.py.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from starlette.routing import Route
 from components.common.imaging import ImageDecodeError, decode_image, prepare_for_model
 from components.common.study import ArchiveError, dicom_series_uid, study_verdict, zip_members
 from serving.auth import BearerTokenAuth
-from serving.batching import MicroBatcher
+from serving.batching import MicroBatcher, size_buckets
 from serving.config import load_config
 from serving.inputs import RejectedUpload, check_size
 
@@ -98,6 +99,14 @@ def resolve_bento_model() -> bentoml.Model:
         return bentoml.models.get(DEFAULT_MODEL)
 
 
+def batch_size_histogram(max_batch_size: int):
+    """The Prometheus histogram of /predict's batch sizes (buckets 1, 2, 4, ... up to max_batch_size)."""
+    from prometheus_client import Histogram  # only now: BentoML sets up multiprocess metrics before __init__
+
+    return Histogram("kidney_ct_predict_batch_size", "Uploads per model call of /predict (micro-batching)",
+                     buckets=size_buckets(max_batch_size))
+
+
 def refused(exc: RejectedUpload) -> BentoMLException:
     return BentoMLException(str(exc), error_code=exc.status)
 
@@ -120,7 +129,8 @@ class KidneyCtClassifier:
         self.served = {"mlflow_model": str(meta.get("mlflow_model", "")), "mlflow_version": self.model_version,
                        "bento_model": str(stored.tag)}
         self.model = keras.saving.load_model(stored.path_of(meta.get("model_file", "model.keras")), compile=False)
-        self.batcher = MicroBatcher(self.run_model, self.config.max_batch_size, self.config.max_latency_ms)
+        self.batcher = MicroBatcher(self.run_model, self.config.max_batch_size, self.config.max_latency_ms,
+                                    batch_size_histogram(self.config.max_batch_size).observe)
 
     def run_model(self, batch: np.ndarray) -> np.ndarray:
         """(N, size, size) uint8 pixels -> (N, classes) probabilities."""

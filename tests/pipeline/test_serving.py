@@ -188,18 +188,43 @@ def test_page_and_prometheus_metrics_are_served(served):
     assert "bentoml_service_request" in requests.get(f"{url}/metrics", timeout=5).text
 
 
-def test_concurrent_requests_are_answered_from_shared_batches(served):
+def batch_histogram(url: str) -> tuple[float, float, float]:
+    """(uploads, batches, batches of one) that kidney_ct_predict_batch_size on /metrics has counted."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    requests_seen = batches = singles = 0.0
+    for family in text_string_to_metric_families(requests.get(f"{url}/metrics", timeout=5).text):
+        if family.name != "kidney_ct_predict_batch_size":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_sum"):
+                requests_seen += sample.value
+            elif sample.name.endswith("_count"):
+                batches += sample.value
+            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == 1.0:
+                singles += sample.value
+    return requests_seen, batches, singles
+
+
+def test_concurrent_requests_share_batches_a_bad_file_among_them_gets_its_own_400(served):
     from concurrent.futures import ThreadPoolExecutor
 
-    url, _, root = served
-    payloads = [png_bytes(np.random.default_rng(i).integers(0, 256, (64, 64))) for i in range(12)]
-    with ThreadPoolExecutor(12) as pool:
-        answers = list(pool.map(lambda data: predict(url, "s.png", data), payloads))
-    assert all(a.status_code == 200 for a in answers)
-    record = served[1]
+    url, record, root = served
+    payloads = [png_bytes(np.random.default_rng(i).integers(0, 256, (64, 64))) for i in range(16)]
+    sent = payloads[:8] + [b"this is not an image" * 20] + payloads[8:]
+    before = batch_histogram(url)
+    with ThreadPoolExecutor(len(sent)) as pool:
+        answers = list(pool.map(lambda data: predict(url, "s.png", data), sent))
+    after = batch_histogram(url)
+    assert answers[8].status_code == 400 and "PNG, JPEG or DICOM" in answers[8].text
+    answers = answers[:8] + answers[9:]
+    assert [a.status_code for a in answers] == [200] * len(payloads)
     for data, answer in zip(payloads, answers):  # batching must not mix up whose answer is whose
         expected = expected_probabilities(root, record, data)
         np.testing.assert_allclose([answer.json()["probabilities"][c] for c in CLASSES], expected, atol=1e-5)
+    requests_batched, batches, singles = (a - b for a, b in zip(after, before))
+    assert requests_batched == len(payloads)  # each good upload reached the model once; the bad one never did
+    assert singles < batches < len(payloads), (requests_batched, batches, singles)  # some batches held several
 
 
 def predict_series(url: str, files: list[tuple[str, bytes]], **params) -> requests.Response:

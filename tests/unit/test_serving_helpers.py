@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from serving.batching import MicroBatcher
+from serving.batching import MicroBatcher, size_buckets
 from serving.config import load_config
 from serving.inputs import RejectedUpload, check_size, check_token
 from tests.fixtures import png_bytes
@@ -19,14 +19,34 @@ def test_concurrent_requests_share_batches_and_get_their_own_rows():
         time.sleep(0.02)
         return batch * 2
 
-    batcher = MicroBatcher(slow_double, max_batch_size=4, max_latency_ms=5)
+    sizes: list[int] = []
+    batcher = MicroBatcher(slow_double, max_batch_size=4, max_latency_ms=5, observe=sizes.append)
 
     async def many():
         return await asyncio.gather(*[batcher.submit(np.array([i])) for i in range(10)])
 
     results = asyncio.run(many())
     assert [int(r[0]) for r in results] == [2 * i for i in range(10)]
-    assert max(batcher.batch_sizes) == 4 and sum(batcher.batch_sizes) == 10 and len(batcher.batch_sizes) < 10
+    assert max(sizes) == 4 and sum(sizes) == 10 and len(sizes) < 10
+    assert not any(isinstance(v, list) for v in vars(batcher).values())  # no per-batch record kept (it leaked)
+
+
+def test_batch_sizes_land_in_a_bounded_prometheus_histogram():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    registry = CollectorRegistry()
+    histogram = Histogram("sizes", "test", buckets=size_buckets(32), registry=registry)
+    assert size_buckets(32) == [1, 2, 4, 8, 16, 32] and size_buckets(12) == [1, 2, 4, 8, 12] and size_buckets(1) == [1]
+    batcher = MicroBatcher(lambda batch: batch, max_batch_size=32, max_latency_ms=5, observe=histogram.observe)
+
+    async def rounds():
+        for _ in range(50):
+            await asyncio.gather(*[batcher.submit(np.zeros(1)) for _ in range(3)])
+
+    asyncio.run(rounds())
+    assert registry.get_sample_value("sizes_count") == 50 and registry.get_sample_value("sizes_sum") == 150
+    assert registry.get_sample_value("sizes_bucket", {"le": "2.0"}) == 0
+    assert registry.get_sample_value("sizes_bucket", {"le": "4.0"}) == 50
 
 
 def test_a_failing_model_call_reaches_every_caller_and_the_batcher_keeps_working():
