@@ -3,7 +3,9 @@ SQLite, all on 127.0.0.1), in a git + DVC copy of the project whose DVC remote i
 
 1. a run triggered through the REST API runs every stage through DVC: dvc.lock is committed with
    every stage, the DVC remote holds every cached output;
-2. a second triggered run, with nothing new, skips every stage (and commits nothing);
+2. a second run, with nothing new, skips every stage (and commits nothing): the weekly run that unpausing
+   starts, queued behind the first (or ahead of it, then the triggered run is the no-op one); when Airflow
+   starts none, a second run triggered through the REST API;
 3. after a params change, an asset event posted through the REST API starts a run that reruns only
    the stage whose params changed.
 
@@ -143,16 +145,21 @@ def test_scheduled_runs_are_dvc_runs_that_skip_what_did_not_change(airflow) -> N
     missing = cached_md5s(project) - remote_md5s(s3)
     assert not missing, f"outputs not on the DVC remote: {missing}"
     commits = len(log.splitlines())
+    (worker,) = [run_id for run_id, states in per_run.items() if states["generate"] == "success"]
+    dag_commits = [line for line in log.splitlines() if line.startswith(f"{DAG_ID} ")]
+    assert all(line.startswith(f"{DAG_ID} {worker}: ") for line in dag_commits), dag_commits  # no-op runs: none
 
-    # Nothing new: every stage is skipped, nothing committed.
-    started = time.monotonic()
-    rerun = server.trigger(DAG_ID)
-    runs = server.wait_until_idle(DAG_ID, timeout_s=900)
-    noop = next(r for r in runs if r["dag_run_id"] == rerun)
-    print(f"no-op rerun took {round(time.monotonic() - started)} s wall, {duration_s(noop)} s as a run")
-    assert noop["state"] == "success"
-    assert set(stage_states(server, rerun).values()) == {"skipped"}
-    assert len(git(project, "log", "--format=%s").splitlines()) == commits
+    # Nothing new: every stage is skipped, nothing committed. A second run in the runs so far (the weekly one)
+    # already was that run (every stage skipped, asserted above); else one is triggered through the REST API.
+    if len(per_run) == 1:
+        started = time.monotonic()
+        rerun = server.trigger(DAG_ID)
+        runs = server.wait_until_idle(DAG_ID, timeout_s=900)
+        noop = next(r for r in runs if r["dag_run_id"] == rerun)
+        print(f"no-op rerun took {round(time.monotonic() - started)} s wall, {duration_s(noop)} s as a run")
+        assert noop["state"] == "success"
+        assert set(stage_states(server, rerun).values()) == {"skipped"}
+        assert len(git(project, "log", "--format=%s").splitlines()) == commits
 
     # A params change, then an asset event posted through the REST API: only `report` reruns.
     raw = yaml.safe_load((project / "params.yaml").read_text())

@@ -80,6 +80,8 @@ def stage_env(tmp_path: Path) -> dict:
 def audit_params(tmp_path: Path) -> dict:
     raw = tiny_params(tmp_path)
     raw["paths"]["source"] = str(tmp_path / "hospital")  # a real export, not the generated default
+    # every slice carries every marker: two 64 px slices per patient audit the same attributes as more
+    raw["generate"].update(slices_per_patient=2, matrix=64)
     candidate = next(iter(raw["train"]["candidates"]))
     raw["train"]["candidates"][candidate]["epochs"] = 1
     raw["report"].update(bootstrap_resamples=50, gradcam_per_class=1)
