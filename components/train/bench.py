@@ -1,8 +1,9 @@
 """Training benchmark: python -m components.train.bench — per candidate, the model's ceiling vs the real feeder.
 
 For each candidate (one subprocess each, so peak memory is its own) it prints parameters, images/s of a
-training step on an in-memory tensor, images/s through `fit` on the memory-mapped batch feeder, their
-ratio (goal >= 0.9: the input pipeline is not the bottleneck) and peak resident memory.
+training step on an in-memory tensor, images/s through `fit` on the feeder training uses (tf.data under
+TensorFlow, the memory-mapped PyDataset otherwise), their ratio (goal >= 0.9: the input pipeline is not the
+bottleneck) and peak resident memory.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from components.common.tables import text_table
 from components.train.candidates import study_candidates
 
-COLUMNS = ["candidate", "parameters", "synthetic_img_s", "pipeline_img_s", "ratio", "peak_rss_mb"]
+COLUMNS = ["candidate", "parameters", "synthetic_img_s", "pipeline_img_s", "feeder", "ratio", "peak_rss_mb"]
 
 
 def timed_callback(warmup: int):
@@ -48,7 +49,7 @@ def measure(name: str, size: int, batch: int, warmup: int, steps: int, workers: 
     from components.augment.core import augmentation_layers
     from components.common.params import AugmentParams
     from components.train.core import compile_model
-    from components.train.data import batch_feeder, one_hot
+    from components.train.data import batch_feeder, one_hot, tensor_feeder
     from components.train.models import build_model
 
     candidate = study_candidates(batch_size=batch)[name]
@@ -69,13 +70,16 @@ def measure(name: str, size: int, batch: int, warmup: int, steps: int, workers: 
             model.train_on_batch(images, labels)
         synthetic = batch * steps / (time.perf_counter() - started)
         clock = timed_callback(warmup)
-        model.fit(batch_feeder(x, y, batch, 4, shuffle=True, seed=0, workers=workers), epochs=1,
-                  steps_per_epoch=warmup + steps, callbacks=[clock], verbose=0)
+        feeder = ("tf.data", tensor_feeder(x, y, batch, 4, shuffle=True, seed=0)[0]) \
+            if keras.backend.backend() == "tensorflow" else \
+            ("pydataset", batch_feeder(x, y, batch, 4, shuffle=True, seed=0, workers=workers))
+        model.fit(feeder[1], epochs=1, steps_per_epoch=warmup + steps, shuffle=False, callbacks=[clock], verbose=0)
         pipeline = batch * (len(clock.marks) - 1) / (clock.marks[-1] - clock.marks[0])
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"candidate": name, "parameters": int(model.count_params()), "synthetic_img_s": round(synthetic, 1),
             "pipeline_img_s": round(pipeline, 1), "ratio": round(pipeline / synthetic, 2),
-            "peak_rss_mb": round(peak_mb), "backend": keras.backend.backend(), "image_size": size, "batch": batch}
+            "peak_rss_mb": round(peak_mb), "feeder": feeder[0], "backend": keras.backend.backend(),
+            "image_size": size, "batch": batch}
 
 
 def markdown(rows: list[dict]) -> str:

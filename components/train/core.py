@@ -15,7 +15,7 @@ import numpy as np
 
 from components.augment.core import augmentation_layers
 from components.common.params import AugmentParams, CandidateParams, RuntimeParams
-from components.train.data import batch_feeder
+from components.train.data import batch_feeder, fits_in_memory, tensor_feeder
 from components.train.models import SetupError, build_model
 
 STATE_FILE, LAST_MODEL, BEST_WEIGHTS = "state.json", "last.keras", "best_weights.npz"
@@ -181,6 +181,30 @@ def resumable_callbacks(folder: Path, key: str, stopping: dict, state: dict | No
     return stopper, EpochCheckpoint()
 
 
+def feeders(candidate: CandidateParams, data: SplitArrays, n_classes: int, seed: int, start: int, epochs: int,
+            runtime: RuntimeParams):
+    """Train and validation batches for epochs start..epochs-1: (train, val, steps_per_epoch, feeder name).
+
+    tf.data under TensorFlow when the images fit in memory (no Python per batch), else the memmap PyDataset;
+    both give the same batches in the same order.
+    """
+    import keras
+
+    feed = dict(batch_size=candidate.batch_size, n_classes=n_classes, seed=seed)
+    sampling = dict(weights=data.w_train, sample_by_weight=candidate.weighted_sampling,
+                    epoch_images=candidate.epoch_images)
+    has_val = len(data.y_val) > 0
+    if keras.backend.backend() == "tensorflow" and fits_in_memory(data.x_train) and fits_in_memory(data.x_val):
+        train, steps = tensor_feeder(data.x_train, data.y_train, shuffle=True, first_epoch=start,
+                                     last_epoch=max(epochs, start + 1), **sampling, **feed)
+        val = tensor_feeder(data.x_val, data.y_val, shuffle=False, **feed)[0] if has_val else None
+        return train, val, steps, "tf.data"
+    feed["workers"] = runtime.loader_workers
+    train = batch_feeder(data.x_train, data.y_train, shuffle=True, first_epoch=start, **sampling, **feed)
+    val = batch_feeder(data.x_val, data.y_val, shuffle=False, **feed) if has_val else None
+    return train, val, None, "pydataset"
+
+
 def train_candidate(name: str, candidate: CandidateParams, augment: AugmentParams, data: SplitArrays,
                     n_classes: int, seed: int, callbacks: list, verbose: int = 2, checkpoint_dir: Path | None = None,
                     runtime: RuntimeParams = RuntimeParams(), extra_state: dict | None = None) -> TrainResult:
@@ -213,13 +237,11 @@ def train_candidate(name: str, candidate: CandidateParams, augment: AugmentParam
     else:
         stopper, saver = keras.callbacks.EarlyStopping(restore_best_weights=True, **stopping), None
         own = [stopper]
-    feed = dict(batch_size=candidate.batch_size, n_classes=n_classes, seed=seed, workers=runtime.loader_workers)
-    train = batch_feeder(data.x_train, data.y_train, shuffle=True, first_epoch=start, weights=data.w_train,
-                         sample_by_weight=candidate.weighted_sampling, epoch_images=candidate.epoch_images, **feed)
-    val = batch_feeder(data.x_val, data.y_val, shuffle=False, **feed) if has_val else None
     epochs = start if state and state["stopped"] else candidate.epochs
+    train, val, steps, used["feeder"] = feeders(candidate, data, n_classes, seed, start, epochs, runtime)
     started = time.perf_counter()
-    fitted = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=start,
+    fitted = model.fit(train, validation_data=val if has_val else None, epochs=epochs, initial_epoch=start,
+                       steps_per_epoch=steps, shuffle=False,  # the feeders' order is already (seed, epoch)'s
                        callbacks=[*own, *callbacks], verbose=verbose)
     seconds = time.perf_counter() - started + (saver.seconds_before if saver else 0.0)
     history = saver.history if saver else {k: [float(v) for v in vals] for k, vals in fitted.history.items()}

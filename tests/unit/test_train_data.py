@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from components.train.data import batch_feeder, loss_weights
+from components.train.data import batch_feeder, loss_weights, tensor_feeder
 
 
 @pytest.fixture
@@ -90,3 +90,31 @@ def test_epoch_images_shortens_or_lengthens_a_plain_shuffled_epoch(arrays):
         list(range(10)) * 2)
     assert len(batch_feeder(x, y, 2, 3, shuffle=True, seed=2, epoch_images=4)) == 2
     assert epoch_images(batch_feeder(x, y, 5, 3, shuffle=False, seed=2, epoch_images=12)) == [*range(10), 0, 1]
+
+
+def pydataset_epochs(feeder, epochs: int) -> list[list]:
+    out = []
+    for _ in range(epochs):
+        out.append([feeder[i] for i in range(len(feeder))])
+        feeder.on_epoch_end()
+    return out
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"weights": np.linspace(0.1, 1, 10, dtype="float32")},
+    {"weights": np.linspace(0.1, 1, 10, dtype="float32"), "sample_by_weight": True, "epoch_images": 14},
+    {"epoch_images": 7}])
+def test_tf_data_feeder_gives_the_memmap_feeders_batches_in_the_same_order(arrays, options):
+    x, y = arrays
+    dataset, steps = tensor_feeder(x, y, 4, 3, shuffle=True, seed=5, first_epoch=1, last_epoch=4, **options)
+    expected = pydataset_epochs(batch_feeder(x, y, 4, 3, shuffle=True, seed=5, first_epoch=1, **options), 3)
+    got = [tuple(part.numpy() for part in batch) for batch in dataset]
+    assert steps == len(expected[0]) and len(got) == 3 * steps  # epochs 1, 2, 3 of a run resumed after epoch 1
+    for mine, theirs in zip(got, [batch for epoch in expected for batch in epoch], strict=True):
+        assert len(mine) == len(theirs)
+        for a, b in zip(mine, theirs, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+    validation, _ = tensor_feeder(x, y, 4, 3, shuffle=False, seed=5)
+    assert [int(v) for batch in validation for v in batch[0].numpy()[:, 0, 0, 0]] == list(range(10))
+    with pytest.raises(ValueError, match="empty"):
+        tensor_feeder(x[:0], y[:0], 4, 3, shuffle=True, seed=0)
