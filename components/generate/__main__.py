@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -12,7 +13,7 @@ from tqdm import tqdm
 from components.common.cli import StageError, log, run_stage, stage_parser
 from components.common.export_layout import GENERATED_FILE
 from components.common.params import Params
-from components.generate.core import dicom_bytes, generate_export, lesion_kind
+from components.generate.core import encoded_export, lesion_kind
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,12 +33,13 @@ def _generate(params: Params, _: argparse.Namespace) -> None:
     total = len(params.classes) * settings.patients_per_class * settings.slices_per_patient
     per_class: Counter[str] = Counter()
     size = 0
-    for item in tqdm(generate_export(settings, params.classes), total=total, desc="generate", unit="file"):
-        data = dicom_bytes(item.dataset)
-        path = staging / item.path
+    workers = min(os.cpu_count() or 1, 8)  # patients are independent: draw them on every core
+    for relative, label, data in tqdm(encoded_export(settings, params.classes, workers), total=total,
+                                      desc="generate", unit="file"):
+        path = staging / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        per_class[item.label] += 1
+        per_class[label] += 1
         size += len(data)
     if export.exists():
         shutil.rmtree(export)

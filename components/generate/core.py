@@ -126,6 +126,32 @@ def generate_export(settings: GenerateParams, classes: Sequence[str]) -> Iterato
             yield from patient_series(settings, label, patient, grid)
 
 
+def encoded_export(settings: GenerateParams, classes: Sequence[str], workers: int = 1) -> Iterator[tuple[str, str, bytes]]:
+    """(path, label, DICOM bytes) of every file, in `generate_export`'s order; patients drawn on `workers` processes.
+
+    Each patient's pixels depend only on (seed, label, patient), so the files are the same for any `workers`.
+    """
+    for label in classes:
+        lesion_kind(label)
+    jobs = [(settings, label, patient) for label in classes for patient in range(settings.patients_per_class)]
+    if workers <= 1:
+        for job in jobs:
+            yield from _encoded_patient(job)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers) as pool:
+        for files in pool.map(_encoded_patient, jobs, chunksize=4):
+            yield from files
+
+
+def _encoded_patient(job: tuple[GenerateParams, str, int]) -> list[tuple[str, str, bytes]]:
+    """One patient's series as encoded files (what a worker process sends back)."""
+    settings, label, patient = job
+    return [(item.path, item.label, dicom_bytes(item.dataset))
+            for item in patient_series(settings, label, patient, Grid.square(settings.matrix))]
+
+
 def patient_series(settings: GenerateParams, label: str, patient: int, grid: Grid) -> Iterator[GeneratedFile]:
     """The slices of one patient's single series, as DICOM datasets."""
     anatomy = patient_anatomy(settings, label, patient)

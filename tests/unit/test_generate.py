@@ -12,7 +12,7 @@ import pytest
 
 from components.common.imaging import decode_image
 from components.common.params import GenerateParams
-from components.generate.core import dicom_bytes, generate_export, lesion_kind, patient_anatomy, patient_series
+from components.generate.core import dicom_bytes, encoded_export, generate_export, lesion_kind, patient_anatomy, patient_series
 from components.generate.phantom import Grid, draw_slice
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
@@ -169,6 +169,15 @@ def test_lesion_size_changes_smoothly_along_z():
         areas = [int(layers.lesion.sum()) for _, layers in _slices_with_masks(label, 0)]
         assert len(set(areas)) > 1, f"{label} lesion should grow/shrink along z"
         assert all(abs(a - b) <= 0.5 * max(a, b) for a, b in zip(areas, areas[1:])), areas
+
+
+def test_patients_drawn_on_two_processes_give_the_same_files_in_the_same_order(export):
+    parallel = list(encoded_export(SETTINGS, CLASSES, workers=2))
+    assert [path for path, _, _ in parallel] == list(export)
+    assert {path: data for path, _, data in parallel} == export
+    assert [label for _, label, _ in parallel] == [path.split("/")[0] for path in export]
+    with pytest.raises(ValueError, match="cannot draw class 'Polyp'"):
+        next(encoded_export(SETTINGS, ["Normal", "Polyp"], workers=2))
 
 
 def test_unknown_class_is_refused_before_anything_is_drawn():
