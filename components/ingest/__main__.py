@@ -80,7 +80,8 @@ def _ingest_export(params: Params) -> None:
     salt, salt_source = _salt(params, allow_default=is_generated_default(source, files, params))
     try:
         store = open_store(params.paths.store, params.storage)
-        result = ingest(read_files(source, files), store, params.classes, salt, image_limits(params))
+        result = ingest(read_files(source, files), store, params.classes, salt, image_limits(params),
+                        workers=min(os.cpu_count() or 1, 8))
         manifest_csv = rows_to_csv(result.manifest, MANIFEST_COLUMNS)
         store.put("manifest.csv", manifest_csv)
     except (StorageError, BotoCoreError, ClientError) as exc:

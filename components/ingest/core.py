@@ -15,8 +15,10 @@ import io
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import islice
 from pathlib import PurePosixPath
 
 from components.common.imaging import DICOM_SUFFIXES, ImageDecodeError, LoadedImage, decode_image, looks_like_dicom
@@ -239,17 +241,37 @@ def _deidentified(data: bytes, salt: str) -> tuple[bytes, str, str]:
         raise Rejection(f"DICOM file cannot be de-identified ({type(exc).__name__}: {exc})") from None
 
 
+EXAMINE_CHUNK = 64  # files in flight to the worker processes at a time
+
+
+def examined(files: Iterable[SourceFile], classes: Sequence[str], salt: str, limits: ImageLimits,
+             workers: int = 1) -> Iterator[tuple[SourceFile, Accepted | Rejected]]:
+    """Each file with its verdict, in order; decoding and de-identification on `workers` processes.
+
+    Files go to the workers EXAMINE_CHUNK at a time, so memory stays bounded however large the export.
+    """
+    judge = partial(examine, classes=classes, salt=salt, limits=limits)
+    if workers <= 1:
+        yield from ((file, judge(file)) for file in files)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    source = iter(files)
+    with ProcessPoolExecutor(workers) as pool:
+        while chunk := list(islice(source, EXAMINE_CHUNK)):
+            yield from zip(chunk, pool.map(judge, chunk, chunksize=max(1, EXAMINE_CHUNK // (4 * workers))))
+
+
 def ingest(files: Iterable[SourceFile], store: ObjectStore, classes: Sequence[str], salt: str,
-           limits: ImageLimits = ImageLimits()) -> IngestResult:
-    """Examine every file, store new objects once, drop duplicates, quarantine the rest."""
+           limits: ImageLimits = ImageLimits(), workers: int = 1) -> IngestResult:
+    """Examine every file (on `workers` processes), store new objects once, drop duplicates, quarantine the rest."""
     existing = set(store.keys("images/")) | set(store.keys("quarantine/"))
     first_by_sha: dict[str, tuple[str, str]] = {}  # source sha256 -> (label, source) of its first copy
     manifest: list[dict[str, str]] = []
     quarantine: list[dict[str, str]] = []
     counts: Counter[str] = Counter({name: 0 for name in COUNTS})
-    for file in files:
+    for file, outcome in examined(files, classes, salt, limits, workers):
         counts["files_seen"] += 1
-        outcome = examine(file, classes, salt, limits)
         if isinstance(outcome, Accepted):
             earlier = first_by_sha.get(outcome.source_sha256)
             if earlier is None:

@@ -343,3 +343,16 @@ def test_ingest_into_s3_with_moto(tiny_files, monkeypatch):
         listed = store.client.list_objects_v2(Bucket="bucket")["Contents"]
     assert first.counts["ingested_new"] == 4 and second.counts["already_present"] == 4
     assert sorted(item["Key"] for item in listed) == sorted(f"prefix/{row['key']}" for row in first.manifest)
+
+
+def test_two_worker_processes_judge_every_file_as_one_does(tiny_files, tmp_path, monkeypatch):
+    import components.ingest.core as core
+
+    monkeypatch.setattr(core, "EXAMINE_CHUNK", 4)  # several chunks: the order must survive chunking
+    files = [*tiny_files, *(SourceFile(path, data) for path, data, _ in _quarantine_cases(tiny_files)),
+             SourceFile(tiny_files[1].path.rsplit("/", 1)[0] + "/copy.dcm", tiny_files[1].data)]
+    serial = ingest(files, LocalStore(tmp_path / "one"), CLASSES, SALT)
+    parallel = ingest(iter(files), LocalStore(tmp_path / "two"), CLASSES, SALT, workers=2)
+    assert parallel == serial and parallel.counts["files_seen"] == len(files)
+    assert parallel.counts["quarantined"] >= 10 and parallel.counts["duplicates"] == 1
+    assert sorted(LocalStore(tmp_path / "two").keys("")) == sorted(LocalStore(tmp_path / "one").keys(""))
