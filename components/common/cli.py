@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,11 @@ def run_stage(name: str, body: Callable[[Params, argparse.Namespace], Any], pars
         log.error("%s failed: %s", name, exc)
         return 2
     return 0
+
+
+def worker_processes(limit: int = 8) -> int:
+    """Processes a stage may fan independent per-file work out to: every core, at most `limit`."""
+    return max(1, min(os.cpu_count() or 1, limit))
 
 
 def write_json(path: str | Path, payload: Any) -> None:

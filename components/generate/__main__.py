@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
 
-from components.common.cli import StageError, log, run_stage, stage_parser
+from components.common.cli import StageError, log, run_stage, stage_parser, worker_processes
 from components.common.export_layout import GENERATED_FILE
 from components.common.params import Params
 from components.generate.core import encoded_export, lesion_kind
@@ -33,8 +32,8 @@ def _generate(params: Params, _: argparse.Namespace) -> None:
     total = len(params.classes) * settings.patients_per_class * settings.slices_per_patient
     per_class: Counter[str] = Counter()
     size = 0
-    workers = min(os.cpu_count() or 1, 8)  # patients are independent: draw them on every core
-    for relative, label, data in tqdm(encoded_export(settings, params.classes, workers), total=total,
+    # patients are independent: draw them on every core
+    for relative, label, data in tqdm(encoded_export(settings, params.classes, worker_processes()), total=total,
                                       desc="generate", unit="file"):
         path = staging / relative
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -118,12 +118,16 @@ def fake_study(settings: GenerateParams, label: str, patient: int) -> FakeStudy:
 
 def generate_export(settings: GenerateParams, classes: Sequence[str]) -> Iterator[GeneratedFile]:
     """Every file of the export, class by class, patient by patient, slice by slice."""
-    for label in classes:
-        lesion_kind(label)  # fail before drawing anything for a class it cannot draw
     grid = Grid.square(settings.matrix)
+    for label, patient in export_patients(settings, classes):
+        yield from patient_series(settings, label, patient, grid)
+
+
+def export_patients(settings: GenerateParams, classes: Sequence[str]) -> list[tuple[str, int]]:
+    """(label, patient) of every patient in export order; refuses a class it cannot draw before any drawing."""
     for label in classes:
-        for patient in range(settings.patients_per_class):
-            yield from patient_series(settings, label, patient, grid)
+        lesion_kind(label)
+    return [(label, patient) for label in classes for patient in range(settings.patients_per_class)]
 
 
 def encoded_export(settings: GenerateParams, classes: Sequence[str], workers: int = 1) -> Iterator[tuple[str, str, bytes]]:
@@ -131,9 +135,7 @@ def encoded_export(settings: GenerateParams, classes: Sequence[str], workers: in
 
     Each patient's pixels depend only on (seed, label, patient), so the files are the same for any `workers`.
     """
-    for label in classes:
-        lesion_kind(label)
-    jobs = [(settings, label, patient) for label in classes for patient in range(settings.patients_per_class)]
+    jobs = [(settings, label, patient) for label, patient in export_patients(settings, classes)]
     if workers <= 1:
         for job in jobs:
             yield from _encoded_patient(job)

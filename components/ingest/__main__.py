@@ -16,7 +16,7 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 from tqdm import tqdm
 
-from components.common.cli import StageError, log, run_stage, stage_parser, write_json
+from components.common.cli import StageError, log, run_stage, stage_parser, worker_processes, write_json
 from components.common.export_layout import GENERATED_FILE
 from components.common.params import Params
 from components.common.storage import StorageError, open_store
@@ -81,7 +81,7 @@ def _ingest_export(params: Params) -> None:
     try:
         store = open_store(params.paths.store, params.storage)
         result = ingest(read_files(source, files), store, params.classes, salt, image_limits(params),
-                        workers=min(os.cpu_count() or 1, 8))
+                        workers=worker_processes())
         manifest_csv = rows_to_csv(result.manifest, MANIFEST_COLUMNS)
         store.put("manifest.csv", manifest_csv)
     except (StorageError, BotoCoreError, ClientError) as exc:

@@ -49,7 +49,7 @@ def measure(name: str, size: int, batch: int, warmup: int, steps: int, workers: 
     from components.augment.core import augmentation_layers
     from components.common.params import AugmentParams
     from components.train.core import compile_model
-    from components.train.data import batch_feeder, one_hot, tensor_feeder
+    from components.train.data import batch_feeder, one_hot, tensor_feeder, tensor_feeder_usable
     from components.train.models import build_model
 
     candidate = study_candidates(batch_size=batch)[name]
@@ -70,15 +70,16 @@ def measure(name: str, size: int, batch: int, warmup: int, steps: int, workers: 
             model.train_on_batch(images, labels)
         synthetic = batch * steps / (time.perf_counter() - started)
         clock = timed_callback(warmup)
-        feeder = ("tf.data", tensor_feeder(x, y, batch, 4, shuffle=True, seed=0)[0]) \
-            if keras.backend.backend() == "tensorflow" else \
-            ("pydataset", batch_feeder(x, y, batch, 4, shuffle=True, seed=0, workers=workers))
-        model.fit(feeder[1], epochs=1, steps_per_epoch=warmup + steps, shuffle=False, callbacks=[clock], verbose=0)
+        if tensor_feeder_usable(x):  # the feeder training would use (components.train.core.feeders)
+            feeder, batches = "tf.data", tensor_feeder(x, y, batch, 4, shuffle=True, seed=0)[0]
+        else:
+            feeder, batches = "pydataset", batch_feeder(x, y, batch, 4, shuffle=True, seed=0, workers=workers)
+        model.fit(batches, epochs=1, steps_per_epoch=warmup + steps, shuffle=False, callbacks=[clock], verbose=0)
         pipeline = batch * (len(clock.marks) - 1) / (clock.marks[-1] - clock.marks[0])
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"candidate": name, "parameters": int(model.count_params()), "synthetic_img_s": round(synthetic, 1),
             "pipeline_img_s": round(pipeline, 1), "ratio": round(pipeline / synthetic, 2),
-            "peak_rss_mb": round(peak_mb), "feeder": feeder[0], "backend": keras.backend.backend(),
+            "peak_rss_mb": round(peak_mb), "feeder": feeder, "backend": keras.backend.backend(),
             "image_size": size, "batch": batch}
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from components.augment.core import augmentation_layers
 from components.common.params import AugmentParams, CandidateParams, RuntimeParams
-from components.train.data import batch_feeder, fits_in_memory, tensor_feeder
+from components.train.data import batch_feeder, tensor_feeder, tensor_feeder_usable
 from components.train.models import SetupError, build_model
 
 STATE_FILE, LAST_MODEL, BEST_WEIGHTS = "state.json", "last.keras", "best_weights.npz"
@@ -188,13 +188,11 @@ def feeders(candidate: CandidateParams, data: SplitArrays, n_classes: int, seed:
     tf.data under TensorFlow when the images fit in memory (no Python per batch), else the memmap PyDataset;
     both give the same batches in the same order.
     """
-    import keras
-
     feed = dict(batch_size=candidate.batch_size, n_classes=n_classes, seed=seed)
     sampling = dict(weights=data.w_train, sample_by_weight=candidate.weighted_sampling,
                     epoch_images=candidate.epoch_images)
     has_val = len(data.y_val) > 0
-    if keras.backend.backend() == "tensorflow" and fits_in_memory(data.x_train) and fits_in_memory(data.x_val):
+    if tensor_feeder_usable(data.x_train, data.x_val):
         train, steps = tensor_feeder(data.x_train, data.y_train, shuffle=True, first_epoch=start,
                                      last_epoch=max(epochs, start + 1), **sampling, **feed)
         val = tensor_feeder(data.x_val, data.y_val, shuffle=False, **feed)[0] if has_val else None
@@ -240,7 +238,7 @@ def train_candidate(name: str, candidate: CandidateParams, augment: AugmentParam
     epochs = start if state and state["stopped"] else candidate.epochs
     train, val, steps, used["feeder"] = feeders(candidate, data, n_classes, seed, start, epochs, runtime)
     started = time.perf_counter()
-    fitted = model.fit(train, validation_data=val if has_val else None, epochs=epochs, initial_epoch=start,
+    fitted = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=start,
                        steps_per_epoch=steps, shuffle=False,  # the feeders' order is already (seed, epoch)'s
                        callbacks=[*own, *callbacks], verbose=verbose)
     seconds = time.perf_counter() - started + (saver.seconds_before if saver else 0.0)

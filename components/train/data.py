@@ -107,9 +107,11 @@ def tensor_feeder(x: np.ndarray, y: np.ndarray, batch_size: int, n_classes: int,
     return dataset.prefetch(tf.data.AUTOTUNE), steps
 
 
-def fits_in_memory(x: np.ndarray) -> bool:
-    """Whether the tf.data feeder may hold these images in memory."""
-    return x.nbytes <= TENSOR_FEEDER_MAX_BYTES
+def tensor_feeder_usable(*arrays: np.ndarray) -> bool:
+    """Whether `tensor_feeder` can serve these images: the TensorFlow backend and each array within the bound."""
+    import keras
+
+    return keras.backend.backend() == "tensorflow" and all(x.nbytes <= TENSOR_FEEDER_MAX_BYTES for x in arrays)
 
 
 def one_hot(y: np.ndarray, n_classes: int) -> np.ndarray:
