@@ -407,9 +407,10 @@ def kidney_ct_retraining() -> None:
     preprocessed = task_of["generate"] >> task_of["ingest"] >> task_of["validate"] >> task_of["preprocess"]
     preprocessed >> names
     featured = [preprocessed, task_of["backbone"]] >> task_of["features"]  # a no-op unless backbone.enabled
-    scored = [preprocessed >> task_of["augment"], featured] >> trained >> task_of["evaluate"]
+    crossvalidated = featured >> task_of["leakage"]  # the grouped CV that certifies a cv_refit model
+    scored = [[preprocessed >> task_of["augment"], featured] >> trained, crossvalidated] >> task_of["evaluate"]
     scored >> task_of["register"] >> task_of["package"]
-    [scored, featured >> task_of["leakage"]] >> task_of["report"]
+    [scored, crossvalidated] >> task_of["report"]
 
 
 kidney_ct_retraining()

@@ -207,7 +207,10 @@ class EvaluateParams(_Strict):
     min_macro_f1: float = Field(0.55, ge=0, le=1)
     min_class_recall: float = Field(0.0, ge=0, le=1)  # every class's recall at least this (0 = no check)
     min_series_macro_f1: float = Field(0.0, ge=0, le=1)  # study verdicts' macro-F1 at least this (0 = no check)
-    series_pooling: Literal["mean", "max", "geometric", "vote"] = "mean"  # slice probabilities -> study verdict
+    series_pooling: Literal["mean", "max", "geometric", "vote", "gem"] = "mean"  # slice probabilities -> study verdict
+    protocol: Literal["holdout", "cv_refit"] = "holdout"  # holdout: certify on the test split; cv_refit: certify
+    #   by the leakage stage's grouped CV of the same recipe, and train the deployed model on every labelled series
+    gate_bound: Literal["point", "ci_low"] = "point"  # what meets the minimums: the estimate or its lower 95% bound
 
 
 class RegisterParams(_Strict):
@@ -287,6 +290,24 @@ with warnings.catch_warnings():
             if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
                 raise ValueError("`classes` must list at least two distinct labels")
             return self
+
+        @model_validator(mode="after")
+        def _cv_refit_has_its_cv(self) -> Params:
+            if self.evaluate.protocol != "cv_refit":
+                return self
+            if self.leakage.cv_folds < 2:
+                raise ValueError("evaluate.protocol cv_refit certifies the model by the grouped CV of its recipe: "
+                                 "set leakage.cv_folds to 2 or more (5 for real data)")
+            if self.leakage.candidate not in (None, *self.train.candidates):
+                raise ValueError(f"evaluate.protocol cv_refit certifies leakage.candidate by its grouped CV, and "
+                                 f"{self.leakage.candidate!r} is not in train.candidates")
+            return self
+
+        def certified_candidates(self) -> list[str]:
+            """The candidates evaluate scores: all (holdout), or under cv_refit the one the grouped CV scored."""
+            if self.evaluate.protocol == "cv_refit":
+                return [self.leakage.candidate or next(iter(self.train.candidates))]
+            return list(self.train.candidates)
 
 
 class ParamsError(Exception):

@@ -9,8 +9,9 @@ from typing import Literal
 
 import numpy as np
 
-Pooling = Literal["mean", "max", "geometric", "vote"]
-POOLINGS: tuple[str, ...] = ("mean", "max", "geometric", "vote")
+Pooling = Literal["mean", "max", "geometric", "vote", "gem"]
+POOLINGS: tuple[str, ...] = ("mean", "max", "geometric", "vote", "gem")
+GEM_POWER = 3.0  # generalised mean: between the mean (p=1) and the max (p -> infinity)
 
 
 def _normalised(p: np.ndarray) -> np.ndarray:
@@ -23,7 +24,8 @@ def pool(probabilities: np.ndarray, method: str = "mean") -> np.ndarray:
 
     mean: average probability; max: each class's highest slice probability (renormalised), so one
     confident lesion slice can carry the study; geometric: mean log-probability; vote: share of slices
-    predicting each class (the mean breaks ties).
+    predicting each class (the mean breaks ties); gem: the generalised mean (mean of p**3)**(1/3), which leans
+    towards a study's confident slices without letting a single one decide as max does.
     """
     p = np.asarray(probabilities, dtype=np.float64)
     if p.ndim != 2 or len(p) == 0:
@@ -37,6 +39,8 @@ def pool(probabilities: np.ndarray, method: str = "mean") -> np.ndarray:
     if method == "vote":
         votes = np.bincount(p.argmax(axis=1), minlength=p.shape[1]).astype(np.float64)
         return _normalised(votes + 1e-3 * p.mean(axis=0))
+    if method == "gem":
+        return _normalised(np.mean(p ** GEM_POWER, axis=0) ** (1.0 / GEM_POWER))
     raise ValueError(f"unknown series pooling {method!r}; choose one of {', '.join(POOLINGS)}")
 
 

@@ -21,7 +21,16 @@ from components.evaluate.comparison import (
     save_comparison_chart,
 )
 from components.evaluate.core import classification_metrics, gate_verdict, pick_winner, series_metrics
-from components.evaluate.predictions import INTERVALS, PROBABILITIES, SplitPredictions, probability_rows
+from components.evaluate.predictions import (
+    CV_PREDICTIONS,
+    CV_SPLIT,
+    INTERVALS,
+    PROBABILITIES,
+    SplitPredictions,
+    load_probabilities,
+    probability_rows,
+    read_split,
+)
 
 COST_KEYS = ("parameters", "training_seconds", "inference_ms_per_image")  # reported beside the test metrics
 
@@ -52,6 +61,16 @@ def series_scores(y_test: np.ndarray, probabilities: np.ndarray, series: list[st
     return scores, cis
 
 
+def protocol_entry(params: Params, cv: dict | None) -> dict:
+    """How the figures were obtained: metrics.json's `protocol` block (the model card and report show it)."""
+    if cv is None:
+        return {"protocol": {"name": "holdout", "certified_on": "the group-aware test split"}}
+    return {"protocol": {"name": "cv_refit", "certified_on": f"grouped {cv['folds']}-fold CV out-of-fold predictions",
+                         "folds": cv["folds"], "folds_fingerprint": cv.get("folds_fingerprint"),
+                         "fold_macro_f1": cv["macro_f1"], "fold_series_macro_f1": cv.get("series_macro_f1"),
+                         "deployed_model": "refit on every labelled series (train + val + test splits)"}}
+
+
 def split_tables(params: Params) -> dict:
     """The val and test rows of split.csv (key, group, series), each in the order of its arrays."""
     import pandas as pd
@@ -66,9 +85,35 @@ def split_predictions(table, y: np.ndarray, probabilities: np.ndarray) -> SplitP
     return SplitPredictions(y, probabilities, groups, series, table["key"].tolist())
 
 
+def cv_certification(name: str, params: Params) -> tuple[SplitPredictions, dict]:
+    """The out-of-fold predictions of the leakage stage's grouped CV of `name`'s recipe, and that CV's summary.
+
+    cv_refit's deployed model has seen every labelled series, so its figures are those of the same recipe
+    trained k times without each fold; a CV of another recipe (or candidate) is refused, never reused.
+    """
+    from components.leakage.core import recipe_fingerprint
+
+    folder = Path(params.paths.leakage)
+    cv = (read_json(folder / "leakage.json") if (folder / "leakage.json").is_file() else {}).get("grouped_cv")
+    if not cv or not (folder / CV_PREDICTIONS).is_file():
+        raise StageError(f"evaluate.protocol cv_refit needs the grouped CV of {name!r} in {folder}: run the leakage "
+                         "stage (leakage.cv_folds >= 2)")
+    if cv.get("recipe") != recipe_fingerprint(params, name):
+        raise StageError(f"{folder / 'leakage.json'} scored another recipe than {name!r} has now: re-run the "
+                         "leakage stage so the certificate matches the model")
+    try:
+        return read_split(load_probabilities(folder, CV_PREDICTIONS), name, CV_SPLIT, params.classes), cv
+    except KeyError as exc:
+        raise StageError(f"{folder / CV_PREDICTIONS}: {exc.args[0]}") from None
+
+
 def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np.ndarray, tables: dict,
                        x_val: np.ndarray, y_val: np.ndarray) -> dict:
-    """Load one trained candidate, score it (slice and series level), draw its plots, log to its MLflow run."""
+    """Load one trained candidate, score it (slice and series level), draw its plots, log to its MLflow run.
+
+    holdout: scored on the test split; cv_refit: certified by the out-of-fold predictions of its recipe's
+    grouped CV (the "test" rows of probabilities.csv are then those), the model having trained on every series.
+    """
     import keras
     import mlflow
 
@@ -78,24 +123,29 @@ def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np
     run_info = read_json(folder / "run.json")
     model = keras.saving.load_model(folder / "model.keras")
     predict = lambda x: np.asarray(model.predict(np.asarray(x, "float32"), batch_size=64, verbose=0))  # noqa: E731
-    test = split_predictions(tables["test"], y_test, predict(x_test))
+    cv = None
+    if params.evaluate.protocol == "cv_refit":
+        test, cv = cv_certification(name, params)
+    else:
+        test = split_predictions(tables["test"], y_test, predict(x_test))
     val = split_predictions(tables["val"], y_val, predict(x_val) if len(y_val) else np.zeros((0, len(params.classes))))
-    metrics = classification_metrics(y_test, test.probabilities, params.classes)
-    slice_cis = bootstrap_cis(y_test, test.probabilities.argmax(axis=1), test.groups, params)
-    metrics |= ci_keys(slice_cis)
-    metrics["series"], series_cis = series_scores(y_test, test.probabilities, test.series, params)
+    metrics = classification_metrics(test.labels, test.probabilities, params.classes)
+    slice_cis = bootstrap_cis(test.labels, test.probabilities.argmax(axis=1), test.groups, params)
+    metrics |= ci_keys(slice_cis) | protocol_entry(params, cv)
+    metrics["series"], series_cis = series_scores(test.labels, test.probabilities, test.series, params)
     latency = inference_ms_per_image(model.predict_on_batch, x_test)
     passed, reasons = gate_verdict(metrics, params.evaluate)
     plots = Path(params.paths.evaluation) / "plots"
     save_confusion_matrix(np.array(metrics["confusion_matrix"]), params.classes, plots / f"confusion_{name}.png",
-                          f"{name}: test confusion matrix (group-aware split)")
+                          f"{name}: confusion matrix ({metrics['protocol']['certified_on']})")
     save_training_curves(json.loads((folder / "history.json").read_text()), plots / f"curves_{name}.png",
                          f"{name}: training curves")
     with mlflow.start_run(run_id=run_info["run_id"]):
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)}
                            | {f"test_series_{k}": metrics["series"][k] for k in ("accuracy", "macro_f1")}
                            | {"inference_ms_per_image": latency})
-        mlflow.set_tags({"gate_passed": str(passed).lower(), "gate_reasons": "; ".join(reasons) or "none"})
+        mlflow.set_tags({"gate_passed": str(passed).lower(), "gate_reasons": "; ".join(reasons) or "none",
+                         "protocol": metrics["protocol"]["name"]})
         mlflow.log_artifact(str(plots / f"confusion_{name}.png"), "evaluation")
         mlflow.log_artifact(str(plots / f"curves_{name}.png"), "evaluation")
     return {"passed": passed, "reasons": reasons, "metrics": metrics, "run_id": run_info["run_id"],
@@ -167,8 +217,12 @@ def run(params: Params, args: argparse.Namespace) -> None:
         raise StageError("the test split is empty: add data or raise preprocess.test_fraction")
     configure_mlflow(params.mlflow)
     tables = split_tables(params)
+    skipped = [name for name in params.train.candidates if name not in params.certified_candidates()]
+    if skipped:
+        log.info("not evaluated: %s (evaluate.protocol cv_refit certifies only %s, the recipe the grouped CV scored)",
+                 ", ".join(skipped), params.certified_candidates()[0])
     results = {name: evaluate_candidate(name, params, x_test, y_test, tables, x_val, y_val)
-               for name in params.train.candidates}
+               for name in params.certified_candidates()}
     winner = pick_winner(results, params.evaluate.gate_metric)
     out = Path(params.paths.evaluation)
     write_json(out / "verdict.json", {"winner": winner, "gate": params.evaluate.model_dump(),

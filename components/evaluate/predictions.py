@@ -13,6 +13,8 @@ import pandas as pd
 
 PROBABILITIES = "probabilities.csv"  # candidate, split, index, key, group, series, label, p_<class>...
 INTERVALS = "intervals.json"  # candidate -> {"slice": ci95, "series": ci95} (group_bootstrap output)
+CV_PREDICTIONS = "cv_predictions.csv"  # leakage: every image's out-of-fold probabilities (split "cv", + fold)
+CV_SPLIT = "cv"
 
 
 @dataclass(frozen=True)
@@ -51,5 +53,5 @@ def read_split(frame: pd.DataFrame, candidate: str, split: str, classes: list[st
                             keys=rows["key"].astype(str).tolist())
 
 
-def load_probabilities(folder: Path) -> pd.DataFrame:
-    return pd.read_csv(folder / PROBABILITIES, dtype={"key": str, "group": str, "series": str})
+def load_probabilities(folder: Path, name: str = PROBABILITIES) -> pd.DataFrame:
+    return pd.read_csv(folder / name, dtype={"key": str, "group": str, "series": str})

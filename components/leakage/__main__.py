@@ -15,14 +15,17 @@ from components.common.params import Params
 from components.common.pooling import series_ids
 from components.common.tracking import configure_mlflow
 from components.common.tta import plain_and_tta
+from components.evaluate.predictions import CV_PREDICTIONS, CV_SPLIT, SplitPredictions, probability_rows
 from components.features.cache import FeaturesError, load_features, resolve_backbone
 from components.leakage.core import (
     PLAIN,
     IndexSplit,
     fold_variants,
+    folds_fingerprint,
     grouped_folds,
     groups_overlap,
     random_image_split,
+    recipe_fingerprint,
     recipe_params,
     score_split,
     summarise_folds,
@@ -74,11 +77,31 @@ def frozen_backbone_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray)
     return fit
 
 
-def load_series(prepared: Path) -> np.ndarray:
-    """Each image's study unit (DICOM series, else its group), in the order of load_all_images."""
+def load_rows(prepared: Path) -> pd.DataFrame:
+    """split.csv's rows in the order of load_all_images (train, val, test), with a `study` column.
+
+    `study` is each image's study unit: its DICOM series, else its group.
+    """
     table = pd.read_csv(prepared / "split.csv", dtype=str, keep_default_na=False)
-    rows = pd.concat([table.loc[table["split"] == split] for split in SPLITS])
-    return np.array(series_ids(rows["group"].tolist(), rows["series"].tolist() if "series" in rows else None))
+    rows = pd.concat([table.loc[table["split"] == split] for split in SPLITS], ignore_index=True)
+    rows["study"] = series_ids(rows["group"].tolist(), rows["series"].tolist() if "series" in rows else None)
+    return rows
+
+
+def write_cv_predictions(path: Path, name: str, rows: pd.DataFrame, y: np.ndarray, oof: np.ndarray,
+                         fold_of: np.ndarray, classes: list[str]) -> None:
+    """Every image's out-of-fold probabilities (the plain variant) with its fold: what cv_refit certifies.
+
+    Without a grouped CV the file holds the header only, so the DVC output always exists.
+    """
+    scored = fold_of > 0
+    predictions = SplitPredictions(y[scored], oof[scored], rows["group"][scored].tolist(),
+                                   rows["study"][scored].tolist(), rows["key"][scored].tolist())
+    frame = probability_rows(name, CV_SPLIT, predictions, classes)
+    frame["index"] = np.flatnonzero(scored)
+    frame.insert(2, "fold", fold_of[scored])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
 
 
 def recipe_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray, groups: np.ndarray):
@@ -165,8 +188,16 @@ def run(params: Params, args: argparse.Namespace) -> None:
     if name not in params.train.candidates:
         raise StageError(f"leakage.candidate {name!r} is not in train.candidates {sorted(params.train.candidates)}")
     x, y, groups = load_all_images(prepared)
-    series = load_series(prepared)
+    rows = load_rows(prepared)
+    series = rows["study"].to_numpy()
     fit = recipe_fit(params, name, x, y, groups)
+    oof, fold_of = np.zeros((len(y), len(params.classes))), np.zeros(len(y), dtype=int)
+
+    def recording(split: IndexSplit) -> dict[str, np.ndarray]:  # keeps each fold's plain test probabilities
+        variants = fit(split)
+        oof[split.test], fold_of[split.test] = variants[PLAIN], 1 + fold_of.max()
+        return variants
+
     report: dict = {"candidate": name, "images": int(len(y)), "groups": int(len(np.unique(groups)))}
     if settings.random_split:
         split = random_image_split(y, params.preprocess.test_fraction, params.preprocess.val_fraction, settings.seed)
@@ -184,16 +215,19 @@ def run(params: Params, args: argparse.Namespace) -> None:
         for k, split in enumerate(splits, start=1):
             log.info("grouped fold %d/%d: %d train, %d val, %d test images", k, len(splits), len(split.train),
                      len(split.val), len(split.test))
-            folds.append(score_split(fit, split, y, params.classes, series, params.evaluate.series_pooling))
+            folds.append(score_split(recording, split, y, params.classes, series, params.evaluate.series_pooling))
             extra = "".join(f"; {variant_label(n, tta, ensemble)}: macro-F1 {v['macro_f1']:.3f}"
                             for n, v in folds[-1].get("variants", {}).items())
             log.info("fold %d: macro-F1 %.3f, accuracy %.3f, series macro-F1 %.3f (%d series)%s", k,
                      folds[-1]["macro_f1"], folds[-1]["accuracy"], folds[-1]["series_macro_f1"],
                      folds[-1]["series_count"], extra)
         report["grouped_cv"] = {"folds": len(folds), "per_fold": folds, "seconds": time.perf_counter() - began,
-                                "machine": machine_description(), **summarise_folds(folds, params.classes)}
+                                "machine": machine_description(), **summarise_folds(folds, params.classes),
+                                "recipe": recipe_fingerprint(params, name),
+                                "folds_fingerprint": folds_fingerprint(rows["key"].tolist(), fold_of)}
         if variants := summarise_variants(folds, params.classes):
             report["grouped_cv"]["variants"] = variants
+    write_cv_predictions(Path(params.paths.leakage) / CV_PREDICTIONS, name, rows, y, oof, fold_of, params.classes)
     write_json(Path(params.paths.leakage) / "leakage.json", report)  # first: the scores survive a logging failure
     if "grouped_cv" in report:
         log_cv_to_mlflow(params, name, report["grouped_cv"])

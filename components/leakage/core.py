@@ -134,6 +134,23 @@ def recipe_params(params: Params, name: str) -> dict:
     return flat
 
 
+def recipe_fingerprint(params: Params, name: str) -> str:
+    """sha256 (16 hex) of the recipe a grouped CV scored: evaluate's cv_refit refuses a CV of another recipe."""
+    import hashlib
+    import json
+
+    recipe = {k: v for k, v in recipe_params(params, name).items() if not k.startswith("leakage.")}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def folds_fingerprint(keys: list[str], fold_of: np.ndarray) -> str:
+    """sha256 (16 hex) of which image sat in which test fold: two CVs with equal prints saw the same folds."""
+    import hashlib
+
+    lines = sorted(f"{key}\t{int(fold)}" for key, fold in zip(keys, fold_of))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
 def knob_defaults() -> dict[str, object]:
     """Each recipe knob's default: what a trial logged before the knob existed was trained with."""
     flat: dict[str, object] = {f"candidate.{k}": f.default for k, f in CandidateParams.model_fields.items()}

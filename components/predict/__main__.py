@@ -14,6 +14,7 @@ import pandas as pd
 
 from components.common.cli import StageError, log, write_json
 from components.common.params import Params, ParamsError, load_params
+from components.common.pooling import POOLINGS
 from components.predict.core import Contract, Predict, score_export
 
 DESCRIPTION = """Score every slice of an export with a trained model, in shadow mode (nothing is sent anywhere,
@@ -42,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
                    "champion of register.model_name")
     p.add_argument("--params", default="params.yaml", help="params file: classes, preprocessing, pooling, MLflow "
                    "store (default: params.yaml)")
-    p.add_argument("--pooling", choices=["mean", "max", "geometric", "vote"],
+    p.add_argument("--pooling", choices=POOLINGS,
                    help="series pooling (default: evaluate.series_pooling)")
     p.add_argument("--batch-size", type=int, default=64, help="slices per model call (default: 64)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -14,14 +14,31 @@ class ProfileError(ValueError):
 
 
 def deep_merge(base: dict, overlay: dict) -> dict:
-    """`base` with `overlay` laid over it, mapping by mapping (lists and scalars are replaced)."""
+    """`base` with `overlay` laid over it, mapping by mapping (lists and scalars are replaced).
+
+    A mapping set to null is removed (e.g. `train: {candidates: {compact_cnn: null}}` drops that candidate);
+    a scalar set to null stays null.
+    """
     merged = dict(base)
     for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if value is None and isinstance(merged.get(key), dict):
+            del merged[key]
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
+
+
+def removals(base: dict, overlay: dict, prefix: str = "") -> list[str]:
+    """Dotted keys of the mappings in `base` that `overlay` sets to null (removed by deep_merge)."""
+    keys = []
+    for key, value in overlay.items():
+        if value is None and isinstance(base.get(key), dict):
+            keys.append(f"{prefix}{key}")
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            keys.extend(removals(base[key], value, f"{prefix}{key}."))
+    return keys
 
 
 def merge(*layers: dict) -> dict:
@@ -70,6 +87,12 @@ def flatten(overlay: dict, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def overrides(base: dict, *overlays: dict) -> list[str]:
-    """`++key=value` per leaf of the overlays (later ones win), after checking the merged params are valid."""
+    """`~key` per mapping an overlay removes from `base`, then `++key=value` per leaf of the overlays (later ones
+    win), after checking the merged params are valid."""
     parse_params(merge(base, *overlays))  # raises ParamsError naming the bad key
-    return [f"++{key}={_leaf_text(key, value)}" for key, value in flatten(merge(*overlays))]
+    gone, merged = [], dict(base)
+    for overlay in overlays:
+        gone.extend(removals(merged, overlay))
+        merged = deep_merge(merged, overlay)
+    leaves = [(key, value) for key, value in flatten(merge(*overlays)) if key not in gone]
+    return [f"~{key}" for key in gone] + [f"++{key}={_leaf_text(key, value)}" for key, value in leaves]

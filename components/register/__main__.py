@@ -13,7 +13,7 @@ from components.common.params import Params
 from components.common.tracking import configure_mlflow
 from components.evaluate.core import classification_metrics
 from components.register.card import dvc_data_version, model_card, provenance_tags
-from components.register.core import GateRefusal, decide_champion, registrable_winner
+from components.register.core import GateRefusal, cv_champion_score, decide_champion, registrable_winner
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,6 +118,28 @@ def champion_score(client, name: str, metric: str, classes: list[str], x_test: n
     return current, classification_metrics(y_test, probabilities, classes)[metric]
 
 
+def winner_protocol(params: Params, winner: str) -> dict:
+    """The winner's certification (metrics.json `protocol`): holdout or cv_refit with its folds fingerprint."""
+    path = Path(params.paths.evaluation) / "metrics.json"
+    entry = (read_json(path) if path.is_file() else {}).get(winner, {})
+    return entry.get("protocol") or {"name": "holdout"}
+
+
+def champion_to_beat(client, name: str, metric: str, params: Params, protocol: dict, x_test, y_test):
+    """(champion version, its score, why no fair comparison exists or ""): re-scored on the held-out test split,
+    or, for a cv_refit challenger, its certified score from a grouped CV on the same folds."""
+    from mlflow.exceptions import MlflowException
+
+    if protocol["name"] != "cv_refit":
+        return (*champion_score(client, name, metric, params.classes, x_test, y_test), "")
+    try:
+        current = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None, None, ""
+    score, why = cv_champion_score(current.tags or {}, protocol.get("folds_fingerprint"), metric)
+    return current, score, why
+
+
 def run(params: Params, args: argparse.Namespace) -> None:
     from mlflow import MlflowClient
 
@@ -134,7 +156,10 @@ def run(params: Params, args: argparse.Namespace) -> None:
     version = find_or_register(client, name, entry["model_uri"], entry["run_id"],
                                run_fingerprint(client, entry["run_id"]))
     pre = params.preprocess
+    protocol = winner_protocol(params, winner)
     for key, value in {"candidate": winner, "gate_passed": "true", f"test_{metric}": f"{entry['gate_metric']:.4f}",
+                       f"certified_{metric}": f"{entry['gate_metric']:.4f}", "protocol": protocol["name"],
+                       "folds_fingerprint": str(protocol.get("folds_fingerprint") or ""),
                        "classes": json.dumps(params.classes), "image_size": str(pre.image_size),
                        "window_center": str(pre.window_center), "window_width": str(pre.window_width)}.items():
         client.set_model_version_tag(name, version.version, key, value)
@@ -142,9 +167,11 @@ def run(params: Params, args: argparse.Namespace) -> None:
     arrays = Path(params.paths.prepared) / "arrays"
     x_test, y_test = np.load(arrays / "X_test.npy", mmap_mode="r"), np.load(arrays / "y_test.npy")
     attach_evidence(client, name, str(version.version), winner, params, verdict, x_test)
-    current, score = champion_score(client, name, metric, params.classes, x_test, y_test)
+    current, score, incomparable = champion_to_beat(client, name, metric, params, protocol, x_test, y_test)
     if current is not None and current.version == version.version:
         decision_promote, reason = False, f"v{version.version} is already the champion"
+    elif incomparable:
+        decision_promote, reason = False, f"champion v{current.version} stays: {incomparable}"
     else:
         decision = decide_champion(entry["gate_metric"], score, params.register.champion_margin, metric)
         decision_promote, reason = decision.promote, decision.reason

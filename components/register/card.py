@@ -46,6 +46,15 @@ def provenance_tags(git_commit: str, manifest_sha: str, dvc_md5: str, params_sha
     return tags
 
 
+def certified_on(metrics: Mapping[str, Any]) -> str:
+    """Where the card's figures come from: the held-out split, or the grouped CV behind a refitted model."""
+    protocol = metrics.get("protocol") or {}
+    if protocol.get("name") == "cv_refit":
+        return (f"out-of-fold predictions of the same recipe's grouped {protocol.get('folds', '?')}-fold CV; the "
+                "registered model was refitted on every labelled series")
+    return "held-out, group-aware test split"
+
+
 def model_card(name: str, version: str, candidate: str, classes: list[str], image_size: int, window: tuple[float, float],
                metrics: Mapping[str, Any], tags: Mapping[str, str]) -> str:
     """A markdown model card for one registered version."""
@@ -71,7 +80,7 @@ not for staging or treatment decisions.
 - Ingested manifest sha256 `{tags.get("data_manifest_sha256", "unknown")}` (DVC md5 `{tags.get("dvc_manifest_md5", "unknown")}`).
 - Split by patient / near-duplicate group, so no patient's slices are on both sides of the test split.
 
-## Metrics (held-out, group-aware test split, {metrics.get("test_images", "?")} images)
+## Metrics ({certified_on(metrics)}, {metrics.get("test_images", "?")} images)
 - Accuracy: {metric_with_ci(metrics, "accuracy")}
 - Macro-F1: {metric_with_ci(metrics, "macro_f1")}
 - Gate: {"passed" if tags.get("gate_passed") == "true" else "FAILED"} ({tags.get("gate_reasons", "none")})

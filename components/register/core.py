@@ -34,3 +34,23 @@ def decide_champion(challenger: float, champion: float | None, margin: float, me
     if challenger > champion + margin:
         return ChampionDecision(True, f"challenger {metric} {challenger:.4f} beats champion {champion:.4f} by more than {margin}")
     return ChampionDecision(False, f"challenger {metric} {challenger:.4f} does not beat champion {champion:.4f} by more than {margin}")  # noqa: E501
+
+
+def cv_champion_score(champion_tags: dict, folds_fingerprint: str | None, metric: str) -> tuple[float | None, str]:
+    """The champion's certified `metric` when it can be compared with a cv_refit challenger, else why not.
+
+    A refitted challenger has trained on every labelled series, so the champion cannot be re-scored on a
+    held-out split against it; the two compare only by their grouped CVs on the same folds (same images, same
+    fold of each), which the folds fingerprint of both certificates tells.
+    """
+    if champion_tags.get("protocol") != "cv_refit":
+        return None, ("the champion was certified on a held-out split the refitted challenger has trained on: "
+                      "no fair comparison, compare and promote by hand (python -m components.registry promote)")
+    if not folds_fingerprint or champion_tags.get("folds_fingerprint") != folds_fingerprint:
+        return None, ("the champion's grouped CV ran on other folds or data (folds fingerprint "
+                      f"{champion_tags.get('folds_fingerprint', 'none')} vs {folds_fingerprint}): no fair "
+                      "comparison, compare and promote by hand (python -m components.registry promote)")
+    value = champion_tags.get(f"certified_{metric}")
+    if value is None:
+        return None, f"the champion carries no certified_{metric} tag: compare and promote by hand"
+    return float(value), ""

@@ -14,6 +14,7 @@ import pandas as pd
 from components.common.cli import StageError, log, read_json, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.evaluate.predictions import INTERVALS, PROBABILITIES, load_probabilities, read_split
+from components.preprocess.split import SPLITS
 from components.report import figures
 from components.report.core import calibration_summary, pick_examples
 from components.report.html import ci, figure, page
@@ -102,7 +103,9 @@ def candidate_section(name: str, metrics: dict, analysis: dict, params: Params, 
              figure(figs / f"reliability_{name}.png", f"{name}: reliability diagram")]
     if grad_rows:
         shown.append(figure(figs / f"gradcam_{name}.png", f"{name}: Grad-CAM overlays"))
+    protocol = metrics.get("protocol") or {"name": "holdout", "certified_on": "the group-aware test split"}
     return {"name": name, "cis": cis, "per_class": per_class, "figures": shown,
+            "certified_on": protocol["certified_on"], "refit": protocol["name"] == "cv_refit",
             "series": series_scores(metrics.get("series"), analysis.get("series_ci95")),
             **{k: analysis[k] for k in ("ece_before", "ece_after", "temperature")}}
 
@@ -140,6 +143,15 @@ def leakage_section(leakage: dict | None, grouped: dict, figs: Path) -> dict | N
             "chart": figure(figs / "leakage.png", "Leakage gap"), "cv_rows": cv_rows}
 
 
+def certified_arrays(params: Params, arrays: Path, x_test: np.ndarray, y_test: np.ndarray):
+    """The images evaluate's "test" probabilities describe: the test split, or under cv_refit every image
+    (the grouped CV's out-of-fold predictions, in the order train, val, test)."""
+    if params.evaluate.protocol != "cv_refit":
+        return x_test, y_test
+    return (np.concatenate([np.load(arrays / f"X_{s}.npy", mmap_mode="r") for s in SPLITS]),
+            np.concatenate([np.load(arrays / f"y_{s}.npy") for s in SPLITS]))
+
+
 def run(params: Params, args: argparse.Namespace) -> None:
     prepared_dir, figs = Path(params.paths.prepared), Path(params.paths.report) / "figures"
     prepared = read_json(prepared_dir / "preprocess.json")
@@ -153,10 +165,11 @@ def run(params: Params, args: argparse.Namespace) -> None:
     context = {"data": data_section(params, prepared, split, x_test, y_test, figs),
                "comparison": comparison_section(metrics, Path(params.paths.evaluation) / "plots"), "candidates": []}
     summary = {}
+    x_scored, y_scored = certified_arrays(params, arrays, x_test, y_test)
     for name in metrics:
-        probs_test, analysis = saved_analysis(params, name, probabilities, intervals, y_test)
+        probs_test, analysis = saved_analysis(params, name, probabilities, intervals, y_scored)
         per_class = params.report.gradcam_per_class
-        rows = (gradcam_rows(load_model(params, name), x_test, y_test, probs_test, params.classes, per_class)
+        rows = (gradcam_rows(load_model(params, name), x_scored, y_scored, probs_test, params.classes, per_class)
                 if per_class else [])
         context["candidates"].append(candidate_section(name, metrics[name], analysis, params, figs, rows))
         summary[name] = {k: analysis[k] for k in ("ci95", "series_ci95", "temperature", "ece_before", "ece_after")}

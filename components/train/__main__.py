@@ -16,6 +16,7 @@ from components.common.cli import StageError, log, run_stage, stage_parser, writ
 from components.common.params import Params
 from components.common.tracking import configure_mlflow
 from components.features.cache import FeaturesError, load_features, resolve_backbone
+from components.preprocess.split import SPLITS
 from components.train.core import (
     SplitArrays,
     TrainResult,
@@ -30,13 +31,24 @@ from components.train.models import SetupError, build_model, resolve_weights
 from components.train.parent import open_parent_run
 
 
-def load_split_arrays(arrays: Path) -> SplitArrays:
-    """Memory-map the prepared arrays and read the training pixel statistics."""
+def fitting_splits(params: Params) -> tuple[str, ...]:
+    """The splits a candidate learns from: train; under evaluate.protocol cv_refit also test.
+
+    cv_refit deploys the recipe refitted on every labelled series (its figures come from the grouped CV of the
+    same recipe); the validation split still picks the epoch or the head's C, as in every CV fold.
+    """
+    return ("train", "test") if params.evaluate.protocol == "cv_refit" else ("train",)
+
+
+def load_split_arrays(arrays: Path, fit: tuple[str, ...] = ("train",)) -> SplitArrays:
+    """Memory-map the prepared arrays (the `fit` splits joined as training data) and read the pixel statistics."""
     if not (arrays / "X_train.npy").is_file():
         raise StageError(f"{arrays} has no X_train.npy: run the preprocess stage first")
     stats = json.loads((arrays / "stats.json").read_text())
     load = lambda name: np.load(arrays / f"{name}.npy", mmap_mode="r")  # noqa: E731
-    return SplitArrays(load("X_train"), load("y_train"), load("X_val"), load("y_val"),
+    joined = lambda kind: load(f"{kind}_{fit[0]}") if len(fit) == 1 else np.concatenate(  # noqa: E731
+        [load(f"{kind}_{split}") for split in fit])
+    return SplitArrays(joined("X"), joined("y"), load("X_val"), load("y_val"),
                        stats["train_pixel_mean"], stats["train_pixel_variance"])
 
 
@@ -46,7 +58,8 @@ def with_loss_weights(data: SplitArrays, params: Params, name: str) -> SplitArra
     groups = None
     if mode == "class_and_group":
         table = pd.read_csv(Path(params.paths.prepared) / "split.csv", dtype=str)
-        groups = table.loc[table["split"] == "train", "group"].to_numpy()
+        groups = np.concatenate([table.loc[table["split"] == split, "group"].to_numpy()
+                                 for split in fitting_splits(params)])
         if len(groups) != len(data.y_train):
             raise StageError("split.csv and X_train.npy disagree on the training images: re-run preprocess")
     return dataclasses.replace(data, w_train=loss_weights(np.asarray(data.y_train), len(params.classes), mode, groups))
@@ -106,14 +119,14 @@ def train_frozen_head(params: Params, name: str, candidate, data: SplitArrays) -
     A few validation images go through the whole model as a check that the cache matches it.
     """
     arrays = Path(params.paths.prepared) / "arrays"
-    counts = {"train": len(data.y_train), "val": len(data.y_val),
-              "test": int(np.load(arrays / "X_test.npy", mmap_mode="r").shape[0])}
+    counts = {split: int(np.load(arrays / f"y_{split}.npy", mmap_mode="r").shape[0]) for split in SPLITS}
     try:
         features = load_features(params, candidate, data.x_train.shape[1], counts)
     except FeaturesError as exc:
         raise StageError(str(exc)) from None
+    fitted = np.concatenate([np.asarray(features[split]) for split in fitting_splits(params)])
     began = time.perf_counter()
-    head = fit_head(np.asarray(features["train"]), np.asarray(data.y_train), np.asarray(features["val"]),
+    head = fit_head(fitted, np.asarray(data.y_train), np.asarray(features["val"]),
                     np.asarray(data.y_val), len(params.classes), list(candidate.head_c), params.train.seed)
     seconds = time.perf_counter() - began
     log.info("head: C %g picked by validation macro-F1 %s, fitted in %.1f s", head.c,
@@ -122,7 +135,7 @@ def train_frozen_head(params: Params, name: str, candidate, data: SplitArrays) -
                         data.pixel_variance)
     model.get_layer("probabilities").set_weights([head.kernel, head.bias])
     check = slice(0, min(8, len(data.y_val) or len(data.y_train)))
-    source, cached = (data.x_val, features["val"]) if len(data.y_val) else (data.x_train, features["train"])
+    source, cached = (data.x_val, features["val"]) if len(data.y_val) else (data.x_train, fitted)
     gap = float(np.abs(np.asarray(model.predict(np.asarray(source[check], dtype="float32"), verbose=0))
                        - head_probabilities(head, np.asarray(cached[check]))).max())
     if gap > 1e-3:
@@ -149,7 +162,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
             resolve_weights(candidate.weights)
     except SetupError as exc:
         raise StageError(str(exc)) from None
-    data = with_loss_weights(load_split_arrays(Path(params.paths.prepared) / "arrays"), params, name)
+    fit_splits = fitting_splits(params)
+    data = with_loss_weights(load_split_arrays(Path(params.paths.prepared) / "arrays", fit_splits), params, name)
     out = Path(params.paths.models) / name
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = Path(params.paths.checkpoints) / name
@@ -164,9 +178,11 @@ def run(params: Params, args: argparse.Namespace) -> None:
             mlflow.set_tags({"candidate": name, "stage": "train", "data_version": version})
             mlflow.log_params({"candidate": name, **candidate.model_dump(), "seed": params.train.seed,
                                "image_size": data.x_train.shape[1], "train_images": len(data.y_train),
-                               "val_images": len(data.y_val), **params.train.runtime.model_dump(),
+                               "val_images": len(data.y_val), "protocol": params.evaluate.protocol,
+                               "fitted_on": "+".join(fit_splits), **params.train.runtime.model_dump(),
                                **{f"augment_{k}": v for k, v in params.augment.model_dump().items()}})
-        log.info("training %s on %d images (%d validation)", name, len(data.y_train), len(data.y_val))
+        log.info("training %s on %d images of the %s split(s) (%d validation)", name, len(data.y_train),
+                 "+".join(fit_splits), len(data.y_val))
         try:
             if is_frozen_backbone(candidate):
                 result = train_frozen_head(params, name, candidate, data)
@@ -186,6 +202,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     write_json(out / "run.json", {"run_id": active.info.run_id, "model_uri": info.model_uri, "candidate": name,
                                   "architecture": candidate.architecture, "training_seconds": round(result.seconds, 2),
                                   "best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from_epoch,
+                                  "protocol": params.evaluate.protocol, "fitted_on": list(fit_splits),
                                   "parameters": int(result.model.count_params()), "runtime": result.runtime})
     clear_checkpoint(checkpoints)
     log.info("%s trained in %.1f s (best epoch %d); MLflow run %s", name, result.seconds, result.best_epoch,

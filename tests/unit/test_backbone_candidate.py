@@ -39,8 +39,8 @@ def project(tmp_path: Path) -> Path:
         y = np.arange(n) % 2
         x = (rng.integers(0, 60, (n, SIDE, SIDE, 1)) + 150 * y[:, None, None, None]).astype("uint8")
         np.save(arrays / f"X_{split}.npy", x), np.save(arrays / f"y_{split}.npy", y)
-    rows = [f"{split},{split}-g{i // 2}" for split, n in N.items() for i in range(n)]
-    (arrays.parent / "split.csv").write_text("split,group\n" + "\n".join(rows) + "\n")
+    rows = [f"{split},{split}-g{i // 2},{split}-{i:02d}" for split, n in N.items() for i in range(n)]
+    (arrays.parent / "split.csv").write_text("split,group,key\n" + "\n".join(rows) + "\n")
     (arrays / "stats.json").write_text(json.dumps({"train_pixel_mean": 0.4, "train_pixel_variance": 0.1}))
     save_weights(Path(raw["paths"]["backbone"]) / WEIGHTS_FILE, convert_state_dict(fake_state((3,), 64)))
     return write_params(raw, tmp_path / "params.yaml")

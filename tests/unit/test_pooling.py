@@ -146,3 +146,10 @@ def test_the_gate_keys_default_off_and_refuse_an_unknown_pooling():
         EvaluateParams(series_pooling="median")
     with pytest.raises(ValidationError, match="min_series_macro_f1"):
         EvaluateParams(min_series_macro_f1=1.5)
+
+
+def test_gem_sits_between_mean_and_max_and_leans_to_the_confident_slice():
+    mean, gem, top = (pool(TUMOR_SERIES, m) for m in ("mean", "gem", "max"))
+    assert mean[2] < gem[2] < top[2]
+    raw = np.mean(TUMOR_SERIES ** 3, axis=0) ** (1 / 3)
+    assert gem == pytest.approx(raw / raw.sum())

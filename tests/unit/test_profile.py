@@ -162,3 +162,14 @@ def test_queued_overrides_carry_the_absolute_store(tmp_path, monkeypatch, capsys
     lines = capsys.readouterr().out.splitlines()
     assert f"-S ++paths.store={REPO / 'data' / 'store'}" in lines
     assert f"-S ++paths.source={(REPO / '../shared/data/kidney-ct').resolve()}" in lines
+
+
+def test_a_candidate_set_to_null_is_removed_by_a_tilde_override_and_a_null_scalar_stays():
+    overlay = {"train": {"candidates": {"compact_cnn": None, "c": {"architecture": "paper_cnn"}}},
+               "leakage": {"candidate": None}}
+    lines = overrides(BASE, overlay)
+    assert lines[0] == "~train.candidates.compact_cnn"
+    assert not any(line.startswith("++train.candidates.compact_cnn") for line in lines)
+    assert "++leakage.candidate=null" in lines
+    merged = parse_params(deep_merge(BASE, overlay))
+    assert list(merged.train.candidates) == ["c"] and merged.leakage.candidate is None
