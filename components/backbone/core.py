@@ -186,13 +186,14 @@ def load_weights(path: Path) -> dict[str, list[np.ndarray]]:
     return out
 
 
-def feature_extractor(image_size: int, layers: list[str], size: int | None = None, depths=DEPTHS,
+def feature_extractor(image_size: int, blocks: list, size: int | None = None, depths=DEPTHS,
                       width: int = STEM_WIDTH):
-    """uint8-range (S, S, 1) slices -> concatenated mean-pooled `layers` outputs, as the candidate's front sees them."""
+    """uint8-range (S, S, 1) slices -> the concatenated pooled `blocks` ((layer, pooling), or a layer name for its
+    mean), as the candidate's front sees them."""
     import keras
 
     inputs = keras.Input((image_size, image_size, 1), name="image")
-    pooled = front_and_backbone(inputs, layers, size or image_size, depths, width)
+    pooled = front_and_backbone(inputs, blocks, size or image_size, depths, width)
     model = keras.Model(inputs, pooled, name="ct_resnet152_features")
     set_orientation_weights(model)
     return model
@@ -210,20 +211,29 @@ def explained_map(x, layer: str):
                                         name=f"cam_{layer}")(x)
 
 
-def front_and_backbone(unit_or_raw, layers: list[str], size: int, depths=DEPTHS, width: int = STEM_WIDTH,
-                       rescale: bool = True):
-    """[to 0-1 ->] [resize ->] orient -> ResNet up to the deepest of `layers` -> mean-pooled outputs concatenated.
+POOLING_LAYERS = {"mean": ("GlobalAveragePooling2D", "{}_pool"), "max": ("GlobalMaxPooling2D", "{}_maxpool")}
 
-    Grad-CAM works on a single layer (one `cam_<layer>` map feeds the head); with several, it refuses plainly.
+
+def front_and_backbone(unit_or_raw, blocks: list, size: int, depths=DEPTHS, width: int = STEM_WIDTH,
+                       rescale: bool = True):
+    """[to 0-1 ->] [resize ->] orient -> ResNet up to the deepest layer of `blocks` -> pooled blocks concatenated.
+
+    A block is (layer, pooling) with pooling mean or max over the map's positions, or a layer name (its mean).
+    Each layer's map passes one `cam_<layer>` identity first; Grad-CAM explains the deepest one, the other
+    layers' features held as they are.
     """
     import keras
 
+    blocks = [(b, "mean") if isinstance(b, str) else tuple(b) for b in blocks]
     x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit")(unit_or_raw) if rescale else unit_or_raw
     if x.shape[1] != size:
         x = keras.layers.Resizing(size, size, name="resize")(x)
     x = orientation_layers(x, size)
-    deepest = max(layers, key=LAYERS.index)
-    outputs = resnet_layers(x, deepest, depths, width)
-    pooled = [keras.layers.GlobalAveragePooling2D(name=f"{layer}_pool")(explained_map(outputs[layer], layer))
-              for layer in layers]
+    layers = list(dict.fromkeys(layer for layer, _ in blocks))
+    outputs = resnet_layers(x, max(layers, key=LAYERS.index), depths, width)
+    maps = {layer: explained_map(outputs[layer], layer) for layer in sorted(layers, key=LAYERS.index)}
+    pooled = []
+    for layer, pooling in blocks:
+        kind, name = POOLING_LAYERS[pooling]
+        pooled.append(getattr(keras.layers, kind)(name=name.format(layer))(maps[layer]))
     return pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="features")(pooled)

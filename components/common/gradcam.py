@@ -79,6 +79,55 @@ def _functional_head(model, layer, after: list) -> Forward:
     return lambda a: suffix(a, training=False)
 
 
+def _descends_from(tensor, source, seen: dict) -> bool:
+    """Whether symbolic `tensor` is computed from symbolic `source` (walks the functional graph backwards)."""
+    if tensor is source:
+        return True
+    key = id(tensor)
+    if key not in seen:
+        seen[key] = False  # a cycle cannot occur; this also stops re-walking shared ancestors
+        history = getattr(tensor, "_keras_history", None)
+        operation = history[0] if history else None
+        inputs = getattr(operation, "input", None) if operation is not None and operation.__class__.__name__ != \
+            "InputLayer" else None
+        parents = inputs if isinstance(inputs, (list, tuple)) else [inputs] if inputs is not None else []
+        seen[key] = any(_descends_from(parent, source, seen) for parent in parents)
+    return seen[key]
+
+
+def _side_inputs(after: list, activations) -> list:
+    """Inputs of the Concatenate layers after the explained layer that do not come from it (a shallower layer's
+    pooled features beside the explained layer's): the head needs them besides the activations. Only features
+    joined side by side count; a residual Add past the layer still makes the split refuse."""
+    import keras
+
+    seen: dict = {}
+    side = []
+    for layer in after:
+        if isinstance(layer, keras.layers.Concatenate):
+            inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+            side += [t for t in inputs if not _descends_from(t, activations, seen)]
+    return side
+
+
+def _split_with_side_inputs(model, layer, side: list) -> tuple[Forward, Forward]:
+    """body(x) = activations, keeping the side tensors of the same images; head(A) = output from A and those."""
+    import keras
+
+    prefix = keras.Model(model.input, [layer.output, *side])
+    suffix = keras.Model([layer.output, *side], model.output)
+    held: dict = {}
+
+    def body(x):
+        activations, *held["side"] = prefix(x, training=False)
+        return activations
+
+    def head(a):  # one tensor type for every input (Keras refuses a numpy array beside backend tensors)
+        return suffix([keras.ops.convert_to_tensor(a), *held["side"]], training=False)
+
+    return body, head
+
+
 def _split(model, name: str) -> tuple[Forward, Forward]:
     """(body, head): body(x) = activations of layer `name`, head(A) = model output."""
     import keras
@@ -88,6 +137,9 @@ def _split(model, name: str) -> tuple[Forward, Forward]:
         if layer.name == name:
             if isinstance(model, keras.Sequential):  # a chain by definition (and may have no symbolic input)
                 return _chain(layers[:k + 1]), _chain(layers[k + 1:])
+            side = _side_inputs(layers[k + 1:], layer.output)
+            if side:  # the output also reads tensors that do not pass through the layer: held fixed per batch
+                return _split_with_side_inputs(model, layer, side)
             prefix = keras.Model(model.input, layer.output)
             return (lambda x: prefix(x, training=False)), _functional_head(model, layer, layers[k + 1:])
         if isinstance(layer, keras.Model) and _contains(layer, name):

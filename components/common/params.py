@@ -97,6 +97,7 @@ class AugmentParams(_Strict):
 Architecture = Literal["paper_cnn", "compact_cnn", "efficientnet_b0", "mobilenet_v2", "resnet50", "inception_v3", "vit",
                        "ct_resnet152"]
 BackboneLayer = Literal["layer1", "layer2", "layer3", "layer4"]
+FeaturePooling = Literal["mean", "max"]  # how a backbone layer's map becomes features: over all positions
 FIXED_WIDTH = ("efficientnet_b0", "resnet50", "inception_v3")  # keras.applications without a width knob
 
 
@@ -131,11 +132,16 @@ class CandidateParams(_Strict):
     patience: int = Field(4, ge=1)
     early_stopping: Literal["loss", "macro_f1"] = "loss"  # validation score that picks the best epoch
     min_epochs: int = Field(0, ge=0)              # epochs trained before early stopping may stop or pick
-    backbone_layers: list[BackboneLayer] = ["layer3"]  # ct_resnet152: mean-pooled outputs the head reads
+    backbone_layers: list[BackboneLayer] = ["layer3"]  # ct_resnet152: pooled outputs the head reads
+    backbone_pooling: dict[BackboneLayer, list[FeaturePooling]] = {}  # per layer: mean and/or max; absent = mean
     trainable: str = Field("frozen", pattern=r"^(frozen|all|last_blocks_[1-9][0-9]*)$")  # ct_resnet152: frozen =
     #                                               head on cached features; last_blocks_N / all = fine-tune
     head_c: list[float] = [0.01, 0.1, 1.0]        # ct_resnet152 frozen: logistic-regression C values; the
     #                                               grouped validation split picks one
+
+    def feature_blocks(self) -> list[tuple[str, str]]:
+        """ct_resnet152: the (layer, pooling) feature blocks the head reads, in the model's order."""
+        return [(layer, pooling) for layer in self.backbone_layers for pooling in self.backbone_pooling.get(layer, ["mean"])]
 
     @model_validator(mode="after")
     def _width_supported(self) -> CandidateParams:
@@ -148,6 +154,10 @@ class CandidateParams(_Strict):
                                  "(or none: random weights, for tests; or a converted .npz file)")
             if not self.backbone_layers or len(set(self.backbone_layers)) != len(self.backbone_layers):
                 raise ValueError("backbone_layers: list one or more distinct layers, e.g. [layer3]")
+            unknown = sorted(set(self.backbone_pooling) - set(self.backbone_layers))
+            if unknown or any(not p or len(set(p)) != len(p) for p in self.backbone_pooling.values()):
+                raise ValueError(f"backbone_pooling: one or more distinct poolings per layer of backbone_layers "
+                                 f"({'not in backbone_layers: ' + ', '.join(unknown) if unknown else 'e.g. [mean, max]'})")
             if not self.head_c or min(self.head_c) <= 0:
                 raise ValueError("head_c: list one or more positive C values")
             return self
@@ -185,6 +195,7 @@ class BackboneParams(_Strict):
     enabled: bool = False                         # true: convert the checkpoint and cache features
     image_size: int | None = Field(None, ge=32)   # side the backbone sees; None = the prepared arrays' size
     layers: list[BackboneLayer] = ["layer3", "layer4"]  # pooled outputs cached per image (one forward pass)
+    pooling: list[FeaturePooling] = ["mean"]      # each layer's map pooled these ways (a candidate picks)
     batch_size: int = Field(16, ge=1)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from components.backbone.core import WEIGHTS_FILE, ConversionError, assign_weights, feature_extractor, load_weights
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
-from components.features.core import LAYER_WIDTHS, extract
+from components.features.core import LAYER_WIDTHS, cached_blocks, extract
 from components.preprocess.split import SPLITS
 
 
@@ -37,7 +37,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
     images = {split: np.load(arrays / f"X_{split}.npy", mmap_mode="r") for split in SPLITS}
     side = images["train"].shape[1]
     size = settings.image_size or side
-    model = feature_extractor(side, list(settings.layers), size)
+    blocks = cached_blocks(list(settings.layers), list(settings.pooling))
+    model = feature_extractor(side, blocks, size)
     try:
         assign_weights(model, load_weights(weights_file))
     except ConversionError as exc:
@@ -52,7 +53,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - began
     total = sum(counts.values())
     write_json(out / "features.json", {
-        "enabled": True, "layers": list(settings.layers), "widths": [LAYER_WIDTHS[la] for la in settings.layers],
+        "enabled": True, "layers": list(settings.layers), "pooling": list(settings.pooling),
+        "blocks": [list(b) for b in blocks], "widths": [LAYER_WIDTHS[layer] for layer, _ in blocks],
         "image_size": size, "array_size": side, "images": counts, "seconds": round(seconds, 1),
         "images_per_second": round(total / seconds, 2) if seconds else None,
         "machine": f"{os.cpu_count()} CPU cores", "threads": int(os.environ.get("OMP_NUM_THREADS", 0)) or None})

@@ -43,7 +43,7 @@ def load_features(params: Params, candidate: CandidateParams, image_size: int,
     if meta["images"] != counts:
         raise FeaturesError(f"features cover {meta['images']} images, the arrays {counts}: re-run the features stage")
     try:
-        columns = layer_columns(meta["layers"], list(candidate.backbone_layers))
+        columns = layer_columns(meta.get("blocks") or meta["layers"], candidate.feature_blocks())
     except ValueError as exc:
         raise FeaturesError(str(exc)) from None
     return {split: np.load(folder / f"{split}.npy", mmap_mode="r")[:, columns] for split in SPLITS}

@@ -217,7 +217,7 @@ def ct_resnet152_model(name: str, candidate: CandidateParams, image_size: int, n
     x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit")(inputs)
     for layer in augmentation:
         x = layer(x)
-    x = front_and_backbone(x, list(candidate.backbone_layers), model_input_size(candidate, image_size),
+    x = front_and_backbone(x, candidate.feature_blocks(), model_input_size(candidate, image_size),
                            rescale=False)
     x = keras.layers.Dropout(candidate.dropout, name="dropout")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)

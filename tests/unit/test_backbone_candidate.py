@@ -143,3 +143,44 @@ def test_fine_tuning_runs_through_the_usual_training_loop(project: Path):
     assert np.allclose(model.get_layer("layer1_0_conv1").get_weights()[0],        # frozen block: converted weights
                        np.load(Path(params.paths.backbone) / WEIGHTS_FILE)["layer1_0_conv1.0"])
     assert not np.allclose(model.get_layer("layer1_2_conv3").get_weights()[0], before)  # the last block trained
+
+
+def test_several_layers_each_pooled_its_own_ways_make_one_model_that_matches_the_cache_and_explains(project: Path,
+                                                                                                   tmp_path: Path):
+    import keras
+    import yaml
+
+    from components.common.params import load_params
+    from components.features.cache import resolve_backbone
+    from components.train.__main__ import load_split_arrays, train_frozen_head
+
+    raw = yaml.safe_load(project.read_text())
+    raw["backbone"].update(layers=["layer1", "layer2"], pooling=["mean", "max"])
+    raw["train"]["candidates"]["ct"].update(backbone_layers=["layer1", "layer2"],
+                                            backbone_pooling={"layer1": ["mean", "max"]})
+    project.write_text(yaml.safe_dump(raw))
+    save_weights(Path(raw["paths"]["backbone"]) / WEIGHTS_FILE, convert_state_dict(fake_state((3, 8), 64)))
+    assert features_main(["--params", str(project)]) == 0
+    params = load_params(project)
+    meta = json.loads((Path(params.paths.features) / "features.json").read_text())
+    assert meta["blocks"] == [["layer1", "mean"], ["layer1", "max"], ["layer2", "mean"], ["layer2", "max"]]
+    assert np.load(Path(params.paths.features) / "train.npy").shape == (16, 256 * 2 + 512 * 2)
+
+    candidate = resolve_backbone(params, params.train.candidates["ct"])
+    assert candidate.feature_blocks() == [("layer1", "mean"), ("layer1", "max"), ("layer2", "mean")]
+    result = train_frozen_head(params, "ct", candidate, load_split_arrays(Path(params.paths.prepared) / "arrays"))
+    assert result.runtime["check_gap"] < 1e-4  # the model's three blocks are the cache's columns 0-1023 + 1536-2047
+    assert result.model.get_layer("probabilities").kernel.shape == (256 * 2 + 512, 2)
+    result.model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert find_last_conv_layer(reloaded) == "cam_layer2"  # the deepest map; layer1's features are held
+    x_test = np.load(Path(params.paths.prepared) / "arrays" / "X_test.npy").astype("float32")
+    maps = gradcam(reloaded, x_test[:2])
+    assert maps.shape == (2, SIDE, SIDE) and np.all((maps >= 0) & (maps <= 1)) and maps.max() > 0
+
+
+def test_backbone_pooling_names_only_layers_the_candidate_reads():
+    with pytest.raises(ValueError, match="not in backbone_layers: layer2"):
+        CandidateParams(**{**CANDIDATE, "backbone_pooling": {"layer2": ["max"]}})
+    with pytest.raises(ValueError, match="distinct poolings"):
+        CandidateParams(**{**CANDIDATE, "backbone_pooling": {"layer1": ["max", "max"]}})

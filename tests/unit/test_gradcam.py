@@ -169,3 +169,25 @@ def test_jax_backend_gives_the_same_heatmap_as_tensorflow(tmp_path):
                           cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr[-2000:]
     np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), gradcam(model, images, class_index=1), atol=1e-4)
+
+
+def test_features_of_another_layer_concatenated_beside_the_explained_one_are_held_not_refused():
+    import keras
+    import tensorflow as tf
+
+    inputs = keras.Input((SIZE, SIZE, 1))
+    a = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="first")(inputs)
+    b = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="second")(a)
+    pooled = [keras.layers.GlobalMaxPooling2D(name="first_max")(a), keras.layers.GlobalAveragePooling2D()(b)]
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Concatenate()(pooled))
+    model = keras.Model(inputs, outputs)
+    images = square_images(2)[0]
+    heat = gradcam(model, images, class_index=1, layer_name="second")
+    probe = keras.Model(inputs, [b, outputs])  # the textbook Grad-CAM, on the whole graph at once
+    with tf.GradientTape() as tape:
+        activations, scores = probe(images)
+        picked = scores[:, 1]
+    grads = tape.gradient(picked, activations).numpy()
+    cams = np.maximum((grads.mean(axis=(1, 2), keepdims=True) * activations.numpy()).sum(-1), 0.0)
+    peak = cams.reshape(2, -1).max(axis=1).reshape(-1, 1, 1)
+    assert heat.shape == (2, SIZE, SIZE) and np.allclose(heat, np.where(peak > 0, cams / peak, 0), atol=1e-4)
