@@ -45,6 +45,9 @@ def champion_lines(registration: dict, metrics: dict) -> list[str]:
     m = metrics.get(registration.get("candidate"), {})
     if "macro_f1" not in m:
         return []
+    if (m.get("protocol") or {}).get("name") == "cv_refit":
+        return [f"champion   v{registration['version']} ({registration['candidate']}, refitted on every labelled "
+                f"series): out-of-fold macro-F1 {m['macro_f1']:.3f}{ci_text(m)} by grouped CV of its recipe"]
     return [f"champion   v{registration['version']} ({registration['candidate']}): test macro-F1 {m['macro_f1']:.3f}"
             f"{ci_text(m)} on unseen patients"]
 
@@ -72,8 +75,10 @@ def summary_lines(params_path: str = "params.yaml") -> list[str]:
         series = m.get("series")
         per_series = (f"; per series ({series['pooling']} pooling) macro-F1 {series['macro_f1']:.3f} on "
                       f"{series['series']} series") if series else ""
+        where = ("out-of-fold images of the grouped CV (cv_refit)" if (m.get("protocol") or {}).get("name") ==
+                 "cv_refit" else "held-out images (group-aware split)")
         lines.append(f"evaluate   {name}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}{ci_text(m)} on "
-                     f"{m['test_images']} held-out images (group-aware split){per_series}")
+                     f"{m['test_images']} {where}{per_series}")
     lines.append(f"           plots: {Path(paths.evaluation) / 'plots'}")
     lines += leakage_lines(_read(Path(paths.leakage) / "leakage.json"))
     registration = _read(Path(paths.registration) / "registration.json")

@@ -236,8 +236,9 @@ def run(params: Params, args: argparse.Namespace) -> None:
     close_parent_runs(results, winner, params)
     for name, r in results.items():
         m = r["metrics"]
-        log.info("%s: accuracy %.3f, macro-F1 %.3f on %d test images; series macro-F1 %.3f on %d series -> %s%s",
-                 name, m["accuracy"], m["macro_f1"], m["test_images"], m["series"]["macro_f1"], m["series"]["series"],
+        log.info("%s: accuracy %.3f, macro-F1 %.3f on %d images (%s); series macro-F1 %.3f on %d series -> %s%s",
+                 name, m["accuracy"], m["macro_f1"], m["test_images"], m["protocol"]["certified_on"],
+                 m["series"]["macro_f1"], m["series"]["series"],
                  "PASSED" if r["passed"] else "FAILED", "" if r["passed"] else f" ({'; '.join(r['reasons'])})")
     log.info("winner: %s", winner or "none: no candidate passed the gates")
 

@@ -25,6 +25,10 @@ def test_champion_line_names_the_champions_test_macro_f1_with_its_ci():
     kept = {"version": 4, "champion_version": 3, "candidate": "compact_cnn"}
     assert "v3 kept" in champion_lines(kept, metrics)[0]
     assert ci_text({"macro_f1": 0.5}) == ""
+    metrics["compact_cnn"]["protocol"] = {"name": "cv_refit"}
+    assert champion_lines(promoted, metrics) == [
+        "champion   v3 (compact_cnn, refitted on every labelled series): out-of-fold macro-F1 0.968 "
+        "[95% CI 0.931, 0.992] by grouped CV of its recipe"]
 
 
 def test_summary_points_at_the_page_not_only_the_api_root(tmp_path):
