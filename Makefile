@@ -11,7 +11,7 @@ export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
 .PHONY: install run test test-fast mlflow-ui serve clean system-deps browser bench-serve bench-train \
-	real-data real-data-cv search cv-table lint bench-airflow
+	real-data real-data-cv search cv-table lint bench-airflow bench-adapt
 
 # torch's CPU build (the backbone conversion) comes from PyTorch's index where that host resolves; where it does
 # not (an offline mirror, a machine with the wheel in pip's find-links), asking it anyway costs pip five retries
@@ -69,6 +69,12 @@ search: install ## grouped 5-fold CV of each trial in profiles/search.yaml (TRIA
 	log=$$(mktemp); $(DVC_EXP) --run-all 2>&1 | tee $$log; failed=$$(grep -c "Failed to reproduce" $$log); \
 	rm -f $$log; [ "$$failed" = 0 ] || { echo "search: a trial failed (dvc queue logs NAME shows why)"; exit 1; }
 	$(BIN)/python -m components.leakage.table
+
+bench-adapt: install ## after `make real-data`: frozen-backbone levers and layer4 fine-tuning by grouped CV (BENCHMARKS.md)
+	@$(PROFILE) real-data --write .bench-adapt.params.yaml || exit 2
+	$(BIN)/python -m components.backbone.bench --params .bench-adapt.params.yaml levers
+	$(BIN)/python -m components.backbone.bench --params .bench-adapt.params.yaml finetune --folds 1 --lr 1e-5
+	$(BIN)/python -m components.backbone.bench --params .bench-adapt.params.yaml finetune --folds 1 --lr 1e-5 --no-augment
 
 cv-table: install ## every grouped-CV trial logged to MLflow, as a Markdown table
 	$(BIN)/python -m components.leakage.table
