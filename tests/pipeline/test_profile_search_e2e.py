@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -24,7 +25,8 @@ VENV = Path(sys.executable).parent.parent
 # The real-data profile's shape, shrunk: a compact CNN scored by grouped 2-fold CV, every model trained for one
 # epoch (the fewest folds and epochs that still make a CV with a spread: the plumbing is under test, not the model).
 TINY_PROFILE = {
-    "evaluate": {"min_macro_f1": 1.0, "min_class_recall": 1.0},  # out of a 1-epoch model's reach: refused
+    "evaluate": {"min_macro_f1": 1.0, "min_class_recall": 1.0,  # out of a 1-epoch model's reach: refused
+                 "protocol": "cv_refit"},  # as the real profile: refitted on every series, certified by the CV
     "augment": {"flip": True, "translate": 0.05, "noise": 0.02},
     "train": {"candidates": {"paper_cnn": {"epochs": 1}, "compact_cnn": {
         "architecture": "compact_cnn", "filters": [4, 8], "dense_units": 8, "intensity_channels": [0.8],
@@ -108,3 +110,9 @@ def test_real_data_runs_everything_and_refuses_to_register_below_the_gate(search
     assert "nothing registered:" in whole.stdout and "grouped 2-fold CV of compact_cnn" in whole.stdout
     applied = yaml.safe_load((project / "params.yaml").read_text())  # DVC applied the profile to the workspace
     assert applied["leakage"]["candidate"] == "compact_cnn" and applied["evaluate"]["min_class_recall"] == 1.0
+    metrics = json.loads((project / "reports" / "evaluate" / "metrics.json").read_text())
+    assert list(metrics) == ["compact_cnn"] and metrics["compact_cnn"]["protocol"]["name"] == "cv_refit"
+    images = sum(len(np.load(project / "data" / "prepared" / "arrays" / f"y_{s}.npy")) for s in ("train", "val", "test"))
+    assert metrics["compact_cnn"]["test_images"] == images  # certified on every image's out-of-fold prediction
+    run_info = json.loads((project / "models" / "compact_cnn" / "run.json").read_text())
+    assert run_info["fitted_on"] == ["train", "test"]

@@ -47,7 +47,7 @@ def test_cli_prints_dash_s_pairs_and_fails_cleanly_on_an_unknown_trial(monkeypat
     monkeypatch.chdir(REPO)
     assert main(["real-data", "t02-compact-balanced"]) == 0
     out = capsys.readouterr().out.split()
-    assert out[0] == "-S" and out[1].startswith("++") and len(out) % 2 == 0
+    assert out[:2] == ["-S", "~train.candidates.compact_cnn"] and out[3].startswith("++") and len(out) % 2 == 0
     assert main(["real-data", "no-such-trial"]) == 2
     assert "no trial 'no-such-trial'" in capsys.readouterr().err
 
@@ -91,8 +91,8 @@ def test_write_gives_a_whole_params_file_for_orchestrators(monkeypatch, tmp_path
     monkeypatch.chdir(REPO)
     assert main(["real-data", "--write", str(tmp_path / "real.yaml")]) == 0
     params = load_params(tmp_path / "real.yaml")
-    assert params.paths.source == "../shared/data/kidney-ct" and params.evaluate.min_class_recall == 0.85
-    assert "compact_cnn" in set(params.train.candidates)
+    assert params.paths.source == "../shared/data/kidney-ct" and params.evaluate.protocol == "cv_refit"
+    assert set(params.train.candidates) == {"ct_resnet152"}  # the phantom recipe is removed, not left to train
 
 
 def test_cv_table_gives_a_trial_that_scored_tta_a_second_row_for_the_same_models():
