@@ -6,6 +6,25 @@ from pathlib import Path
 
 import pytest
 
+# --- MLflow: each test keeps its own tracking store ----------------------------------------------
+@pytest.fixture(autouse=True)
+def mlflow_tracking_uri_stays_in_its_test():
+    """Restore MLFLOW_TRACKING_URI after every test.
+
+    mlflow.set_tracking_uri also writes that variable, and the stages read it before params
+    (components/common/tracking.py): a stage run in-process would otherwise send every later test's
+    runs to its own temporary store.
+    """
+    import os
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 # --- generate/ingest: a tiny generated PACS export -----------------------------------------------
 TINY_EXPORT_CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 
