@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+
 # --- MLflow: each test keeps its own tracking store ----------------------------------------------
 @pytest.fixture(autouse=True)
 def mlflow_tracking_uri_stays_in_its_test():
