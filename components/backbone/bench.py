@@ -22,6 +22,7 @@ import numpy as np
 
 from components.backbone.core import (
     WEIGHTS_FILE,
+    assign_weights,
     bottleneck,
     load_weights,
     orientation_layers,
@@ -54,10 +55,7 @@ def build_cache(prepared: Path, weights: Path, out: Path, batch: int = 16) -> No
                                          keras.layers.GlobalMaxPooling2D()(maps["layer2"])])
     model = keras.Model(inputs, [layer2, maps["layer3"]])
     set_orientation_weights(model)
-    converted = load_weights(weights)
-    for layer in model.layers:
-        if layer.name in converted:
-            layer.set_weights(converted[layer.name])
+    assign_weights(model, load_weights(weights))  # every conv and BatchNorm, shapes checked
     l3 = np.lib.format.open_memmap(out / "l3maps.npy.part", "w+", "float16", (len(images), *model.outputs[1].shape[1:]))
     l2 = np.zeros((len(images), 1024), "float32")
     began = time.perf_counter()
@@ -190,7 +188,7 @@ def finetune(context: dict, args: argparse.Namespace) -> dict:
     n = len(context["classes"])
     weights = load_weights(context["weights"])
     f1 = lambda truth, p: float(f1_score(truth, p.argmax(1), average="macro"))  # noqa: E731
-    probe_model, extractor = layer4_model(maps.shape[1:], weights, args.dropout, n)
+    _, extractor = layer4_model(maps.shape[1:], weights, args.dropout, n)
     frozen = predict(extractor, maps, np.arange(len(y)))
     report = {"args": vars(args), "folds": []}
     oof = np.zeros((len(y), n))

@@ -69,7 +69,7 @@ def git_commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
-def attach_evidence(client, name: str, version: str, winner: str, params: Params, verdict: dict,
+def attach_evidence(client, name: str, version: str, winner: str, params: Params, verdict: dict, metrics: dict,
                     x_test: np.ndarray) -> None:
     """Provenance tags, params, metrics, input example, signature check and model card on the version + run."""
     import hashlib
@@ -77,8 +77,6 @@ def attach_evidence(client, name: str, version: str, winner: str, params: Params
     from mlflow.models import get_model_info
 
     entry = verdict["candidates"][winner]
-    metrics_path = Path(params.paths.evaluation) / "metrics.json"
-    metrics = (read_json(metrics_path) if metrics_path.is_file() else {}).get(winner, {})
     manifest = Path(params.paths.ingested) / "manifest.csv"
     lock = Path("dvc.lock")
     params_json = params.model_dump_json(by_alias=True, indent=2)
@@ -118,11 +116,10 @@ def champion_score(client, name: str, metric: str, classes: list[str], x_test: n
     return current, classification_metrics(y_test, probabilities, classes)[metric]
 
 
-def winner_protocol(params: Params, winner: str) -> dict:
-    """The winner's certification (metrics.json `protocol`): holdout or cv_refit with its folds fingerprint."""
+def winner_metrics(params: Params, winner: str) -> dict:
+    """The winner's entry of evaluate's metrics.json (scores, CIs, and the `protocol` that certified them)."""
     path = Path(params.paths.evaluation) / "metrics.json"
-    entry = (read_json(path) if path.is_file() else {}).get(winner, {})
-    return entry.get("protocol") or {"name": "holdout"}
+    return (read_json(path) if path.is_file() else {}).get(winner, {})
 
 
 def champion_to_beat(client, name: str, metric: str, params: Params, protocol: dict, x_test, y_test):
@@ -156,7 +153,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
     version = find_or_register(client, name, entry["model_uri"], entry["run_id"],
                                run_fingerprint(client, entry["run_id"]))
     pre = params.preprocess
-    protocol = winner_protocol(params, winner)
+    metrics = winner_metrics(params, winner)
+    protocol = metrics.get("protocol") or {"name": "holdout"}
     for key, value in {"candidate": winner, "gate_passed": "true", f"test_{metric}": f"{entry['gate_metric']:.4f}",
                        f"certified_{metric}": f"{entry['gate_metric']:.4f}", "protocol": protocol["name"],
                        "folds_fingerprint": str(protocol.get("folds_fingerprint") or ""),
@@ -166,7 +164,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     client.set_registered_model_alias(name, "challenger", version.version)
     arrays = Path(params.paths.prepared) / "arrays"
     x_test, y_test = np.load(arrays / "X_test.npy", mmap_mode="r"), np.load(arrays / "y_test.npy")
-    attach_evidence(client, name, str(version.version), winner, params, verdict, x_test)
+    attach_evidence(client, name, str(version.version), winner, params, verdict, metrics, x_test)
     current, score, incomparable = champion_to_beat(client, name, metric, params, protocol, x_test, y_test)
     if current is not None and current.version == version.version:
         decision_promote, reason = False, f"v{version.version} is already the champion"
