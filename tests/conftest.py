@@ -8,22 +8,47 @@ import pytest
 
 
 # --- MLflow: each test keeps its own tracking store ----------------------------------------------
-@pytest.fixture(autouse=True)
-def mlflow_tracking_uri_stays_in_its_test():
-    """Restore MLFLOW_TRACKING_URI after every test.
+MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
-    mlflow.set_tracking_uri also writes that variable, and the stages read it before params
-    (components/common/tracking.py): a stage run in-process would otherwise send every later test's
-    runs to its own temporary store.
-    """
+
+@pytest.fixture(scope="session")
+def session_mlflow_uris() -> dict[str, str]:
+    """MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI as the suite found them (unset on CI)."""
     import os
 
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    return {name: os.environ[name] for name in MLFLOW_URI_VARIABLES if name in os.environ}
+
+
+def reset_mlflow_uris(values: dict[str, str]) -> None:
+    """Forget any store a test pointed mlflow at: its global tracking/registry URIs and the variables.
+
+    mlflow.set_tracking_uri / set_registry_uri write a global and export a variable (set_tracking_uri
+    skips the variable when the global already equals the URI it is given), and the stages read the
+    variable before params (components/common/tracking.py): restoring the variable alone let a later
+    `set_tracking_uri(previous)` (tests/registry_support.py) re-export an old test's store, and a
+    later test's runs landed there.
+    """
+    import os
+    import sys
+
+    if "mlflow" in sys.modules:
+        mlflow = sys.modules["mlflow"]
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    for name in MLFLOW_URI_VARIABLES:
+        os.environ.pop(name, None)
+    os.environ.update(values)
+
+
+@pytest.fixture(autouse=True)
+def mlflow_uris_stay_in_their_test(session_mlflow_uris):
+    """Every test starts and ends with the suite's own MLflow variables and no global mlflow store.
+
+    Reset before as well as after: a module-scoped fixture is set up before this one.
+    """
+    reset_mlflow_uris(session_mlflow_uris)
     yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    reset_mlflow_uris(session_mlflow_uris)
 
 
 # --- generate/ingest: a tiny generated PACS export -----------------------------------------------
