@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-
 # --- MLflow: each test keeps its own tracking store ----------------------------------------------
 MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 

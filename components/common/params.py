@@ -30,6 +30,7 @@ class Paths(_Strict):
     features: str = "data/features"    # its pooled features per prepared image (features stage)
     evaluation: str
     predictions: str = "reports/predictions"  # evaluate's val/test probabilities + CIs, read by report
+    monitor: str = "reports/monitor"  # monitor.json (verdict), summaries.csv, drift report, alert ledger
     registration: str
     package: str
 
@@ -43,11 +44,36 @@ class StorageParams(_Strict):
     read_timeout_s: float = Field(30, gt=0)
 
 
+ReconstructionKernelName = Literal["B30f", "B45f", "B70f"]  # the named kernels of generate's phantom.KERNELS
+
+
 class GenerateParams(_Strict):
     seed: int = 7
     patients_per_class: int = Field(6, ge=1)
     slices_per_patient: int = Field(6, ge=1)
     matrix: int = Field(512, ge=64)
+    patient_offset: int = Field(0, ge=0)          # patient indices start here: another export's new people
+    reconstruction_kernel: ReconstructionKernelName | None = None  # every patient on this kernel; None = each its own
+    noise_scale: float = Field(1.0, gt=0)         # multiplies every patient's noise sigma
+    class_mix: dict[str, float] | None = None     # class -> multiplier of patients_per_class (0 drops the class)
+    manufacturer: str = Field("KIDNEY-CT PHANTOM", min_length=1, max_length=64, pattern=r"^[^\\]*$")  # DICOM LO
+
+    @field_validator("class_mix")
+    @classmethod
+    def _multipliers_not_negative(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value and any(not 0 <= multiplier < float("inf") for multiplier in value.values()):
+            raise ValueError("each class_mix multiplier is a number >= 0 (0 drops the class)")
+        return value
+
+    def patients_of(self, label: str) -> int:
+        """Patients drawn for class `label`: patients_per_class times its class_mix multiplier (1.0 if unnamed),
+        rounded, at least 1 unless the multiplier is 0."""
+        multiplier = (self.class_mix or {}).get(label, 1.0)
+        return max(round(self.patients_per_class * multiplier), 1) if multiplier > 0 else 0
+
+    def unknown_mix_classes(self, classes: list[str]) -> list[str]:
+        """The keys of class_mix that are not among `classes` (sorted)."""
+        return sorted(set(self.class_mix or {}) - set(classes))
 
 
 class IngestParams(_Strict):
@@ -226,7 +252,28 @@ class EvaluateParams(_Strict):
 
 class RegisterParams(_Strict):
     model_name: str = "kidney-ct-classifier"
-    champion_margin: float = 0.0
+    non_inferiority_margin: float = Field(0.02, ge=0, le=1)  # the challenger becomes champion unless the lower
+    #   95% bound of its paired macro-F1 difference with the champion, on the same held-out cases, is below -margin
+    min_comparison_series: int = Field(5, ge=1)  # fewer new held-out series than this: compare on every test series
+
+
+class MonitorParams(_Strict):
+    """What the monitor stage compares (the champion's training data vs what arrived since) and when it alerts."""
+
+    max_reference_images: int = Field(2000, ge=10)  # the champion's training images read, drawn by series
+    min_new_series: int = Field(3, ge=1)  # fewer new scan series than this: too few to judge drift
+    numeric_method: str = "wasserstein"  # Evidently stattest of the per-series image summaries
+    numeric_threshold: float = Field(0.2, gt=0)  # normed Wasserstein distance (in reference standard deviations)
+    categorical_method: str = "jensenshannon"  # Evidently stattest of scanner, kernel, class and verdict shares
+    categorical_threshold: float = Field(0.1, gt=0)
+    embedding_method: Literal["model", "mmd"] = "model"  # Evidently embedding drift of the champion's penultimate
+    #   layer, one mean vector per series: a domain classifier's ROC AUC, or MMD
+    embedding_threshold: float | None = None  # None: the method's own (model: ROC AUC 0.55; mmd: 0.015)
+    max_f1_drop: float = Field(0.05, ge=0, le=1)  # "degraded": the champion's macro-F1 on the new labelled cases
+    #   is more than this below its certified figure and the upper 95% bound is below it too
+    alert_webhook: str | None = None  # POST the verdict here on drift or degradation (Slack/Teams/any receiver)
+    alert_timeout_s: float = Field(10, gt=0)
+    alert_attempts: int = Field(3, ge=1)
 
 
 class LeakageParams(_Strict):
@@ -290,6 +337,7 @@ with warnings.catch_warnings():
         train: TrainParams
         evaluate: EvaluateParams = EvaluateParams()
         register: RegisterParams = RegisterParams()
+        monitor: MonitorParams = MonitorParams()
         leakage: LeakageParams = LeakageParams()
         report: ReportParams = ReportParams()
         mlflow: MlflowParams = MlflowParams()
@@ -300,6 +348,16 @@ with warnings.catch_warnings():
         def _classes_distinct(self) -> Params:
             if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
                 raise ValueError("`classes` must list at least two distinct labels")
+            return self
+
+        @model_validator(mode="after")
+        def _class_mix_names_classes(self) -> Params:
+            unknown = self.generate.unknown_mix_classes(self.classes)
+            if unknown:
+                raise ValueError(f"generate.class_mix names {', '.join(map(repr, unknown))}, not among `classes` "
+                                 f"({', '.join(self.classes)})")
+            if not any(self.generate.patients_of(label) for label in self.classes):
+                raise ValueError("generate.class_mix drops every class: give at least one a multiplier > 0")
             return self
 
         @model_validator(mode="after")

@@ -56,3 +56,19 @@ def load_registered_keras(model_uri: str):
             return mlflow.keras.load_model(model_uri, dst_path=tmp)
         except Exception as exc:  # mlflow/keras raise many types for a missing or broken artifact
             raise StageError(f"cannot load {model_uri} as a Keras model: {exc}") from None
+
+
+REFERENCE_ARTIFACT = "registration/reference.csv"  # a version's data record, logged by the register stage
+
+
+def version_reference(run_id: str):
+    """The data record (key, split, group, label, fitted) of a registered version's run, or None when absent."""
+    import mlflow
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory(prefix="kidney-ct-reference-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp)
+        except Exception:  # mlflow raises several types for a missing artifact or run
+            return None
+        return pd.read_csv(path, dtype=str, keep_default_na=False)

@@ -37,7 +37,7 @@ COST_KEYS = ("parameters", "training_seconds", "inference_ms_per_image")  # repo
 
 def bootstrap_cis(y_true: np.ndarray, y_pred: np.ndarray, groups: list[str], params: Params) -> dict:
     """95% CIs of accuracy, macro-F1 and each class's recall by bootstrap over `groups`."""
-    from components.report.bootstrap import group_bootstrap
+    from components.common.bootstrap import group_bootstrap
     from components.report.core import metric_functions
 
     return group_bootstrap(y_true, y_pred, groups, metric_functions(len(params.classes), params.classes),

@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from components.common.champion import resolve_champion
 from components.common.cli import StageError, log, run_stage, stage_parser
 from components.common.gradcam import GradCamError
 from components.common.imaging import ImageDecodeError, decode_image, prepare_for_model
 from components.common.params import Params
 from components.common.registry import connect_mlflow, existing_registry_uri, load_registered_keras, mlflow_alias_lookup
 from components.explain.core import explain_pixels
-from components.package.core import resolve_champion
 
 
 def run(params: Params, args: argparse.Namespace) -> None:

@@ -29,7 +29,7 @@ def _generate(params: Params, _: argparse.Namespace) -> None:
     if staging.exists():
         shutil.rmtree(staging)  # left by an interrupted run of this stage
     settings = params.generate
-    total = len(params.classes) * settings.patients_per_class * settings.slices_per_patient
+    total = sum(map(settings.patients_of, params.classes)) * settings.slices_per_patient
     per_class: Counter[str] = Counter()
     size = 0
     # patients are independent: draw them on every core

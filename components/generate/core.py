@@ -26,6 +26,7 @@ from components.generate.phantom import (
     random_anatomy,
     reconstruct,
     to_stored_values,
+    with_scanner,
 )
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root for UIDs generated with pydicom
@@ -44,6 +45,14 @@ class GeneratedFile:
     path: str  # <Class>/<study-folder>/IM00001.dcm, POSIX, no PHI
     label: str
     dataset: Dataset
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """What every file says about the scanner that made it."""
+
+    manufacturer: str
+    convolution_kernel: str | None  # None: no ConvolutionKernel attribute (each patient has its own random kernel)
 
 
 @dataclass(frozen=True)
@@ -89,9 +98,15 @@ def patient_rng(seed: int, label: str, patient: int, stream: int = 0) -> np.rand
 
 
 def patient_anatomy(settings: GenerateParams, label: str, patient: int) -> Anatomy:
-    """The anatomy of one fake patient, exactly as `generate_export` draws it."""
+    """The anatomy of one fake patient, exactly as `generate_export` draws it (on the export's kernel and noise)."""
     rng = patient_rng(settings.seed, label, patient)
-    return random_anatomy(rng, lesion_kind(label), settings.slices_per_patient)
+    anatomy = random_anatomy(rng, lesion_kind(label), settings.slices_per_patient)
+    return with_scanner(anatomy, settings.reconstruction_kernel, settings.noise_scale)
+
+
+def export_scanner(settings: GenerateParams) -> Scanner:
+    """The manufacturer and (when the export is forced onto one) the named kernel every file records."""
+    return Scanner(manufacturer=settings.manufacturer, convolution_kernel=settings.reconstruction_kernel)
 
 
 def fake_study(settings: GenerateParams, label: str, patient: int) -> FakeStudy:
@@ -124,10 +139,17 @@ def generate_export(settings: GenerateParams, classes: Sequence[str]) -> Iterato
 
 
 def export_patients(settings: GenerateParams, classes: Sequence[str]) -> list[tuple[str, int]]:
-    """(label, patient) of every patient in export order; refuses a class it cannot draw before any drawing."""
+    """(label, patient) of every patient in export order; refuses a class it cannot draw before any drawing.
+
+    Patients of a class are numbered from `patient_offset` on, as many as its class_mix share of patients_per_class.
+    """
     for label in classes:
         lesion_kind(label)
-    return [(label, patient) for label in classes for patient in range(settings.patients_per_class)]
+    unknown = settings.unknown_mix_classes(list(classes))
+    if unknown:
+        raise ValueError(f"class_mix names {', '.join(map(repr, unknown))}, not among the classes ({', '.join(classes)})")
+    first = settings.patient_offset
+    return [(label, patient) for label in classes for patient in range(first, first + settings.patients_of(label))]
 
 
 def encoded_export(settings: GenerateParams, classes: Sequence[str], workers: int = 1) -> Iterator[tuple[str, str, bytes]]:
@@ -158,19 +180,21 @@ def patient_series(settings: GenerateParams, label: str, patient: int, grid: Gri
     """The slices of one patient's single series, as DICOM datasets."""
     anatomy = patient_anatomy(settings, label, patient)
     study = fake_study(settings, label, patient)
+    scanner = export_scanner(settings)
     for z in range(settings.slices_per_patient):
         noise_rng = patient_rng(settings.seed, label, patient, stream=1000 + z)
         hu = reconstruct(draw_slice(anatomy, z, grid).hu, anatomy, grid.spacing, noise_rng)
-        dataset = ct_dataset(study, z, to_stored_values(hu, RESCALE_INTERCEPT), grid)
+        dataset = ct_dataset(study, z, to_stored_values(hu, RESCALE_INTERCEPT), grid, scanner)
         yield GeneratedFile(path=f"{label}/{study.folder}/IM{z + 1:05d}.dcm", label=label, dataset=dataset)
 
 
-def ct_dataset(study: FakeStudy, z: int, stored: np.ndarray, grid: Grid) -> Dataset:
-    """A CT Image Storage dataset for slice z of the study, pixels already as int16 stored values."""
+def ct_dataset(study: FakeStudy, z: int, stored: np.ndarray, grid: Grid, scanner: Scanner) -> Dataset:
+    """A CT Image Storage dataset for slice z of the study made on `scanner`, pixels already as int16 stored values."""
     sop_uid = generate_uid(UID_ROOT, [study.series_uid, str(z)])
     ds = Dataset()
     ds.file_meta = _file_meta(sop_uid)
     _set_patient_and_study(ds, study)
+    _set_scanner(ds, scanner)
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop_uid
     ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study.series_uid, study.frame_uid
     ds.SeriesNumber, ds.InstanceNumber = 1, z + 1
@@ -199,8 +223,14 @@ def _set_patient_and_study(ds: Dataset, study: FakeStudy) -> None:
     ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = study.study_uid, study.study_date, "093000"
     ds.StudyID, ds.AccessionNumber = "1", study.accession
     ds.InstitutionName, ds.ReferringPhysicianName = study.institution, study.referring_physician
-    ds.Modality, ds.Manufacturer = "CT", "KIDNEY-CT PHANTOM"
+    ds.Modality = "CT"
     ds.StudyDescription = "CT ABDOMEN WITHOUT CONTRAST"
+
+
+def _set_scanner(ds: Dataset, scanner: Scanner) -> None:
+    ds.Manufacturer = scanner.manufacturer
+    if scanner.convolution_kernel is not None:
+        ds.ConvolutionKernel = scanner.convolution_kernel
 
 
 def _set_geometry(ds: Dataset, study: FakeStudy, z: int, grid: Grid) -> None:

@@ -9,7 +9,8 @@ kidney size, shape and position; organ layout (liver, spleen, aorta, vena cava, 
 the contrast phase (corticomedullary: bright cortex over darker medulla; nephrographic: homogeneous
 enhancement), which sets how kidneys, vessels and tumours enhance; and the scanner's reconstruction
 kernel (in-plane blur, which also gives lesions partial-volume edges) and noise level (correlated noise,
-as in filtered back projection). Lesion sizes span the clinical range: stones 2-8 mm across.
+as in filtered back projection). Lesion sizes span the clinical range: stones 2-8 mm across. A whole export
+can be put on one named kernel of KERNELS and a louder or quieter noise level (`with_scanner`).
 """
 
 from __future__ import annotations
@@ -134,6 +135,25 @@ class Reconstruction:
     blur_mm: float
     noise_sigma: float
     noise_grain_mm: float
+    kernel: str | None = None  # the named kernel of KERNELS it follows; None = the patient's own random one
+
+
+@dataclass(frozen=True)
+class NamedKernel:
+    """A scanner's named reconstruction kernel: how much it blurs, how fine its noise grain, how loud its noise."""
+
+    blur_mm: float  # Gaussian sigma of the in-plane blur
+    noise_grain_mm: float  # Gaussian sigma that correlates the noise (smaller: finer grain)
+    noise_gain: float  # noise sigma relative to the patient's dose-given level (a sharp kernel keeps more noise)
+
+
+# Named kernels (Siemens-style names: B = body, the number = sharpness, f = flash) a whole export can be forced
+# onto; a patient's own random kernel (blur 0.3-0.8 mm, grain 0.4-0.8 mm) sits around B45f.
+KERNELS = {
+    "B30f": NamedKernel(blur_mm=0.9, noise_grain_mm=0.9, noise_gain=0.75),  # soft: smooth edges, coarse blotchy grain
+    "B45f": NamedKernel(blur_mm=0.55, noise_grain_mm=0.6, noise_gain=1.0),  # medium: today's average patient
+    "B70f": NamedKernel(blur_mm=0.15, noise_grain_mm=0.25, noise_gain=1.5),  # sharp: crisp edges, fine strong grain
+}
 
 
 @dataclass(frozen=True)
@@ -186,6 +206,24 @@ def random_anatomy(rng: np.random.Generator, kind: str, n_slices: int) -> Anatom
                                       noise_grain_mm=rng.uniform(0.4, 0.8)),
     )
     return rotate_anatomy(anatomy, rng.uniform(-0.14, 0.14))  # +/- 8 degrees on the table
+
+
+def with_scanner(anatomy: Anatomy, kernel: str | None = None, noise_scale: float = 1.0) -> Anatomy:
+    """The patient reconstructed on the named kernel of KERNELS (None: its own) with its noise sigma scaled.
+
+    With the defaults the anatomy is returned as it is, so an export without these settings is unchanged.
+    """
+    if kernel is None and noise_scale == 1.0:
+        return anatomy
+    noise_sigma = anatomy.noise_sigma * noise_scale
+    if kernel is None:
+        return replace(anatomy, noise_sigma=noise_sigma)
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown reconstruction kernel {kernel!r}; expected one of {', '.join(KERNELS)}")
+    named = KERNELS[kernel]
+    reconstruction = Reconstruction(blur_mm=named.blur_mm, noise_sigma=0.0, noise_grain_mm=named.noise_grain_mm,
+                                    kernel=kernel)
+    return replace(anatomy, noise_sigma=noise_sigma * named.noise_gain, reconstruction=reconstruction)
 
 
 def rotate_anatomy(anatomy: Anatomy, angle: float) -> Anatomy:

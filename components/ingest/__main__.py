@@ -8,6 +8,7 @@ Writes `<ingested>/manifest.csv` (also copied to the store), `<ingested>/quarant
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
 from collections.abc import Iterator
@@ -138,7 +139,8 @@ def _check_new(params: Params) -> dict:
 def _pull(params: Params) -> None:
     """PACS mode: QIDO-RS for studies new since the last run, WADO-RS their series, then as above.
 
-    The manifest grows: rows of earlier pulls (read back from the store) plus this run's. The pull
+    The manifest grows: rows of earlier pulls (read back from the store) plus this run's, less earlier
+    rows whose bytes now arrive under another label (quarantined: conflicting labels). The pull
     state (salted study keys -> instance counts) is saved in the store only after the manifest, so a
     failed run is simply pulled again next time (stored objects are skipped, never duplicated).
     """
@@ -154,15 +156,15 @@ def _pull(params: Params) -> None:
                  len(listed), len(todo))
         files = (SourceFile(path, data, reason) for path, data, reason in
                  pulled_files(client, todo, params.classes, settings.dicomweb_label_attribute, salt))
-        result = ingest(files, store, params.classes, salt, image_limits(params))
         earlier = read_manifest(store.get("manifest.csv")) if store.exists("manifest.csv") else []
-        manifest = merge_manifests(earlier, result.manifest)
+        result = ingest(files, store, params.classes, salt, image_limits(params), earlier=earlier)
+        manifest = merge_manifests(earlier, result.manifest, result.withdrawn)
         manifest_csv = rows_to_csv(manifest, MANIFEST_COLUMNS)
         store.put("manifest.csv", manifest_csv)
         store.put(STATE_KEY, state_bytes({**state, **{study_key(salt, s.uid): s.instances for s in todo}}))
     except (PacsError, StorageError, BotoCoreError, ClientError) as exc:
         raise StageError(f"pull from {settings.dicomweb_url} into {params.paths.store} failed: {exc}") from None
-    result = IngestResult(manifest=manifest, quarantine=result.quarantine, counts=result.counts)
+    result = dataclasses.replace(result, manifest=manifest)
     payload = {**summary(result, params.classes, store.uri, salt_source), "source": "dicomweb",
                "studies_listed": len(listed), "studies_pulled": len(todo)}
     _write_outputs(Path(params.paths.ingested), manifest_csv, result, payload)
@@ -212,12 +214,16 @@ def _write_outputs(folder: Path, manifest_csv: bytes, result: IngestResult, payl
 
 def _report(payload: dict, ingested: str) -> None:
     classes = ", ".join(f"{label} {count}" for label, count in payload["per_class"].items())
+    conflicting = f" ({payload['conflicting_labels']} for conflicting labels)" if payload["conflicting_labels"] else ""
     print(f"ingest: {payload['files_seen']} files seen -> {payload['ingested_new']} new, "
           f"{payload['already_present']} already in store, {payload['duplicates']} duplicates, "
-          f"{payload['quarantined']} quarantined; {payload['images']} images ({classes}) in {payload['store']}; "
-          f"manifest in {ingested}/manifest.csv")
+          f"{payload['quarantined']} quarantined{conflicting}; {payload['images']} images ({classes}) in "
+          f"{payload['store']}; manifest in {ingested}/manifest.csv")
     if payload["quarantined"]:
         log.warning("%d files quarantined: see %s/quarantine.csv", payload["quarantined"], ingested)
+    if payload["withdrawn_from_manifest"]:
+        log.warning("%d rows of earlier runs left the manifest: their bytes now carry another label (see %s/"
+                    "quarantine.csv)", payload["withdrawn_from_manifest"], ingested)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,15 @@ YES), have a supported bit depth and photometric interpretation and a size withi
 other file is quarantined with that reason, so one bad file never stops a run. `ingest` walks the verdicts, writes
 each object to the store once (idempotent re-runs), drops byte-identical duplicates and tallies counts
 that must add up: files_seen = ingested_new + already_present + duplicates + quarantined.
+
+Byte-identical copies under ONE label keep the first (the rest count as duplicates). Copies under
+DIFFERENT labels are all quarantined, reason "conflicting labels ..." naming the labels and the other
+copies' paths: which label is right is unknown, so none is ingested. A copy stored before the
+conflict showed up moves from ingested_new/already_present to quarantined and leaves the manifest;
+its object stays in the store (objects are never deleted or rewritten), and every copy's raw bytes
+go under quarantine/. `earlier` (the manifest a PACS pull grows) joins the comparison: an earlier row
+with these bytes under another label is quarantined too (in quarantine.csv, key listed in
+`IngestResult.withdrawn` for `merge_manifests` to drop; not counted, it is no file of this run).
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import io
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
@@ -32,6 +41,10 @@ MANIFEST_COLUMNS = ("key", "sha256", "source", "label", "group", "series", "form
 QUARANTINE_COLUMNS = ("source", "reason", "key")
 EXTENSIONS = {"dicom": "dcm", "png": "png", "jpeg": "jpg"}
 COUNTS = ("files_seen", "ingested_new", "already_present", "duplicates", "quarantined")
+STORED = ("ingested_new", "already_present")  # the tallies of a copy that has a manifest row
+EARLIER = "earlier"  # the tally of a row an earlier run put in the manifest (not a file of this run)
+CONFLICTING_LABELS = "conflicting labels"
+COPIES_NAMED = 5  # other copies a conflicting-labels reason names before "and N more"
 RASTER_MODES = frozenset({"L", "RGB", "RGBA", "LA", "P"})  # 8 bits per channel
 SECONDARY_CAPTURE = frozenset({"1.2.840.10008.5.1.4.1.1.7"} | {f"1.2.840.10008.5.1.4.1.1.7.{n}" for n in range(1, 5)})
 CLEAN_PIXELS_NOT_CLAIMED = "the Clean Pixel Data option is not applied, so text in the pixels would reach the store"
@@ -67,8 +80,13 @@ class Accepted:
     series: str = ""
 
     @property
+    def digest(self) -> str:
+        """The prefix of the source sha256 that names the object (and identifies its bytes)."""
+        return self.source_sha256[:20]
+
+    @property
     def key(self) -> str:
-        return f"images/{self.label}/{self.source_sha256[:20]}.{EXTENSIONS[self.format]}"
+        return f"images/{self.label}/{self.digest}.{EXTENSIONS[self.format]}"
 
     def manifest_row(self) -> dict[str, str]:
         sha = hashlib.sha256(self.stored).hexdigest()
@@ -89,10 +107,15 @@ class Rejected:
         """quarantine/<sha20>/<file name>, or '' when there are no bytes to keep."""
         if self.data is None:
             return ""
-        return f"quarantine/{hashlib.sha256(self.data).hexdigest()[:20]}/{PurePosixPath(self.source).name}"
+        return quarantine_key(hashlib.sha256(self.data).hexdigest()[:20], self.source)
 
     def quarantine_row(self) -> dict[str, str]:
         return dict(source=self.source, reason=self.reason, key=self.key)
+
+
+def quarantine_key(digest: str, source: str) -> str:
+    """Where the raw bytes of a quarantined file go: quarantine/<sha20>/<file name>."""
+    return f"quarantine/{digest}/{PurePosixPath(source).name}"
 
 
 class Rejection(Exception):
@@ -101,11 +124,17 @@ class Rejection(Exception):
 
 @dataclass(frozen=True)
 class IngestResult:
-    """Manifest and quarantine rows plus the counts of one ingest run."""
+    """Manifest and quarantine rows plus the counts of one ingest run.
+
+    `conflicting_labels`: files of this run quarantined because their bytes carry several labels;
+    `withdrawn`: keys of earlier manifest rows quarantined for the same reason.
+    """
 
     manifest: list[dict[str, str]]
     quarantine: list[dict[str, str]]
     counts: dict[str, int]
+    conflicting_labels: int = 0
+    withdrawn: tuple[str, ...] = ()
 
     def per_class(self, classes: Sequence[str]) -> dict[str, int]:
         tally = Counter(row["label"] for row in self.manifest)
@@ -262,36 +291,100 @@ def examined(files: Iterable[SourceFile], classes: Sequence[str], salt: str, lim
             yield from zip(chunk, pool.map(judge, chunk, chunksize=max(1, EXAMINE_CHUNK // (4 * workers))))
 
 
+@dataclass(slots=True)
+class _Copy:
+    """One accepted file (or earlier manifest row) with given bytes: where, which label, how it was counted."""
+
+    source: str
+    label: str
+    key: str  # its images/ key
+    tally: str  # a name of COUNTS, or EARLIER
+
+
 def ingest(files: Iterable[SourceFile], store: ObjectStore, classes: Sequence[str], salt: str,
-           limits: ImageLimits = ImageLimits(), workers: int = 1) -> IngestResult:
-    """Examine every file (on `workers` processes), store new objects once, drop duplicates, quarantine the rest."""
+           limits: ImageLimits = ImageLimits(), workers: int = 1,
+           earlier: Iterable[Mapping[str, str]] = ()) -> IngestResult:
+    """Examine every file (on `workers` processes), store new objects once, drop duplicates, quarantine the rest.
+
+    `earlier`: manifest rows of earlier runs this run extends (a PACS pull), checked for conflicting labels.
+    """
     existing = set(store.keys("images/")) | set(store.keys("quarantine/"))
-    first_by_sha: dict[str, tuple[str, str]] = {}  # source sha256 -> (label, source) of its first copy
+    copies = _earlier_copies(earlier)  # digest of the source bytes -> every copy, in the order seen
+    conflicts: dict[str, None] = {}  # digests seen under more than one label, in the order found
     manifest: list[dict[str, str]] = []
     quarantine: list[dict[str, str]] = []
     counts: Counter[str] = Counter({name: 0 for name in COUNTS})
     for file, outcome in examined(files, classes, salt, limits, workers):
         counts["files_seen"] += 1
         if isinstance(outcome, Accepted):
-            earlier = first_by_sha.get(outcome.source_sha256)
-            if earlier is None:
-                first_by_sha[outcome.source_sha256] = (outcome.label, outcome.source)
-                counts[_put_once(store, outcome.key, outcome.stored, existing)] += 1
+            tally = _admit(outcome, file.data or b"", copies.setdefault(outcome.digest, []), store, existing)
+            counts[tally] += 1
+            if tally == "quarantined":
+                conflicts[outcome.digest] = None
+            elif tally in STORED:
                 manifest.append(outcome.manifest_row())
-                continue
-            if earlier[0] == outcome.label:
-                log.info("duplicate: %s has the same bytes as %s", outcome.source, earlier[1])
-                counts["duplicates"] += 1
-                continue
-            outcome = Rejected(file.path, f"same bytes as {earlier[1]!r}, which is labelled {earlier[0]}: "
-                               "conflicting labels", file.data)
+            continue
         if outcome.key:
             _put_once(store, outcome.key, file.data or b"", existing)
         counts["quarantined"] += 1
         quarantine.append(outcome.quarantine_row())
+    conflicting = [(digest, copy) for digest in conflicts for copy in copies[digest]]
+    quarantine += [conflict_row(copy, copies[digest], digest) for digest, copy in conflicting]
+    this_run = [copy for _, copy in conflicting if copy.tally != EARLIER]
+    for copy in this_run:  # none is ingested: each counts as quarantined and leaves the manifest
+        counts[copy.tally] -= 1
+        counts["quarantined"] += 1
+    dropped = {copy.key for copy in this_run}
     check_counts(counts)
-    manifest.sort(key=lambda row: row["key"])
-    return IngestResult(manifest=manifest, quarantine=quarantine, counts=dict(counts))
+    manifest = sorted((row for row in manifest if row["key"] not in dropped), key=lambda row: row["key"])
+    return IngestResult(manifest=manifest, quarantine=quarantine, counts=dict(counts),
+                        conflicting_labels=len(this_run),
+                        withdrawn=tuple(copy.key for _, copy in conflicting if copy.tally == EARLIER))
+
+
+def _admit(outcome: Accepted, data: bytes, group: list[_Copy], store: ObjectStore, existing: set[str]) -> str:
+    """Add an accepted file to the copies of its bytes (`group`), store it if it is the first; return its tally.
+
+    Bytes under more than one label are quarantined (raw bytes under every copy's quarantine key; the
+    rows come at the end of the run, when all copies are known).
+    """
+    kept = next((other for other in group if other.tally in STORED), None)
+    group.append(copy := _Copy(outcome.source, outcome.label, outcome.key, ""))
+    if len({other.label for other in group}) > 1:
+        for other in group:
+            _put_once(store, quarantine_key(outcome.digest, other.source), data, existing)
+        copy.tally = "quarantined"
+    elif kept is not None:
+        log.info("duplicate: %s has the same bytes as %s", outcome.source, kept.source)
+        copy.tally = "duplicates"
+    else:
+        copy.tally = _put_once(store, outcome.key, outcome.stored, existing)
+    return copy.tally
+
+
+def _earlier_copies(rows: Iterable[Mapping[str, str]]) -> dict[str, list[_Copy]]:
+    """Earlier manifest rows by the digest in their key (images/<label>/<sha20>.<ext>)."""
+    copies: dict[str, list[_Copy]] = {}
+    for row in rows:
+        copies.setdefault(PurePosixPath(row["key"]).stem, []).append(
+            _Copy(row["source"], row["label"], row["key"], EARLIER))
+    return copies
+
+
+def conflict_row(copy: _Copy, group: Sequence[_Copy], digest: str) -> dict[str, str]:
+    """The quarantine row of one copy of bytes found under several labels: the labels and the other copies."""
+    labels = " vs ".join(dict.fromkeys(other.label for other in group))
+    others = [other for other in group if other is not copy]
+    named = ", ".join(f"{other.source!r} ({other.label}{', an earlier run' if other.tally == EARLIER else ''})"
+                      for other in others[:COPIES_NAMED])
+    more = f" and {len(others) - COPIES_NAMED} more" if len(others) > COPIES_NAMED else ""
+    reason = (f"{CONFLICTING_LABELS} {labels}: the same bytes are also {named}{more}; which label is right "
+              "is unknown, so every copy is quarantined")
+    if copy.tally == EARLIER:
+        reason += f" (ingested by an earlier run as {copy.key}: the row leaves the manifest, the object stays)"
+    elif copy.tally in STORED:
+        reason += f" (its object {copy.key} stays in the store, out of the manifest)"
+    return dict(source=copy.source, reason=reason, key=quarantine_key(digest, copy.source))
 
 
 def _put_once(store: ObjectStore, key: str, data: bytes, existing: set[str]) -> str:
@@ -313,7 +406,9 @@ def check_counts(counts: Mapping[str, int]) -> None:
 def summary(result: IngestResult, classes: Sequence[str], store_uri: str, salt_source: str) -> dict:
     """The ingest.json payload."""
     formats = Counter(row["format"] for row in result.manifest)
-    return {**result.counts, "images": len(result.manifest), "per_class": result.per_class(classes),
+    return {**result.counts, "conflicting_labels": result.conflicting_labels,
+            "withdrawn_from_manifest": len(result.withdrawn),
+            "images": len(result.manifest), "per_class": result.per_class(classes),
             "formats": dict(sorted(formats.items())), "store": store_uri, "salt": salt_source,
             "deidentification": {"method": DEIDENTIFICATION_METHOD,
                                  "table": f"PS3.15 Table E.1-1 {profile_table().edition}",
@@ -338,8 +433,13 @@ def read_manifest(data: bytes) -> list[dict[str, str]]:
     return [dict(row) for row in csv.DictReader(io.StringIO(data.decode()))]
 
 
-def merge_manifests(earlier: Iterable[Mapping[str, str]], new: Iterable[Mapping[str, str]]) -> list[dict[str, str]]:
-    """One row per key (a later row replaces an earlier one), sorted by key: pulls add, never duplicate."""
-    rows = {row["key"]: {column: row.get(column, "") for column in MANIFEST_COLUMNS} for row in earlier}
+def merge_manifests(earlier: Iterable[Mapping[str, str]], new: Iterable[Mapping[str, str]],
+                    withdrawn: Collection[str] = ()) -> list[dict[str, str]]:
+    """One row per key (a later row replaces an earlier one), sorted by key: pulls add, never duplicate.
+
+    Earlier rows whose key is in `withdrawn` (quarantined by this run: `IngestResult.withdrawn`) are dropped.
+    """
+    rows = {row["key"]: {column: row.get(column, "") for column in MANIFEST_COLUMNS}
+            for row in earlier if row["key"] not in withdrawn}
     rows.update({row["key"]: dict(row) for row in new})
     return [rows[key] for key in sorted(rows)]

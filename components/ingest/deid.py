@@ -43,7 +43,8 @@ MIN_SHIFT_DAYS, SHIFT_SPAN_DAYS = 3650, 3650  # dates move 10 to 20 years back, 
 PATIENT_ID = 0x00100020
 NOT_SHIFTED = frozenset({0x00100030})  # PatientBirthDate: emptied (Z), not kept as a shifted date
 # Public attributes the table does not name that stay: a CT classifier needs them, none holds free text
-# about the patient (ConvolutionKernel, FilterType, BodyPartExamined are short scanner/technique codes).
+# about the patient (ConvolutionKernel, FilterType, BodyPartExamined are short scanner/technique codes;
+# Manufacturer and ManufacturerModelName name the scanner, which the PS3.15 table does not list as PHI).
 KEEP = frozenset(
     {
         # SOP common and image identification (the UIDs the table names are remapped)
@@ -61,6 +62,7 @@ KEEP = frozenset(
         "RescaleIntercept", "RescaleSlope", "RescaleType", "WindowCenter", "WindowWidth",
         # CT acquisition and reconstruction parameters
         "KVP", "XRayTubeCurrent", "ExposureTime", "Exposure", "ExposureInuAs", "ConvolutionKernel",
+        "Manufacturer", "ManufacturerModelName",  # the scanner, not the patient: the drift monitor compares it
         "ReconstructionDiameter", "DataCollectionDiameter", "GantryDetectorTilt", "TableHeight",
         "RotationDirection", "FilterType", "GeneratorPower", "FocalSpots", "SpiralPitchFactor", "CTDIvol",
         "SingleCollimationWidth", "TotalCollimationWidth", "TableSpeed", "TableFeedPerRotation",

@@ -5,77 +5,22 @@ Everything here works on plain in-memory objects (fakes in tests); the CLI adapt
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Iterable, Mapping
+from typing import Any
 
+from components.common.champion import (  # noqa: F401  (re-exported: the package stage's contract)
+    CHAMPION_ALIAS,
+    REQUIRED_TAGS,
+    AliasLookup,
+    Champion,
+    VersionLike,
+    champion_from_version,
+    resolve_champion,
+)
 from components.common.cli import StageError
 
-CHAMPION_ALIAS = "champion"
 MODEL_FILE = "model.keras"  # file name of the Keras model inside the BentoML model
-REQUIRED_TAGS = ("classes", "image_size", "window_center", "window_width")
-
-
-class VersionLike(Protocol):
-    """The fields of an MLflow ModelVersion this stage reads."""
-
-    version: str
-    run_id: str | None
-    tags: dict[str, str]
-
-
-# (model name, alias) -> the version carrying that alias, or None when there is none.
-AliasLookup = Callable[[str, str], "VersionLike | None"]
-
-
-@dataclass(frozen=True)
-class Champion:
-    """The registry version that gets served, with the preprocessing it was trained for."""
-
-    model_name: str
-    version: str
-    run_id: str
-    classes: tuple[str, ...]
-    image_size: int
-    window_center: float
-    window_width: float
-
-    @property
-    def model_uri(self) -> str:
-        return f"models:/{self.model_name}/{self.version}"
-
-
-def resolve_champion(lookup: AliasLookup, model_name: str) -> Champion:
-    """THE one place that turns `models:/<name>@champion` into a Champion, or refuses."""
-    found = lookup(model_name, CHAMPION_ALIAS)
-    if found is None:
-        raise StageError(
-            f"no version of registered model '{model_name}' carries the alias '{CHAMPION_ALIAS}': "
-            "run the register stage (a candidate must pass the gate) before packaging"
-        )
-    return champion_from_version(model_name, found)
-
-
-def champion_from_version(model_name: str, found: VersionLike) -> Champion:
-    """Read the serving contract (classes, size, HU window) from a version's tags."""
-    tags = dict(found.tags or {})
-    where = f"'{model_name}' version {found.version}"
-    missing = [key for key in REQUIRED_TAGS if key not in tags]
-    if missing:
-        raise StageError(f"{where} lacks the tag(s) {', '.join(missing)}; re-run the register stage")
-    try:
-        classes = json.loads(tags["classes"])
-        image_size = int(tags["image_size"])
-        center, width = float(tags["window_center"]), float(tags["window_width"])
-    except (ValueError, TypeError) as exc:
-        raise StageError(f"{where} has an unreadable serving tag ({exc})") from None
-    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
-        raise StageError(f"{where}: tag 'classes' must be a JSON list of at least two labels, got {tags['classes']!r}")
-    if image_size < 1 or width <= 0:
-        raise StageError(f"{where}: image_size and window_width must be positive")
-    return Champion(model_name, str(found.version), found.run_id or "", tuple(classes), image_size, center, width)
 
 
 def check_registration(record: Mapping[str, Any], champion: Champion) -> None:

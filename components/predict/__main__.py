@@ -93,8 +93,8 @@ def champion_contract(champion) -> Contract:
 
 def load_registered(uri: str | None, params: Params):
     """The champion (or an MLflow URI) with the preprocessing its registry version was tagged with."""
+    from components.common.champion import Champion, champion_from_version, resolve_champion
     from components.common.registry import connect_mlflow, existing_registry_uri, load_registered_keras, mlflow_alias_lookup
-    from components.package.core import Champion, champion_from_version, resolve_champion
 
     registry = existing_registry_uri(params)
     connect_mlflow(registry)

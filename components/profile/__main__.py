@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from components.common.params import ParamsError
+from components.common.params import ParamsError, parse_params
 from components.profile.core import ProfileError, merge, overrides, queued_paths
 from components.profile.files import SEARCH, profile_overlay, read_yaml, search_profile, search_trials, trial_overlay
 
@@ -46,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         base = read_yaml(Path(args.params))
         if args.queued:
             overlays.append(queued_paths(merge(base, *overlays), Path.cwd()))
-        lines = overrides(base, *overlays)  # also validates the merged params
+        if args.write:  # a params file carries any value (spaces too), which `-S` overrides cannot
+            parse_params(merge(base, *overlays))
+            lines = []
+        else:
+            lines = overrides(base, *overlays)  # also validates the merged params
     except (ProfileError, ParamsError) as exc:
         print(f"profile: {exc}", file=sys.stderr)
         return 2

@@ -10,10 +10,19 @@ import numpy as np
 
 from components.common.cli import StageError, log, read_json, run_stage, stage_parser, write_json
 from components.common.params import Params
+from components.common.registry import REFERENCE_ARTIFACT
 from components.common.tracking import configure_mlflow
-from components.evaluate.core import classification_metrics
+from components.evaluate.predictions import load_probabilities, read_split
 from components.register.card import dvc_data_version, model_card, provenance_tags
-from components.register.core import GateRefusal, cv_champion_score, decide_champion, registrable_winner
+from components.register.core import (
+    GateRefusal,
+    comparison_cases,
+    cv_champion_score,
+    decide_champion,
+    decide_paired,
+    reference_record,
+    registrable_winner,
+)
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,8 +108,8 @@ def attach_evidence(client, name: str, version: str, winner: str, params: Params
     (Path(params.paths.registration) / "model_card.md").write_text(card)
 
 
-def champion_score(client, name: str, metric: str, classes: list[str], x_test: np.ndarray, y_test: np.ndarray):
-    """(version, score) of the current champion re-scored on this test split, or (None, None)."""
+def champion_probabilities(client, name: str, x_test: np.ndarray):
+    """(the champion's version, its probabilities on the test split), or (None, None) when there is none."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -112,8 +121,24 @@ def champion_score(client, name: str, metric: str, classes: list[str], x_test: n
     if tuple(model.input_shape[1:]) != tuple(x_test.shape[1:]):
         raise StageError(f"champion v{current.version} expects input {model.input_shape[1:]}, the test split is "
                          f"{x_test.shape[1:]}: compare and promote by hand")
-    probabilities = np.asarray(model.predict(x_test.astype("float32"), batch_size=64, verbose=0))
-    return current, classification_metrics(y_test, probabilities, classes)[metric]
+    return current, np.asarray(model.predict(x_test.astype("float32"), batch_size=64, verbose=0))
+
+
+def paired_comparison(params: Params, winner: str, champion_run_id: str, champion_probs: np.ndarray) -> dict:
+    """Challenger vs champion on the same held-out cases: the new ones when enough, paired bootstrap over series."""
+    from components.common.bootstrap import paired_group_bootstrap, score_function
+    from components.common.registry import version_reference
+
+    test = read_split(load_probabilities(Path(params.paths.predictions)), winner, "test", params.classes)
+    reference = version_reference(champion_run_id)
+    cases, on = comparison_cases(test.keys, test.series, None if reference is None else set(reference["key"]),
+                                 params.register.min_comparison_series)
+    metric = score_function(params.evaluate.gate_metric, len(params.classes))
+    chosen = np.asarray(cases, dtype=np.int64)
+    result = paired_group_bootstrap(test.labels[chosen], test.probabilities[chosen].argmax(axis=1),
+                                    champion_probs[chosen].argmax(axis=1), [test.series[i] for i in cases], metric,
+                                    resamples=params.report.bootstrap_resamples)
+    return {**result, "on": on}
 
 
 def winner_metrics(params: Params, winner: str) -> dict:
@@ -122,19 +147,39 @@ def winner_metrics(params: Params, winner: str) -> dict:
     return (read_json(path) if path.is_file() else {}).get(winner, {})
 
 
-def champion_to_beat(client, name: str, metric: str, params: Params, protocol: dict, x_test, y_test):
-    """(champion version, its score, why no fair comparison exists or ""): re-scored on the held-out test split,
-    or, for a cv_refit challenger, its certified score from a grouped CV on the same folds."""
+def champion_decision(client, name: str, winner: str, entry: dict, params: Params, protocol: dict, x_test):
+    """(champion version or None, ChampionDecision or None when no fair comparison exists, why, comparison)."""
     from mlflow.exceptions import MlflowException
 
+    metric, margin = params.evaluate.gate_metric, params.register.non_inferiority_margin
     if protocol["name"] != "cv_refit":
-        return (*champion_score(client, name, metric, params.classes, x_test, y_test), "")
+        current, champion_probs = champion_probabilities(client, name, x_test)
+        if current is None:
+            return None, decide_champion(entry["gate_metric"], None, margin, metric), "", None
+        comparison = paired_comparison(params, winner, current.run_id, champion_probs)
+        return current, decide_paired(comparison, margin, metric), "", comparison
     try:
         current = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
-        return None, None, ""
+        return None, decide_champion(entry["gate_metric"], None, margin, metric), "", None
     score, why = cv_champion_score(current.tags or {}, protocol.get("folds_fingerprint"), metric)
-    return current, score, why
+    if why:
+        return current, None, why, None
+    return current, decide_champion(entry["gate_metric"], score, margin, metric), "", {"champion": score}
+
+
+def log_reference(client, run_id: str, params: Params, fitted_on: list[str]) -> None:
+    """The record of the data this version was developed on (the monitor's reference, register's new cases)."""
+    import io
+
+    import pandas as pd
+
+    split = pd.read_csv(Path(params.paths.prepared) / "split.csv", dtype=str, keep_default_na=False)
+    manifest = pd.read_csv(Path(params.paths.ingested) / "manifest.csv", dtype=str, keep_default_na=False)
+    rows = reference_record(split.to_dict("records"), manifest.set_index("key").to_dict("index"), {*fitted_on, "val"})
+    buffer = io.StringIO()
+    pd.DataFrame(rows, columns=["key", "split", "group", "series", "label", "fitted"]).to_csv(buffer, index=False)
+    client.log_text(run_id, buffer.getvalue(), REFERENCE_ARTIFACT)
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
@@ -163,25 +208,29 @@ def run(params: Params, args: argparse.Namespace) -> None:
         client.set_model_version_tag(name, version.version, key, value)
     client.set_registered_model_alias(name, "challenger", version.version)
     arrays = Path(params.paths.prepared) / "arrays"
-    x_test, y_test = np.load(arrays / "X_test.npy", mmap_mode="r"), np.load(arrays / "y_test.npy")
+    x_test = np.load(arrays / "X_test.npy", mmap_mode="r")
     attach_evidence(client, name, str(version.version), winner, params, verdict, metrics, x_test)
-    current, score, incomparable = champion_to_beat(client, name, metric, params, protocol, x_test, y_test)
+    run_record = read_json(Path(params.paths.models) / winner / "run.json")
+    log_reference(client, entry["run_id"], params, run_record.get("fitted_on") or ["train"])
+    current, decision, incomparable, comparison = champion_decision(client, name, winner, entry, params, protocol,
+                                                                    x_test)
     if current is not None and current.version == version.version:
         decision_promote, reason = False, f"v{version.version} is already the champion"
-    elif incomparable:
+    elif decision is None:
         decision_promote, reason = False, f"champion v{current.version} stays: {incomparable}"
     else:
-        decision = decide_champion(entry["gate_metric"], score, params.register.champion_margin, metric)
         decision_promote, reason = decision.promote, decision.reason
         if decision.promote:  # through the registry CLI's path, so rollback knows the history
             from components.registry import mlflow_store
 
             mlflow_store.promote(client, name, str(version.version), reason=decision.reason)
+    client.set_tag(entry["run_id"], "champion_decision", reason[:5000])
     champion = client.get_model_version_by_alias(name, "champion")
     write_json(out, {"gate_passed": True, "registered": True, "model_name": name, "version": int(version.version),
                      "candidate": winner, "promoted": decision_promote, "reason": reason,
                      "champion_version": int(champion.version), f"challenger_{metric}": entry["gate_metric"],
-                     f"previous_champion_{metric}": score})
+                     f"previous_champion_{metric}": (comparison or {}).get("champion"),
+                     "comparison": comparison})
     log.info("registered %s v%s (alias challenger); %s; champion is v%s", name, version.version, reason,
              champion.version)
 

@@ -28,12 +28,59 @@ class ChampionDecision:
 
 
 def decide_champion(challenger: float, champion: float | None, margin: float, metric: str) -> ChampionDecision:
-    """Promote when there is no champion, or the challenger beats it by more than `margin`."""
+    """Promote when there is no champion, or the challenger is not worse than it by more than `margin`.
+
+    For certificates that cannot be paired case by case (grouped CVs on the same folds); a held-out
+    comparison goes through `decide_paired`.
+    """
     if champion is None:
         return ChampionDecision(True, "no champion yet: the challenger becomes champion")
-    if challenger > champion + margin:
-        return ChampionDecision(True, f"challenger {metric} {challenger:.4f} beats champion {champion:.4f} by more than {margin}")
-    return ChampionDecision(False, f"challenger {metric} {challenger:.4f} does not beat champion {champion:.4f} by more than {margin}")  # noqa: E501
+    if challenger >= champion - margin:
+        return ChampionDecision(True, f"challenger {metric} {challenger:.4f} is not worse than champion "
+                                      f"{champion:.4f} by more than {margin}")
+    return ChampionDecision(False, f"challenger {metric} {challenger:.4f} is worse than champion {champion:.4f} "
+                                   f"by more than {margin}")
+
+
+def decide_paired(comparison: dict, margin: float, metric: str) -> ChampionDecision:
+    """Promote unless the lower 95% bound of (challenger - champion) on the same cases is below -margin.
+
+    `comparison` is components.common.bootstrap.paired_group_bootstrap's result plus `on` (which cases).
+    """
+    words = (f"on {comparison['on']} ({comparison['cases']} slices, {comparison['groups']} series) challenger "
+             f"{metric} {comparison['challenger']:.4f} vs champion {comparison['champion']:.4f}, difference "
+             f"{comparison['difference']:+.4f} [95% CI {comparison['low']:+.4f}, {comparison['high']:+.4f}]")
+    if comparison["low"] >= -margin:
+        return ChampionDecision(True, f"{words}: not worse by more than {margin}")
+    return ChampionDecision(False, f"{words}: may be worse by more than {margin}, the champion stays")
+
+
+def comparison_cases(test_keys: list[str], test_series: list[str], champion_keys: set[str] | None,
+                     min_series: int) -> tuple[list[int], str]:
+    """Indices of the held-out cases both models are scored on, and what they are.
+
+    The new cases (not in the champion's data record) when there are at least `min_series` series of them,
+    else every held-out test case (the champion never trained on the test split either).
+    """
+    everything = list(range(len(test_keys)))
+    if champion_keys is None:
+        return everything, "every held-out test case (the champion has no record of its data)"
+    new = [i for i, key in enumerate(test_keys) if key not in champion_keys]
+    new_series = len({test_series[i] for i in new})
+    if new_series >= min_series:
+        return new, "the new held-out cases (ingested after the champion's data)"
+    return everything, (f"every held-out test case (only {new_series} new held-out series, fewer than "
+                        f"register.min_comparison_series {min_series})")
+
+
+def reference_record(split: list[dict], manifest: dict[str, dict], fitted_splits: set[str]) -> list[dict]:
+    """The data a registered model was developed on: every prepared image's key, split, group, series (its
+    group where the manifest has none), label and whether the model was fitted on it (its `fitted_on` splits
+    and the validation split that picked its epoch)."""
+    return [{"key": row["key"], "split": row["split"], "group": row["group"],
+             "series": manifest.get(row["key"], {}).get("series") or row["group"],
+             "label": manifest.get(row["key"], {}).get("label", ""),
+             "fitted": str(row["split"] in fitted_splits).lower()} for row in split]
 
 
 def cv_champion_score(champion_tags: dict, folds_fingerprint: str | None, metric: str) -> tuple[float | None, str]:

@@ -90,6 +90,17 @@ def plan_rollback(current: str | None, history: list[str], who: str, when: str, 
     return Plan(target, trail, {current: note}, f"rolled back: v{target} is the champion again (v{current} withdrawn)")
 
 
+def aliases_by_version(aliases: Mapping[str, object]) -> dict[str, tuple[str, ...]]:
+    """Invert the registered model's alias -> version map: version -> its aliases, sorted.
+
+    The versions `search_model_versions` returns carry no aliases, so the listing reads them here.
+    """
+    inverted: dict[str, list[str]] = {}
+    for alias, version in aliases.items():  # a version is an int from a SQLite store, a str over HTTP
+        inverted.setdefault(str(version), []).append(alias)
+    return {version: tuple(sorted(names)) for version, names in inverted.items()}
+
+
 def metric_columns(rows: list[VersionRow]) -> list[str]:
     """Tag names holding test metrics, in a stable order."""
     return sorted({k for row in rows for k in row.tags if k.startswith("test_")})

@@ -11,6 +11,7 @@ from components.registry.core import (
     HISTORY_TAG,
     Plan,
     VersionRow,
+    aliases_by_version,
     parse_history,
     plan_promotion,
     plan_rollback,
@@ -43,10 +44,10 @@ def state(client, name: str) -> tuple[str | None, list[str]]:
 
 
 def rows(client, name: str) -> list[VersionRow]:
-    """Every version with its aliases and tags."""
-    _model(client, name)
+    """Every version with its aliases (read from the registered model) and tags."""
+    aliases = aliases_by_version(_model(client, name).aliases or {})
     found = client.search_model_versions(f"name = '{name}'")
-    return [VersionRow(str(v.version), tuple(v.aliases or ()), dict(v.tags or {}),
+    return [VersionRow(str(v.version), aliases.get(str(v.version), ()), dict(v.tags or {}),
                        datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).isoformat(timespec="seconds"))
             for v in found]
 

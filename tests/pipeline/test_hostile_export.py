@@ -87,8 +87,9 @@ def catalogue(slice_: bytes, other: bytes, jpeg: bytes) -> list[tuple[str, bytes
         ("Cyst/bigger-bomb.png", _png_header_only(40_000, 40_000), Q, "image header claims more pixels than allowed"),
         ("Tumor/loop.dcm", "->loop.dcm", Q, "file cannot be read (Too many levels of symbolic links)"),
         ("Tumor/dangling.dcm", "->nowhere.dcm", Q, "file cannot be read (No such file or directory)"),
-        ("Stone/same-bytes-as-a-normal.dcm", slice_, Q, "same bytes as 'Normal/"),
-        ("Normal/zz-copy-of-a-normal.dcm", slice_, "duplicate", ""),
+        ("Stone/same-bytes-as-a-normal.dcm", slice_, Q, "conflicting labels Normal vs Stone: the same bytes are also"),
+        ("Normal/zz-copy-of-a-normal.dcm", slice_, Q, "conflicting labels Normal vs Stone"),  # every copy goes
+        ("Normal/zz-copy-of-another-normal.dcm", other, "duplicate", ""),
         ("Normal/mr.dcm", _slice(other, Modality="MR"), Q, "modality MR, not CT"),
         ("Normal/no-modality.dcm", _slice(other, Modality=None), Q, "modality missing, not CT"),
         ("Normal/burned-in.dcm", _slice(other, BurnedInAnnotation="YES"), Q, "BurnedInAnnotation is YES"),
@@ -148,6 +149,7 @@ def test_every_hostile_file_is_quarantined_with_its_reason_and_the_run_goes_on(t
     good = sorted(export.rglob("*.dcm"))
     normal = sorted((export / "Normal").rglob("*.dcm"))
     slice_, other = normal[0].read_bytes(), normal[1].read_bytes()  # a Normal slice, and a neighbour as template
+    relabelled = normal[0].relative_to(export).as_posix()  # also under Stone/ below: quarantined with its copies
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64), dtype=np.uint8)).save(buffer, "JPEG")
     cases = catalogue(slice_, other, buffer.getvalue())
@@ -178,9 +180,11 @@ def test_every_hostile_file_is_quarantined_with_its_reason_and_the_run_goes_on(t
         else:
             assert path not in reasons, (path, reasons[path])
             assert (path in stored) == (outcome == "stored"), path
+    assert reasons[relabelled].startswith("conflicting labels Normal vs Stone") and relabelled not in stored
     counts = json.loads((ingested / "ingest.json").read_text())
-    assert counts["quarantined"] == len(reasons) == sum(outcome == Q for _, _, outcome, _ in cases)
-    assert counts["duplicates"] == 1 and counts["images"] == len(stored) == len(good) + 2
+    assert counts["quarantined"] == len(reasons) == sum(outcome == Q for _, _, outcome, _ in cases) + 1
+    assert counts["conflicting_labels"] == 3
+    assert counts["duplicates"] == 1 and counts["images"] == len(stored) == len(good) - 1 + 2
     assert counts["files_seen"] == len(good) + len(cases)
     assert counts["files_seen"] == counts["ingested_new"] + counts["already_present"] + counts["quarantined"] + \
         counts["duplicates"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -50,6 +51,27 @@ def test_registry_cli_on_the_default_sqlite_store(tmp_path):
     (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text().replace(
         "sqlite:///mlruns.db", f"sqlite:///{tmp_path / 'mlruns.db'}"))
     promote_refuse_force_rollback(tmp_path, f"sqlite:///{tmp_path / 'mlruns.db'}", None)
+
+
+def test_list_shows_every_alias_of_every_version(tmp_path):
+    """search_model_versions fills no aliases: the listing must read them from the registered model."""
+    from components.registry import mlflow_store
+
+    write_project(tmp_path, "1")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text().replace("sqlite:///mlruns.db", uri))
+    first, second = (register_version(uri, True, tmp_path / "mlartifacts", seed=seed) for seed in (0, 1))
+    client = mlflow_store.client_for(uri)
+    mlflow_store.promote(client, MODEL_NAME, first)
+    mlflow_store.promote(client, MODEL_NAME, second)  # champion moves from the first version to the second
+    client.set_registered_model_alias(MODEL_NAME, "challenger", first)
+    client.set_registered_model_alias(MODEL_NAME, "shadow", second)
+
+    listing = run_registry(tmp_path, "list")
+    assert listing.returncode == 0, listing.stderr
+    aliases = {line.split()[0]: line.split()[1] for line in listing.stdout.splitlines() if re.match(r"v\d+ ", line)}
+    assert aliases == {f"v{second}": "champion,shadow", f"v{first}": "challenger"}
+    assert f"champion: v{second}; history: v{first} -> v{second}" in listing.stdout
 
 
 def test_missing_registry_is_a_clear_error_not_a_new_database(tmp_path):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from components.report.bootstrap import group_bootstrap
+from components.common.bootstrap import group_bootstrap
 
 
 def accuracy(y, p):

@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
+from typing import get_args
 
 import numpy as np
 import pydicom
 import pytest
+import yaml
+from pydantic import ValidationError
 
 from components.common.imaging import decode_image
-from components.common.params import GenerateParams
-from components.generate.core import dicom_bytes, encoded_export, generate_export, lesion_kind, patient_anatomy, patient_series
-from components.generate.phantom import Grid, draw_slice
+from components.common.params import GenerateParams, ParamsError, ReconstructionKernelName, load_params, parse_params
+from components.generate.core import (
+    dicom_bytes,
+    encoded_export,
+    export_patients,
+    generate_export,
+    lesion_kind,
+    patient_anatomy,
+    patient_series,
+)
+from components.generate.phantom import AIR_HU, KERNELS, Grid, draw_slice, reconstruct
+from components.profile.__main__ import main as profile_main
+from components.profile.core import merge
+from components.profile.files import profile_overlay, read_yaml
+from tests.tiny import REPO
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 SETTINGS = GenerateParams(seed=5, patients_per_class=2, slices_per_patient=4, matrix=128)
@@ -217,3 +233,140 @@ def test_corticomedullary_phase_shows_cortex_brighter_than_medulla():
             assert (values == anatomy.enhancement.medulla).sum() > 50 and (values == anatomy.enhancement.cortex).sum() > 50
             return
     raise AssertionError("no corticomedullary patient among 12")
+
+
+# --- a later week's export with a controlled shift (patient_offset, reconstruction_kernel, noise_scale, class_mix,
+# manufacturer; profiles/week2.yaml) ---
+
+TINY = GenerateParams(seed=7, patients_per_class=1, slices_per_patient=2, matrix=64)
+# sha256 over (path, bytes) of every file of TINY's export, taken before the week-2 knobs existed: their defaults
+# must leave today's export byte for byte (a change of the pinned numpy/scipy/pydicom may move it: re-take it then)
+TINY_EXPORT_SHA256 = "2253cb92efd887da943678a8dccd940dcaf232f7c11f7574abcbff388b7a3b15"
+
+
+def _tiny(**changes) -> GenerateParams:
+    """TINY with `changes`, validated like params.yaml's generate block."""
+    return GenerateParams(**(TINY.model_dump() | changes))
+
+
+def _export_digest(settings: GenerateParams, classes: list[str]) -> str:
+    digest = hashlib.sha256()
+    for path, _, data in encoded_export(settings, classes):
+        digest.update(path.encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _slices(settings: GenerateParams, label: str = "Normal") -> list[pydicom.Dataset]:
+    """Every slice of the export's class `label`, read back from its DICOM bytes."""
+    return [_read(dicom_bytes(item.dataset)) for item in generate_export(settings, [label])]
+
+
+def _hu(ds: pydicom.Dataset) -> np.ndarray:
+    return ds.pixel_array.astype(np.float32) + float(ds.RescaleIntercept)
+
+
+def test_week2_knobs_at_their_defaults_give_todays_export_byte_for_byte():
+    assert _export_digest(TINY, CLASSES) == TINY_EXPORT_SHA256
+    spelled_out = _tiny(patient_offset=0, reconstruction_kernel=None, noise_scale=1.0, manufacturer="KIDNEY-CT PHANTOM",
+                        class_mix={label: 1.0 for label in CLASSES})
+    assert _export_digest(spelled_out, CLASSES) == TINY_EXPORT_SHA256
+    first = _slices(TINY)[0]
+    assert first.Manufacturer == "KIDNEY-CT PHANTOM" and "ConvolutionKernel" not in first
+
+
+def test_patient_offset_draws_new_people_with_new_ids_and_uids():
+    week1, week2 = _tiny(patients_per_class=2), _tiny(patients_per_class=2, patient_offset=2)
+    assert export_patients(week2, ["Normal"]) == [("Normal", 2), ("Normal", 3)]
+    old, new = _slices(week1), _slices(week2)
+    for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        assert {ds.data_element(keyword).value for ds in old}.isdisjoint(ds.data_element(keyword).value for ds in new)
+    assert not any(np.array_equal(a.pixel_array, b.pixel_array) for a in old for b in new)  # new anatomy too
+    overlapping = _slices(_tiny(patients_per_class=2, patient_offset=1))  # an offset below week 1's count ...
+    assert overlapping[0].StudyInstanceUID == old[2].StudyInstanceUID    # ... draws week 1's patient 1 again
+
+
+def test_forced_kernel_is_recorded_and_changes_the_pixels():
+    plain, sharp = _slices(TINY), _slices(_tiny(reconstruction_kernel="B70f"))
+    assert [ds.ConvolutionKernel for ds in sharp] == ["B70f", "B70f"]
+    assert [ds.StudyInstanceUID for ds in sharp] == [ds.StudyInstanceUID for ds in plain]  # the same patient ...
+    assert all(not np.array_equal(a.pixel_array, b.pixel_array) for a, b in zip(plain, sharp))  # ... reconstructed
+    with pytest.raises(ValidationError, match="'B30f', 'B45f' or 'B70f'"):
+        GenerateParams(reconstruction_kernel="B99x")
+    assert set(get_args(ReconstructionKernelName)) == set(KERNELS)  # params accept exactly the phantom's names
+
+
+def test_sharp_kernel_has_crisper_edges_and_finer_stronger_grain_than_soft():
+    spacing = 380 / 512  # the default matrix's pixels, where grain sizes of a fraction of a mm show
+    step = np.full((96, 96), AIR_HU, np.float32)
+    step[:, 48:] = 40.0  # air | soft tissue
+
+    def recon(kernel: str, image: np.ndarray) -> np.ndarray:
+        anatomy = patient_anatomy(_tiny(reconstruction_kernel=kernel), "Normal", 0)
+        return reconstruct(image, anatomy, spacing, np.random.default_rng(0))
+
+    def edge_jump(kernel: str) -> float:
+        return float(np.abs(np.diff(recon(kernel, step).mean(axis=0))).max())
+
+    def grain(kernel: str) -> tuple[float, float]:
+        noise = recon(kernel, np.zeros_like(step))
+        return float(noise.std()), float(np.corrcoef(noise[:, :-1].ravel(), noise[:, 1:].ravel())[0, 1])
+
+    (soft_std, soft_corr), (sharp_std, sharp_corr) = grain("B30f"), grain("B70f")
+    assert edge_jump("B70f") > 2 * edge_jump("B30f")
+    assert sharp_std > 1.5 * soft_std and sharp_corr < soft_corr - 0.3
+
+
+def test_noise_scale_multiplies_every_patients_noise():
+    base, doubled = _tiny(), _tiny(noise_scale=2.0)
+    sigma = patient_anatomy(base, "Normal", 0).noise_sigma
+    assert patient_anatomy(doubled, "Normal", 0).noise_sigma == pytest.approx(2 * sigma)
+    for quiet, loud in zip(_slices(base), _slices(doubled)):
+        hu_quiet, hu_loud = _hu(quiet), _hu(loud)
+        body = hu_quiet > -900  # away from air clipped at -1024
+        extra = (hu_loud - hu_quiet)[body]  # same seed: the same noise pattern once more
+        assert extra.std() == pytest.approx(sigma, rel=0.15) and extra.std() > 5
+
+
+def test_class_mix_scales_each_classes_patients():
+    settings = _tiny(patients_per_class=4, class_mix={"Cyst": 0.5, "Tumor": 2.0, "Stone": 0.0})
+    assert Counter(label for label, _ in export_patients(settings, CLASSES)) == {"Normal": 4, "Cyst": 2, "Tumor": 8}
+    assert _tiny(patients_per_class=2, class_mix={"Cyst": 0.1}).patients_of("Cyst") == 1  # > 0: at least one
+    files = Counter(item.label for item in generate_export(_tiny(class_mix={"Normal": 2.0, "Cyst": 0.0}), CLASSES))
+    assert files == {"Normal": 4, "Tumor": 2, "Stone": 2}
+
+
+def test_class_mix_naming_an_unknown_class_or_a_negative_share_is_refused():
+    with pytest.raises(ValueError, match="class_mix names 'Polyp', not among the classes"):
+        export_patients(_tiny(class_mix={"Polyp": 1.0}), CLASSES)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["generate"]["class_mix"] = {"Tumor": 2.0, "Polyp": 1.0}
+    with pytest.raises(ParamsError, match=r"class_mix names 'Polyp', not among `classes` \(Normal, Cyst, Tumor, Stone\)"):
+        parse_params(raw)
+    raw["generate"]["class_mix"] = dict.fromkeys(CLASSES, 0.0)
+    with pytest.raises(ParamsError, match="drops every class"):
+        parse_params(raw)
+    with pytest.raises(ValidationError, match=">= 0"):
+        _tiny(class_mix={"Cyst": -1.0})
+
+
+def test_manufacturer_is_written_and_must_fit_a_dicom_lo():
+    assert {ds.Manufacturer for ds in _slices(_tiny(manufacturer="OTHER-VENDOR PHANTOM"))} == {"OTHER-VENDOR PHANTOM"}
+    for bad in ("", "A" * 65, "TWO\\VALUES"):
+        with pytest.raises(ValidationError):
+            _tiny(manufacturer=bad)
+
+
+def test_week2_profile_lays_a_shifted_export_over_params_yaml(monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    base = read_yaml(REPO / "params.yaml")
+    week1, params = parse_params(base), parse_params(merge(base, profile_overlay("week2")))
+    week2 = params.generate
+    assert params.paths.generated_export == "data/pacs_export_week2"
+    assert (week2.seed, week2.patients_per_class, week2.reconstruction_kernel, week2.noise_scale) == (8, 40, "B70f", 1.8)
+    assert week2.manufacturer == "OTHER-VENDOR PHANTOM" and KERNELS["B70f"].blur_mm == min(k.blur_mm for k in KERNELS.values())
+    assert week2.patient_offset >= week1.generate.patients_per_class  # no patient of week 1 again
+    assert {label: week2.patients_of(label) for label in params.classes} == {"Normal": 40, "Cyst": 20, "Tumor": 80, "Stone": 20}
+    written = tmp_path / "params.week2.yaml"
+    assert profile_main(["week2", "--write", str(written)]) == 0  # the space in manufacturer: fine in a file
+    assert load_params(written) == params

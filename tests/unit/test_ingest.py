@@ -28,9 +28,11 @@ from components.ingest.core import (
     SourceFile,
     check_counts,
     ingest,
+    merge_manifests,
     resolve_label,
     resolve_salt,
     rows_to_csv,
+    summary,
 )
 from components.ingest.deid import deidentify, remaining_phi
 
@@ -300,12 +302,81 @@ def test_identical_bytes_keep_one_row_and_count_a_duplicate(tiny_files, tmp_path
     assert "Normal/sub/copy-of-a.png" not in {row["source"] for row in result.manifest}
 
 
-def test_identical_bytes_under_two_labels_quarantine_the_second(tmp_path):
-    png = _png(8)
-    result = ingest([SourceFile("Cyst/a.png", png), SourceFile("Tumor/a.png", png)],
-                    LocalStore(tmp_path / "store"), CLASSES, SALT)
-    assert [row["source"] for row in result.manifest] == ["Cyst/a.png"]
-    assert "conflicting labels" in result.quarantine[0]["reason"]
+def _store_contents(store: LocalStore) -> dict[str, bytes]:
+    return {key: store.get(key) for key in store.keys("")}
+
+
+def test_identical_bytes_under_two_labels_quarantine_every_copy(tmp_path):
+    png, other = _png(8), _png(9)
+    files = [SourceFile("Cyst/a.png", png), SourceFile("Cyst/sub/copy.png", png),  # a duplicate until Tumor/a.png
+             SourceFile("Normal/keep.png", other), SourceFile("Tumor/a.png", png)]
+    store = LocalStore(tmp_path / "store")
+    result = ingest(files, store, CLASSES, SALT)
+    assert [row["source"] for row in result.manifest] == ["Normal/keep.png"]
+    assert result.counts == dict(files_seen=4, ingested_new=1, already_present=0, duplicates=0, quarantined=3)
+    assert result.conflicting_labels == 3 and result.withdrawn == ()
+    reasons = {row["source"]: row["reason"] for row in result.quarantine}
+    assert set(reasons) == {"Cyst/a.png", "Tumor/a.png", "Cyst/sub/copy.png"}
+    for source, reason in reasons.items():
+        assert reason.startswith("conflicting labels Cyst vs Tumor: the same bytes are also "), reason
+        assert all(repr(path) in reason for path in reasons if path != source) and repr(source) not in reason
+    digest = hashlib.sha256(png).hexdigest()[:20]
+    assert f"its object images/Cyst/{digest}.png stays in the store" in reasons["Cyst/a.png"]
+    for row in result.quarantine:  # every copy's raw bytes are kept for a person to look at
+        assert row["key"] == f"quarantine/{digest}/{row['source'].rsplit('/', 1)[-1]}" and store.get(row["key"]) == png
+    assert store.get(f"images/Cyst/{digest}.png") == png  # stored before the conflict showed up: left alone
+    assert not store.exists(f"images/Tumor/{digest}.png")
+    assert summary(result, CLASSES, store.uri, "env")["conflicting_labels"] == 3
+
+    before = _store_contents(store)
+    again = ingest(files, store, CLASSES, SALT)
+    assert again.counts == dict(files_seen=4, ingested_new=0, already_present=1, duplicates=0, quarantined=3)
+    assert (again.manifest, again.quarantine) == (result.manifest, result.quarantine)
+    assert _store_contents(store) == before
+
+
+def test_a_conflict_among_many_copies_names_a_few_and_counts_the_rest(tmp_path):
+    png = _png(10)
+    files = [SourceFile(f"{label}/{i}.png", png) for i, label in enumerate(["Cyst", "Tumor"] * 4)]
+    result = ingest(files, LocalStore(tmp_path / "store"), CLASSES, SALT)
+    assert result.manifest == [] and result.counts["quarantined"] == result.conflicting_labels == 8
+    for row in result.quarantine:  # 5 of the 7 other copies named, quoted
+        assert row["reason"].count("'") == 2 * 5 and " and 2 more; which label is right" in row["reason"], row
+
+
+def test_bytes_of_an_earlier_run_arriving_under_another_label_quarantine_both(tmp_path):
+    png = _png(11)
+    store = LocalStore(tmp_path / "store")
+    first = ingest([SourceFile("Cyst/a.png", png)], store, CLASSES, SALT)
+    before = _store_contents(store)
+    second = ingest([SourceFile("Tumor/b.png", png), SourceFile("Normal/new.png", _png(12))], store, CLASSES, SALT,
+                    earlier=first.manifest)
+    earlier_key = first.manifest[0]["key"]
+    assert [row["source"] for row in second.manifest] == ["Normal/new.png"]
+    assert second.counts == dict(files_seen=2, ingested_new=1, already_present=0, duplicates=0, quarantined=1)
+    assert second.conflicting_labels == 1 and second.withdrawn == (earlier_key,)
+    reasons = {row["source"]: row["reason"] for row in second.quarantine}
+    assert reasons["Tumor/b.png"].startswith("conflicting labels Cyst vs Tumor: the same bytes are also "
+                                             "'Cyst/a.png' (Cyst, an earlier run)")
+    assert reasons["Cyst/a.png"].startswith("conflicting labels Cyst vs Tumor: the same bytes are also "
+                                            "'Tumor/b.png' (Tumor)")
+    assert f"ingested by an earlier run as {earlier_key}: the row leaves the manifest" in reasons["Cyst/a.png"]
+    merged = merge_manifests(first.manifest, second.manifest, second.withdrawn)
+    assert [row["source"] for row in merged] == ["Normal/new.png"]
+    after = _store_contents(store)
+    assert {key: after[key] for key in before} == before, "objects already in the store stay untouched"
+    assert not any(key.startswith("images/Tumor/") for key in after)
+
+
+def test_bytes_of_an_earlier_run_under_the_same_label_are_no_conflict(tmp_path):
+    png = _png(13)
+    store = LocalStore(tmp_path / "store")
+    first = ingest([SourceFile("Cyst/a.png", png)], store, CLASSES, SALT)
+    second = ingest([SourceFile("Cyst/a.png", png), SourceFile("Cyst/copy.png", png)], store, CLASSES, SALT,
+                    earlier=first.manifest)
+    assert second.counts == dict(files_seen=2, ingested_new=0, already_present=1, duplicates=1, quarantined=0)
+    assert second.manifest == first.manifest and second.withdrawn == () and second.quarantine == []
+    assert merge_manifests(first.manifest, second.manifest, second.withdrawn) == first.manifest
 
 
 def test_counts_always_add_up(tiny_files, tmp_path):
@@ -350,9 +421,11 @@ def test_two_worker_processes_judge_every_file_as_one_does(tiny_files, tmp_path,
 
     monkeypatch.setattr(core, "EXAMINE_CHUNK", 4)  # several chunks: the order must survive chunking
     files = [*tiny_files, *(SourceFile(path, data) for path, data, _ in _quarantine_cases(tiny_files)),
-             SourceFile(tiny_files[1].path.rsplit("/", 1)[0] + "/copy.dcm", tiny_files[1].data)]
+             SourceFile(tiny_files[1].path.rsplit("/", 1)[0] + "/copy.dcm", tiny_files[1].data),
+             SourceFile("Stone/relabelled.dcm", tiny_files[2].data)]
     serial = ingest(files, LocalStore(tmp_path / "one"), CLASSES, SALT)
     parallel = ingest(iter(files), LocalStore(tmp_path / "two"), CLASSES, SALT, workers=2)
     assert parallel == serial and parallel.counts["files_seen"] == len(files)
-    assert parallel.counts["quarantined"] >= 10 and parallel.counts["duplicates"] == 1
+    assert parallel.counts["quarantined"] >= 12 and parallel.counts["duplicates"] == 1
+    assert parallel.conflicting_labels == 2
     assert sorted(LocalStore(tmp_path / "two").keys("")) == sorted(LocalStore(tmp_path / "one").keys(""))

@@ -2,7 +2,16 @@
 
 import pytest
 
-from components.register.core import GateRefusal, decide_champion, registrable_winner
+from components.register.core import (
+    GateRefusal,
+    comparison_cases,
+    decide_champion,
+    decide_paired,
+    reference_record,
+    registrable_winner,
+)
+
+ANY_NEW = "the new held-out cases (ingested after the champion's data)"
 
 
 def test_failed_gate_is_never_registrable():
@@ -21,11 +30,36 @@ def test_first_model_becomes_champion():
     assert decide_champion(0.6, None, 0.02, "macro_f1").promote
 
 
-@pytest.mark.parametrize("challenger, champion, promote", [(0.80, 0.70, True), (0.71, 0.70, False), (0.70, 0.70, False)])
-def test_challenger_must_beat_champion_by_margin(challenger, champion, promote):
+@pytest.mark.parametrize("challenger, champion, promote", [(0.80, 0.70, True), (0.69, 0.70, True), (0.67, 0.70, False)])
+def test_a_challenger_not_worse_than_the_champion_beyond_the_margin_is_promoted(challenger, champion, promote):
     decision = decide_champion(challenger, champion, 0.02, "macro_f1")
     assert decision.promote is promote
     assert "macro_f1" in decision.reason
+
+
+@pytest.mark.parametrize("low, promote", [(-0.01, True), (-0.02, True), (-0.05, False)])
+def test_the_paired_decision_reads_the_lower_bound_of_the_difference(low, promote):
+    comparison = {"on": "the new held-out cases", "cases": 40, "groups": 10, "challenger": 0.8, "champion": 0.78,
+                  "difference": 0.02, "low": low, "high": 0.06}
+    decision = decide_paired(comparison, 0.02, "macro_f1")
+    assert decision.promote is promote and "[95% CI" in decision.reason and "10 series" in decision.reason
+
+
+def test_comparison_cases_are_the_new_held_out_ones_when_there_are_enough():
+    keys, series = ["a1", "a2", "b1", "c1", "d1"], ["a", "a", "b", "c", "d"]
+    assert comparison_cases(keys, series, {"a1", "a2"}, min_series=3) == ([2, 3, 4], ANY_NEW)
+    cases, why = comparison_cases(keys, series, {"a1", "a2", "b1"}, min_series=3)
+    assert cases == [0, 1, 2, 3, 4] and "only 2 new held-out series" in why
+    assert comparison_cases(keys, series, None, 3)[0] == [0, 1, 2, 3, 4]
+
+
+def test_the_reference_record_marks_what_the_model_was_fitted_on():
+    split = [{"key": "k1", "split": "train", "group": "g1"}, {"key": "k2", "split": "test", "group": "g2"}]
+    manifest = {"k1": {"label": "Cyst", "series": "s1"}, "k2": {"label": "Stone", "series": ""}}
+    record = reference_record(split, manifest, {"train", "val"})
+    assert record == [{"key": "k1", "split": "train", "group": "g1", "series": "s1", "label": "Cyst", "fitted": "true"},
+                      {"key": "k2", "split": "test", "group": "g2", "series": "g2", "label": "Stone",
+                       "fitted": "false"}]
 
 
 def test_model_card_says_what_a_clinician_must_know():

@@ -7,6 +7,7 @@ import pytest
 from components.registry.core import (
     RegistryRefusal,
     VersionRow,
+    aliases_by_version,
     format_table,
     parse_history,
     plan_promotion,
@@ -82,3 +83,9 @@ def test_table_shows_aliases_gate_metrics_and_forced_notes():
     assert table[0].split() == ["version", "aliases", "gate", "test_macro_f1", "candidate", "notes"]
     assert table[1].startswith("v2") and "FAILED" in table[1] and "forced: ticket 42" in table[1]
     assert table[2].split()[:4] == ["v1", "champion", "passed", "0.81"]
+
+
+def test_aliases_are_grouped_by_version_whatever_type_the_store_gives():
+    aliases = {"champion": 2, "shadow": "2", "challenger": "1"}  # SQLite gives ints, HTTP gives strings
+    assert aliases_by_version(aliases) == {"2": ("champion", "shadow"), "1": ("challenger",)}
+    assert aliases_by_version({}) == {}

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from components.common.bootstrap import group_bootstrap
 from components.common.params import ReportParams
-from components.report.bootstrap import group_bootstrap
 from components.report.core import calibration_summary, metric_functions, pick_examples
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]

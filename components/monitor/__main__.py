@@ -1,0 +1,278 @@
+"""CLI: python -m components.monitor — the new data against the champion's training data, and the champion on it.
+
+Reads the registry's champion (its serving contract, and `registration/reference.csv`: the keys of the data it
+was developed on, which the register stage logs) and the ingest manifest. What was ingested since is the new
+export; with `--source DIR` an unlabelled folder (shadow mode: what `components.predict` or the service is
+given) stands in for it. Writes `<paths.monitor>/monitor.json` (the verdict: no champion | no new data | too
+few new series | no drift | drift | degraded, with every test's numbers), `summaries.csv` (one row per image),
+`series.csv`, `drift.png`, Evidently's own `evidently.html`, and an MLflow run. Exit 0 whatever the verdict:
+the DAG's alert task acts on it (`python -m components.monitor.alert`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from components.common.champion import Champion, resolve_champion
+from components.common.cli import StageError, log, run_stage, stage_parser, write_json
+from components.common.imaging import ImageDecodeError, decode_image, prepare_for_model
+from components.common.params import Params
+from components.common.pooling import pool_by_series
+from components.common.storage import open_store
+from components.common.study import series_key
+from components.monitor.core import (
+    EMBEDDING_PREFIX,
+    Verdict,
+    class_counts,
+    decide,
+    new_keys,
+    sample_by_series,
+    series_table,
+)
+from components.monitor.performance import champion_performance
+from components.monitor.summaries import CATEGORICAL_SUMMARIES, NUMERIC_SUMMARIES, dicom_header, image_summary
+
+BATCH = 32
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("Compare what arrived since the champion was registered with the data it was trained on "
+                          "(image summaries, scanner headers, class mix, the champion's embeddings, verdicts and "
+                          "confidence) and score the champion on the new labelled cases; write the verdict.")
+    parser.add_argument("--source", type=Path, default=None,
+                        help="an unlabelled folder of DICOM/PNG/JPEG files to judge instead of the newly ingested "
+                             "export (shadow mode: no labels, so no performance check)")
+    return run_stage("monitor", run, parser, argv)
+
+
+def run(params: Params, args: argparse.Namespace) -> None:
+    started = time.monotonic()
+    folder = Path(params.paths.monitor)
+    folder.mkdir(parents=True, exist_ok=True)
+    found = champion_and_reference(params)
+    if isinstance(found, Verdict):
+        return finish(params, folder, {"status": found.status, "reasons": found.reasons}, started)
+    champion, reference, certified = found
+    manifest = read_manifest(params)
+    current = (folder_rows(args.source) if args.source else
+               manifest[manifest["key"].isin(new_keys(manifest["key"], reference["key"]))])
+    report = {"champion": {"model_name": champion.model_name, "version": champion.version},
+              "mode": "shadow (unlabelled folder)" if args.source else "new labelled export",
+              "new_data_fingerprint": hashlib.sha256("\n".join(sorted(current["key"])).encode()).hexdigest()[:16]}
+    new_series = current["series"].nunique() if len(current) else 0
+    if new_series == 0:
+        return finish(params, folder, {**report, "status": "no new data",
+                                       "reasons": ["nothing was ingested since the champion's data was recorded"]},
+                      started)
+    if new_series < params.monitor.min_new_series:
+        return finish(params, folder, {**report, "status": "too few new series", "reasons": [
+            f"{new_series} new series (fewer than monitor.min_new_series {params.monitor.min_new_series})"]}, started)
+    fitted = reference[reference["fitted"].astype(str).str.lower() == "true"]
+    reference_rows = sample_by_series(fitted[["key", "label", "series"]], params.monitor.max_reference_images)
+    model = load_champion_model(champion)
+    store = open_store(params.paths.store, params.storage)
+    read = (lambda key: (args.source / key).read_bytes()) if args.source else store.get
+    images = pd.concat([describe(reference_rows.assign(side="reference"), store.get, model, champion, params),
+                        describe(current.assign(side="current"), read, model, champion, params)], ignore_index=True)
+    report |= judge(images, champion, certified, params, labelled=args.source is None)
+    report["counts"] |= {"reference_images": int((images["side"] == "reference").sum()),
+                         "current_images": int((images["side"] == "current").sum()),
+                         "unreadable": int(images["unreadable"].sum())}
+    images.drop(columns=[c for c in images.columns if c.startswith(EMBEDDING_PREFIX)]).to_csv(
+        folder / "summaries.csv", index=False)
+    finish(params, folder, report, started)
+
+
+def champion_and_reference(params: Params) -> tuple[Champion, pd.DataFrame, float | None] | Verdict:
+    """The champion, the record of its data and its certified gate metric, or why there is nothing to compare
+    with yet."""
+    import mlflow
+
+    from components.common.registry import REFERENCE_ARTIFACT, connect_mlflow, mlflow_alias_lookup, version_reference
+    from components.common.tracking import tracking_uri
+
+    uri = tracking_uri(params.mlflow)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return Verdict("no champion", [f"no MLflow registry at {uri} yet: the first run has nothing to compare with"])
+    connect_mlflow(uri)
+    try:
+        champion = resolve_champion(mlflow_alias_lookup(uri), params.register.model_name)
+    except StageError as exc:
+        return Verdict("no champion", [str(exc)])
+    reference = version_reference(champion.run_id)
+    if reference is None:
+        return Verdict("no champion", [f"champion v{champion.version} was registered without {REFERENCE_ARTIFACT} "
+                                       "(the record of its data): re-run register"])
+    tags = mlflow.MlflowClient().get_model_version(champion.model_name, champion.version).tags or {}
+    metric = params.evaluate.gate_metric
+    certified = tags.get(f"certified_{metric}") or tags.get(f"test_{metric}")
+    return champion, reference, float(certified) if certified else None
+
+
+def read_manifest(params: Params) -> pd.DataFrame:
+    """The ingest manifest (key, label, group, series), one row per stored image."""
+    path = Path(params.paths.ingested) / "manifest.csv"
+    if not path.is_file():
+        raise StageError(f"{path} not found: run the ingest stage first")
+    manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
+    manifest["series"] = [s or g for s, g in zip(manifest["series"], manifest["group"])]
+    return manifest
+
+
+def folder_rows(source: Path) -> pd.DataFrame:
+    """Every file under an unlabelled folder, keyed by its relative path, series from its DICOM header."""
+    if not source.is_dir():
+        raise StageError(f"--source {source} is not a folder")
+    files = sorted(p for p in source.rglob("*") if p.is_file())
+    return pd.DataFrame({"key": [str(p.relative_to(source)) for p in files], "label": None,
+                         "series": [series_key(str(p.relative_to(source)), p.read_bytes()) for p in files]})
+
+
+def load_champion_model(champion: Champion):
+    """(the champion's Keras model, a model of its penultimate layer)."""
+    import keras
+
+    from components.common.registry import load_registered_keras
+
+    model = load_registered_keras(champion.model_uri)
+    last = model.layers[-1]
+    return model, keras.Model(model.inputs, last.input)
+
+
+def describe(rows: pd.DataFrame, read, models, champion: Champion, params: Params) -> pd.DataFrame:
+    """Each row's summaries, headers, champion probabilities and embedding; unreadable files flagged."""
+    records, inputs = [], []
+    for row in tqdm(rows.itertuples(index=False), total=len(rows), desc=f"monitor {rows['side'].iat[0]}",
+                    unit="img", disable=None):
+        record = {"key": row.key, "series": row.series, "label": getattr(row, "label", None) or None,
+                  "side": row.side, "unreadable": False}
+        try:
+            data = read(row.key)
+            image = decode_image(data)
+        except (ImageDecodeError, OSError, KeyError, StageError) as exc:
+            log.warning("monitor: %s unreadable (%s): left out", row.key, exc)
+            records.append(record | {"unreadable": True})
+            continue
+        record |= image_summary(image, champion.window_center, champion.window_width) | dicom_header(data)
+        records.append(record)
+        inputs.append(prepare_for_model(image, champion.image_size, champion.window_center, champion.window_width))
+    frame = pd.DataFrame(records)
+    readable = ~frame["unreadable"]
+    probabilities, embeddings = predict(models, inputs)
+    for i, name in enumerate(champion.classes):
+        frame.loc[readable, f"p_{name}"] = probabilities[:, i]
+    frame.loc[readable, "predicted"] = [champion.classes[i] for i in probabilities.argmax(axis=1)]
+    frame.loc[readable, "confidence"] = probabilities.max(axis=1)
+    frame = pd.concat([frame, pd.DataFrame(np.full((len(frame), embeddings.shape[1]), np.nan), index=frame.index,
+                                           columns=[f"{EMBEDDING_PREFIX}{i}" for i in range(embeddings.shape[1])])],
+                      axis=1)
+    frame.loc[readable, frame.columns.str.startswith(EMBEDDING_PREFIX)] = embeddings
+    return frame
+
+
+def predict(models, inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Champion probabilities and penultimate-layer embeddings of prepared uint8 images."""
+    model, embedder = models
+    if not inputs:
+        raise StageError("no image could be read: nothing to compare (the log names each unreadable file)")
+    x = np.stack(inputs)[..., None].astype("float32")
+    probabilities = np.asarray(model.predict(x, batch_size=BATCH, verbose=0))
+    embeddings = np.asarray(embedder.predict(x, batch_size=BATCH, verbose=0)).reshape(len(x), -1)
+    return probabilities, embeddings
+
+
+def judge(images: pd.DataFrame, champion: Champion, certified: float | None, params: Params,
+          labelled: bool) -> dict:
+    """Series tables, Evidently's drift tests, the champion's performance, the verdict and its figures."""
+    from components.monitor.drift import drift_report, save_html
+    from components.monitor.figures import drift_figure
+
+    images = images[~images["unreadable"]].copy()
+    probabilities = images[[f"p_{c}" for c in champion.classes]].to_numpy(dtype=float)
+    order, pooled = pool_by_series(probabilities, images["series"].tolist(), params.evaluate.series_pooling)
+    verdicts = dict(zip(order, (champion.classes[i] for i in pooled.argmax(axis=1))))
+    images["series_verdict"] = images["series"].map(verdicts)
+    reference, current = (series_table(images[images["side"] == side]) for side in ("reference", "current"))
+    categorical = [*CATEGORICAL_SUMMARIES, "series_verdict", *(["label"] if labelled else [])]
+    findings, snapshot = drift_report(reference, current, [*NUMERIC_SUMMARIES, "confidence"], categorical,
+                                      params.monitor)
+    folder = Path(params.paths.monitor)
+    save_html(snapshot, folder / "evidently.html")
+    performance = (champion_performance(images[images["side"] == "current"], champion.classes, certified, params)
+                   if labelled else None)
+    verdict = decide(findings, performance)
+    pd.concat([reference.assign(side="reference"), current.assign(side="current")]).drop(
+        columns=[c for c in reference.columns if c.startswith(EMBEDDING_PREFIX)]).to_csv(folder / "series.csv",
+                                                                                          index=False)
+    drift_figure(reference, current, findings, champion.classes, folder / "drift.png")
+    classes = list(champion.classes)
+    return {"status": verdict.status, "reasons": verdict.reasons, "tests": [vars(f) for f in findings],
+            "drifted": [f.column for f in findings if f.drifted],
+            "performance": None if performance is None else {**vars(performance), "degraded": performance.degraded},
+            "counts": {"reference_series": len(reference), "current_series": len(current),
+                       "current_series_per_class": class_counts(current, "label", classes) if labelled else None,
+                       "reference_series_per_class": class_counts(reference, "label", classes),
+                       "current_verdicts_per_class": class_counts(current, "series_verdict", classes),
+                       "reference_verdicts_per_class": class_counts(reference, "series_verdict", classes)},
+            "outputs": {name: str(folder / name) for name in ("evidently.html", "drift.png", "series.csv",
+                                                              "summaries.csv")}}
+
+
+def finish(params: Params, folder: Path, report: dict, started: float) -> None:
+    """monitor.json, the MLflow run, one summary line; without a comparison, every other output says why."""
+    report["seconds"] = round(time.monotonic() - started, 1)
+    if "tests" not in report:
+        write_no_comparison(folder, f"{report['status']}: " + "; ".join(report.get("reasons", [])))
+    write_json(folder / "monitor.json", report)
+    log_to_mlflow(params, report)
+    print(f"monitor: {report['status'].upper()} — " + "; ".join(report.get("reasons", [])[:6]))
+
+
+def write_no_comparison(folder: Path, why: str) -> None:
+    """Outputs of a pass that compared nothing (first run, no new data): empty tables, a page and a figure
+    that say why, so no stale drift report of an earlier pass is left beside the new verdict."""
+    from html import escape
+
+    from components.common.plots import _pyplot
+
+    for name in ("series.csv", "summaries.csv"):
+        (folder / name).write_text("series,side\n")
+    (folder / "evidently.html").write_text(f"<!doctype html><title>monitor</title><p>No drift report: "
+                                           f"{escape(why)}</p>\n")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 1.5))
+    ax.axis("off")
+    ax.text(0.01, 0.5, f"No drift comparison — {why}"[:160], va="center", fontsize=9, wrap=True)
+    fig.savefig(folder / "drift.png", dpi=90)
+    plt.close(fig)
+
+
+def log_to_mlflow(params: Params, report: dict) -> None:
+    """One run per monitor pass: the verdict as tags, every test's value and the performance as metrics."""
+    import mlflow
+
+    from components.common.tracking import configure_mlflow
+
+    configure_mlflow(params.mlflow)
+    with mlflow.start_run(run_name=f"monitor: {report['status']}"):
+        champion = report.get("champion") or {}
+        mlflow.set_tags({"stage": "monitor", "verdict": report["status"], "alert": str(
+            report["status"] in ("drift", "degraded")).lower(), "champion_version": str(champion.get("version", "")),
+            "drifted": ",".join(report.get("drifted", [])), "reasons": " | ".join(report.get("reasons", []))[:5000]})
+        metrics = {f"drift_{t['column']}": t["value"] for t in report.get("tests", [])}
+        performance = report.get("performance") or {}
+        metrics |= {f"new_{k}": v for k, v in performance.items() if isinstance(v, float) and k != "max_drop"}
+        metrics |= {k: float(v) for k, v in (report.get("counts") or {}).items() if isinstance(v, (int, float))}
+        metrics["monitor_seconds"] = report["seconds"]
+        mlflow.log_metrics({k.replace(" ", "_"): v for k, v in metrics.items() if v == v})
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

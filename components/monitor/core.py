@@ -1,0 +1,117 @@
+"""Pure core of the monitor: which images are new, series-level tables, the drift findings and the verdict.
+
+Slices of one scan series are near-duplicates, so every drift test compares series (each series' mean
+summary, its majority label, its pooled verdict, its mean embedding), not images: image-level tests would
+count one patient many times and call chance differences drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from components.monitor.summaries import CATEGORICAL_SUMMARIES, NUMERIC_SUMMARIES
+
+ALERTING = ("drift", "degraded")
+EMBEDDING_PREFIX = "emb_"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One drift test: the column (or `embeddings`), Evidently's method, its threshold, the value, the call."""
+
+    column: str
+    method: str
+    threshold: float
+    value: float
+    drifted: bool
+
+    def line(self) -> str:
+        flag = "DRIFT" if self.drifted else "ok"
+        return f"{self.column}: {self.method} {self.value:.3f} (threshold {self.threshold:g}) {flag}"
+
+
+@dataclass(frozen=True)
+class Performance:
+    """The champion on the new labelled cases against the figure it was certified with."""
+
+    metric: str  # the gate metric (evaluate.gate_metric): the figure the champion was certified with
+    score: float
+    low: float
+    high: float
+    series_score: float
+    certified: float | None
+    max_drop: float
+    cases: int
+    series: int
+
+    @property
+    def degraded(self) -> bool:
+        """Clearly below its certificate: more than max_drop under it, and the upper 95% bound under it too."""
+        if self.certified is None:
+            return False
+        return self.score < self.certified - self.max_drop and self.high < self.certified
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str  # no champion | no new data | too few new series | no drift | drift | degraded
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def alert(self) -> bool:
+        return self.status in ALERTING
+
+
+def new_keys(manifest_keys: Iterable[str], reference_keys: Iterable[str]) -> list[str]:
+    """Keys ingested since the champion's data was recorded, sorted."""
+    return sorted(set(manifest_keys) - set(reference_keys))
+
+
+def sample_by_series(rows: pd.DataFrame, max_images: int, seed: int = 0) -> pd.DataFrame:
+    """Whole series drawn at random until `max_images` would be exceeded (all rows when they fit)."""
+    if len(rows) <= max_images:
+        return rows
+    order = np.random.default_rng(seed).permutation(sorted(rows["series"].unique()))
+    sizes = rows.groupby("series").size()
+    kept, total = [], 0
+    for series in order:
+        if total + sizes[series] > max_images and kept:
+            continue
+        kept.append(series)
+        total += sizes[series]
+    return rows[rows["series"].isin(kept)]
+
+
+def series_table(images: pd.DataFrame) -> pd.DataFrame:
+    """One row per series: mean numeric summaries, confidence and embedding, first header value, majority label
+    and verdict (the verdict is the series' pooled prediction, already in `series_verdict`)."""
+    numeric = [c for c in images.columns if c in NUMERIC_SUMMARIES or c == "confidence" or c.startswith(EMBEDDING_PREFIX)]
+    first = [c for c in (*CATEGORICAL_SUMMARIES, "series_verdict") if c in images.columns]
+    grouped = images.groupby("series", sort=True)
+    table = grouped[numeric].mean().join(grouped[first].first())
+    if "label" in images.columns and images["label"].notna().any():
+        table["label"] = grouped["label"].agg(lambda s: s.value_counts().sort_index().idxmax())
+    return table.reset_index()
+
+
+def class_counts(table: pd.DataFrame, column: str, classes: Sequence[str]) -> dict[str, int]:
+    """Series per class of `column` (label or verdict), every class listed."""
+    counts = table[column].value_counts() if column in table.columns else pd.Series(dtype=int)
+    return {c: int(counts.get(c, 0)) for c in classes}
+
+
+def decide(findings: Sequence[Finding], performance: Performance | None) -> Verdict:
+    """degraded beats drift beats no drift; every reason names the test and its numbers."""
+    drifted = [f.line() for f in findings if f.drifted]
+    if performance is not None and performance.degraded:
+        reason = (f"champion {performance.metric} on the new labelled cases {performance.score:.3f} "
+                  f"[{performance.low:.3f}, {performance.high:.3f}] is more than {performance.max_drop} below its "
+                  f"certified {performance.certified:.3f}")
+        return Verdict("degraded", [reason, *drifted])
+    if drifted:
+        return Verdict("drift", drifted)
+    return Verdict("no drift", [f"no test of {len(findings)} crossed its threshold"])

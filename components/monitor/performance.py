@@ -1,0 +1,34 @@
+"""The champion on the new labelled cases: its gate metric per slice (CI by bootstrap over series) and per series."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from components.common.bootstrap import group_bootstrap, score_function
+from components.common.params import Params
+from components.common.pooling import pool_by_series, series_labels
+from components.monitor.core import Performance
+
+
+def champion_performance(current: pd.DataFrame, classes: Sequence[str], certified: float | None,
+                         params: Params) -> Performance | None:
+    """None when the new cases carry no label the champion knows."""
+    labelled = current[current["label"].isin(classes)]
+    if labelled.empty:
+        return None
+    index = {c: i for i, c in enumerate(classes)}
+    y = labelled["label"].map(index).to_numpy(dtype=np.int64)
+    probabilities = labelled[[f"p_{c}" for c in classes]].to_numpy(dtype=float)
+    series = labelled["series"].astype(str).tolist()
+    name = params.evaluate.gate_metric
+    metric = score_function(name, len(classes))
+    ci = group_bootstrap(y, probabilities.argmax(axis=1), series, {name: metric},
+                         resamples=params.report.bootstrap_resamples)[name]
+    order, pooled = pool_by_series(probabilities, series, params.evaluate.series_pooling)
+    series_f1 = metric(series_labels(y, series, order), pooled.argmax(axis=1))
+    return Performance(metric=name, score=ci["estimate"], low=ci["low"], high=ci["high"], series_score=series_f1,
+                       certified=certified, max_drop=params.monitor.max_f1_drop, cases=len(labelled),
+                       series=len(order))
