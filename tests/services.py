@@ -216,3 +216,47 @@ class Orthanc:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self.process = None
+
+
+@dataclass
+class WebhookReceiver:
+    """An HTTP server on 127.0.0.1 that records every POSTed JSON body (an alert webhook's stand-in).
+
+    `fail_first` answers that many requests with 503 first (a receiver that is briefly down).
+    """
+
+    fail_first: int = 0
+    received: list = field(default_factory=list)
+    attempts: int = 0
+    server: object = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/kidney-ct"
+
+    def __enter__(self) -> WebhookReceiver:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.attempts += 1
+                if receiver.attempts <= receiver.fail_first:
+                    self.send_response(503)
+                else:
+                    receiver.received.append(json.loads(body))
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):  # keep the test output clean
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

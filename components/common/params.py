@@ -87,6 +87,8 @@ class IngestParams(_Strict):
     dicomweb_page_size: int = Field(100, ge=1)
     dicomweb_retry_attempts: int = Field(4, ge=1)
     dicomweb_retry_backoff_s: float = Field(0.5, ge=0)
+    accumulate: bool = False  # folder exports: False = the export is the whole dataset; True = each export adds
+    #   to what earlier runs ingested (weekly exports of new studies), like a PACS pull
 
 
 class ValidateParams(_Strict):
@@ -262,13 +264,10 @@ class MonitorParams(_Strict):
 
     max_reference_images: int = Field(2000, ge=10)  # the champion's training images read, drawn by series
     min_new_series: int = Field(3, ge=1)  # fewer new scan series than this: too few to judge drift
-    numeric_method: str = "wasserstein"  # Evidently stattest of the per-series image summaries
-    numeric_threshold: float = Field(0.2, gt=0)  # normed Wasserstein distance (in reference standard deviations)
-    categorical_method: str = "jensenshannon"  # Evidently stattest of scanner, kernel, class and verdict shares
-    categorical_threshold: float = Field(0.1, gt=0)
-    embedding_method: Literal["model", "mmd"] = "model"  # Evidently embedding drift of the champion's penultimate
-    #   layer, one mean vector per series: a domain classifier's ROC AUC, or MMD
-    embedding_threshold: float | None = None  # None: the method's own (model: ROC AUC 0.55; mmd: 0.015)
+    alpha: float = Field(0.01, gt=0, lt=1)  # chance of a false drift call per pass, shared by all its tests
+    #   (Bonferroni): a column drifts when its test's p-value is below alpha / tests ...
+    min_distance: float = Field(0.1, ge=0)  # ... and the shift is big enough to matter: normed Wasserstein distance
+    #   (in reference standard deviations) for numbers, Jensen-Shannon distance for categories
     max_f1_drop: float = Field(0.05, ge=0, le=1)  # "degraded": the champion's macro-F1 on the new labelled cases
     #   is more than this below its certified figure and the upper 95% bound is below it too
     alert_webhook: str | None = None  # POST the verdict here on drift or degradation (Slack/Teams/any receiver)

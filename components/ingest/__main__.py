@@ -74,15 +74,19 @@ def _ingest(params: Params, args: argparse.Namespace) -> None:
 
 
 def _ingest_export(params: Params) -> None:
-    """Export mode: every file under paths.source."""
+    """Export mode: every file under paths.source; with ingest.accumulate, added to the earlier manifest."""
     source = Path(params.paths.source)
     files = list_export(source)
     _check_outputs_outside(source, params)
     salt, salt_source = _salt(params, allow_default=is_generated_default(source, files, params))
     try:
         store = open_store(params.paths.store, params.storage)
+        earlier = (read_manifest(store.get("manifest.csv")) if params.ingest.accumulate and
+                   store.exists("manifest.csv") else [])
         result = ingest(read_files(source, files), store, params.classes, salt, image_limits(params),
-                        workers=worker_processes())
+                        workers=worker_processes(), earlier=earlier)
+        if earlier:
+            result = dataclasses.replace(result, manifest=merge_manifests(earlier, result.manifest, result.withdrawn))
         manifest_csv = rows_to_csv(result.manifest, MANIFEST_COLUMNS)
         store.put("manifest.csv", manifest_csv)
     except (StorageError, BotoCoreError, ClientError) as exc:

@@ -213,7 +213,7 @@ def judge(images: pd.DataFrame, champion: Champion, certified: float | None, par
                                                                                           index=False)
     drift_figure(reference, current, findings, champion.classes, folder / "drift.png")
     classes = list(champion.classes)
-    return {"status": verdict.status, "reasons": verdict.reasons, "tests": [vars(f) for f in findings],
+    return {"status": verdict.status, "reasons": verdict.reasons, "tests": [f.record() for f in findings],
             "drifted": [f.column for f in findings if f.drifted],
             "performance": None if performance is None else {**vars(performance), "degraded": performance.degraded},
             "counts": {"reference_series": len(reference), "current_series": len(current),
@@ -266,7 +266,7 @@ def log_to_mlflow(params: Params, report: dict) -> None:
         mlflow.set_tags({"stage": "monitor", "verdict": report["status"], "alert": str(
             report["status"] in ("drift", "degraded")).lower(), "champion_version": str(champion.get("version", "")),
             "drifted": ",".join(report.get("drifted", [])), "reasons": " | ".join(report.get("reasons", []))[:5000]})
-        metrics = {f"drift_{t['column']}": t["value"] for t in report.get("tests", [])}
+        metrics = {f"drift_{t['column']}": t["distance"] for t in report.get("tests", [])}
         performance = report.get("performance") or {}
         metrics |= {f"new_{k}": v for k, v in performance.items() if isinstance(v, float) and k != "max_drop"}
         metrics |= {k: float(v) for k, v in (report.get("counts") or {}).items() if isinstance(v, (int, float))}

@@ -21,17 +21,29 @@ EMBEDDING_PREFIX = "emb_"
 
 @dataclass(frozen=True)
 class Finding:
-    """One drift test: the column (or `embeddings`), Evidently's method, its threshold, the value, the call."""
+    """One column's drift test: is the shift real (p-value under the pass's share of alpha) and does it matter
+    (a distance at least the minimum)? Embeddings: a domain classifier's ROC AUC against chance."""
 
     column: str
-    method: str
-    threshold: float
-    value: float
-    drifted: bool
+    test: str  # e.g. "K-S p_value", "chi-square p_value", "domain classifier ROC AUC vs chance"
+    p_value: float  # NaN where the test gives none (embeddings: `significant` says it)
+    alpha: float  # this test's share of monitor.alpha
+    distance_name: str
+    distance: float
+    min_distance: float
+    significant: bool
+
+    @property
+    def drifted(self) -> bool:
+        return self.significant and self.distance >= self.min_distance
 
     def line(self) -> str:
         flag = "DRIFT" if self.drifted else "ok"
-        return f"{self.column}: {self.method} {self.value:.3f} (threshold {self.threshold:g}) {flag}"
+        p = "" if self.p_value != self.p_value else f"p {self.p_value:.2g} (alpha {self.alpha:.2g}), "
+        return f"{self.column}: {p}{self.distance_name} {self.distance:.3f} (min {self.min_distance:g}) {flag}"
+
+    def record(self) -> dict:
+        return {**vars(self), "drifted": self.drifted}
 
 
 @dataclass(frozen=True)

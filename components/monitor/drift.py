@@ -1,5 +1,11 @@
 """Drift tests by Evidently (docs/monitoring.md says why Evidently): one report over the series tables.
 
+Each column gets two of Evidently's tests: a p-value (K-S for numbers, chi-square for categories) that must
+fall below the pass's share of `monitor.alpha` (Bonferroni over every test), and a distance (normed
+Wasserstein, Jensen-Shannon) that must reach `monitor.min_distance`: a shift that is real and big enough
+to matter. The champion's embeddings get Evidently's domain classifier: drift when its ROC AUC beats what
+chance gives on the same cases (bootstrap) and reaches 0.55.
+
 Evidently 0.7.23 imports a helper pandas 3 removed (`infer_dtype_from_object`, used only by a legacy
 column-type test this stage never runs); `import_evidently` restores it before the import.
 """
@@ -17,7 +23,9 @@ from components.common.params import MonitorParams
 from components.monitor.core import EMBEDDING_PREFIX, Finding
 
 EMBEDDING_NAME = "champion_embeddings"
-DEFAULT_EMBEDDING_THRESHOLD = {"model": 0.55, "mmd": 0.015}
+MIN_EMBEDDING_AUC = 0.55  # Evidently's own threshold for its domain classifier
+TESTS = {"numeric": ("ks", "K-S p_value", "wasserstein", "normed Wasserstein"),
+         "categorical": ("chisquare", "chi-square p_value", "jensenshannon", "Jensen-Shannon")}
 
 
 def import_evidently():
@@ -37,56 +45,61 @@ def testable_columns(reference: pd.DataFrame, current: pd.DataFrame, columns: Se
             and reference[c].notna().any() and current[c].notna().any()]
 
 
-def embedding_method(settings: MonitorParams):
-    """Evidently's embedding drift method named in params, with its threshold."""
-    from evidently.metrics.embeddings import MMDDriftMethod, ModelDriftMethod
-
-    threshold = settings.embedding_threshold or DEFAULT_EMBEDDING_THRESHOLD[settings.embedding_method]
-    if settings.embedding_method == "mmd":
-        return MMDDriftMethod(threshold=threshold), threshold
-    return ModelDriftMethod(threshold=threshold), threshold
-
-
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, numeric: Sequence[str], categorical: Sequence[str],
                  settings: MonitorParams):
     """(findings, Evidently snapshot) of reference vs current series tables."""
     import_evidently()
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import EmbeddingsDrift, ValueDrift
+    from evidently.metrics.embeddings import ModelDriftMethod
 
-    numeric = testable_columns(reference, current, numeric)
-    categorical = testable_columns(reference, current, categorical)
+    kinds = {"numeric": testable_columns(reference, current, numeric),
+             "categorical": testable_columns(reference, current, categorical)}
     embeddings = [c for c in reference.columns if c.startswith(EMBEDDING_PREFIX) and c in current.columns]
-    definition = DataDefinition(numerical_columns=[*numeric, *embeddings], categorical_columns=list(categorical),
-                                embeddings={EMBEDDING_NAME: embeddings} if embeddings else None)
-    metrics: list[Any] = [ValueDrift(column=c, method=settings.numeric_method, threshold=settings.numeric_threshold)
-                          for c in numeric]
-    metrics += [ValueDrift(column=c, method=settings.categorical_method, threshold=settings.categorical_threshold)
-                for c in categorical]
-    threshold = None
+    alpha = settings.alpha / max(1, len(kinds["numeric"]) + len(kinds["categorical"]) + bool(embeddings))
+    metrics: list[Any] = []
+    for kind, columns in kinds.items():
+        p_method, _, d_method, _ = TESTS[kind]
+        for column in columns:
+            metrics += [ValueDrift(column=column, method=p_method, threshold=alpha),
+                        ValueDrift(column=column, method=d_method, threshold=settings.min_distance)]
+    method = ModelDriftMethod(bootstrap=True, quantile_probability=1 - alpha, threshold=MIN_EMBEDDING_AUC)
     if embeddings:
-        method, threshold = embedding_method(settings)
         metrics.append(EmbeddingsDrift(embeddings_name=EMBEDDING_NAME, drift_method=method))
-    columns = [*numeric, *categorical, *embeddings]
+    columns = [*kinds["numeric"], *kinds["categorical"], *embeddings]
+    definition = DataDefinition(numerical_columns=[*kinds["numeric"], *embeddings],
+                                categorical_columns=kinds["categorical"],
+                                embeddings={EMBEDDING_NAME: embeddings} if embeddings else None)
     snapshot = Report(metrics).run(Dataset.from_pandas(current[columns].copy(), data_definition=definition),
                                    Dataset.from_pandas(reference[columns].copy(), data_definition=definition))
-    return findings_of(snapshot.dict(), settings, threshold), snapshot
+    findings = column_findings(snapshot.dict(), kinds, alpha, settings.min_distance)
+    if embeddings:
+        findings.append(embedding_finding(method, reference[embeddings], current[embeddings], alpha))
+    return findings, snapshot
 
 
-def findings_of(result: dict, settings: MonitorParams, embedding_threshold: float | None) -> list[Finding]:
-    """Evidently's metric values as findings; a p-value drifts below its threshold, a distance or score above."""
-    findings = []
+def column_findings(result: dict, kinds: dict[str, list[str]], alpha: float, min_distance: float) -> list[Finding]:
+    """Pair each column's p-value and distance from Evidently's ValueDrift results."""
+    values: dict[tuple[str, str], float] = {}
     for metric in result["metrics"]:
-        config, value = metric["config"], metric["value"]
+        config = metric["config"]
         if config.get("type", "").endswith("ValueDrift"):
-            method, threshold = str(config["method"]), float(config["threshold"])
-            drifted = value < threshold if "p_value" in method else value >= threshold
-            findings.append(Finding(config["column"], method, threshold, float(value), bool(drifted)))
-        elif config.get("type", "").endswith("EmbeddingsDrift") and embedding_threshold is not None:
-            method = f"embeddings ({settings.embedding_method})"
-            findings.append(Finding("embeddings", method, embedding_threshold, float(value),
-                                    bool(value > embedding_threshold)))
+            values[(config["column"], config["method"])] = float(metric["value"])
+    findings = []
+    for kind, columns in kinds.items():
+        p_method, p_name, d_method, d_name = TESTS[kind]
+        for column in columns:
+            p_value, distance = values[(column, p_method)], values[(column, d_method)]
+            findings.append(Finding(column, p_name, p_value, alpha, d_name, distance, min_distance,
+                                    bool(p_value < alpha)))
     return findings
+
+
+def embedding_finding(method, reference: pd.DataFrame, current: pd.DataFrame, alpha: float) -> Finding:
+    """Evidently's domain classifier on the series' mean embeddings (the call the report shows)."""
+    auc, beats_chance, _ = method(current.copy(), reference.copy())
+    return Finding("embeddings", "domain classifier ROC AUC vs chance", float("nan"), alpha, "ROC AUC",
+                   float(auc), MIN_EMBEDDING_AUC, bool(beats_chance))
 
 
 def save_html(snapshot, path: Path) -> None:

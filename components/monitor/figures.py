@@ -53,5 +53,6 @@ def drift_figure(reference: pd.DataFrame, current: pd.DataFrame, findings: Seque
 
 def _title(ax, finding: Finding) -> None:
     colour = "tab:red" if finding.drifted else "black"
-    ax.set_title(f"{finding.column}\n{finding.method} {finding.value:.3f} (>{finding.threshold:g}: drift)",
-                 fontsize=8, color=colour)
+    ax.set_title(f"{finding.column}\n{finding.distance_name} {finding.distance:.3f}"
+                 + ("" if finding.p_value != finding.p_value else f", p {finding.p_value:.2g}")
+                 + (" DRIFT" if finding.drifted else ""), fontsize=8, color=colour)
