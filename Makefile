@@ -11,7 +11,7 @@ export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
 .PHONY: install run test test-fast mlflow-ui serve clean system-deps browser bench-serve bench-train \
-	real-data real-data-cv search cv-table lint bench-airflow bench-adapt
+	real-data real-data-cv search cv-table lint bench-airflow bench-adapt monitor-demo
 
 # torch's CPU build (the backbone conversion) comes from PyTorch's index where that host resolves; where it does
 # not (an offline mirror, a machine with the wheel in pip's find-links), asking it anyway costs pip five retries
@@ -54,6 +54,12 @@ STAMP := $(shell date +%Y%m%d-%H%M)
 real-data: install ## the whole pipeline on ../shared/data/kidney-ct with the best recipe (profiles/real-data.yaml)
 	@args=$$($(PROFILE) real-data) || exit 2; $(DVC_EXP) -k -n real-data-$(STAMP) $$args; status=$$?; \
 	$(BIN)/python -m components; exit $$status
+
+# Week 2 of the embedded default, watched: new patients on another vendor's sharp kernel, noisier, another class
+# mix, added to week 1's store; monitor -> alert (to a receiver on 127.0.0.1) -> retrain -> register.
+monitor-demo: run ## after week 1 (make run): a shifted week-2 export through monitor, alert, retrain, register
+	@$(PROFILE) week2 --write .monitor-demo.params.yaml || exit 2
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m components.monitor.demo --params .monitor-demo.params.yaml
 
 real-data-cv: install ## only the grouped 5-fold CV of the real-data recipe (leakage stage and what it needs)
 	@args=$$($(PROFILE) real-data) || exit 2; $(DVC_EXP) -n real-data-cv-$(STAMP) $$args leakage

@@ -41,7 +41,8 @@ def ci_text(metrics: dict, key: str = "macro_f1") -> str:
 def champion_lines(registration: dict, metrics: dict) -> list[str]:
     """The champion's test macro-F1 with its CI when this run's candidate is the champion."""
     if registration.get("champion_version") != registration.get("version"):
-        return [f"champion   v{registration.get('champion_version')} kept: this run's challenger did not beat it"]
+        return [f"champion   v{registration.get('champion_version')} kept: this run's challenger may be worse on the "
+                "same held-out cases"]
     m = metrics.get(registration.get("candidate"), {})
     if "macro_f1" not in m:
         return []
@@ -50,6 +51,30 @@ def champion_lines(registration: dict, metrics: dict) -> list[str]:
                 f"series): out-of-fold macro-F1 {m['macro_f1']:.3f}{ci_text(m)} by grouped CV of its recipe"]
     return [f"champion   v{registration['version']} ({registration['candidate']}): test macro-F1 {m['macro_f1']:.3f}"
             f"{ci_text(m)} on unseen patients"]
+
+
+def monitor_lines(report: dict | None, folder: str) -> list[str]:
+    """The monitor's verdict, what drifted, the champion on the new cases (docs/monitoring.md)."""
+    if not report:
+        return []
+    lines = [f"monitor    {report['status'].upper()}: " + "; ".join(report.get("reasons", [])[:3])]
+    performance = report.get("performance")
+    if performance:
+        certified = performance.get("certified")
+        lines.append(f"           champion on {performance['cases']} new labelled slices: {performance['metric']} "
+                     f"{performance['score']:.3f} [{performance['low']:.3f}, {performance['high']:.3f}]"
+                     + (f" (certified {certified:.3f})" if certified is not None else ""))
+    if "tests" in report:
+        lines.append(f"           figures: {Path(folder) / 'drift.png'}, {Path(folder) / 'evidently.html'}")
+    return lines
+
+
+def comparison_line(comparison: dict | None) -> list[str]:
+    """register's paired comparison of challenger and champion, when it ran."""
+    if not comparison or "difference" not in comparison:
+        return []
+    return [f"           challenger - champion on {comparison['on']}: {comparison['difference']:+.3f} "
+            f"[95% CI {comparison['low']:+.3f}, {comparison['high']:+.3f}] over {comparison['groups']} series"]
 
 
 def summary_lines(params_path: str = "params.yaml") -> list[str]:
@@ -69,6 +94,7 @@ def summary_lines(params_path: str = "params.yaml") -> list[str]:
     if prepared:
         lines.append(f"preprocess {prepared['images']} images in {prepared['groups']} {prepared['group_source']} groups; "
                      f"split: {prepared['per_split']}")
+    lines += monitor_lines(_read(Path(paths.monitor) / "monitor.json"), paths.monitor)
     lines.append(f"augment    preview grid: {Path(paths.augment_preview) / 'preview.png'}")
     metrics = _read(Path(paths.evaluation) / "metrics.json") or {}
     for name, m in metrics.items():
@@ -87,6 +113,7 @@ def summary_lines(params_path: str = "params.yaml") -> list[str]:
     elif registration:
         lines.append(f"register   {registration.get('model_name', p.register.model_name)} v{registration.get('version')}: "
                      f"{registration.get('reason')}; champion is v{registration.get('champion_version')}")
+        lines += comparison_line(registration.get("comparison"))
         lines += champion_lines(registration, metrics)
     if (Path(paths.report) / "report.html").is_file():
         lines.append(f"report     {Path(paths.report) / 'report.html'} (every figure, CIs, calibration, Grad-CAM, leakage)")

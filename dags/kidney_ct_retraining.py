@@ -7,6 +7,12 @@ triggered by hand):
 `generate -> ingest -> validate -> preprocess -> [augment, backbone -> features] -> train (one mapped task
 per candidate) -> evaluate -> register -> package`
 
+`monitor` (after ingest, before register) compares what arrived since the champion was registered with the
+data it was trained on and scores the champion on the new labelled cases (verdict: no champion, no new data,
+too few new series, no drift, drift, degraded: `reports/monitor/monitor.json`); `alert` then POSTs a drift or
+degraded verdict to `monitor.alert_webhook` once (skipped otherwise), and the run goes on to retrain; register
+compares the challenger with the champion on the same new held-out cases (docs/monitoring.md).
+
 Each task only **wires** a stage. By default (runner `dvc`) it runs
 `python -m components.common.dvc_run <stage> --params <file>` in the project directory, a git + DVC
 checkout: the run's params file is copied over its `params.yaml`, `dvc repro --single-item <stage>`
@@ -110,7 +116,7 @@ WATCH_DAG_ID = "kidney_ct_pacs_watch"
 RUNNERS_ENV = "KIDNEY_CT_RUNNERS"  # read at parse time: which operator each stage's task is
 POD_ENV = "KIDNEY_CT_KUBERNETES"
 RUNNERS = ("dvc", "local", "kubernetes")
-STAGES = ("generate", "ingest", "validate", "preprocess", "augment", "backbone", "features", "train", "evaluate",
+STAGES = ("generate", "ingest", "monitor", "validate", "preprocess", "augment", "backbone", "features", "train", "evaluate",
           "leakage", "report", "register", "package")
 UNCHANGED_EXIT_CODE = 99  # components.common.dvc_run --skip-exit-code: the stage was unchanged
 STAGE_TRIGGER_RULE = "none_failed"  # an unchanged (skipped) upstream stage still lets its dependents run
@@ -359,6 +365,32 @@ def stage_task(stage: str, runner: str, cluster: ClusterParams | None):
     return body()
 
 
+def alert_task(runner: str, cluster: ClusterParams | None):
+    """`alert`: the monitor's verdict to `monitor.alert_webhook` when it is drift or degraded, once (its ledger
+    makes a retry send nothing twice); skipped when nothing was sent. Retraining does not wait for it."""
+    arguments = ["components.monitor.alert", "--run-label", f"{DAG_ID} {{{{ run_id }}}}",
+                 "--skip-exit-code", str(UNCHANGED_EXIT_CODE)]
+    if runner == "kubernetes":
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+        container = stage_container(cluster, "monitor", [*arguments, "--params", POD_PARAMS_TEMPLATE])
+        return KubernetesPodOperator(task_id="alert", arguments=list(container.args),
+                                     **{**pod_kwargs(container, "monitor", cluster), "trigger_rule": "all_success"})
+
+    @task(task_id="alert")
+    def alert() -> None:
+        settings = current_settings()
+        run_label = f"{DAG_ID} {get_current_context()['run_id']}"
+        command = [sys.executable, "-m", *arguments[:2], run_label, *arguments[3:], "--params",
+                   str(settings.params_file)]
+        returncode, tail = _stream("alert", command, settings.project_dir)
+        if returncode == UNCHANGED_EXIT_CODE:
+            raise AirflowSkipException("\n".join(tail[-1:]) or "no alert to send")
+        _raise_on_failure("alert", returncode, tail)
+
+    return alert()
+
+
 def train_tasks(runner: str, cluster: ClusterParams | None):
     """`train`, mapped over the candidates `list_candidates` reads from the run's params file."""
 
@@ -409,7 +441,9 @@ def kidney_ct_retraining() -> None:
     featured = [preprocessed, task_of["backbone"]] >> task_of["features"]  # a no-op unless backbone.enabled
     crossvalidated = featured >> task_of["leakage"]  # the grouped CV that certifies a cv_refit model
     scored = [[preprocessed >> task_of["augment"], featured] >> trained, crossvalidated] >> task_of["evaluate"]
-    scored >> task_of["register"] >> task_of["package"]
+    monitored = task_of["ingest"] >> task_of["monitor"]  # against the champion of before (docs/monitoring.md)
+    monitored >> alert_task(runners["monitor"], cluster)
+    [scored, monitored] >> task_of["register"] >> task_of["package"]
     [scored, crossvalidated] >> task_of["report"]
 
 

@@ -21,6 +21,7 @@ from components.common.cli import StageError, read_json, run_stage, stage_parser
 from components.common.params import MonitorParams, Params
 
 LEDGER = "alerts_sent.json"
+SENT_NOW: list[bool] = []  # set by `run` for `main`'s exit code (run_stage returns only 0 or 2)
 Post = Callable[[str, bytes, float], int]
 
 
@@ -90,6 +91,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     folder = Path(params.paths.monitor)
     report = read_json(folder / "monitor.json")
     sent, outcome = send_once(report, params.monitor, folder / LEDGER, args.run_label)
+    SENT_NOW[:] = [True] if sent else []
     if args.result:
         write_json(args.result, {"sent": sent, "outcome": outcome, "status": report.get("status")})
     print(f"monitor.alert: {outcome}")
@@ -101,7 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-label", default="a manual run", help="names the run in the alert (the DAG passes "
                         "its run id)")
     parser.add_argument("--result", type=Path, default=None, help="also write {sent, outcome, status} to this JSON")
-    return run_stage("monitor.alert", run, parser, argv)
+    parser.add_argument("--skip-exit-code", type=int, default=None, metavar="N",
+                        help="exit N when no alert was sent now (an orchestrator marks the task skipped)")
+    args = parser.parse_known_args(argv)[0]
+    code = run_stage("monitor.alert", run, parser, argv)
+    if code == 0 and args.skip_exit_code is not None and not SENT_NOW:
+        return args.skip_exit_code
+    return code
 
 
 if __name__ == "__main__":

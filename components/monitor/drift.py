@@ -24,6 +24,8 @@ from components.monitor.core import EMBEDDING_PREFIX, Finding
 
 EMBEDDING_NAME = "champion_embeddings"
 MIN_EMBEDDING_AUC = 0.55  # Evidently's own threshold for its domain classifier
+MIN_SERIES_FOR_EMBEDDING_PLOT = 30  # Evidently draws embeddings with t-SNE (perplexity 30): fewer rows fail; the
+#                                     test itself (embedding_finding) runs at any size
 TESTS = {"numeric": ("ks", "K-S p_value", "wasserstein", "normed Wasserstein"),
          "categorical": ("chisquare", "chi-square p_value", "jensenshannon", "Jensen-Shannon")}
 
@@ -64,7 +66,7 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, numeric: Sequen
             metrics += [ValueDrift(column=column, method=p_method, threshold=alpha),
                         ValueDrift(column=column, method=d_method, threshold=settings.min_distance)]
     method = ModelDriftMethod(bootstrap=True, quantile_probability=1 - alpha, threshold=MIN_EMBEDDING_AUC)
-    if embeddings:
+    if embeddings and min(len(reference), len(current)) > MIN_SERIES_FOR_EMBEDDING_PLOT:
         metrics.append(EmbeddingsDrift(embeddings_name=EMBEDDING_NAME, drift_method=method))
     columns = [*kinds["numeric"], *kinds["categorical"], *embeddings]
     definition = DataDefinition(numerical_columns=[*kinds["numeric"], *embeddings],

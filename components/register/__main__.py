@@ -1,4 +1,5 @@
-"""CLI: python -m components.register — register the gated winner; promote it if it beats the champion."""
+"""CLI: python -m components.register — register the gated winner; it becomes champion unless it is worse than
+the champion beyond register.non_inferiority_margin on the same new held-out cases (paired bootstrap)."""
 
 from __future__ import annotations
 
@@ -236,7 +237,9 @@ def run(params: Params, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = stage_parser("Register the gated winner in the MLflow Model Registry; promote it if it beats the champion.")
+    parser = stage_parser("Register the gated winner in the MLflow Model Registry (with the record of its data); promote it "
+                          "unless it is worse than the champion beyond register.non_inferiority_margin on the same "
+                          "new held-out cases.")
     return run_stage("register", run, parser, argv)
 
 

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
 DAG_FILE = DAGS / "kidney_ct_retraining.py"
 DAG_ID = "kidney_ct_retraining"
-HELPER_TASKS = {"list_candidates": "train"}  # task id -> the stage it belongs to
+HELPER_TASKS = {"list_candidates": "train", "alert": "monitor"}  # task id -> the stage it belongs to
 PROJECT_ENV = ("KIDNEY_CT_PARAMS", "KIDNEY_CT_PROJECT_DIR", "AIRFLOW_VAR_KIDNEY_CT_PARAMS",
                "AIRFLOW_VAR_KIDNEY_CT_PROJECT_DIR", "KIDNEY_CT_RUNNERS", "KIDNEY_CT_KUBERNETES")
 
@@ -317,8 +317,11 @@ def test_dag_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert report["state"] == "success", report["tasks"]
     params = yaml.safe_load(params_file.read_text())
     assert {f"train[{i}]" for i in range(len(params["train"]["candidates"]))} <= set(report["tasks"])
+    alert = report["tasks"].pop("alert[-1]")
     assert set(report["tasks"].values()) == {"success"}
     paths = params["paths"]
+    monitor = json.loads((Path(paths["monitor"]) / "monitor.json").read_text())
+    assert monitor["status"] == "no champion" and alert == "skipped"  # the first run: nothing to compare with
     assert (Path(paths["ingested"]) / "manifest.csv").is_file()
     assert report["asset_events"] == [{"manifest": str(Path(paths["ingested"]) / "manifest.csv")}]
     assert (Path(paths["registration"]) / "registration.json").is_file()

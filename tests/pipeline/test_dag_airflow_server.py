@@ -7,7 +7,10 @@ SQLite, all on 127.0.0.1), in a git + DVC copy of the project whose DVC remote i
    starts, queued behind the first (or ahead of it, then the triggered run is the no-op one); when Airflow
    starts none, a second run triggered through the REST API;
 3. after a params change, an asset event posted through the REST API starts a run that reruns only
-   the stage whose params changed.
+   the stage whose params changed;
+4. a new export from another scanner (accumulated onto the first): the monitor calls it drift, the alert task
+   posts it to a webhook receiver on 127.0.0.1 once (it was skipped in every run before), and the run retrains
+   and registers.
 
 Slow (minutes): run this file alone. Durations are printed (-s), not asserted (BENCHMARKS.md).
 """
@@ -25,7 +28,7 @@ import yaml
 
 from tests.airflow_server import AirflowServer
 from tests.pipeline.test_pipeline_e2e import copy_project
-from tests.services import MotoS3
+from tests.services import MotoS3, WebhookReceiver
 from tests.tiny import tiny_params, write_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -33,7 +36,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 DAG_ID = "kidney_ct_retraining"
 BIN = Path(sys.executable).parent
 BUCKET = "kidney-ct-dvc"
-STAGE_TASKS = ("generate", "ingest", "validate", "preprocess", "augment", "backbone", "features", "train[0]",
+STAGE_TASKS = ("generate", "ingest", "monitor", "validate", "preprocess", "augment", "backbone", "features", "train[0]",
                "evaluate", "leakage", "report", "register", "package")
 DVC_STAGES = tuple(t.replace("train[0]", "train@paper_cnn") for t in STAGE_TASKS)
 
@@ -184,3 +187,22 @@ def test_scheduled_runs_are_dvc_runs_that_skip_what_did_not_change(airflow) -> N
     assert lock_stages(project)["report"]["params"]["params.yaml"]["report"]["calibration_bins"] == 8
     assert "calibration_bins: 8" in git(project, "show", "HEAD:params.yaml")
     print(f"asset-triggered run (report only) took {duration_s(triggered)} s")
+
+    # 4. New studies from another vendor's scanner, added to the first export's: drift, one alert, a retrain.
+    assert {server.task_states(DAG_ID, r["dag_run_id"]).get("alert") for r in runs} == {"skipped"}
+    with WebhookReceiver() as receiver:
+        raw = yaml.safe_load((project / "params.yaml").read_text())
+        raw["generate"].update(seed=8, patient_offset=1000, reconstruction_kernel="B70f", noise_scale=1.8,
+                               manufacturer="OTHER-VENDOR PHANTOM")
+        raw["ingest"]["accumulate"] = True
+        raw["monitor"]["alert_webhook"] = receiver.url
+        write_params(raw, project / "params.yaml")
+        shifted = server.trigger(DAG_ID)
+        runs = server.wait_until_idle(DAG_ID, timeout_s=1200)
+    run = next(r for r in runs if r["dag_run_id"] == shifted)
+    states = server.task_states(DAG_ID, shifted)
+    print(f"shifted-export run (monitor drift, alert, retrain) took {duration_s(run)} s")
+    assert run["state"] == "success", server.log_tails()
+    assert (states["monitor"], states["alert"], states["register"]) == ("success", "success", "success"), states
+    (alert,) = receiver.received
+    assert alert["status"] == "drift" and "kernel" in alert["text"] and shifted in alert["text"]

@@ -93,6 +93,9 @@ def weeks(tmp_path_factory) -> dict:
                 run_stage("monitor.alert", params)
             out["week2"]["alerts"] = receiver.received
         out[name]["registration"] = registration(retrain(params))
+    run_stage("monitor", files["week3"], "--source", str(root / "week3"))  # shadow: the raw folder, no labels
+    out["shadow"] = json.loads((Path(yaml.safe_load(files["week3"].read_text())["paths"]["monitor"])
+                                / "monitor.json").read_text())
     return out
 
 
@@ -129,3 +132,11 @@ def test_each_retrained_challenger_meets_the_champion_on_the_same_new_held_out_c
         assert comparison["difference"] == pytest.approx(comparison["challenger"] - comparison["champion"])
         promoted = weeks[name]["registration"]["promoted"]
         assert promoted is (comparison["low"] >= -0.02), weeks[name]["registration"]["reason"]
+
+
+def test_an_unlabelled_folder_feeds_the_same_monitor_in_shadow_mode(weeks):
+    report = weeks["shadow"]  # week 3's raw files against the champion now fitted on weeks 1-3
+    assert report["mode"].startswith("shadow") and report["performance"] is None
+    assert report["counts"]["current_images"] == 96 and report["counts"]["current_series_per_class"] is None
+    assert "label" not in {t["column"] for t in report["tests"]}
+    assert {"kernel", "manufacturer"} <= set(report["drifted"])  # all B70f vs a third of the reference

@@ -37,3 +37,20 @@ def test_summary_points_at_the_page_not_only_the_api_root(tmp_path):
 
     lines = summary_lines(str(write_params(tiny_params(tmp_path), tmp_path / "params.yaml")))
     assert any("http://127.0.0.1:3000/ui/" in line for line in lines)
+
+
+def test_monitor_and_comparison_lines_say_the_verdict_and_the_paired_difference():
+    from components.__main__ import comparison_line, monitor_lines
+
+    report = {"status": "drift", "reasons": ["kernel: p 0, Jensen-Shannon 0.833 (min 0.1) DRIFT"], "tests": [],
+              "performance": {"metric": "macro_f1", "score": 0.71, "low": 0.62, "high": 0.79, "certified": 0.95,
+                              "cases": 480}}
+    lines = monitor_lines(report, "reports/monitor")
+    assert lines[0] == "monitor    DRIFT: kernel: p 0, Jensen-Shannon 0.833 (min 0.1) DRIFT"
+    assert "480 new labelled slices: macro_f1 0.710 [0.620, 0.790] (certified 0.950)" in lines[1]
+    assert "reports/monitor/drift.png" in lines[2]
+    assert monitor_lines({"status": "no champion", "reasons": ["first run"]}, "m") == ["monitor    NO CHAMPION: first run"]
+    comparison = {"on": "the new held-out cases", "difference": 0.04, "low": -0.01, "high": 0.09, "groups": 40}
+    assert comparison_line(comparison) == [
+        "           challenger - champion on the new held-out cases: +0.040 [95% CI -0.010, +0.090] over 40 series"]
+    assert comparison_line(None) == [] and comparison_line({"champion": 0.7}) == []

@@ -1,0 +1,149 @@
+"""The monitor's pure pieces: summaries, series tables, drift findings, the verdict, the alert's ledger."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.common.imaging import LoadedImage
+from components.common.params import MonitorParams
+from components.monitor.alert import alert_body, alert_id, deliver, send_once
+from components.monitor.core import Finding, Performance, decide, new_keys, sample_by_series, series_table
+from components.monitor.summaries import image_summary, texture
+from tests.fixtures import ct_dicom_bytes
+
+SETTINGS = MonitorParams(alert_webhook="http://127.0.0.1:9/hook", alert_attempts=3)
+
+
+def finding(column: str, p: float, distance: float) -> Finding:
+    return Finding(column, "K-S p_value", p, 0.001, "normed Wasserstein", distance, 0.1, p < 0.001)
+
+
+def test_a_column_drifts_only_when_the_shift_is_significant_and_large_enough():
+    assert finding("texture", 1e-6, 2.0).drifted
+    assert not finding("texture", 0.2, 2.0).drifted  # large but not significant: chance on few series
+    assert not finding("texture", 1e-9, 0.01).drifted  # significant but too small to matter
+    assert "DRIFT" in finding("texture", 1e-6, 2.0).line() and "ok" in finding("rows", 1.0, 0.0).line()
+
+
+def test_degraded_beats_drift_and_names_the_numbers():
+    performance = Performance("macro_f1", 0.60, 0.52, 0.68, 0.6, certified=0.80, max_drop=0.05, cases=90,
+                              series=30)
+    verdict = decide([finding("kernel", 0.0, 0.8)], performance)
+    assert verdict.status == "degraded" and verdict.alert
+    assert "0.600 [0.520, 0.680]" in verdict.reasons[0] and "certified 0.800" in verdict.reasons[0]
+    assert decide([finding("kernel", 0.0, 0.8)], None).status == "drift"
+    assert decide([finding("rows", 1.0, 0.0)], None) .status == "no drift"
+
+
+@pytest.mark.parametrize("score, high, degraded", [(0.70, 0.78, True), (0.70, 0.85, False), (0.77, 0.74, False)])
+def test_degraded_needs_a_drop_beyond_the_margin_that_the_interval_confirms(score, high, degraded):
+    performance = Performance("macro_f1", score, score - 0.1, high, score, 0.80, 0.05, 50, 20)
+    assert performance.degraded is degraded
+
+
+def test_new_keys_and_series_sampling_keep_whole_series():
+    assert new_keys(["a", "b", "c"], ["b"]) == ["a", "c"]
+    rows = pd.DataFrame({"key": [f"k{i}" for i in range(12)], "series": [f"s{i // 3}" for i in range(12)]})
+    sample = sample_by_series(rows, max_images=7, seed=1)
+    assert len(sample) == 6 and sample.groupby("series").size().eq(3).all()  # two whole series of three
+    assert len(sample_by_series(rows, 100)) == 12
+
+
+def test_series_table_averages_numbers_and_takes_the_majority_label():
+    images = pd.DataFrame({"series": ["a", "a", "a", "b"], "texture": [1.0, 2.0, 3.0, 5.0],
+                           "emb_0": [0.0, 1.0, 2.0, 4.0], "kernel": ["B30f"] * 3 + ["B70f"],
+                           "label": ["Cyst", "Cyst", "Tumor", "Stone"], "series_verdict": ["Cyst"] * 3 + ["Stone"]})
+    table = series_table(images).set_index("series")
+    assert table.loc["a", "texture"] == 2.0 and table.loc["a", "emb_0"] == 1.0
+    assert table.loc["a", "label"] == "Cyst" and table.loc["b", "kernel"] == "B70f"
+
+
+def test_image_summary_reads_air_bone_and_texture_through_the_window():
+    hu = np.full((32, 32), 40.0, dtype=np.float32)
+    hu[:8] = -1000.0  # air
+    hu[-4:] = 1200.0  # bone
+    summary = image_summary(LoadedImage(hu, "dicom", "int16"), center=40, width=400)
+    assert summary["air_fraction"] == pytest.approx(8 / 32) and summary["bone_fraction"] == pytest.approx(4 / 32)
+    noisy = hu + np.random.default_rng(0).normal(0, 30, hu.shape).astype(np.float32)
+    assert texture(np.clip((noisy - (40 - 200)) / 400, 0, 1)) > texture(np.clip((hu + 160) / 400, 0, 1))
+
+
+def test_the_drift_report_flags_the_shifted_columns_not_the_others():
+    from components.monitor.drift import drift_report
+
+    rng = np.random.default_rng(0)
+
+    def series(n: int, texture_mean: float, kernel: str) -> pd.DataFrame:
+        return pd.DataFrame({"texture": rng.normal(texture_mean, 1, n), "intensity_mean": rng.normal(0, 1, n),
+                             "kernel": [kernel] * n, "label": rng.choice(["Cyst", "Tumor"], n),
+                             **{f"emb_{i}": rng.normal(0, 1, n) for i in range(4)}})
+
+    reference = series(150, 0.0, "B30f")
+    same, _ = drift_report(reference, series(60, 0.0, "B30f"), ["texture", "intensity_mean"], ["kernel", "label"],
+                           MonitorParams())
+    assert not [f.column for f in same if f.drifted]
+    shifted, snapshot = drift_report(reference, series(60, 3.0, "B70f"), ["texture", "intensity_mean"],
+                                     ["kernel", "label"], MonitorParams())
+    assert {f.column for f in shifted if f.drifted} == {"texture", "kernel"}
+    assert {f.column for f in shifted} == {"texture", "intensity_mean", "kernel", "label", "embeddings"}
+    assert shifted[0].alpha == pytest.approx(0.01 / 5)  # Bonferroni over the pass's five tests
+    assert snapshot.dict()["metrics"]
+    few, _ = drift_report(series(9, 0.0, "B30f"), series(12, 0.0, "B30f"), ["texture"], ["kernel"], MonitorParams())
+    assert "embeddings" in {f.column for f in few}  # tested at any size; Evidently's t-SNE plot needs 30+
+
+
+def report(status: str = "drift") -> dict:
+    return {"status": status, "reasons": ["kernel: p 0, Jensen-Shannon 0.833 (min 0.1) DRIFT"],
+            "champion": {"model_name": "kidney-ct-classifier", "version": "3"}, "new_data_fingerprint": "abc"}
+
+
+def test_an_alert_is_sent_once_per_verdict_and_data(tmp_path):
+    posts = []
+
+    def post(url, body, timeout):
+        posts.append(json.loads(body))
+        return 200
+
+    ledger = tmp_path / "alerts_sent.json"
+    assert send_once(report(), SETTINGS, ledger, "run 1", post)[0] is True
+    sent, why = send_once(report(), SETTINGS, ledger, "run 1 (retry)", post)
+    assert sent is False and "already delivered" in why and len(posts) == 1
+    assert posts[0]["text"].startswith("kidney-ct monitor: DRIFT in run 1") and "v3" in posts[0]["text"]
+    changed = {**report(), "new_data_fingerprint": "def"}  # next week's data: a new alert
+    assert send_once(changed, SETTINGS, ledger, "run 2", post)[0] is True and len(posts) == 2
+    assert alert_id(changed) != alert_id(report()) and alert_body(report(), "x")["id"] == alert_id(report())
+
+
+def test_no_alert_without_drift_or_without_a_webhook(tmp_path):
+    post = pytest.fail  # must not be called
+    assert send_once(report("no drift"), SETTINGS, tmp_path / "l.json", "r", post) == (
+        False, "no alert: the verdict is 'no drift'")
+    sent, why = send_once(report(), MonitorParams(), tmp_path / "l.json", "r", post)
+    assert sent is False and "alert_webhook is not set" in why
+
+
+def test_delivery_retries_then_fails_clearly():
+    from components.common.cli import StageError
+
+    answers = iter([503, OSError("connection refused"), 200])
+    assert deliver("http://x", {}, SETTINGS, lambda *a: _answer(next(answers)), pause_s=0) == 3
+    with pytest.raises(StageError, match="after 3 attempt.*HTTP 500"):
+        deliver("http://x", {}, SETTINGS, lambda *a: 500, pause_s=0)
+
+
+def _answer(value):
+    if isinstance(value, Exception):
+        raise value
+    return value
+
+
+def test_headers_come_from_the_de_identified_dicom():
+    from components.monitor.summaries import dicom_header
+
+    header = dicom_header(ct_dicom_bytes(np.zeros((16, 16), dtype=np.int16)))
+    assert set(header) == {"manufacturer", "kernel", "pixel_spacing_mm", "slice_thickness_mm"}
+    assert dicom_header(b"not a dicom")["kernel"] == "unknown"
