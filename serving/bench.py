@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.common.console import quiet_runtime
 from components.common.procs import stop_process_group
 from components.common.tables import text_table
 
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="load duration per level")
     parser.add_argument("--out", default="reports/serving/bench.json")
     args = parser.parse_args(argv)
+    quiet_runtime()  # before stand_in_model imports Keras; the servers it starts inherit the environment
     from components.common.params import load_params
 
     params = load_params(args.params)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from components.backbone.core import (
     resnet_layers,
     set_orientation_weights,
 )
+from components.common.console import progress, quiet_runtime
 from components.common.params import load_params
 from components.evaluate.core import classification_metrics, series_metrics
 from components.leakage.__main__ import load_all_images, load_rows
@@ -42,7 +44,6 @@ POOLINGS = ("mean", "max", "geometric", "vote", "gem")
 def build_cache(prepared: Path, weights: Path, out: Path, batch: int = 16) -> None:
     """layer2 mean+max (N, 1024) and layer3 maps (N, S/16, S/16, 1024) fp16 of every slice, in leakage's order."""
     import keras
-    from tqdm import tqdm
 
     if (out / "l3maps.npy").is_file():
         return
@@ -59,7 +60,7 @@ def build_cache(prepared: Path, weights: Path, out: Path, batch: int = 16) -> No
     l3 = np.lib.format.open_memmap(out / "l3maps.npy.part", "w+", "float16", (len(images), *model.outputs[1].shape[1:]))
     l2 = np.zeros((len(images), 1024), "float32")
     began = time.perf_counter()
-    for start in tqdm(range(0, len(images), batch), desc="layer2+layer3 cache", unit="batch"):
+    for start in progress(range(0, len(images), batch), desc="layer2+layer3 cache", unit="batch"):
         pooled, mapped = model.predict_on_batch(images[start:start + batch].astype("float32"))
         l2[start:start + batch], l3[start:start + batch] = pooled, mapped.astype("float16")
     l3.flush()
@@ -255,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--no-augment", dest="augment", action="store_false")
     tune.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
+    quiet_runtime()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [bench-adapt] %(message)s", datefmt="%H:%M:%S")
     params = load_params(args.params)
     prepared, cache = Path(params.paths.prepared), Path(args.cache)
     weights = Path(params.paths.backbone) / WEIGHTS_FILE

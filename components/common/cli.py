@@ -6,10 +6,12 @@ import argparse
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from components.common.console import quiet_runtime
 from components.common.params import Params, ParamsError, load_params
 
 log = logging.getLogger("kidney_ct")
@@ -28,15 +30,23 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
 
 def run_stage(name: str, body: Callable[[Params, argparse.Namespace], Any], parser: argparse.ArgumentParser,
               argv: list[str] | None = None) -> int:
-    """Parse args, load params once, run `body`; print known failures without a traceback."""
+    """Parse args, load params once, run `body` between a `started` and a `done in` line; print known failures
+    without a traceback."""
+    quiet_runtime()  # before the body imports TensorFlow
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{name}] %(message)s", datefmt="%H:%M:%S")
     args = parser.parse_args(argv)
+    log.info("started")
+    began = time.perf_counter()
     try:
         params = load_params(args.params)
         body(params, args)
     except (ParamsError, StageError) as exc:
-        log.error("%s failed: %s", name, exc)
+        log.error("failed after %.1f s: %s", time.perf_counter() - began, exc)
         return 2
+    except Exception as exc:
+        log.error("failed after %.1f s: %s (traceback below)", time.perf_counter() - began, type(exc).__name__)
+        raise
+    log.info("done in %.1f s", time.perf_counter() - began)
     return 0
 
 

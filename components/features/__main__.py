@@ -15,14 +15,13 @@ import numpy as np
 
 from components.backbone.core import WEIGHTS_FILE, ConversionError, assign_weights, feature_extractor, load_weights
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
+from components.common.console import progress
 from components.common.params import Params
 from components.features.core import LAYER_WIDTHS, cached_blocks, extract
 from components.preprocess.split import SPLITS
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     settings, out = params.backbone, Path(params.paths.features)
     out.mkdir(parents=True, exist_ok=True)
     if not settings.enabled:
@@ -47,7 +46,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     began, counts = time.perf_counter(), {}
     for split, x in images.items():
         batches = -(-len(x) // settings.batch_size)
-        bar = lambda it, s=split, n=batches: tqdm(it, desc=f"features {s}", unit="batch", total=n)  # noqa: E731
+        bar = lambda it, s=split, n=batches: progress(it, desc=f"features {s}", unit="batch", total=n)  # noqa: E731
         np.save(out / f"{split}.npy", extract(predict, x, settings.batch_size, bar))
         counts[split] = int(len(x))
     seconds = time.perf_counter() - began

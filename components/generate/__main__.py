@@ -7,9 +7,8 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from tqdm import tqdm
-
 from components.common.cli import StageError, log, run_stage, stage_parser, worker_processes
+from components.common.console import progress
 from components.common.export_layout import GENERATED_FILE
 from components.common.params import Params
 from components.generate.core import encoded_export, lesion_kind
@@ -33,8 +32,8 @@ def _generate(params: Params, _: argparse.Namespace) -> None:
     per_class: Counter[str] = Counter()
     size = 0
     # patients are independent: draw them on every core
-    for relative, label, data in tqdm(encoded_export(settings, params.classes, worker_processes()), total=total,
-                                      desc="generate", unit="file"):
+    for relative, label, data in progress(encoded_export(settings, params.classes, worker_processes()), total=total,
+                                          desc="generate", unit="file"):
         path = staging / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
-from tqdm import tqdm
 
 from components.common.cli import StageError, log, run_stage, stage_parser, worker_processes, write_json
+from components.common.console import progress
 from components.common.export_layout import GENERATED_FILE
 from components.common.params import Params
 from components.common.storage import StorageError, open_store
@@ -201,7 +201,7 @@ def _check_outputs_outside(source: Path, params: Params) -> None:
 
 def read_files(source: Path, files: list[Path]) -> Iterator[SourceFile]:
     """Read each file's bytes (with a progress bar); an unreadable file becomes a reasoned SourceFile."""
-    for path in tqdm(files, desc="ingest", unit="file"):
+    for path in progress(files, desc="ingest", unit="file"):
         relative = path.relative_to(source).as_posix()
         try:
             yield SourceFile(relative, path.read_bytes())

@@ -213,10 +213,10 @@ def pulled_files(client: PacsClient, studies: Sequence[StudyRef], classes: Seque
     A series whose answer does not parse as DICOM is quarantined as a whole (one row, the instances
     read before the fault kept); PACS and network failures raise PacsError.
     """
-    from tqdm import tqdm
+    from components.common.console import progress
 
     series = [ref for study in studies for ref in client.series(study.uid)]
-    with tqdm(total=sum(ref.instances for ref in series), desc="wado-rs", unit="instance") as bar:
+    with progress(total=sum(ref.instances for ref in series), desc="wado-rs", unit="instance") as bar:
         for ref in series:
             try:
                 for dataset in client.instances(ref):

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from components.common.champion import Champion, resolve_champion
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
+from components.common.console import progress
 from components.common.imaging import ImageDecodeError, decode_image, prepare_for_model
 from components.common.params import Params
 from components.common.pooling import pool_by_series
@@ -104,8 +104,9 @@ def champion_and_reference(params: Params) -> tuple[Champion, pd.DataFrame, floa
     connect_mlflow(uri)
     try:
         champion = resolve_champion(mlflow_alias_lookup(uri), params.register.model_name)
-    except StageError as exc:
-        return Verdict("no champion", [str(exc)])
+    except StageError:
+        return Verdict("no champion", [f"registered model '{params.register.model_name}' has no champion yet: "
+                                       "nothing to compare with (the first run)"])
     reference = version_reference(champion.run_id)
     if reference is None:
         return Verdict("no champion", [f"champion v{champion.version} was registered without {REFERENCE_ARTIFACT} "
@@ -149,8 +150,8 @@ def load_champion_model(champion: Champion):
 def describe(rows: pd.DataFrame, read, models, champion: Champion, params: Params) -> pd.DataFrame:
     """Each row's summaries, headers, champion probabilities and embedding; unreadable files flagged."""
     records, inputs = [], []
-    for row in tqdm(rows.itertuples(index=False), total=len(rows), desc=f"monitor {rows['side'].iat[0]}",
-                    unit="img", disable=None):
+    for row in progress(rows.itertuples(index=False), total=len(rows), desc=f"monitor {rows['side'].iat[0]}",
+                        unit="img"):
         record = {"key": row.key, "series": row.series, "label": getattr(row, "label", None) or None,
                   "side": row.side, "unreadable": False}
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import zipfile
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from components.common.cli import StageError, log, write_json
+from components.common.console import quiet_runtime
 from components.common.params import Params, ParamsError, load_params
 from components.common.pooling import POOLINGS
 from components.predict.core import Contract, Predict, score_export
@@ -179,8 +179,8 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_runtime()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [predict] %(message)s", datefmt="%H:%M:%S")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parser().parse_args(argv)
     try:
         s = run(args)

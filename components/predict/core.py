@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm import tqdm
 
+from components.common import console
 from components.common.imaging import ImageDecodeError, decode_image, prepare_for_model
 from components.common.study import series_key, study_verdict
 
@@ -55,7 +55,7 @@ def decode_files(items: Iterable[tuple[str, Callable[[], bytes]]], contract: Con
                  progress: bool = True) -> tuple[list[str], list[str], np.ndarray, list[dict]]:
     """Names, series keys and pixels of the readable files; a quarantine row (name, reason) for each other."""
     names, series, pixels, quarantine = [], [], [], []
-    for name, read in tqdm(items, total=total, desc="predict", unit="file", disable=not progress):
+    for name, read in console.progress(items, total=total, desc="predict", unit="file", disable=not progress):
         try:
             image, key = read_slice(name, read, contract)
         except (ImageDecodeError, OSError) as exc:

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
+from components.common import console
 from components.common.imaging import decode_image, prepare_for_model, resize, window_unit
 from components.common.params import PreprocessParams
 from components.preprocess.grouping import assign_groups
@@ -39,7 +39,7 @@ def decode_all(rows: list[ImageRow], get_bytes: Callable[[str], bytes], params: 
     size, thumb = params.image_size, params.duplicate_size
     images = np.empty((len(rows), size, size), dtype=np.uint8)
     thumbs = np.empty((len(rows), thumb, thumb), dtype=np.float32)
-    for i, row in enumerate(tqdm(rows, desc="preprocess", unit="img", disable=not progress)):
+    for i, row in enumerate(console.progress(rows, desc="preprocess", unit="img", disable=not progress)):
         loaded = decode_image(get_bytes(row.key))
         images[i] = prepare_for_model(loaded, size, params.window_center, params.window_width)
         thumbs[i] = resize(window_unit(loaded, params.window_center, params.window_width), thumb)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.common.console import progress, quiet_runtime
 from components.common.tables import text_table
 from components.train.candidates import study_candidates
 
@@ -90,14 +92,12 @@ def markdown(rows: list[dict]) -> str:
 
 def run_all(args: argparse.Namespace) -> list[dict]:
     """One subprocess per candidate; a candidate that fails is reported, not fatal."""
-    from tqdm import tqdm
-
     rows = []
-    for name in tqdm(args.only.split(","), desc="bench-train", unit="candidate"):
+    for name in progress(args.only.split(","), desc="bench-train", unit="candidate"):
         cmd = [sys.executable, "-m", "components.train.bench", "--one", name, "--size", str(args.size),
                "--batch", str(args.batch), "--warmup", str(args.warmup), "--steps", str(args.steps),
                "--workers", str(args.workers)]
-        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        done = subprocess.run(cmd, capture_output=True, text=True)  # env: quiet_runtime() in main
         if done.returncode != 0:
             print(f"{name} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
             continue
@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
+    quiet_runtime()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [bench-train] %(message)s", datefmt="%H:%M:%S")
     if args.one:
         print(json.dumps(measure(args.one, args.size, args.batch, args.warmup, args.steps, args.workers)))
         return 0

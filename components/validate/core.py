@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
+from components.common import console
 from components.common.imaging import ImageDecodeError, decode_image
 from components.common.storage import StorageError
 
@@ -62,7 +62,7 @@ def build_table(manifest_rows: Iterable[Mapping[str, Any]], get_bytes: GetBytes,
     """Decode every image listed in the manifest into one table row (never raises on bad images)."""
     rows = list(manifest_rows)
     records = [table_row(row, get_bytes)
-               for row in tqdm(rows, desc="decoding images", unit="img", disable=not progress)]
+               for row in console.progress(rows, desc="decoding images", unit="img", disable=not progress)]
     table = pd.DataFrame.from_records(records, columns=list(TABLE_COLUMNS))
     for name in ("width", "height"):
         table[name] = table[name].astype("Int64")
