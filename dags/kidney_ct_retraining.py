@@ -444,7 +444,7 @@ def kidney_ct_retraining() -> None:
     monitored = task_of["ingest"] >> task_of["monitor"]  # against the champion of before (docs/monitoring.md)
     monitored >> alert_task(runners["monitor"], cluster)
     [scored, monitored] >> task_of["register"] >> task_of["package"]
-    [scored, crossvalidated] >> task_of["report"]
+    [scored, crossvalidated, monitored] >> task_of["report"]
 
 
 kidney_ct_retraining()

@@ -143,6 +143,19 @@ def leakage_section(leakage: dict | None, grouped: dict, figs: Path) -> dict | N
             "chart": figure(figs / "leakage.png", "Leakage gap"), "cv_rows": cv_rows}
 
 
+def drift_section(report: dict | None, folder: Path) -> dict | None:
+    """The monitor's verdict, its drifted tests and figure (the new data against the champion's own)."""
+    if not report:
+        return None
+    tests = [[t["column"], t["test"], t["p_value"], t["alpha"], t["distance_name"], t["distance"], t["min_distance"],
+              "DRIFT" if t["drifted"] else "ok"] for t in report.get("tests", [])]
+    performance = report.get("performance")
+    return {"status": report["status"], "reasons": report.get("reasons", []), "tests": tests,
+            "performance": performance, "chart": figure(folder / "drift.png", "Per-series distributions: the "
+                                                        "champion's training data (grey) vs the new data (blue)")
+            if tests else None, "html": str(folder / "evidently.html")}
+
+
 def certified_arrays(params: Params, arrays: Path, x_test: np.ndarray, y_test: np.ndarray):
     """The images evaluate's "test" probabilities describe: the test split, or under cv_refit every image
     (the grouped CV's out-of-fold predictions, in the order train, val, test)."""
@@ -175,6 +188,9 @@ def run(params: Params, args: argparse.Namespace) -> None:
         summary[name] = {k: analysis[k] for k in ("ci95", "series_ci95", "temperature", "ece_before", "ece_after")}
     lead = (leakage or {}).get("candidate") or next(iter(metrics))
     context["leakage"] = leakage_section(leakage, metrics[lead], figs)
+    monitor = Path(params.paths.monitor)
+    context["drift"] = drift_section(read_json(monitor / "monitor.json") if (monitor / "monitor.json").is_file()
+                                     else None, monitor)
     title = f"Kidney CT pipeline report — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     out = Path(params.paths.report)
     (out / "report.html").write_text(page(title, context))

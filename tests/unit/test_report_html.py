@@ -65,3 +65,26 @@ def test_a_missing_figure_is_named_not_embedded(tmp_path):
                            "comparison": {"extra": [], "rows": [], "chart": None}, "candidates": [], "leakage": None})
     assert f"<p class=\"bad\">figure missing: {tmp_path / 'absent.png'}</p>" in no_leak
     assert "No random-split comparison in this run" in no_leak
+
+
+def test_the_drift_section_shows_the_verdict_every_test_and_the_figure(tmp_path, monkeypatch):
+    from components.report import __main__ as report
+
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(64))
+    (tmp_path / "drift.png").write_bytes(png)
+    monitor = {"status": "drift", "reasons": ["kernel: p 0, Jensen-Shannon 0.833 (min 0.1) DRIFT"],
+               "tests": [{"column": "kernel", "test": "chi-square p_value", "p_value": 0.0, "alpha": 0.001,
+                          "distance_name": "Jensen-Shannon", "distance": 0.833, "min_distance": 0.1, "drifted": True},
+                         {"column": "rows", "test": "K-S p_value", "p_value": 1.0, "alpha": 0.001,
+                          "distance_name": "normed Wasserstein", "distance": 0.0, "min_distance": 0.1,
+                          "drifted": False}],
+               "performance": {"metric": "macro_f1", "score": 0.905, "low": 0.857, "high": 0.945, "certified": 0.952,
+                               "cases": 480, "series": 160}}
+    html = page("run", {**context(tmp_path, monkeypatch, "cnn"), "drift": report.drift_section(monitor, tmp_path)})
+    assert "Monitor verdict: <b>drift</b>" in html and "macro_f1 0.905\n[0.857, 0.945]" in html
+    assert "<td>kernel</td><td>chi-square p_value</td><td>0.000</td>" in html and "<td>DRIFT</td>" in html
+    assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in html
+    first_run = page("run", {**context(tmp_path, monkeypatch, "cnn"), "drift": report.drift_section(
+        {"status": "no champion", "reasons": ["the first run"]}, tmp_path)})
+    assert "Monitor verdict: <b>no champion</b>. the first run" in first_run and "<td>DRIFT</td>" not in first_run
+    assert "No monitor verdict in this run" in page("run", context(tmp_path, monkeypatch, "cnn"))
