@@ -27,7 +27,7 @@ CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 SIZE, CROP, SLICES = 64, 64, 2
 SETTINGS = GenerateParams(seed=11, patients_per_class=40, slices_per_patient=SLICES, matrix=256)
 GRID = Grid.square(SETTINGS.matrix)
-TRAIN, TEST = range(0, 32), range(32, 40)
+TRAIN, VAL, TEST = range(0, 28), range(28, 32), range(32, 40)  # selection (early stopping) never sees TEST
 REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "kidney-ct"
 _PREPROCESS = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())["preprocess"]
 WINDOW = (_PREPROCESS["window_center"], _PREPROCESS["window_width"])
@@ -77,8 +77,9 @@ def fit(x, y, x_val, y_val, epochs: int):
 @pytest.fixture(scope="module")
 def phantom_model():
     x, y = arrays(TRAIN)
+    x_val, y_val = arrays(VAL)
     x_test, y_test = arrays(TEST)
-    return fit(x, y, x_test, y_test, epochs=25), x_test, y_test
+    return fit(x, y, x_val, y_val, epochs=25), x_test, y_test
 
 
 def test_beats_chance_on_unseen_phantom_patients(phantom_model):

@@ -69,7 +69,8 @@ def test_crippled_candidate_fails_the_gate_is_refused_and_the_champion_stays(tmp
 
     refused = stage("register", params, tmp_path)
     assert refused.returncode == 2, refused.stderr[-3000:]
-    assert "no candidate passed" in refused.stderr.lower() or "gate" in refused.stderr.lower(), refused.stderr
+    assert "no candidate passed the evaluation gates, nothing registered" in refused.stderr, refused.stderr
+    assert "crippled: " in refused.stderr and "below the minimum" in refused.stderr, refused.stderr
     registration = json.loads((Path(raw["paths"]["registration"]) / "registration.json").read_text())
     assert registration["registered"] is False and registration["gate_passed"] is False
 

@@ -60,7 +60,8 @@ def test_every_stage_ran_and_wrote_its_outputs(repro):
     assert (project / "reports/validate/data_docs/index.html").is_file()
     assert (project / "reports/augment/preview.png").stat().st_size > 1000
     metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())["paper_cnn"]
-    assert 0.0 <= metrics["macro_f1"] <= 1.0 and metrics["test_images"] > 0
+    assert metrics["test_images"] == len(split_groups(project, "test"))
+    assert metrics["macro_f1"] == pytest.approx(recomputed_macro_f1(project, "paper_cnn"))  # what its predictions score
     series = metrics["series"]  # one verdict per test series (one series per generated patient)
     assert series["pooling"] == "mean" and series["series"] == len(set(split_groups(project, "test")))
     assert series["macro_f1_ci"][0] <= series["macro_f1"] <= series["macro_f1_ci"][1]
@@ -69,6 +70,19 @@ def test_every_stage_ran_and_wrote_its_outputs(repro):
     assert set(json.loads((project / "reports/predictions/intervals.json").read_text())["paper_cnn"]) == {
         "slice", "series"}
     assert (project / "reports/evaluate/plots/confusion_paper_cnn.png").is_file()
+
+
+def recomputed_macro_f1(project: Path, candidate: str) -> float:
+    """macro-F1 recomputed from evaluate's written test probabilities (every class counted)."""
+    import pandas as pd
+    from sklearn.metrics import f1_score
+
+    classes = ["Normal", "Cyst", "Tumor", "Stone"]
+    rows = pd.read_csv(project / "reports/predictions/probabilities.csv")
+    rows = rows[(rows["candidate"] == candidate) & (rows["split"] == "test")]
+    predicted = rows[[f"p_{c}" for c in classes]].to_numpy().argmax(axis=1)
+    truth = rows["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    return float(f1_score(truth, predicted, labels=range(4), average="macro", zero_division=0))
 
 
 def split_groups(project: Path, split: str) -> list[str]:
