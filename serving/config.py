@@ -18,7 +18,6 @@ class ServeConfig:
     max_upload_mb: float = 20.0    # KIDNEY_CT_MAX_UPLOAD_MB: bigger uploads get 413
     max_pixels: int = 4096 * 4096  # KIDNEY_CT_MAX_PIXELS: bigger images get 413
     max_series_files: int = 1000   # KIDNEY_CT_MAX_SERIES_FILES: slices per /predict_series call (more gets 413)
-    series_pooling: str = "mean"   # KIDNEY_CT_SERIES_POOLING: study verdict; match evaluate.series_pooling
     token_env: str = "KIDNEY_CT_API_TOKEN"  # when this variable is set, /predict and /explain need the token
 
     @property
@@ -35,8 +34,7 @@ def load_config(env: dict[str, str] | None = None) -> ServeConfig:
     env = dict(os.environ if env is None else env)
     default, values = ServeConfig(), {}
     for name, kind in (("batching", _flag), ("max_batch_size", int), ("max_latency_ms", float),
-                       ("max_upload_mb", float), ("max_pixels", int), ("max_series_files", int),
-                       ("series_pooling", str)):
+                       ("max_upload_mb", float), ("max_pixels", int), ("max_series_files", int)):
         raw = env.get(PREFIX + name.upper())
         if raw is not None:
             try:
@@ -47,6 +45,21 @@ def load_config(env: dict[str, str] | None = None) -> ServeConfig:
     if config.max_batch_size < 1 or config.max_latency_ms < 0 or config.max_pixels < 1 or config.max_upload_mb <= 0 \
             or config.max_series_files < 1:
         raise ValueError(f"invalid serving settings: {config}")
-    if config.series_pooling not in POOLINGS:
-        raise ValueError(f"{PREFIX}SERIES_POOLING={config.series_pooling!r}: choose one of {', '.join(POOLINGS)}")
     return config
+
+
+def certified_pooling(metadata: dict, env: dict[str, str] | None = None) -> str:
+    """The study verdict's pooling the packaged model was certified with (its metadata; older Bentos: mean).
+
+    KIDNEY_CT_SERIES_POOLING may not override it: set to another pooling it stops the service with a reason
+    (re-register with evaluate.series_pooling changed, which re-certifies the model, instead).
+    """
+    env = dict(os.environ if env is None else env)
+    pooling = str(metadata.get("series_pooling", "mean"))
+    if pooling not in POOLINGS:
+        raise ValueError(f"the packaged model names series pooling {pooling!r}, not one of {', '.join(POOLINGS)}")
+    asked = env.get(PREFIX + "SERIES_POOLING")
+    if asked is not None and asked != pooling:
+        raise ValueError(f"{PREFIX}SERIES_POOLING={asked!r}, but the model was certified with {pooling!r} study "
+                         "verdicts: unset it (the pooling is part of the model's contract)")
+    return pooling

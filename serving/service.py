@@ -31,7 +31,7 @@ from components.common.imaging import ImageDecodeError, decode_image, prepare_fo
 from components.common.study import ArchiveError, dicom_series_uid, study_verdict, zip_members
 from serving.auth import BearerTokenAuth
 from serving.batching import MicroBatcher, size_buckets
-from serving.config import load_config
+from serving.config import certified_pooling, load_config
 from serving.inputs import RejectedUpload, check_size
 
 MODEL_ENV = "KIDNEY_CT_BENTO_MODEL"  # explicit BentoML model tag, e.g. kidney_ct_classifier:abc123
@@ -125,6 +125,7 @@ class KidneyCtClassifier:
         self.classes = [str(c) for c in meta["classes"]]
         self.size = int(meta["image_size"])
         self.window = (float(meta["window_center"]), float(meta["window_width"]))
+        self.series_pooling = certified_pooling(meta)
         self.model_version = str(meta.get("mlflow_version", stored.tag.version))
         self.served = {"mlflow_model": str(meta.get("mlflow_model", "")), "mlflow_version": self.model_version,
                        "bento_model": str(stored.tag)}
@@ -212,7 +213,7 @@ class KidneyCtClassifier:
         names, pixels, skipped, uids = self.prepare_series(images)
         step = self.config.max_batch_size
         probs = np.concatenate([self.run_model(pixels[i:i + step]) for i in range(0, len(pixels), step)]).astype(float)
-        verdict = study_verdict(probs, self.classes, self.config.series_pooling, top_k)
+        verdict = study_verdict(probs, self.classes, self.series_pooling, top_k)
         top, k = verdict.top, self.classes.index(verdict.label)
         heat = gradcam(self.model, pixels[top][..., np.newaxis].astype(np.float32), class_index=k)  # for the verdict
         evidence = [SliceEvidence(name=names[i], index=i, label=self.classes[int(probs[i].argmax())],

@@ -28,8 +28,10 @@ def tiny_keras_model(size: int = IMAGE_SIZE, n_classes: int = len(CLASSES)):
     return keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax")(x))
 
 
-def register_tiny_model(root: Path, model_name: str = MODEL_NAME, champion: bool = True) -> str:
-    """Log + register a tiny model in the sqlite registry under `root`; returns the version."""
+def register_tiny_model(root: Path, model_name: str = MODEL_NAME, champion: bool = True,
+                        extra_tags: dict[str, str] | None = None) -> str:
+    """Log + register a tiny model in the sqlite registry under `root` (its serving tags, plus `extra_tags`);
+    returns the version."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -45,7 +47,7 @@ def register_tiny_model(root: Path, model_name: str = MODEL_NAME, champion: bool
             info = mlflow.keras.log_model(tiny_keras_model(), name="model", pip_requirements=["keras"])
         version = mlflow.register_model(info.model_uri, model_name).version
         tags = {"classes": json.dumps(CLASSES), "image_size": str(IMAGE_SIZE),
-                "window_center": "40", "window_width": "400"}
+                "window_center": "40", "window_width": "400", **(extra_tags or {})}
         for key, value in tags.items():
             client.set_model_version_tag(model_name, version, key, value)
         if champion:

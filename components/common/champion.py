@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from components.common.cli import StageError
+from components.common.pooling import POOLINGS
 
 CHAMPION_ALIAS = "champion"
 REQUIRED_TAGS = ("classes", "image_size", "window_center", "window_width")
@@ -40,6 +41,7 @@ class Champion:
     image_size: int
     window_center: float
     window_width: float
+    series_pooling: str = "mean"  # the study verdict evaluate certified (tag series_pooling; older versions: mean)
 
     @property
     def model_uri(self) -> str:
@@ -74,4 +76,8 @@ def champion_from_version(model_name: str, found: VersionLike) -> Champion:
         raise StageError(f"{where}: tag 'classes' must be a JSON list of at least two labels, got {tags['classes']!r}")
     if image_size < 1 or width <= 0:
         raise StageError(f"{where}: image_size and window_width must be positive")
-    return Champion(model_name, str(found.version), found.run_id or "", tuple(classes), image_size, center, width)
+    pooling = tags.get("series_pooling", "mean")
+    if pooling not in POOLINGS:
+        raise StageError(f"{where}: tag 'series_pooling' is {pooling!r}, not one of {', '.join(POOLINGS)}")
+    return Champion(model_name, str(found.version), found.run_id or "", tuple(classes), image_size, center, width,
+                    pooling)

@@ -63,6 +63,7 @@ def bento_model_metadata(champion: Champion) -> dict[str, Any]:
     """What the service reads back at start-up: the preprocessing contract and provenance."""
     return {"model_file": MODEL_FILE, "classes": list(champion.classes), "image_size": champion.image_size,
             "window_center": champion.window_center, "window_width": champion.window_width,
+            "series_pooling": champion.series_pooling,
             "mlflow_model": champion.model_name, "mlflow_version": champion.version,
             "mlflow_run_id": champion.run_id}
 

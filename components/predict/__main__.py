@@ -44,7 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="params file: classes, preprocessing, pooling, MLflow "
                    "store (default: params.yaml)")
     p.add_argument("--pooling", choices=POOLINGS,
-                   help="series pooling (default: evaluate.series_pooling)")
+                   help="series pooling of a model file (default: evaluate.series_pooling); a registered model "
+                   "uses the pooling it was certified with")
     p.add_argument("--batch-size", type=int, default=64, help="slices per model call (default: 64)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -81,7 +82,7 @@ def load_local(path: Path, params: Params):
     if not file.is_file():
         raise StageError(f"{file} not found: pass a model.keras file, a folder holding one, or an MLflow URI")
     try:
-        return keras.saving.load_model(file, compile=False), contract_from_params(params), str(file)
+        return keras.saving.load_model(file, compile=False), contract_from_params(params), str(file), None
     except Exception as exc:  # keras raises many types for a broken file
         raise StageError(f"cannot load {file} as a Keras model: {exc}") from None
 
@@ -102,8 +103,8 @@ def load_registered(uri: str | None, params: Params):
     if uri is None:
         champion = resolve_champion(mlflow_alias_lookup(registry), name)
         contract = champion_contract(champion)
-        return load_registered_keras(champion.model_uri), contract, champion.model_uri
-    contract = contract_from_params(params)
+        return load_registered_keras(champion.model_uri), contract, champion.model_uri, champion.series_pooling
+    contract, certified = contract_from_params(params), None
     if uri.startswith("models:/"):
         from mlflow import MlflowClient
 
@@ -117,15 +118,27 @@ def load_registered(uri: str | None, params: Params):
         except Exception as exc:
             raise StageError(f"cannot find {uri} in the registry at {registry}: {exc}") from None
         champion: Champion = champion_from_version(model, found)
-        contract = champion_contract(champion)
-    return load_registered_keras(uri), contract, uri
+        contract, certified = champion_contract(champion), champion.series_pooling
+    return load_registered_keras(uri), contract, uri, certified
 
 
 def load_model(spec: str | None, params: Params):
-    """(model, contract, description) for --model, or the registry's champion when it is not given."""
+    """(model, contract, description, certified series pooling or None) for --model, or the registry's champion
+    when it is not given."""
     if spec and ":/" not in spec:
         return load_local(Path(spec), params)
     return load_registered(spec, params)
+
+
+def series_pooling(asked: str | None, certified: str | None, params: Params) -> str:
+    """A registered model's certified pooling (--pooling may only repeat it); a model file's: --pooling, else
+    evaluate.series_pooling."""
+    if certified is None:
+        return asked or params.evaluate.series_pooling
+    if asked is not None and asked != certified:
+        raise StageError(f"--pooling {asked}: the registered model was certified with {certified!r} study verdicts, "
+                         "and the pooling is part of its contract")
+    return certified
 
 
 def output_paths(out: Path) -> dict[str, Path]:
@@ -152,8 +165,8 @@ def run(args: argparse.Namespace) -> dict:
     items, close = source_items(source)
     if not items:
         raise StageError(f"{source} holds no files")
-    model, contract, described = load_model(args.model, params)
-    pooling = args.pooling or params.evaluate.series_pooling
+    model, contract, described, certified = load_model(args.model, params)
+    pooling = series_pooling(args.pooling, certified, params)
     try:
         scored = score_export(items, keras_predict(model), contract, pooling, total=len(items),
                               batch_size=args.batch_size, progress=not args.no_progress)

@@ -205,7 +205,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
                        f"certified_{metric}": f"{entry['gate_metric']:.4f}", "protocol": protocol["name"],
                        "folds_fingerprint": str(protocol.get("folds_fingerprint") or ""),
                        "classes": json.dumps(params.classes), "image_size": str(pre.image_size),
-                       "window_center": str(pre.window_center), "window_width": str(pre.window_width)}.items():
+                       "window_center": str(pre.window_center), "window_width": str(pre.window_width),
+                       "series_pooling": params.evaluate.series_pooling}.items():
         client.set_model_version_tag(name, version.version, key, value)
     client.set_registered_model_alias(name, "challenger", version.version)
     arrays = Path(params.paths.prepared) / "arrays"

@@ -21,6 +21,7 @@ from tests.package_support import CLASSES, register_tiny_model, run_package, wri
 
 READY_TIMEOUT_S = 120
 TOKEN = "test-token-123"
+POOLING = "max"  # not the default: the service must take it from the model, not assume it
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -58,7 +59,7 @@ def wait_ready(url: str, server: subprocess.Popen, log: Path) -> None:
 def served(tmp_path_factory):
     """Register + package a tiny champion, serve its Bento; always stops the server."""
     root = tmp_path_factory.mktemp("serving")
-    write_project(root, register_tiny_model(root))
+    write_project(root, register_tiny_model(root, extra_tags={"series_pooling": POOLING}))
     packaged = run_package(root)
     assert packaged.returncode == 0, packaged.stderr[-3000:]
     record = json.loads((root / "reports/package/bento.json").read_text())
@@ -251,9 +252,9 @@ def test_a_whole_series_gets_the_pooled_verdict_its_top_slices_and_their_gradcam
     assert response.status_code == 200, response.text
     body = response.json()
     slice_probs = np.array([expected_probabilities(root, record, data) for _, data in files])
-    pooled = pool(slice_probs, "mean")
+    pooled = pool(slice_probs, POOLING)  # the pooling the model was certified with (its registry tag, its Bento)
     np.testing.assert_allclose([body["probabilities"][c] for c in CLASSES], pooled, atol=1e-5)
-    assert body["label"] == CLASSES[int(pooled.argmax())] and body["slices"] == 5 and body["pooling"] == "mean"
+    assert body["label"] == CLASSES[int(pooled.argmax())] and body["slices"] == 5 and body["pooling"] == POOLING
     k = CLASSES.index(body["label"])
     assert [s["index"] for s in body["top_slices"]] == list(np.argsort(-slice_probs[:, k], kind="stable")[:2])
     assert body["skipped"] == [{"name": "notes.txt", "reason": "not a PNG or JPEG image"}]

@@ -13,6 +13,7 @@ from components.common.cli import StageError
 from components.package.core import (
     Champion,
     bento_model_labels,
+    bento_model_metadata,
     check_model_shapes,
     check_registration,
     find_packaged,
@@ -39,7 +40,16 @@ def test_resolve_champion_reads_the_serving_contract_from_tags():
     found = SimpleNamespace(version="3", run_id="abc", tags=GOOD_TAGS)
     result = resolve_champion(fake_registry({("m", "champion"): found}), "m")
     assert result == Champion("m", "3", "abc", tuple(CLASSES), 32, 40.0, 400.0)
-    assert result.model_uri == "models:/m/3"
+    assert result.model_uri == "models:/m/3" and result.series_pooling == "mean"  # no tag: registered before
+
+
+def test_the_certified_study_pooling_is_part_of_the_contract_and_reaches_the_bento():
+    found = SimpleNamespace(version="3", run_id="abc", tags={**GOOD_TAGS, "series_pooling": "gem"})
+    result = resolve_champion(fake_registry({("m", "champion"): found}), "m")
+    assert result.series_pooling == "gem" and bento_model_metadata(result)["series_pooling"] == "gem"
+    bad = SimpleNamespace(version="3", run_id="abc", tags={**GOOD_TAGS, "series_pooling": "median"})
+    with pytest.raises(StageError, match="'series_pooling' is 'median'"):
+        resolve_champion(fake_registry({("m", "champion"): bad}), "m")
 
 
 def test_resolve_champion_refuses_when_no_version_has_the_alias():

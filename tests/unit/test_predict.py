@@ -155,3 +155,16 @@ def test_cli_refuses_plainly_without_a_traceback(tmp_path, monkeypatch, caplog):
     text = caplog.text
     assert "missing does not exist" in text and "lies inside SOURCE" in text and "nowhere/model.keras not found" in text
     assert "Traceback" not in text and not (project / "export" / "p.csv").exists()
+
+
+def test_a_registered_models_certified_pooling_wins_and_pooling_flag_cannot_change_it():
+    from types import SimpleNamespace
+
+    from components.common.cli import StageError
+    from components.predict.__main__ import series_pooling
+
+    params = SimpleNamespace(evaluate=SimpleNamespace(series_pooling="mean"))
+    assert series_pooling(None, "gem", params) == "gem" and series_pooling("gem", "gem", params) == "gem"
+    with pytest.raises(StageError, match="certified with 'gem'"):
+        series_pooling("max", "gem", params)
+    assert series_pooling("max", None, params) == "max" and series_pooling(None, None, params) == "mean"

@@ -76,10 +76,19 @@ def test_settings_come_from_env_and_bad_values_are_named():
         load_config({"KIDNEY_CT_MAX_BATCH_SIZE": "lots"})
     with pytest.raises(ValueError, match="invalid serving settings"):
         load_config({"KIDNEY_CT_MAX_BATCH_SIZE": "0"})
-    assert load_config({}).series_pooling == "mean" and load_config({}).max_series_files == 1000
-    assert load_config({"KIDNEY_CT_SERIES_POOLING": "max"}).series_pooling == "max"
-    with pytest.raises(ValueError, match="KIDNEY_CT_SERIES_POOLING='median': choose one of mean, max"):
-        load_config({"KIDNEY_CT_SERIES_POOLING": "median"})
+    assert load_config({}).max_series_files == 1000
+
+
+def test_the_study_pooling_is_the_models_and_env_cannot_override_it():
+    from serving.config import certified_pooling
+
+    assert certified_pooling({"series_pooling": "gem"}, {}) == "gem"
+    assert certified_pooling({}, {}) == "mean"  # a Bento packaged before the pooling was part of the contract
+    assert certified_pooling({"series_pooling": "gem"}, {"KIDNEY_CT_SERIES_POOLING": "gem"}) == "gem"
+    with pytest.raises(ValueError, match="KIDNEY_CT_SERIES_POOLING='max', but the model was certified with 'gem'"):
+        certified_pooling({"series_pooling": "gem"}, {"KIDNEY_CT_SERIES_POOLING": "max"})
+    with pytest.raises(ValueError, match="not one of"):
+        certified_pooling({"series_pooling": "median"}, {})
 
 
 def test_size_bounds_say_413_with_the_limit():
