@@ -241,11 +241,14 @@ class TrainParams(_Strict):
 
 
 class EvaluateParams(_Strict):
+    """The gate has no default: a params file must state every minimum (0 switches a check off), so a file
+    without an `evaluate:` block is refused rather than silently gated at some number written here."""
+
     gate_metric: Literal["accuracy", "macro_f1"] = "macro_f1"
-    min_accuracy: float = Field(0.6, ge=0, le=1)
-    min_macro_f1: float = Field(0.55, ge=0, le=1)
-    min_class_recall: float = Field(0.0, ge=0, le=1)  # every class's recall at least this (0 = no check)
-    min_series_macro_f1: float = Field(0.0, ge=0, le=1)  # study verdicts' macro-F1 at least this (0 = no check)
+    min_accuracy: float = Field(ge=0, le=1)
+    min_macro_f1: float = Field(ge=0, le=1)
+    min_class_recall: float = Field(ge=0, le=1)  # every class's recall at least this (0 = no check)
+    min_series_macro_f1: float = Field(ge=0, le=1)  # study verdicts' macro-F1 at least this (0 = no check)
     series_pooling: Literal["mean", "max", "geometric", "vote", "gem"] = "mean"  # slice probabilities -> study verdict
     protocol: Literal["holdout", "cv_refit"] = "holdout"  # holdout: certify on the test split; cv_refit: certify
     #   by the leakage stage's grouped CV of the same recipe, and train the deployed model on every labelled series
@@ -334,7 +337,7 @@ with warnings.catch_warnings():
         augment: AugmentParams = AugmentParams()
         backbone: BackboneParams = BackboneParams()
         train: TrainParams
-        evaluate: EvaluateParams = EvaluateParams()
+        evaluate: EvaluateParams  # required: the gate is stated, never defaulted
         register: RegisterParams = RegisterParams()
         monitor: MonitorParams = MonitorParams()
         leakage: LeakageParams = LeakageParams()

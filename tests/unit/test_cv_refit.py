@@ -59,7 +59,7 @@ def test_the_gate_can_read_the_lower_bound_of_each_interval():
         "is below the minimum 0.900",
         "accuracy lower 95% bound 0.850 (estimate 0.930) is below the minimum 0.900"]
     with pytest.raises(ValueError, match="needs a confidence interval of accuracy"):
-        gate_verdict({"accuracy": 0.9, "macro_f1": 0.9}, EvaluateParams(gate_bound="ci_low"))
+        gate_verdict({"accuracy": 0.9, "macro_f1": 0.9}, EvaluateParams(**gate, gate_bound="ci_low"))
 
 
 def test_folds_fingerprint_depends_on_which_image_sits_in_which_fold_not_on_order():

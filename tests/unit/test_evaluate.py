@@ -38,7 +38,7 @@ def test_empty_test_split_refused():
 
 
 def test_gate_names_every_miss():
-    gate = EvaluateParams(min_accuracy=0.8, min_macro_f1=0.7)
+    gate = EvaluateParams(min_accuracy=0.8, min_macro_f1=0.7, min_class_recall=0, min_series_macro_f1=0)
     passed, reasons = gate_verdict({"accuracy": 0.75, "macro_f1": 0.5}, gate)
     assert not passed
     assert reasons == ["accuracy 0.750 is below the minimum 0.800", "macro-F1 0.500 is below the minimum 0.700"]
@@ -46,7 +46,7 @@ def test_gate_names_every_miss():
 
 
 def test_gate_refuses_a_model_that_misses_one_class():
-    gate = EvaluateParams(min_accuracy=0.5, min_macro_f1=0.5, min_class_recall=0.85)
+    gate = EvaluateParams(min_accuracy=0.5, min_macro_f1=0.5, min_class_recall=0.85, min_series_macro_f1=0)
     metrics = {"accuracy": 0.9, "macro_f1": 0.9,
                "per_class": {"Cyst": {"recall": 0.99}, "Stone": {"recall": 0.40}, "Tumor": {"recall": 0.85}}}
     passed, reasons = gate_verdict(metrics, gate)

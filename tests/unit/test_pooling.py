@@ -75,13 +75,14 @@ def test_series_metrics_score_one_verdict_per_series():
 def test_the_gate_checks_series_macro_f1_only_when_set():
     metrics = {"accuracy": 0.9, "macro_f1": 0.9, "per_class": {},
                "series": {"macro_f1": 0.5, "pooling": "mean", "series": 12}}
-    assert gate_verdict(metrics, EvaluateParams(min_accuracy=0, min_macro_f1=0)) == (True, [])
-    passed, reasons = gate_verdict(metrics, EvaluateParams(min_accuracy=0, min_macro_f1=0, min_series_macro_f1=0.8))
+    assert gate_verdict(metrics, EvaluateParams(min_accuracy=0, min_macro_f1=0, min_class_recall=0,
+                                                    min_series_macro_f1=0)) == (True, [])
+    passed, reasons = gate_verdict(metrics, EvaluateParams(min_accuracy=0, min_macro_f1=0, min_class_recall=0, min_series_macro_f1=0.8))
     assert not passed
     assert reasons == ["series-level macro-F1 0.500 (mean of the slice probabilities over 12 series) is below "
                        "the minimum 0.800"]
     old = {k: v for k, v in metrics.items() if k != "series"}
-    assert not gate_verdict(old, EvaluateParams(min_accuracy=0, min_macro_f1=0, min_series_macro_f1=0.8))[0]
+    assert not gate_verdict(old, EvaluateParams(min_accuracy=0, min_macro_f1=0, min_class_recall=0, min_series_macro_f1=0.8))[0]
 
 
 def test_saved_probabilities_read_back_in_array_order(tmp_path):
@@ -137,15 +138,30 @@ def test_study_verdict_names_the_pooled_class_and_its_top_slices():
     assert sum(verdict.probabilities.values()) == pytest.approx(1.0)
 
 
-def test_the_gate_keys_default_off_and_refuse_an_unknown_pooling():
+def test_the_gate_has_no_default_and_an_unknown_pooling_is_refused():
     from pydantic import ValidationError
 
-    gate = EvaluateParams()
-    assert gate.min_series_macro_f1 == 0.0 and gate.series_pooling == "mean"
+    stated = dict(min_accuracy=0.9, min_macro_f1=0.9, min_class_recall=0.85, min_series_macro_f1=0.0)
+    assert EvaluateParams(**stated).series_pooling == "mean"
+    with pytest.raises(ValidationError, match="min_macro_f1\n  Field required"):
+        EvaluateParams(**{k: v for k, v in stated.items() if k != "min_macro_f1"})
     with pytest.raises(ValidationError, match="series_pooling"):
-        EvaluateParams(series_pooling="median")
+        EvaluateParams(**stated, series_pooling="median")
     with pytest.raises(ValidationError, match="min_series_macro_f1"):
-        EvaluateParams(min_series_macro_f1=1.5)
+        EvaluateParams(**{**stated, "min_series_macro_f1": 1.5})
+
+
+def test_a_params_file_without_the_gate_is_refused(tmp_path):
+    import yaml
+
+    from components.common.params import ParamsError, load_params
+    from tests.tiny import REPO
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    del raw["evaluate"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match="evaluate: Field required"):
+        load_params(tmp_path / "params.yaml")
 
 
 def test_gem_sits_between_mean_and_max_and_leans_to_the_confident_slice():
