@@ -77,7 +77,8 @@ def test_the_gate_checks_series_macro_f1_only_when_set():
                "series": {"macro_f1": 0.5, "pooling": "mean", "series": 12}}
     assert gate_verdict(metrics, EvaluateParams(min_accuracy=0, min_macro_f1=0, min_class_recall=0,
                                                     min_series_macro_f1=0)) == (True, [])
-    passed, reasons = gate_verdict(metrics, EvaluateParams(min_accuracy=0, min_macro_f1=0, min_class_recall=0, min_series_macro_f1=0.8))
+    passed, reasons = gate_verdict(metrics, EvaluateParams(min_accuracy=0, min_macro_f1=0, min_class_recall=0,
+                                                           min_series_macro_f1=0.8))
     assert not passed
     assert reasons == ["series-level macro-F1 0.500 (mean of the slice probabilities over 12 series) is below "
                        "the minimum 0.800"]
