@@ -43,7 +43,13 @@ def test_registered_version_carries_provenance_metrics_example_and_card(tmp_path
     np.save(arrays / "X_test.npy", x)
     np.save(arrays / "y_test.npy", np.arange(8) % 4)
     Path(paths["ingested"]).mkdir(parents=True)
-    (Path(paths["ingested"]) / "manifest.csv").write_text("path,label\na.dcm,Cyst\n")
+    keys = [f"images/{CLASSES[i % 4]}/k{i}.dcm" for i in range(8)]
+    (Path(paths["ingested"]) / "manifest.csv").write_text("key,label,group,series\n" + "".join(
+        f"{key},{CLASSES[i % 4]},g{i},s{i}\n" for i, key in enumerate(keys)))
+    (arrays.parent / "split.csv").write_text("split,group,key\n" + "".join(f"test,g{i},{key}\n"
+                                                                           for i, key in enumerate(keys)))
+    (Path(paths["models"]) / "paper_cnn").mkdir(parents=True)
+    (Path(paths["models"]) / "paper_cnn" / "run.json").write_text(json.dumps({"fitted_on": ["train"]}))
     run_id, model_uri = logged_run(uri, x, tmp_path / "mlartifacts")
     metrics = {"accuracy": 0.5, "macro_f1": 0.4, "test_images": 8,
                "per_class": {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2} for c in CLASSES}}
@@ -75,3 +81,6 @@ def test_registered_version_carries_provenance_metrics_example_and_card(tmp_path
     assert example.shape == (1, IMAGE_SIZE, IMAGE_SIZE, 1)
     assert json.loads((local / "params.json").read_text())["preprocess"]["image_size"] == IMAGE_SIZE
     assert (Path(paths["registration"]) / "model_card.md").read_text() == card
+    reference = (local / "reference.csv").read_text().splitlines()  # the data record the monitor compares with
+    assert reference[0] == "key,split,group,series,label,fitted" and len(reference) == 1 + 8
+    assert reference[1] == f"{keys[0]},test,g0,s0,Normal,false" and tags["series_pooling"] == "mean"
