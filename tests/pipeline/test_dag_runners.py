@@ -30,7 +30,7 @@ if dag is not None:
 print("REPORT:" + json.dumps(report))''')
 
 CPU, GPU = "reg/kct-cpu@sha256:" + "c" * 64, "reg/kct-gpu@sha256:" + "9" * 64
-STAGES = ("generate", "ingest", "validate", "preprocess", "augment", "backbone", "features", "train", "evaluate",
+STAGES = ("generate", "ingest", "monitor", "validate", "preprocess", "augment", "backbone", "features", "train", "evaluate",
           "leakage", "report", "register", "package")
 
 
