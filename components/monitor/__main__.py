@@ -40,12 +40,16 @@ from components.monitor.performance import champion_performance
 from components.monitor.summaries import CATEGORICAL_SUMMARIES, NUMERIC_SUMMARIES, dicom_header, image_summary
 
 BATCH = 32
+LABELLED = "new labelled export"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser("Compare what arrived since the champion was registered with the data it was trained on "
                           "(image summaries, scanner headers, class mix, the champion's embeddings, verdicts and "
                           "confidence) and score the champion on the new labelled cases; write the verdict.")
+    parser.add_argument("--predictions", type=Path, default=None,
+                        help="components.predict's predictions.csv (shadow mode on its output): verdict-share and "
+                             "confidence drift against the champion's own training data, no pixels read")
     parser.add_argument("--source", type=Path, default=None,
                         help="an unlabelled folder of DICOM/PNG/JPEG files to judge instead of the newly ingested "
                              "export (shadow mode: no labels, so no performance check)")
@@ -61,10 +65,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
         return finish(params, folder, {"status": found.status, "reasons": found.reasons}, started)
     champion, reference, certified = found
     manifest = read_manifest(params)
-    current = (folder_rows(args.source) if args.source else
-               manifest[manifest["key"].isin(new_keys(manifest["key"], reference["key"]))])
-    report = {"champion": {"model_name": champion.model_name, "version": champion.version},
-              "mode": "shadow (unlabelled folder)" if args.source else "new labelled export",
+    current = current_rows(args, manifest, reference)
+    report = {"champion": {"model_name": champion.model_name, "version": champion.version}, "mode": mode_of(args),
               "new_data_fingerprint": hashlib.sha256("\n".join(sorted(current["key"])).encode()).hexdigest()[:16]}
     new_series = current["series"].nunique() if len(current) else 0
     if new_series == 0:
@@ -79,15 +81,44 @@ def run(params: Params, args: argparse.Namespace) -> None:
     model = load_champion_model(champion)
     store = open_store(params.paths.store, params.storage)
     read = (lambda key: (args.source / key).read_bytes()) if args.source else store.get
-    images = pd.concat([describe(reference_rows.assign(side="reference"), store.get, model, champion, params),
-                        describe(current.assign(side="current"), read, model, champion, params)], ignore_index=True)
-    report |= judge(images, champion, certified, params, labelled=args.source is None)
+    scored = (scored_rows(current, champion) if args.predictions else
+              describe(current.assign(side="current"), read, model, champion, params))
+    images = pd.concat([describe(reference_rows.assign(side="reference"), store.get, model, champion, params), scored],
+                       ignore_index=True)
+    report |= judge(images, champion, certified, params, labelled=mode_of(args) == LABELLED)
     report["counts"] |= {"reference_images": int((images["side"] == "reference").sum()),
                          "current_images": int((images["side"] == "current").sum()),
                          "unreadable": int(images["unreadable"].sum())}
     images.drop(columns=[c for c in images.columns if c.startswith(EMBEDDING_PREFIX)]).to_csv(
         folder / "summaries.csv", index=False)
     finish(params, folder, report, started)
+
+
+def mode_of(args: argparse.Namespace) -> str:
+    if args.predictions:
+        return "shadow (components.predict's predictions: verdict shares and confidence only)"
+    return "shadow (unlabelled folder)" if args.source else LABELLED
+
+
+def current_rows(args: argparse.Namespace, manifest: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """What is judged: predict's scored slices, an unlabelled folder, or what was ingested since the champion."""
+    if args.predictions:
+        if not args.predictions.is_file():
+            raise StageError(f"--predictions {args.predictions} not found (components.predict writes it with --out)")
+        rows = pd.read_csv(args.predictions, dtype={"file": str, "series": str})
+        return rows.rename(columns={"file": "key"}).assign(label=None)
+    if args.source:
+        return folder_rows(args.source)
+    return manifest[manifest["key"].isin(new_keys(manifest["key"], reference["key"]))]
+
+
+def scored_rows(rows: pd.DataFrame, champion: Champion) -> pd.DataFrame:
+    """predict's slices as the monitor's current images: its probabilities and confidence, no pixels read."""
+    missing = [f"p_{c}" for c in champion.classes if f"p_{c}" not in rows.columns]
+    if missing or "confidence" not in rows.columns:
+        raise StageError(f"the predictions lack {missing or ['confidence']}: score them with the champion "
+                         f"({champion.model_name} v{champion.version}) through components.predict")
+    return rows.assign(side="current", unreadable=False)
 
 
 def champion_and_reference(params: Params) -> tuple[Champion, pd.DataFrame, float | None] | Verdict:

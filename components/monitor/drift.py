@@ -58,7 +58,8 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, numeric: Sequen
     reference, current = standardised_embeddings(reference, current)
     kinds = {"numeric": testable_columns(reference, current, numeric),
              "categorical": testable_columns(reference, current, categorical)}
-    embeddings = [c for c in reference.columns if c.startswith(EMBEDDING_PREFIX) and c in current.columns]
+    embeddings = [c for c in reference.columns if c.startswith(EMBEDDING_PREFIX) and c in current.columns
+                  and reference[c].notna().all() and current[c].notna().all()]  # none from predict's CSV
     alpha = settings.alpha / max(1, len(kinds["numeric"]) + len(kinds["categorical"]) + bool(embeddings))
     metrics: list[Any] = []
     for kind, columns in kinds.items():

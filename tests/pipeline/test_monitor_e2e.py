@@ -93,9 +93,13 @@ def weeks(tmp_path_factory) -> dict:
                 run_stage("monitor.alert", params)
             out["week2"]["alerts"] = receiver.received
         out[name]["registration"] = registration(retrain(params))
+    monitor = Path(yaml.safe_load(files["week3"].read_text())["paths"]["monitor"])
     run_stage("monitor", files["week3"], "--source", str(root / "week3"))  # shadow: the raw folder, no labels
-    out["shadow"] = json.loads((Path(yaml.safe_load(files["week3"].read_text())["paths"]["monitor"])
-                                / "monitor.json").read_text())
+    out["shadow"] = json.loads((monitor / "monitor.json").read_text())
+    predictions = root / "shadow" / "predictions.csv"  # shadow on predict's output: what it scored
+    run_stage("predict", files["week3"], str(root / "week3"), "--out", str(predictions), "--no-progress")
+    run_stage("monitor", files["week3"], "--predictions", str(predictions))
+    out["predicted"] = json.loads((monitor / "monitor.json").read_text())
     return out
 
 
@@ -140,3 +144,10 @@ def test_an_unlabelled_folder_feeds_the_same_monitor_in_shadow_mode(weeks):
     assert report["counts"]["current_images"] == 96 and report["counts"]["current_series_per_class"] is None
     assert "label" not in {t["column"] for t in report["tests"]}
     assert {"kernel", "manufacturer"} <= set(report["drifted"])  # all B70f vs a third of the reference
+
+
+def test_predicts_own_output_feeds_the_monitor_with_verdict_shares_and_confidence(weeks):
+    report = weeks["predicted"]
+    assert report["mode"].startswith("shadow (components.predict") and report["performance"] is None
+    assert {t["column"] for t in report["tests"]} == {"confidence", "series_verdict"}  # no pixels, no embeddings
+    assert report["counts"]["current_images"] == 96 and report["counts"]["current_series"] == 32
