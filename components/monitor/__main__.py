@@ -126,12 +126,18 @@ def champion_and_reference(params: Params) -> tuple[Champion, pd.DataFrame, floa
     with yet."""
     import mlflow
 
-    from components.common.registry import REFERENCE_ARTIFACT, connect_mlflow, mlflow_alias_lookup, version_reference
-    from components.common.tracking import tracking_uri
+    from components.common.registry import (
+        REFERENCE_ARTIFACT,
+        connect_mlflow,
+        existing_registry_uri,
+        mlflow_alias_lookup,
+        version_reference,
+    )
 
-    uri = tracking_uri(params.mlflow)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return Verdict("no champion", [f"no MLflow registry at {uri} yet: the first run has nothing to compare with"])
+    try:
+        uri = existing_registry_uri(params)
+    except StageError as exc:
+        return Verdict("no champion", [f"{exc} (the first run has nothing to compare with)"])
     connect_mlflow(uri)
     try:
         champion = resolve_champion(mlflow_alias_lookup(uri), params.register.model_name)
