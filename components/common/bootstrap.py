@@ -55,13 +55,35 @@ def paired_group_bootstrap(y_true: np.ndarray, challenger: np.ndarray, champion:
             "groups": int(len(unique)), "cases": int(len(names)), "resamples": resamples}
 
 
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """n_classes x n_classes counts, rows = truth, columns = prediction (np.bincount: ~100x sklearn's speed)."""
+    truth, predicted = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(truth * n_classes + predicted, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """Mean over every class of 2TP / (2TP + FP + FN), 0 for a class neither present nor predicted.
+
+    sklearn's f1_score(labels=range(n_classes), average="macro", zero_division=0), without its input checks,
+    which cost 3 ms a call: a 1000-draw bootstrap of four candidates calls it tens of thousands of times.
+    """
+    matrix = confusion(y_true, y_pred, n_classes)
+    hits = np.diag(matrix).astype(float)
+    denominator = matrix.sum(axis=0) + matrix.sum(axis=1)
+    return float(np.mean(np.divide(2 * hits, denominator, out=np.zeros(n_classes), where=denominator > 0)))
+
+
+def class_recall(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, label: int) -> float:
+    """TP / (TP + FN) of one class, 0 when the class is absent (sklearn's recall_score, zero_division=0)."""
+    truth = np.asarray(y_true) == label
+    present = int(truth.sum())
+    return float(np.sum(truth & (np.asarray(y_pred) == label)) / present) if present else 0.0
+
+
 def score_function(name: str, n_classes: int) -> Metric:
     """accuracy or macro-F1 over every class (a class absent from a resample scores 0, as in evaluate)."""
-    from sklearn.metrics import f1_score
-
-    labels = list(range(n_classes))
     if name == "accuracy":
         return lambda y, p: float(np.mean(np.asarray(y) == np.asarray(p)))
     if name == "macro_f1":
-        return lambda y, p: float(f1_score(y, p, labels=labels, average="macro", zero_division=0))
+        return lambda y, p: macro_f1(y, p, n_classes)
     raise ValueError(f"unknown score {name!r}: accuracy or macro_f1")

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import f1_score, recall_score
 
+from components.common.bootstrap import class_recall, macro_f1
 from components.common.params import ReportParams
 from components.report.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability
 
 
 def metric_functions(n_classes: int, classes: list[str]) -> dict:
     """Accuracy, macro-F1 and each class's recall as (y_true, y_pred) -> float."""
-    labels = list(range(n_classes))
-    fns = {"accuracy": lambda y, p: float(np.mean(y == p)),
-           "macro_f1": lambda y, p: float(f1_score(y, p, labels=labels, average="macro", zero_division=0))}
+    fns = {"accuracy": lambda y, p: float(np.mean(y == p)), "macro_f1": lambda y, p: macro_f1(y, p, n_classes)}
     for i, name in enumerate(classes):
-        fns[f"recall_{name}"] = (lambda k: lambda y, p: float(recall_score(y, p, labels=[k], average="macro",
-                                                                            zero_division=0)))(i)
+        fns[f"recall_{name}"] = (lambda k: lambda y, p: class_recall(y, p, n_classes, k))(i)
     return fns
 
 

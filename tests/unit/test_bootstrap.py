@@ -1,6 +1,7 @@
 """Bootstrap over groups: intervals contain the estimate and widen when groups are few."""
 
 import numpy as np
+import pytest
 
 from components.common.bootstrap import group_bootstrap
 
@@ -30,3 +31,24 @@ def test_group_resampling_is_wider_than_image_resampling_for_correlated_images()
     by_group = group_bootstrap(y, p, groups, {"accuracy": accuracy}, resamples=400)["accuracy"]
     by_image = group_bootstrap(y, p, [str(i) for i in range(len(y))], {"accuracy": accuracy}, resamples=400)["accuracy"]
     assert (by_group["high"] - by_group["low"]) > 2 * (by_image["high"] - by_image["low"])
+
+
+def test_fast_scores_equal_sklearns_on_every_kind_of_sample():
+    """macro_f1 / class_recall / score_function are sklearn's numbers (labels=all classes, zero_division=0),
+    also when a class is absent from the truth, from the predictions, or from both."""
+    from sklearn.metrics import f1_score, recall_score
+
+    from components.common.bootstrap import class_recall, macro_f1, score_function
+
+    rng = np.random.default_rng(7)
+    samples = [(rng.integers(0, 4, 50), rng.integers(0, 4, 50)),
+               (rng.integers(0, 3, 40), rng.integers(1, 4, 40)),   # class 3 never true, class 0 never predicted
+               (np.array([2, 2, 2]), np.array([2, 2, 2])),         # two classes absent everywhere
+               (np.array([0, 1]), np.array([1, 0]))]               # all wrong
+    for y, p in samples:
+        assert macro_f1(y, p, 4) == pytest.approx(f1_score(y, p, labels=range(4), average="macro", zero_division=0))
+        assert score_function("macro_f1", 4)(y, p) == macro_f1(y, p, 4)
+        assert score_function("accuracy", 4)(y, p) == np.mean(y == p)
+        for k in range(4):
+            assert class_recall(y, p, 4, k) == pytest.approx(recall_score(y, p, labels=[k], average="macro",
+                                                                          zero_division=0))
