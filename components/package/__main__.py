@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -82,6 +84,23 @@ def _resave_as_latest(stored, name: str, champion: Champion) -> str:
     return str(bento_model.tag)
 
 
+def staged_context(include: list[str], folder: Path) -> Path:
+    """Copy the bentofile's `include` files (paths or globs under SOURCE_ROOT) into `folder`, the build context.
+
+    BentoML walks its whole build context and only then filters by `include`: from the project root that is
+    every file of .venv, data and the MLflow store (~8 s); from here, a dozen files. The Bento is the same.
+    """
+    for pattern in include:
+        matches = [path for path in SOURCE_ROOT.glob(pattern) if path.is_file()]
+        if not matches:
+            raise StageError(f"{BENTOFILE} includes {pattern}, which matches no file under {SOURCE_ROOT}")
+        for source in matches:
+            target = folder / source.relative_to(SOURCE_ROOT)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return folder
+
+
 def build_bento(name: str, model_tag: str, champion: Champion) -> str:
     """Build the Bento from serving/bentofile.yaml, pinning the model as alias `champion`."""
     import bentoml
@@ -95,7 +114,8 @@ def build_bento(name: str, model_tag: str, champion: Champion) -> str:
     options = {**config, "python": python, "labels": labels, "name": name,
                "models": [{"tag": model_tag, "alias": CHAMPION_ALIAS}]}
     try:
-        bento = bentoml.build(**options, build_ctx=str(SOURCE_ROOT))
+        with tempfile.TemporaryDirectory(prefix="bento-context-") as context:
+            bento = bentoml.build(**options, build_ctx=str(staged_context(config.get("include") or [], Path(context))))
     except (BentoMLException, ImportError) as exc:
         raise StageError(f"building the Bento from {BENTOFILE} failed: {exc}") from None
     log.info("built Bento %s serving %s", bento.tag, model_tag)

@@ -97,6 +97,19 @@ def model_signature(model, data: SplitArrays):
     return infer_signature(sample, np.asarray(model.predict(sample, verbose=0)))
 
 
+MODEL_PACKAGES = ("keras", "numpy", "tensorflow")  # what loading the logged Keras model needs
+
+
+def model_requirements() -> list[str]:
+    """The logged model's pip requirements, pinned to the versions that trained it.
+
+    Given explicitly, MLflow skips its inference, which reloads the model in a subprocess (~8 s a model).
+    """
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in MODEL_PACKAGES]
+
+
 def start_candidate_run(name: str, previous: dict | None, experiment_id: str, data_version_id: str):
     """Resume the MLflow run of a killed training, or open a new one under the pipeline's parent run."""
     import mlflow
@@ -197,7 +210,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
                             "resumed_from_epoch": result.resumed_from_epoch})
         mlflow.set_tags({f"runtime_{k}": str(v) for k, v in result.runtime.items()})
         mlflow.log_dict(result.history, "history.json")
-        info = mlflow.keras.log_model(result.model, name="model", signature=model_signature(result.model, data))
+        info = mlflow.keras.log_model(result.model, name="model", signature=model_signature(result.model, data),
+                                      pip_requirements=model_requirements())
     write_json(out / "history.json", result.history)
     write_json(out / "run.json", {"run_id": active.info.run_id, "model_uri": info.model_uri, "candidate": name,
                                   "architecture": candidate.architecture, "training_seconds": round(result.seconds, 2),

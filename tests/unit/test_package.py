@@ -173,3 +173,14 @@ def test_package_refuses_a_missing_registry_without_creating_one(tmp_path: Path)
     result = run_package(tmp_path)
     assert result.returncode == 2 and "no MLflow registry" in result.stderr
     assert not (tmp_path / "mlruns.db").exists()
+
+
+def test_the_build_context_holds_exactly_the_bentofiles_includes_and_refuses_one_that_matches_nothing(tmp_path: Path):
+    from components.package.__main__ import BENTOFILE, staged_context
+
+    include = yaml.safe_load(BENTOFILE.read_text())["include"]
+    context = staged_context(include, tmp_path / "context")
+    staged = sorted(str(path.relative_to(context)) for path in context.rglob("*") if path.is_file())
+    assert staged == sorted(include)  # the bentofile names files, not globs: one each, nothing else
+    with pytest.raises(StageError, match="serving/missing.py, which matches no file"):
+        staged_context(["serving/missing.py"], tmp_path / "other")
