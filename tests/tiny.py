@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -31,6 +33,34 @@ def tiny_params(root: Path, absolute: bool = True) -> dict:
     return raw
 
 
+def wiring_params(root: Path, absolute: bool = True) -> dict:
+    """tiny_params for a test of the orchestration, not of the model: one epoch, no extra CV or leaky model,
+    50 bootstrap draws, one Grad-CAM per class."""
+    raw = tiny_params(root, absolute)
+    for candidate in raw["train"]["candidates"].values():
+        candidate["epochs"] = 1
+    raw["leakage"].update(random_split=False, cv_folds=0)
+    raw["report"].update(bootstrap_resamples=50, gradcam_per_class=1)
+    return raw
+
+
 def write_params(raw: dict, path: Path) -> Path:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def copy_project(destination: Path) -> Path:
+    """Copy the files git tracks or would track (not .venv, outputs or caches) into `destination`."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout.split("\n")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return destination
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)

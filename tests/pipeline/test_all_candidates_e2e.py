@@ -7,17 +7,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from components.train.candidates import study_candidates
-from tests.pipeline.test_pipeline_e2e import BIN, copy_project, run
-from tests.tiny import tiny_params, write_params
+from tests.tiny import copy_project, run, tiny_params, write_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow,
               pytest.mark.skipif(os.environ.get("KIDNEY_CT_ALL_CANDIDATES") != "1",
                                  reason="about 13 min on 2 CPU cores: set KIDNEY_CT_ALL_CANDIDATES=1 to run it")]
+BIN = Path(sys.executable).parent
 
 
 def test_all_six_candidates_in_one_run(tmp_path):

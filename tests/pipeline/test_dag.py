@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from components.common.stage_graph import ancestors, load_stage_graph
-from tests.tiny import tiny_params, write_params
+from tests.tiny import tiny_params, wiring_params, write_params
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
@@ -279,8 +279,8 @@ def test_settings_come_from_param_then_variable_then_env_then_default(tmp_path: 
 
 
 def write_tiny_params(tmp_path: Path) -> Path:
-    """The shared tiny params (tests/tiny.py) with every output under tmp_path."""
-    return write_params(tiny_params(tmp_path), tmp_path / "params.yaml")
+    """The shared tiny params for wiring tests (tests/tiny.py) with every output under tmp_path."""
+    return write_params(wiring_params(tmp_path), tmp_path / "params.yaml")
 
 
 def run_dag_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, params_file: Path,

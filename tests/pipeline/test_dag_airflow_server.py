@@ -27,9 +27,8 @@ import pytest
 import yaml
 
 from tests.airflow_server import AirflowServer
-from tests.pipeline.test_pipeline_e2e import copy_project
 from tests.services import MotoS3, WebhookReceiver
-from tests.tiny import tiny_params, write_params
+from tests.tiny import copy_project, wiring_params, write_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -53,11 +52,7 @@ def dvc(project: Path, *args: str) -> None:
 def make_workspace(root: Path, s3: MotoS3) -> Path:
     """A git + DVC copy of the project on tiny params, its default DVC remote on moto's S3."""
     project = copy_project(root / "project")
-    raw = tiny_params(project, absolute=False)
-    raw["leakage"].update(random_split=False, cv_folds=0)  # the orchestration is under test, not the model
-    raw["report"].update(bootstrap_resamples=50, gradcam_per_class=1)
-    for candidate in raw["train"]["candidates"].values():
-        candidate["epochs"] = 1
+    raw = wiring_params(project, absolute=False)  # the orchestration is under test, not the model
     write_params(raw, project / "params.yaml")
     # a first run on these params: no stage's lock entry may already match (the checkout's dvc.lock can, for a
     # stage whose params tiny runs share, and a stage whose lock does not change commits nothing)

@@ -16,7 +16,7 @@ from tests.phi import files_under, find_phi, planted_phi
 from tests.pipeline.test_dag import DAGS, E2E_SCRIPT, run_child, run_dag_test
 from tests.pipeline.test_phi_scan import mlflow_texts
 from tests.services import MotoS3, Orthanc, orthanc_available
-from tests.tiny import tiny_params, write_params
+from tests.tiny import wiring_params, write_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -48,14 +48,10 @@ def services(tmp_path, monkeypatch):
 
 def test_dag_runs_against_orthanc_and_s3_then_the_watcher_sees_new_studies(tmp_path, monkeypatch, services):
     pacs, s3 = services
-    raw = tiny_params(tmp_path)
+    raw = wiring_params(tmp_path)  # the services are under test, not the model
     raw["paths"]["store"] = "s3://kidney-ct/store"
     raw["storage"].update(endpoint_url=s3.endpoint)
     raw["ingest"].update(dicomweb_url=pacs.dicomweb, dicomweb_user=pacs.user)
-    for candidate in raw["train"]["candidates"].values():  # the services are under test, not the model
-        candidate["epochs"] = 1
-    raw.get("leakage", {}).update(random_split=False, cv_folds=0)
-    raw.get("report", {}).update(bootstrap_resamples=50, gradcam_per_class=1)
     params_file = write_params(raw, tmp_path / "params.yaml")
     settings = GenerateParams(**{**raw["generate"], "seed": 21})  # the PACS holds other patients than `generate`
     for data in labelled_export(settings, raw["classes"]):

@@ -1,14 +1,16 @@
 """The gate is on and it bites: a crippled candidate fails evaluate, register refuses it, the champion stays.
 
-Through the real stage CLIs on a tiny generated export: a first run (gate off, as tiny runs are) registers a
-champion; then the gate is switched on (the default's minimums) and a deliberately crippled candidate is
-trained (one epoch at a learning rate that cannot move the weights, so it predicts one class for everything).
+Through the real stage CLIs, in a copy of the session's tiny pipeline (tests/pipeline/conftest.py: gate off, as
+tiny runs are, so it registered a champion): the gate is switched on (the default's minimums) and a deliberately
+crippled candidate is trained (one epoch at a learning rate that cannot move the weights, so it predicts one class
+for everything).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.tiny import REPO, tiny_params, write_params
+from tests.tiny import REPO, write_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-STAGES = ("generate", "ingest", "validate", "preprocess", "augment")
-
-
 def stage(name: str, params: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "KIDNEY_CT_SALT": "gate-test",
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "KIDNEY_CT_SALT": "e2e-salt",
            "MLFLOW_ENABLE_TELEMETRY": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run([sys.executable, "-m", f"components.{name}", "--params", str(params), *extra], cwd=cwd,
@@ -40,12 +39,13 @@ def champion_and_versions(raw: dict) -> tuple[str, list[str]]:
     return str(client.get_model_version_by_alias(name, "champion").version), versions
 
 
-def test_crippled_candidate_fails_the_gate_is_refused_and_the_champion_stays(tmp_path):
-    raw = tiny_params(tmp_path)
-    params = write_params(raw, tmp_path / "params.yaml")
-    for name in (*STAGES, "train", "evaluate", "register"):
-        done = stage(name, params, tmp_path, *(["--candidate", "paper_cnn"] if name == "train" else []))
-        assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
+def test_crippled_candidate_fails_the_gate_is_refused_and_the_champion_stays(tiny_pipeline, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(tiny_pipeline.project, project, ignore=shutil.ignore_patterns(".git", ".dvc"))
+    raw = yaml.safe_load((project / "params.yaml").read_text())  # paths relative to the project
+    raw["paths"] = {key: str(project / value) for key, value in raw["paths"].items()}
+    raw["mlflow"]["tracking_uri"] = f"sqlite:///{project / 'mlruns.db'}"
+    raw["package"]["bentoml_home"] = str(project / ".bentoml")
     champion_before, versions_before = champion_and_versions(raw)
     assert champion_before == "1" and versions_before == ["1"]
 
@@ -54,11 +54,11 @@ def test_crippled_candidate_fails_the_gate_is_refused_and_the_champion_stays(tmp
     crippled = dict(raw["train"]["candidates"]["paper_cnn"], epochs=1, learning_rate=1e-9)
     raw["train"]["candidates"] = {"crippled": crippled}
     raw["evaluate"] = {**raw["evaluate"], **default_gate}
-    params = write_params(raw, tmp_path / "params.yaml")
+    params = write_params(raw, project / "params.yaml")
 
-    trained = stage("train", params, tmp_path, "--candidate", "crippled")
+    trained = stage("train", params, project, "--candidate", "crippled")
     assert trained.returncode == 0, trained.stderr[-3000:]
-    evaluated = stage("evaluate", params, tmp_path)
+    evaluated = stage("evaluate", params, project)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     verdict = json.loads((Path(raw["paths"]["evaluation"]) / "verdict.json").read_text())
     assert verdict["winner"] is None
@@ -67,7 +67,7 @@ def test_crippled_candidate_fails_the_gate_is_refused_and_the_champion_stays(tmp
     assert any("macro-F1" in reason and "below the minimum" in reason for reason in entry["reasons"]), entry
     assert "crippled: accuracy" in evaluated.stderr and "FAILED" in evaluated.stderr
 
-    refused = stage("register", params, tmp_path)
+    refused = stage("register", params, project)
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert "no candidate passed the evaluation gates, nothing registered" in refused.stderr, refused.stderr
     assert "crippled: " in refused.stderr and "below the minimum" in refused.stderr, refused.stderr

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.pipeline.test_pipeline_e2e import copy_project, run
-from tests.tiny import tiny_params, write_params
+from tests.tiny import copy_project, run, tiny_params, write_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -1,24 +1,22 @@
-"""`make run`'s output is for a person: every stage of dvc.yaml, run as DVC runs it (its `cmd`, in the graph's
-order, params.yaml in the working directory) on tiny params with no terminal attached, prints its start and its
-`done in` line and none of the known noise (TensorFlow/CUDA/absl start-up lines, carriage-return progress bars,
-DVC's `git add dvc.lock` hint); and the Makefile's DVC setting keeps that hint out of `dvc repro`."""
+"""`make run`'s output is for a person: in the session's tiny `make run` (`dvc repro` with DVC's autostage, no
+terminal attached, tests/pipeline/conftest.py), every stage of dvc.yaml prints its start and its `done in` line and
+none of the known noise (TensorFlow/CUDA/absl start-up lines, carriage-return progress bars, DVC's `git add
+dvc.lock` hint); and the Makefile's DVC setting keeps that hint out of `dvc repro`."""
 
 from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from components.common.stage_graph import resolve, upstream_stages
-from tests.tiny import REPO, tiny_params, write_params
+from tests.tiny import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -31,8 +29,6 @@ NOISE = {
     "carriage return": re.compile(r"\r"),
     "DVC's git hint": re.compile(r"git add .*dvc\.lock|To track the changes with git"),
 }
-# set by a developer's shell or CI, they would decide what this test is about
-UNSET = ("TF_CPP_MIN_LOG_LEVEL", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "MLFLOW_TRACKING_URI", "BENTOML_HOME")
 
 
 def stage_commands(params: dict) -> list[tuple[str, str]]:
@@ -58,36 +54,29 @@ def noise_in(text: str) -> list[str]:
     return [f"{kind}: {line!r}" for line in text.split("\n") for kind, pattern in NOISE.items() if pattern.search(line)]
 
 
+def stage_logs(repro_log: str) -> dict[str, str]:
+    """`dvc repro`'s log cut at its `Running stage 'NAME':` lines: stage -> what it printed."""
+    parts = re.split(r"^Running stage '([^']+)':$", repro_log, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("quiet")
-    raw = tiny_params(root)
-    raw["leakage"]["random_split"] = False  # as make run: no extra leaky model
-    for candidate in raw["train"]["candidates"].values():
-        candidate.update(epochs=1, patience=1)
-    write_params(raw, root / "params.yaml")
-    env = {k: v for k, v in os.environ.items() if k not in UNSET}
-    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", PYTHONPATH=str(REPO), KIDNEY_CT_SALT="quiet-salt",
-               MLFLOW_ENABLE_TELEMETRY="false", GX_ANALYTICS_ENABLED="False", DO_NOT_TRACK="1",
-               BENTOML_DO_NOT_TRACK="True", PYTHONUNBUFFERED="1")
-    results = {}
-    for stage, command in stage_commands(raw):
-        argv = shlex.split(command)
-        argv[0] = sys.executable if argv[0] == "python" else argv[0]
-        began = time.perf_counter()
-        # stdout and stderr into one pipe, as a CI log or `make run > log 2>&1` sees them: no terminal
-        done = subprocess.run(argv, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, timeout=600)
-        output = done.stdout.decode(errors="replace")
-        results[stage] = {"rc": done.returncode, "output": output, "seconds": time.perf_counter() - began}
-        assert done.returncode == 0, f"{stage} ({command}) failed:\n{output[-4000:]}"
-    print("stage seconds: " + ", ".join(f"{s} {r['seconds']:.1f}" for s, r in results.items()))
-    return results
+def runs(tiny_pipeline) -> dict:
+    """Every stage's output in the session's tiny `make run` (tests/pipeline/conftest.py: `dvc repro`, DVC's
+    autostage on, stdout and stderr in one pipe, no terminal, none of the caller's TF/MLflow settings)."""
+    logs = stage_logs(tiny_pipeline.repro_log)
+    expected = [stage for stage, _ in stage_commands(yaml.safe_load((tiny_pipeline.project / "params.yaml").read_text()))]
+    assert sorted(logs) == sorted(expected), tiny_pipeline.repro_log[-3000:]
+    return {stage: {"output": output} for stage, output in logs.items()}
 
 
 def test_no_stage_prints_known_noise(runs):
     found = {stage: noise_in(run["output"]) for stage, run in runs.items()}
     assert not any(found.values()), {stage: lines for stage, lines in found.items() if lines}
+
+
+def test_dvc_repro_as_make_run_runs_it_prints_no_noise_around_the_stages(tiny_pipeline):
+    assert not noise_in(tiny_pipeline.repro_log), noise_in(tiny_pipeline.repro_log)
 
 
 def test_every_stage_prints_its_start_and_its_time(runs):
