@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from components.backbone.core import (
+from components.common.console import progress, quiet_runtime
+from components.common.params import load_params
+from components.lib.ct_resnet import (
     WEIGHTS_FILE,
     assign_weights,
     bottleneck,
@@ -30,13 +32,11 @@ from components.backbone.core import (
     resnet_layers,
     set_orientation_weights,
 )
-from components.common.console import progress, quiet_runtime
-from components.common.params import load_params
-from components.evaluate.core import classification_metrics, series_metrics
-from components.leakage.__main__ import load_all_images, load_rows
-from components.leakage.core import grouped_folds
-from components.train.data import loss_weights
-from components.train.head import _fit, fit_head, head_probabilities
+from components.lib.feeders import loss_weights
+from components.lib.folds import grouped_folds
+from components.lib.heads import _fit, fit_head, head_probabilities
+from components.lib.metrics import classification_metrics, series_metrics
+from components.lib.prepared import load_all_images, load_rows
 
 POOLINGS = ("mean", "max", "geometric", "vote", "gem")
 

@@ -12,42 +12,26 @@ import pandas as pd
 
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
-from components.common.pooling import series_ids
 from components.common.tracking import configure_mlflow
 from components.common.tta import plain_and_tta
-from components.evaluate.predictions import CV_PREDICTIONS, CV_SPLIT, SplitPredictions, probability_rows
-from components.features.cache import FeaturesError, load_features, resolve_backbone
 from components.leakage.core import (
     PLAIN,
-    IndexSplit,
     fold_variants,
     folds_fingerprint,
-    grouped_folds,
     groups_overlap,
     random_image_split,
-    recipe_fingerprint,
-    recipe_params,
     score_split,
     summarise_folds,
     summarise_variants,
     variant_label,
 )
-from components.preprocess.core import pixel_statistics
-from components.preprocess.split import SPLITS
-from components.train.core import SplitArrays, train_candidate
-from components.train.data import loss_weights
-from components.train.head import fit_head, head_probabilities
-
-
-def load_all_images(prepared: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every prepared image with its label and group, in the order the split arrays hold them."""
-    table = pd.read_csv(prepared / "split.csv", dtype=str)
-    xs, ys, groups = [], [], []
-    for split in SPLITS:
-        xs.append(np.load(prepared / "arrays" / f"X_{split}.npy"))
-        ys.append(np.load(prepared / "arrays" / f"y_{split}.npy"))
-        groups.append(table.loc[table["split"] == split, "group"].to_numpy())
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
+from components.lib.features import FeaturesError, load_features, resolve_backbone
+from components.lib.feeders import loss_weights
+from components.lib.folds import IndexSplit, grouped_folds, recipe_fingerprint, recipe_params
+from components.lib.heads import fit_head, head_probabilities
+from components.lib.predictions import CV_PREDICTIONS, CV_SPLIT, SplitPredictions, probability_rows
+from components.lib.prepared import SPLITS, load_all_images, load_rows, pixel_statistics
+from components.lib.training import SplitArrays, train_candidate
 
 
 def frozen_backbone_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray):
@@ -75,17 +59,6 @@ def frozen_backbone_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray)
         return {PLAIN: head_probabilities(head, features[split.test])}
 
     return fit
-
-
-def load_rows(prepared: Path) -> pd.DataFrame:
-    """split.csv's rows in the order of load_all_images (train, val, test), with a `study` column.
-
-    `study` is each image's study unit: its DICOM series, else its group.
-    """
-    table = pd.read_csv(prepared / "split.csv", dtype=str, keep_default_na=False)
-    rows = pd.concat([table.loc[table["split"] == split] for split in SPLITS], ignore_index=True)
-    rows["study"] = series_ids(rows["group"].tolist(), rows["series"].tolist() if "series" in rows else None)
-    return rows
 
 
 def write_cv_predictions(path: Path, name: str, rows: pd.DataFrame, y: np.ndarray, oof: np.ndarray,

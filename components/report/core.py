@@ -1,23 +1,11 @@
-"""Pure core of the report: metric functions, calibration and example picks for one candidate's predictions."""
+"""Pure core of the report: calibration and example picks for one candidate's predictions."""
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import f1_score, recall_score
 
 from components.common.params import ReportParams
 from components.report.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability
-
-
-def metric_functions(n_classes: int, classes: list[str]) -> dict:
-    """Accuracy, macro-F1 and each class's recall as (y_true, y_pred) -> float."""
-    labels = list(range(n_classes))
-    fns = {"accuracy": lambda y, p: float(np.mean(y == p)),
-           "macro_f1": lambda y, p: float(f1_score(y, p, labels=labels, average="macro", zero_division=0))}
-    for i, name in enumerate(classes):
-        fns[f"recall_{name}"] = (lambda k: lambda y, p: float(recall_score(y, p, labels=[k], average="macro",
-                                                                            zero_division=0)))(i)
-    return fns
 
 
 def calibration_summary(y_test: np.ndarray, probs_test: np.ndarray, y_val: np.ndarray, probs_val: np.ndarray,

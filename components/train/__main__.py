@@ -15,9 +15,13 @@ import pandas as pd
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.common.tracking import configure_mlflow
-from components.features.cache import FeaturesError, load_features, resolve_backbone
-from components.preprocess.split import SPLITS
-from components.train.core import (
+from components.lib.features import FeaturesError, load_features, resolve_backbone
+from components.lib.feeders import loss_weights
+from components.lib.heads import fit_head, head_probabilities
+from components.lib.models import SetupError, build_model, resolve_weights
+from components.lib.parent_runs import open_parent_run
+from components.lib.prepared import SPLITS
+from components.lib.training import (
     SplitArrays,
     TrainResult,
     clear_checkpoint,
@@ -25,10 +29,6 @@ from components.train.core import (
     read_checkpoint,
     train_candidate,
 )
-from components.train.data import loss_weights
-from components.train.head import fit_head, head_probabilities
-from components.train.models import SetupError, build_model, resolve_weights
-from components.train.parent import open_parent_run
 
 
 def fitting_splits(params: Params) -> tuple[str, ...]:

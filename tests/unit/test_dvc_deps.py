@@ -82,4 +82,4 @@ def test_every_module_a_stage_runs_is_one_of_its_deps(stage, module, deps):
 
 def test_the_closure_follows_imports_inside_functions():
     closure = {str(p.relative_to(REPO)) for p in code_closure(REPO / "components/register/__main__.py")}
-    assert "components/registry/mlflow_store.py" in closure  # imported inside run(): promote through the CLI's path
+    assert "components/lib/registry_store.py" in closure  # imported inside run(): promote through the CLI's path

@@ -6,7 +6,7 @@ import getpass
 from datetime import UTC, datetime
 
 from components.common.cli import StageError
-from components.registry.core import (
+from components.lib.promotion import (
     CHAMPION,
     HISTORY_TAG,
     Plan,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from components.profile.core import ProfileError
+from components.lib.profiles import ProfileError
 
 PROFILES = Path("profiles")
 SEARCH = PROFILES / "search.yaml"
