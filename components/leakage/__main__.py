@@ -28,9 +28,9 @@ from components.leakage.core import (
 from components.lib.features import FeaturesError, load_features, resolve_backbone
 from components.lib.feeders import loss_weights
 from components.lib.folds import IndexSplit, grouped_folds, recipe_fingerprint, recipe_params
-from components.lib.heads import fit_head, head_probabilities
+from components.lib.heads import fit_frozen_head, head_probabilities, is_frozen_backbone
 from components.lib.predictions import CV_PREDICTIONS, CV_SPLIT, SplitPredictions, probability_rows
-from components.lib.prepared import SPLITS, load_all_images, load_rows, pixel_statistics
+from components.lib.prepared import SPLITS, load_all_images, load_rows, pixel_statistics, split_counts
 from components.lib.training import SplitArrays, train_candidate
 
 
@@ -41,9 +41,8 @@ def frozen_backbone_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray)
     is deterministic, and TTA would need features of the augmented views).
     """
     candidate, prepared = params.train.candidates[name], Path(params.paths.prepared)
-    counts = {s: int(np.load(prepared / "arrays" / f"y_{s}.npy").shape[0]) for s in SPLITS}
     try:
-        cached = load_features(params, candidate, x.shape[1], counts)
+        cached = load_features(params, candidate, x.shape[1], split_counts(prepared / "arrays"))
     except FeaturesError as exc:
         raise StageError(str(exc)) from None
     features = np.concatenate([np.asarray(cached[s]) for s in SPLITS])
@@ -51,11 +50,8 @@ def frozen_backbone_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray)
         log.info("%s is a frozen backbone with a deterministic head: TTA and ensembles are not scored", name)
 
     def fit(split: IndexSplit) -> dict[str, np.ndarray]:
-        began = time.perf_counter()
-        head = fit_head(features[split.train], y[split.train], features[split.val], y[split.val],
-                        len(params.classes), list(candidate.head_c), params.train.seed)
-        log.info("head fitted in %.1f s (C %g; validation macro-F1 by C %s)", time.perf_counter() - began, head.c,
-                 {c: round(f, 3) for c, f in head.val_macro_f1.items()})
+        head = fit_frozen_head(candidate, features[split.train], y[split.train], features[split.val], y[split.val],
+                               len(params.classes), params.train.seed)
         return {PLAIN: head_probabilities(head, features[split.test])}
 
     return fit
@@ -83,7 +79,7 @@ def recipe_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray, groups: 
     Variants: plain, and with `leakage.tta` / `leakage.ensemble` also TTA, ensemble, ensemble + TTA.
     """
     candidate, views = params.train.candidates[name], params.leakage.tta
-    if candidate.architecture == "ct_resnet152" and candidate.trainable == "frozen":
+    if is_frozen_backbone(candidate):
         return frozen_backbone_fit(params, name, x, y)
     if candidate.architecture == "ct_resnet152":  # fine-tuning: the converted weights under paths.backbone
         candidate = resolve_backbone(params, candidate)

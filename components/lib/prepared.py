@@ -13,6 +13,11 @@ from components.common.pooling import series_ids
 SPLITS = ("train", "val", "test")  # the order of the prepared arrays (and of every image in load_all_images)
 
 
+def split_counts(arrays: Path) -> dict[str, int]:
+    """{split: images} of the prepared arrays (their label files, memory-mapped)."""
+    return {split: int(np.load(arrays / f"y_{split}.npy", mmap_mode="r").shape[0]) for split in SPLITS}
+
+
 def load_all_images(prepared: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every prepared image with its label and group, in the order the split arrays hold them."""
     table = pd.read_csv(prepared / "split.csv", dtype=str)
