@@ -1,4 +1,4 @@
-"""Pure core of evaluate: metrics from predictions, the gate, and the winner."""
+"""Pure core of evaluate: the gate and the winner (the metrics: components.lib.metrics)."""
 
 from __future__ import annotations
 

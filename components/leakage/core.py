@@ -1,4 +1,4 @@
-"""Pure core of leakage: index splits (random vs grouped folds) and fit-and-score of one recipe."""
+"""Pure core of leakage: the random image split and fit-and-score of one recipe (grouped folds: components.lib.folds)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Where profiles live and how they are read (the IO edge of profiles; the merging is in core)."""
+"""Where profiles live and how they are read (the IO edge of profiles; the merging is in components.lib.profiles)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The registry core applied to a real MLflow registry (SQLite file or `mlflow server` over HTTP)."""
+"""components.lib.promotion applied to a real MLflow registry (SQLite file or `mlflow server` over HTTP)."""
 
 from __future__ import annotations
 

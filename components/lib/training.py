@@ -1,4 +1,5 @@
-"""Pure core of train: build, compile and fit one candidate on (memory-mapped) arrays, resumable per epoch."""
+"""The training loop train and leakage share: build, compile and fit one candidate on (memory-mapped) arrays,
+resumable per epoch."""
 
 from __future__ import annotations
 
