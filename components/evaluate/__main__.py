@@ -20,8 +20,9 @@ from components.evaluate.comparison import (
     inference_ms_per_image,
     save_comparison_chart,
 )
-from components.evaluate.core import classification_metrics, gate_verdict, pick_winner, series_metrics
-from components.evaluate.predictions import (
+from components.evaluate.core import gate_verdict, pick_winner
+from components.lib.metrics import classification_metrics, series_metrics
+from components.lib.predictions import (
     CV_PREDICTIONS,
     CV_SPLIT,
     INTERVALS,
@@ -38,7 +39,7 @@ COST_KEYS = ("parameters", "training_seconds", "inference_ms_per_image")  # repo
 def bootstrap_cis(y_true: np.ndarray, y_pred: np.ndarray, groups: list[str], params: Params) -> dict:
     """95% CIs of accuracy, macro-F1 and each class's recall by bootstrap over `groups`."""
     from components.common.bootstrap import group_bootstrap
-    from components.report.core import metric_functions
+    from components.lib.metrics import metric_functions
 
     return group_bootstrap(y_true, y_pred, groups, metric_functions(len(params.classes), params.classes),
                            resamples=params.report.bootstrap_resamples)
@@ -92,7 +93,7 @@ def cv_certification(name: str, params: Params) -> tuple[SplitPredictions, dict]
     cv_refit's deployed model has seen every labelled series, so its figures are those of the same recipe
     trained k times without each fold; a CV of another recipe (or candidate) is refused, never reused.
     """
-    from components.leakage.core import recipe_fingerprint
+    from components.lib.folds import recipe_fingerprint
 
     folder = Path(params.paths.leakage)
     cv = (read_json(folder / "leakage.json") if (folder / "leakage.json").is_file() else {}).get("grouped_cv")
@@ -192,7 +193,7 @@ def close_parent_runs(results: dict[str, dict], winner: str | None, params: Para
     """Fold the candidates under one parent run (one per pipeline run), log the comparison to it, finish it."""
     from mlflow import MlflowClient
 
-    from components.train.parent import merge_parent_runs
+    from components.lib.parent_runs import merge_parent_runs
 
     client = MlflowClient()
     parent = merge_parent_runs(client, [r["run_id"] for r in results.values()])

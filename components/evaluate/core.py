@@ -1,54 +1,8 @@
-"""Pure core of evaluate: metrics from predictions, the gate, and the winner."""
+"""Pure core of evaluate: the gate and the winner (the metrics: components.lib.metrics)."""
 
 from __future__ import annotations
 
-import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
-
 from components.common.params import EvaluateParams
-from components.common.pooling import pool_by_series, series_labels
-
-
-def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy, macro precision/recall/F1, test loss, per-class report and confusion matrix."""
-    if len(y_true) == 0:
-        raise ValueError("the test split is empty: nothing to evaluate")
-    labels = list(range(len(classes)))
-    y_pred = probabilities.argmax(axis=1)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
-    clipped = np.clip(probabilities, 1e-7, 1.0)
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_precision": float(precision.mean()),
-        "macro_recall": float(recall.mean()),
-        "macro_f1": float(f1.mean()),
-        "test_loss": float(log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=labels)),
-        "test_images": int(len(y_true)),
-        "per_class": {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                      for c, p, r, f, s in zip(classes, precision, recall, f1, support)},
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-    }
-
-
-def series_metrics(y_true: np.ndarray, probabilities: np.ndarray, series: list[str], classes: list[str],
-                   pooling: str = "mean") -> dict:
-    """Study-level scores: each series' pooled probabilities against its slices' majority label."""
-    order, pooled = pool_by_series(probabilities, series, pooling)
-    truth = series_labels(y_true, series, order)
-    labels = list(range(len(classes)))
-    y_pred = pooled.argmax(axis=1)
-    precision, recall, f1, support = precision_recall_fscore_support(truth, y_pred, labels=labels, zero_division=0)
-    return {
-        "pooling": pooling,
-        "accuracy": float(accuracy_score(truth, y_pred)),
-        "macro_f1": float(f1.mean()),
-        "series": int(len(order)),
-        "per_class": {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                      for c, p, r, f, s in zip(classes, precision, recall, f1, support)},
-        "confusion_matrix": confusion_matrix(truth, y_pred, labels=labels).tolist(),
-    }
-
 
 GATED_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
 

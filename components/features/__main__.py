@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from components.backbone.core import WEIGHTS_FILE, ConversionError, assign_weights, feature_extractor, load_weights
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.console import progress
 from components.common.params import Params
-from components.features.core import LAYER_WIDTHS, cached_blocks, extract
-from components.preprocess.split import SPLITS
+from components.features.core import cached_blocks, extract
+from components.lib.ct_resnet import WEIGHTS_FILE, ConversionError, assign_weights, feature_extractor, load_weights
+from components.lib.features import LAYER_WIDTHS
+from components.lib.prepared import SPLITS
 
 
 def run(params: Params, args: argparse.Namespace) -> None:

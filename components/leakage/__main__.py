@@ -12,42 +12,26 @@ import pandas as pd
 
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
-from components.common.pooling import series_ids
 from components.common.tracking import configure_mlflow
 from components.common.tta import plain_and_tta
-from components.evaluate.predictions import CV_PREDICTIONS, CV_SPLIT, SplitPredictions, probability_rows
-from components.features.cache import FeaturesError, load_features, resolve_backbone
 from components.leakage.core import (
     PLAIN,
-    IndexSplit,
     fold_variants,
     folds_fingerprint,
-    grouped_folds,
     groups_overlap,
     random_image_split,
-    recipe_fingerprint,
-    recipe_params,
     score_split,
     summarise_folds,
     summarise_variants,
     variant_label,
 )
-from components.preprocess.core import pixel_statistics
-from components.preprocess.split import SPLITS
-from components.train.core import SplitArrays, train_candidate
-from components.train.data import loss_weights
-from components.train.head import fit_head, head_probabilities
-
-
-def load_all_images(prepared: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every prepared image with its label and group, in the order the split arrays hold them."""
-    table = pd.read_csv(prepared / "split.csv", dtype=str)
-    xs, ys, groups = [], [], []
-    for split in SPLITS:
-        xs.append(np.load(prepared / "arrays" / f"X_{split}.npy"))
-        ys.append(np.load(prepared / "arrays" / f"y_{split}.npy"))
-        groups.append(table.loc[table["split"] == split, "group"].to_numpy())
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
+from components.lib.features import FeaturesError, load_features, resolve_backbone
+from components.lib.feeders import loss_weights
+from components.lib.folds import IndexSplit, grouped_folds, recipe_fingerprint, recipe_params
+from components.lib.heads import fit_frozen_head, head_probabilities, is_frozen_backbone
+from components.lib.predictions import CV_PREDICTIONS, CV_SPLIT, SplitPredictions, probability_rows
+from components.lib.prepared import SPLITS, load_all_images, load_rows, pixel_statistics, split_counts
+from components.lib.training import SplitArrays, train_candidate
 
 
 def frozen_backbone_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray):
@@ -57,9 +41,8 @@ def frozen_backbone_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray)
     is deterministic, and TTA would need features of the augmented views).
     """
     candidate, prepared = params.train.candidates[name], Path(params.paths.prepared)
-    counts = {s: int(np.load(prepared / "arrays" / f"y_{s}.npy").shape[0]) for s in SPLITS}
     try:
-        cached = load_features(params, candidate, x.shape[1], counts)
+        cached = load_features(params, candidate, x.shape[1], split_counts(prepared / "arrays"))
     except FeaturesError as exc:
         raise StageError(str(exc)) from None
     features = np.concatenate([np.asarray(cached[s]) for s in SPLITS])
@@ -67,25 +50,11 @@ def frozen_backbone_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray)
         log.info("%s is a frozen backbone with a deterministic head: TTA and ensembles are not scored", name)
 
     def fit(split: IndexSplit) -> dict[str, np.ndarray]:
-        began = time.perf_counter()
-        head = fit_head(features[split.train], y[split.train], features[split.val], y[split.val],
-                        len(params.classes), list(candidate.head_c), params.train.seed)
-        log.info("head fitted in %.1f s (C %g; validation macro-F1 by C %s)", time.perf_counter() - began, head.c,
-                 {c: round(f, 3) for c, f in head.val_macro_f1.items()})
+        head = fit_frozen_head(candidate, features[split.train], y[split.train], features[split.val], y[split.val],
+                               len(params.classes), params.train.seed)
         return {PLAIN: head_probabilities(head, features[split.test])}
 
     return fit
-
-
-def load_rows(prepared: Path) -> pd.DataFrame:
-    """split.csv's rows in the order of load_all_images (train, val, test), with a `study` column.
-
-    `study` is each image's study unit: its DICOM series, else its group.
-    """
-    table = pd.read_csv(prepared / "split.csv", dtype=str, keep_default_na=False)
-    rows = pd.concat([table.loc[table["split"] == split] for split in SPLITS], ignore_index=True)
-    rows["study"] = series_ids(rows["group"].tolist(), rows["series"].tolist() if "series" in rows else None)
-    return rows
 
 
 def write_cv_predictions(path: Path, name: str, rows: pd.DataFrame, y: np.ndarray, oof: np.ndarray,
@@ -110,7 +79,7 @@ def recipe_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray, groups: 
     Variants: plain, and with `leakage.tta` / `leakage.ensemble` also TTA, ensemble, ensemble + TTA.
     """
     candidate, views = params.train.candidates[name], params.leakage.tta
-    if candidate.architecture == "ct_resnet152" and candidate.trainable == "frozen":
+    if is_frozen_backbone(candidate):
         return frozen_backbone_fit(params, name, x, y)
     if candidate.architecture == "ct_resnet152":  # fine-tuning: the converted weights under paths.backbone
         candidate = resolve_backbone(params, candidate)

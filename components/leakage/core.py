@@ -1,24 +1,15 @@
-"""Pure core of leakage: index splits (random vs grouped folds) and fit-and-score of one recipe."""
+"""Pure core of leakage: the random image split and fit-and-score of one recipe (grouped folds: components.lib.folds)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+from sklearn.model_selection import train_test_split
 
-from components.common.params import AugmentParams, CandidateParams, Params
-from components.evaluate.core import classification_metrics, series_metrics
-
-
-@dataclass(frozen=True)
-class IndexSplit:
-    """Positions into one image array for train, validation and test."""
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
+from components.common.params import AugmentParams, CandidateParams
+from components.lib.folds import IndexSplit
+from components.lib.metrics import classification_metrics, series_metrics
 
 
 def random_image_split(labels: np.ndarray, test_fraction: float, val_fraction: float, seed: int) -> IndexSplit:
@@ -27,23 +18,6 @@ def random_image_split(labels: np.ndarray, test_fraction: float, val_fraction: f
     rest, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=seed)
     train, val = train_test_split(rest, test_size=val_fraction, stratify=labels[rest], random_state=seed)
     return IndexSplit(np.sort(train), np.sort(val), np.sort(test))
-
-
-def _first_group_fold(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return next(splitter.split(np.zeros(len(labels)), labels, groups))
-
-
-def grouped_folds(labels: np.ndarray, groups: np.ndarray, folds: int, val_fraction: float,
-                  seed: int) -> Iterator[IndexSplit]:
-    """Stratified group k-fold; inside each fold's training part, a grouped validation split."""
-    if len(np.unique(groups)) < folds:
-        raise ValueError(f"{folds} folds need at least {folds} groups; the data has {len(np.unique(groups))}")
-    outer = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    inner_folds = max(2, round(1 / val_fraction))
-    for rest, test in outer.split(np.zeros(len(labels)), labels, groups):
-        inner_train, inner_val = _first_group_fold(labels[rest], groups[rest], inner_folds, seed)
-        yield IndexSplit(rest[inner_train], rest[inner_val], test)
 
 
 def groups_overlap(split: IndexSplit, groups: np.ndarray) -> set[str]:
@@ -122,25 +96,6 @@ def summarise_variants(fold_metrics: list[dict], classes: list[str]) -> dict:
     """summarise_folds for each extra variant (e.g. test-time augmentation) scored on every fold."""
     names = set.intersection(*[set(m.get("variants", {})) for m in fold_metrics]) if fold_metrics else set()
     return {name: summarise_folds([m["variants"][name] for m in fold_metrics], classes) for name in sorted(names)}
-
-
-def recipe_params(params: Params, name: str) -> dict:
-    """The knobs that make a training recipe, flattened for MLflow (what a CV trial varies)."""
-    flat = {f"candidate.{k}": v for k, v in params.train.candidates[name].model_dump().items()}
-    flat.update({f"augment.{k}": v for k, v in params.augment.model_dump().items() if k != "preview_samples"})
-    flat.update({"preprocess.image_size": params.preprocess.image_size, "train.seed": params.train.seed,
-                 "leakage.seed": params.leakage.seed, "leakage.cv_folds": params.leakage.cv_folds,
-                 "leakage.tta": "+".join(params.leakage.tta) or "none", "leakage.ensemble": params.leakage.ensemble})
-    return flat
-
-
-def recipe_fingerprint(params: Params, name: str) -> str:
-    """sha256 (16 hex) of the recipe a grouped CV scored: evaluate's cv_refit refuses a CV of another recipe."""
-    import hashlib
-    import json
-
-    recipe = {k: v for k, v in recipe_params(params, name).items() if not k.startswith("leakage.")}
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def folds_fingerprint(keys: list[str], fold_of: np.ndarray) -> str:

@@ -9,9 +9,10 @@ from pathlib import Path
 from components.common.params import ParamsError, load_params, parse_params
 from components.common.tables import text_table
 from components.common.tracking import configure_mlflow
-from components.leakage.core import VARIANTS, knob_defaults, recipe_params, variant_label
-from components.profile.core import ProfileError, merge
-from components.profile.files import SEARCH, profile_overlay, read_yaml, search_profile, search_trials
+from components.leakage.core import VARIANTS, knob_defaults, variant_label
+from components.lib.folds import recipe_params
+from components.lib.profile_files import SEARCH, profile_overlay, read_yaml, search_profile, search_trials
+from components.lib.profiles import ProfileError, merge
 
 SCORING_ONLY = {"leakage.tta", "leakage.ensemble"}  # add rows beside the first model's: not what a trial trains
 

@@ -17,7 +17,7 @@ from components.preprocess.core import build_prepared, decode_all, rows_from_tab
 
 def audit_split(split: pd.DataFrame, result_path: Path) -> None:
     """Great Expectations on the split manifest; a group or duplicate on two sides stops the stage."""
-    from components.validate.split_check import check_split, failures
+    from components.preprocess.split_check import check_split, failures
 
     outcome = check_split(split)
     problems = failures(outcome, split)

@@ -11,8 +11,9 @@ import numpy as np
 from components.common import console
 from components.common.imaging import decode_image, prepare_for_model, resize, window_unit
 from components.common.params import PreprocessParams
+from components.lib.prepared import SPLITS, pixel_statistics
 from components.preprocess.grouping import assign_groups
-from components.preprocess.split import SPLITS, split_by_group, straddling_groups
+from components.preprocess.split import split_by_group, straddling_groups
 
 
 @dataclass(frozen=True)
@@ -82,14 +83,6 @@ def build_prepared(rows: list[ImageRow], images: np.ndarray, thumbs: np.ndarray,
     summary = summarise(labels, groups, splits, source)
     summary["train_pixel_mean"], summary["train_pixel_variance"] = pixel_statistics(arrays["train"][0])
     return PreparedData(arrays=arrays, table=table, summary=summary)
-
-
-def pixel_statistics(x_train: np.ndarray) -> tuple[float, float]:
-    """Mean and variance of training pixels on the model's [0, 1] scale (for its Normalization layer)."""
-    if x_train.size == 0:
-        raise ValueError("the training split is empty")
-    unit = x_train.astype(np.float64) / 255.0
-    return float(unit.mean()), float(unit.var())
 
 
 def rows_from_table(records: Iterable[dict]) -> list[ImageRow]:

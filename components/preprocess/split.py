@@ -12,8 +12,6 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
-
 
 def group_labels(labels: list[str], groups: list[str]) -> dict[str, str]:
     """Each group's majority label (ties broken alphabetically), used to stratify groups."""

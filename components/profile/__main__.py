@@ -16,8 +16,8 @@ from pathlib import Path
 import yaml
 
 from components.common.params import ParamsError, parse_params
-from components.profile.core import ProfileError, merge, overrides, queued_paths
-from components.profile.files import SEARCH, profile_overlay, read_yaml, search_profile, search_trials, trial_overlay
+from components.lib.profile_files import SEARCH, profile_overlay, read_yaml, search_profile, search_trials, trial_overlay
+from components.lib.profiles import ProfileError, merge, overrides, queued_paths
 
 
 def main(argv: list[str] | None = None) -> int:

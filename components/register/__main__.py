@@ -13,7 +13,7 @@ from components.common.cli import StageError, log, read_json, run_stage, stage_p
 from components.common.params import Params
 from components.common.registry import REFERENCE_ARTIFACT
 from components.common.tracking import configure_mlflow
-from components.evaluate.predictions import load_probabilities, read_split
+from components.lib.predictions import load_probabilities, read_split
 from components.register.card import dvc_data_version, model_card, provenance_tags
 from components.register.core import (
     GateRefusal,
@@ -223,9 +223,9 @@ def run(params: Params, args: argparse.Namespace) -> None:
     else:
         decision_promote, reason = decision.promote, decision.reason
         if decision.promote:  # through the registry CLI's path, so rollback knows the history
-            from components.registry import mlflow_store
+            from components.lib import registry_store
 
-            mlflow_store.promote(client, name, str(version.version), reason=decision.reason)
+            registry_store.promote(client, name, str(version.version), reason=decision.reason)
     client.set_tag(entry["run_id"], "champion_decision", reason[:5000])
     champion = client.get_model_version_by_alias(name, "champion")
     write_json(out, {"gate_passed": True, "registered": True, "model_name": name, "version": int(version.version),

@@ -7,22 +7,22 @@ import argparse
 from components.common.cli import StageError, log, run_stage, stage_parser
 from components.common.params import Params
 from components.common.registry import existing_registry_uri
-from components.registry import mlflow_store
-from components.registry.core import RegistryRefusal, format_table
+from components.lib import registry_store
+from components.lib.promotion import RegistryRefusal, format_table
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
-    client, name = mlflow_store.client_for(existing_registry_uri(params)), params.register.model_name
+    client, name = registry_store.client_for(existing_registry_uri(params)), params.register.model_name
     try:
         if args.command == "list":
-            print(format_table(mlflow_store.rows(client, name)))
-            current, history = mlflow_store.state(client, name)
+            print(format_table(registry_store.rows(client, name)))
+            current, history = registry_store.state(client, name)
             print(f"\nchampion: {'v' + current if current else 'none'}; history: "
                   f"{' -> '.join('v' + v for v in history) or 'empty'}")
         elif args.command == "promote":
-            log.info(mlflow_store.promote(client, name, args.version.lstrip("v"), args.force, args.reason).message)
+            log.info(registry_store.promote(client, name, args.version.lstrip("v"), args.force, args.reason).message)
         else:
-            log.info(mlflow_store.rollback(client, name, args.reason).message)
+            log.info(registry_store.rollback(client, name, args.reason).message)
     except RegistryRefusal as exc:
         raise StageError(f"refused: {exc}") from None
 

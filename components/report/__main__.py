@@ -13,8 +13,8 @@ import pandas as pd
 
 from components.common.cli import StageError, log, read_json, run_stage, stage_parser, write_json
 from components.common.params import Params
-from components.evaluate.predictions import INTERVALS, PROBABILITIES, load_probabilities, read_split
-from components.preprocess.split import SPLITS
+from components.lib.predictions import INTERVALS, PROBABILITIES, load_probabilities, read_split
+from components.lib.prepared import SPLITS
 from components.report import figures
 from components.report.core import calibration_summary, pick_examples
 from components.report.html import ci, figure, page

@@ -1,20 +1,11 @@
-"""Pure core of the report: metric functions, calibration and example picks for one candidate's predictions."""
+"""Pure core of the report: calibration and example picks for one candidate's predictions."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from components.common.bootstrap import class_recall, macro_f1
 from components.common.params import ReportParams
 from components.report.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability
-
-
-def metric_functions(n_classes: int, classes: list[str]) -> dict:
-    """Accuracy, macro-F1 and each class's recall as (y_true, y_pred) -> float."""
-    fns = {"accuracy": lambda y, p: float(np.mean(y == p)), "macro_f1": lambda y, p: macro_f1(y, p, n_classes)}
-    for i, name in enumerate(classes):
-        fns[f"recall_{name}"] = (lambda k: lambda y, p: class_recall(y, p, n_classes, k))(i)
-    return fns
 
 
 def calibration_summary(y_test: np.ndarray, probs_test: np.ndarray, y_val: np.ndarray, probs_val: np.ndarray,

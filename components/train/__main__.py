@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +14,13 @@ import pandas as pd
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.common.tracking import configure_mlflow
-from components.features.cache import FeaturesError, load_features, resolve_backbone
-from components.preprocess.split import SPLITS
-from components.train.core import (
+from components.lib.features import FeaturesError, load_features, resolve_backbone
+from components.lib.feeders import loss_weights
+from components.lib.heads import fit_frozen_head, head_probabilities, is_frozen_backbone
+from components.lib.models import SetupError, build_model, resolve_weights
+from components.lib.parent_runs import open_parent_run
+from components.lib.prepared import split_counts
+from components.lib.training import (
     SplitArrays,
     TrainResult,
     clear_checkpoint,
@@ -25,10 +28,6 @@ from components.train.core import (
     read_checkpoint,
     train_candidate,
 )
-from components.train.data import loss_weights
-from components.train.head import fit_head, head_probabilities
-from components.train.models import SetupError, build_model, resolve_weights
-from components.train.parent import open_parent_run
 
 
 def fitting_splits(params: Params) -> tuple[str, ...]:
@@ -121,29 +120,19 @@ def start_candidate_run(name: str, previous: dict | None, experiment_id: str, da
     return mlflow.start_run(run_name=name, parent_run_id=parent)
 
 
-def is_frozen_backbone(candidate) -> bool:
-    """A ct_resnet152 candidate whose backbone stays frozen: its head is fitted on the cached features."""
-    return candidate.architecture == "ct_resnet152" and candidate.trainable == "frozen"
-
-
 def train_frozen_head(params: Params, name: str, candidate, data: SplitArrays) -> TrainResult:
     """Fit the logistic-regression head on cached features; return the whole model (front, backbone, head).
 
     A few validation images go through the whole model as a check that the cache matches it.
     """
-    arrays = Path(params.paths.prepared) / "arrays"
-    counts = {split: int(np.load(arrays / f"y_{split}.npy", mmap_mode="r").shape[0]) for split in SPLITS}
     try:
-        features = load_features(params, candidate, data.x_train.shape[1], counts)
+        features = load_features(params, candidate, data.x_train.shape[1],
+                                 split_counts(Path(params.paths.prepared) / "arrays"))
     except FeaturesError as exc:
         raise StageError(str(exc)) from None
     fitted = np.concatenate([np.asarray(features[split]) for split in fitting_splits(params)])
-    began = time.perf_counter()
-    head = fit_head(fitted, np.asarray(data.y_train), np.asarray(features["val"]),
-                    np.asarray(data.y_val), len(params.classes), list(candidate.head_c), params.train.seed)
-    seconds = time.perf_counter() - began
-    log.info("head: C %g picked by validation macro-F1 %s, fitted in %.1f s", head.c,
-             {c: round(f, 3) for c, f in head.val_macro_f1.items()}, seconds)
+    head = fit_frozen_head(candidate, fitted, np.asarray(data.y_train), np.asarray(features["val"]),
+                           np.asarray(data.y_val), len(params.classes), params.train.seed)
     model = build_model(name, candidate, data.x_train.shape[1], len(params.classes), [], data.pixel_mean,
                         data.pixel_variance)
     model.get_layer("probabilities").set_weights([head.kernel, head.bias])
@@ -157,7 +146,7 @@ def train_frozen_head(params: Params, name: str, candidate, data: SplitArrays) -
     tried = list(head.train_macro_f1)  # one "epoch" per C tried, so the usual curves plot train vs validation F1
     history = {"head_c": tried, "f1": [head.train_macro_f1[c] for c in tried],
                **({"val_f1": [head.val_macro_f1[c] for c in tried]} if head.val_macro_f1 else {})}
-    return TrainResult(model=model, history=history, seconds=seconds, best_epoch=1 + tried.index(head.c),
+    return TrainResult(model=model, history=history, seconds=head.seconds, best_epoch=1 + tried.index(head.c),
                        runtime={"head": "logistic_regression", "head_c": head.c, "check_gap": gap})
 
 

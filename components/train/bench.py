@@ -48,11 +48,11 @@ def measure(name: str, size: int, batch: int, warmup: int, steps: int, workers: 
     """Both throughputs for one candidate, in this process."""
     import keras
 
-    from components.augment.core import augmentation_layers
     from components.common.params import AugmentParams
-    from components.train.core import compile_model
-    from components.train.data import batch_feeder, one_hot, tensor_feeder, tensor_feeder_usable
-    from components.train.models import build_model
+    from components.lib.augmentation import augmentation_layers
+    from components.lib.feeders import batch_feeder, one_hot, tensor_feeder, tensor_feeder_usable
+    from components.lib.models import build_model
+    from components.lib.training import compile_model
 
     candidate = study_candidates(batch_size=batch)[name]
     model = build_model(name, candidate, size, 4, augmentation_layers(AugmentParams(), 0), 0.3, 0.05)
@@ -72,7 +72,7 @@ def measure(name: str, size: int, batch: int, warmup: int, steps: int, workers: 
             model.train_on_batch(images, labels)
         synthetic = batch * steps / (time.perf_counter() - started)
         clock = timed_callback(warmup)
-        if tensor_feeder_usable(x):  # the feeder training would use (components.train.core.feeders)
+        if tensor_feeder_usable(x):  # the feeder training would use (components.lib.training.feeders)
             feeder, batches = "tf.data", tensor_feeder(x, y, batch, 4, shuffle=True, seed=0)[0]
         else:
             feeder, batches = "pydataset", batch_feeder(x, y, batch, 4, shuffle=True, seed=0, workers=workers)

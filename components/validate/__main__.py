@@ -15,8 +15,10 @@ import pandas as pd
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.common.storage import StorageError, open_store
+from components.lib.gx_suite import SuiteError, SuiteOutcome, load_declared_suite, run_suite
 from components.validate.core import (
     MANIFEST_COLUMNS,
+    SUITE_FILE,
     build_table,
     class_counts,
     expand_suite,
@@ -24,7 +26,6 @@ from components.validate.core import (
     suite_parameters,
 )
 from components.validate.report import ShareLimits, summarise
-from components.validate.suite import SuiteError, SuiteOutcome, load_declared_suite, run_suite
 
 REQUIRED_COLUMNS = ("key", "sha256", "label")
 
@@ -49,7 +50,7 @@ def validate_table(table: pd.DataFrame, params: Params, docs_dir: Path | None) -
     """Run the repo's suite, with thresholds from params, on the image table."""
     settings = params.validate_
     wording = share_wording(len(table), settings.min_class_share, settings.max_class_share)
-    suite = expand_suite(load_declared_suite(), params.classes, wording)
+    suite = expand_suite(load_declared_suite(SUITE_FILE), params.classes, wording)
     values = suite_parameters(params.classes, len(table), settings.min_width, settings.max_width,
                               settings.min_class_share, settings.max_class_share)
     outcome = run_suite(table, suite, values, docs_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,8 @@ import pandas as pd
 from components.common import console
 from components.common.imaging import ImageDecodeError, decode_image
 from components.common.storage import StorageError
+
+SUITE_FILE = Path(__file__).parent / "expectations" / "kidney_ct_manifest.json"  # the declared image-table suite
 
 MANIFEST_COLUMNS = ("key", "sha256", "source", "label", "group", "series", "format")
 IMAGE_COLUMNS = ("width", "height", "mode", "pixel_min", "pixel_max", "pixel_mean", "pixel_std")

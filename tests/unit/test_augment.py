@@ -47,9 +47,9 @@ def test_out_of_range_strengths_are_refused():
 
 JIT_PROBE = """
 import keras
-from components.augment.core import augmentation_layers
+from components.lib.augmentation import augmentation_layers
 from components.common.params import AugmentParams
-from components.train.core import compile_model
+from components.lib.training import compile_model
 layers = augmentation_layers(AugmentParams(rotation=0.05, zoom=0.1, translate=0.05), seed=0)
 model = keras.Sequential([keras.Input((16, 16, 1)), *layers, keras.layers.Flatten(), keras.layers.Dense(4)])
 compile_model(model, 1e-3, 4)

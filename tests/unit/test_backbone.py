@@ -6,20 +6,20 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from components.backbone.core import (
+from components.backbone.core import convert_state_dict, deflate_kernel
+from components.common.params import BackboneParams, CandidateParams
+from components.features.core import extract
+from components.lib.ct_resnet import (
     ConversionError,
     assign_weights,
-    convert_state_dict,
-    deflate_kernel,
     feature_extractor,
     load_weights,
     orientation_layers,
     save_weights,
     set_orientation_weights,
 )
-from components.common.params import BackboneParams, CandidateParams
-from components.features.core import extract, layer_columns
-from components.train.head import fit_head, head_probabilities
+from components.lib.features import layer_columns
+from components.lib.heads import fit_head, head_probabilities
 
 TINY = dict(depths=(1, 1, 1, 1), width=4)  # one bottleneck per layer, 4 stem channels
 

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.backbone.core import WEIGHTS_FILE, convert_state_dict, save_weights
+from components.backbone.core import convert_state_dict
 from components.common.gradcam import find_last_conv_layer, gradcam
 from components.common.params import CandidateParams, parse_params
 from components.features.__main__ import main as features_main
-from components.train.models import build_model, set_backbone_trainable
+from components.lib.ct_resnet import WEIGHTS_FILE, save_weights
+from components.lib.models import build_model, set_backbone_trainable
 from tests.tiny import tiny_params, write_params
 from tests.unit.test_backbone import fake_state
 
@@ -59,7 +60,7 @@ def test_features_then_frozen_head_give_one_model_that_reloads_and_explains(proj
     assert np.load(Path(params.paths.features) / "train.npy").shape == (16, 256)
 
     data = load_split_arrays(Path(params.paths.prepared) / "arrays")
-    from components.features.cache import resolve_backbone
+    from components.lib.features import resolve_backbone
 
     candidate = resolve_backbone(params, params.train.candidates["ct"])
     result = train_frozen_head(params, "ct", candidate, data)
@@ -84,8 +85,9 @@ def test_features_then_frozen_head_give_one_model_that_reloads_and_explains(proj
 
 def test_leakage_scores_the_frozen_head_on_the_cached_features(project: Path):
     from components.common.params import load_params
-    from components.leakage.__main__ import load_all_images, recipe_fit
-    from components.leakage.core import IndexSplit
+    from components.leakage.__main__ import recipe_fit
+    from components.lib.folds import IndexSplit
+    from components.lib.prepared import load_all_images
 
     assert features_main(["--params", str(project)]) == 0
     params = load_params(project)
@@ -128,9 +130,9 @@ def test_params_example_of_the_candidate_parses():
 
 def test_fine_tuning_runs_through_the_usual_training_loop(project: Path):
     from components.common.params import AugmentParams, load_params
-    from components.features.cache import resolve_backbone
+    from components.lib.features import resolve_backbone
+    from components.lib.training import train_candidate
     from components.train.__main__ import load_split_arrays
-    from components.train.core import train_candidate
 
     params = load_params(project)
     candidate = resolve_backbone(params, params.train.candidates["ct"]).model_copy(
@@ -151,7 +153,7 @@ def test_several_layers_each_pooled_its_own_ways_make_one_model_that_matches_the
     import yaml
 
     from components.common.params import load_params
-    from components.features.cache import resolve_backbone
+    from components.lib.features import resolve_backbone
     from components.train.__main__ import load_split_arrays, train_frozen_head
 
     raw = yaml.safe_load(project.read_text())

@@ -69,17 +69,50 @@ def stage_specs() -> list[tuple[str, str, list[str]]]:
     return specs
 
 
+def stage_entry(module: str) -> Path | None:
+    return module_file(f"{module}.__main__") or module_file(module)
+
+
+def missing_deps(entry: Path, deps: list[str]) -> list[str]:
+    """Repository files `entry` runs (its import closure) that no code dep of `deps` (a file or a folder) covers."""
+    code = [d.rstrip("/") for d in deps if d.startswith(PACKAGES)]
+    return sorted(str(path.relative_to(REPO)) for path in code_closure(entry)
+                  if not any(str(path.relative_to(REPO)) == d or path.relative_to(REPO).is_relative_to(d)
+                             for d in code))
+
+
 @pytest.mark.parametrize("stage, module, deps", stage_specs(), ids=[s[0] for s in stage_specs()])
 def test_every_module_a_stage_runs_is_one_of_its_deps(stage, module, deps):
-    entry = module_file(f"{module}.__main__") or module_file(module)
+    entry = stage_entry(module)
     assert entry is not None, f"{stage}: no module {module}"
-    code = [d.rstrip("/") for d in deps if d.startswith(PACKAGES)]
-    missing = sorted(str(path.relative_to(REPO)) for path in code_closure(entry)
-                     if not any(str(path.relative_to(REPO)) == d or path.relative_to(REPO).is_relative_to(d)
-                                for d in code))
+    missing = missing_deps(entry, deps)
     assert not missing, f"dvc.yaml stage {stage} runs code it does not list in its deps: {missing}"
+
+
+@pytest.mark.parametrize("stage, module, deps", stage_specs(), ids=[s[0] for s in stage_specs()])
+def test_a_stage_lists_each_library_module_it_runs_and_no_other(stage, module, deps):
+    """Per-module lib deps, exact: a change to one components/lib module reruns only the stages that run it."""
+    listed = {d for d in deps if d.startswith("components/lib/")}
+    assert "components/lib" not in {d.rstrip("/") for d in deps}, f"{stage}: list components/lib modules one by one"
+    runs = {str(p.relative_to(REPO)) for p in code_closure(stage_entry(module))
+            if p.relative_to(REPO).is_relative_to("components/lib")}
+    assert listed == runs, f"dvc.yaml stage {stage}: lib deps {sorted(listed)}, runs {sorted(runs)}"
+
+
+@pytest.mark.parametrize("stage, module, deps", stage_specs(), ids=[s[0] for s in stage_specs()])
+def test_every_code_dep_exists(stage, module, deps):
+    gone = [d for d in deps if d.startswith(PACKAGES) and not (REPO / d).exists()]
+    assert not gone, f"dvc.yaml stage {stage} lists code that is not there (moved?): {gone}"
+
+
+def test_removing_a_module_from_a_stages_deps_is_caught():
+    stage, module, deps = next(spec for spec in stage_specs() if spec[0] == "train")
+    assert missing_deps(stage_entry(module), deps) == []
+    assert missing_deps(stage_entry(module), [d for d in deps if d != "components/lib/heads.py"]) == [
+        "components/lib/heads.py"]
+    assert "components/train/__main__.py" in missing_deps(stage_entry(module), [d for d in deps if d != "components/train"])
 
 
 def test_the_closure_follows_imports_inside_functions():
     closure = {str(p.relative_to(REPO)) for p in code_closure(REPO / "components/register/__main__.py")}
-    assert "components/registry/mlflow_store.py" in closure  # imported inside run(): promote through the CLI's path
+    assert "components/lib/registry_store.py" in closure  # imported inside run(): promote through the CLI's path

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from components.common.params import EvaluateParams
-from components.evaluate.core import classification_metrics, gate_verdict, pick_winner
+from components.evaluate.core import gate_verdict, pick_winner
+from components.lib.metrics import classification_metrics
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 

@@ -26,9 +26,9 @@ from components.generate.core import (
     patient_series,
 )
 from components.generate.phantom import AIR_HU, KERNELS, Grid, draw_slice, reconstruct
+from components.lib.profile_files import profile_overlay, read_yaml
+from components.lib.profiles import merge
 from components.profile.__main__ import main as profile_main
-from components.profile.core import merge
-from components.profile.files import profile_overlay, read_yaml
 from tests.tiny import REPO
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]

@@ -99,7 +99,7 @@ def test_a_head_needing_activations_from_before_the_layer_is_refused_not_explain
 
 def test_compact_cnn_with_its_pooling_branches_and_input_windows_is_explained():
     from components.common.params import CandidateParams
-    from components.train.models import build_model
+    from components.lib.models import build_model
 
     candidate = CandidateParams(architecture="compact_cnn", filters=[4, 8], dense_units=8, intensity_channels=[0.8])
     model = build_model("compact", candidate, SIZE, 4, [], 0.3, 0.04)
@@ -111,7 +111,7 @@ def test_heat_of_a_model_with_a_roi_lies_inside_the_region_it_looked_at():
     import keras
 
     from components.common.params import CandidateParams
-    from components.train.models import build_model
+    from components.lib.models import build_model
 
     keras.utils.set_random_seed(0)
     candidate = CandidateParams(architecture="compact_cnn", filters=[4, 8], dense_units=8, roi=[0.25, 0.75, 0.0, 0.5])

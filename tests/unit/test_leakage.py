@@ -7,13 +7,13 @@ from components.common.tta import plain_and_tta, shifted, tta_views
 from components.leakage.core import (
     PLAIN,
     fold_variants,
-    grouped_folds,
     groups_overlap,
     score_split,
     summarise_folds,
     summarise_variants,
     variant_label,
 )
+from components.lib.folds import grouped_folds
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 

@@ -6,8 +6,9 @@ import pytest
 
 from components.common.params import EvaluateParams
 from components.common.pooling import POOLINGS, pool, pool_by_series, series_ids, series_labels, top_slices
-from components.evaluate.core import gate_verdict, series_metrics
-from components.evaluate.predictions import SplitPredictions, probability_rows, read_split
+from components.evaluate.core import gate_verdict
+from components.lib.metrics import series_metrics
+from components.lib.predictions import SplitPredictions, probability_rows, read_split
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 # A Tumor series: most slices look Normal-ish, one slice shows the lesion with high confidence.

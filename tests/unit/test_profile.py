@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 from components.common.params import ParamsError, parse_params
+from components.lib.profiles import ProfileError, deep_merge, flatten, overrides, queued_paths
 from components.profile.__main__ import main
-from components.profile.core import ProfileError, deep_merge, flatten, overrides, queued_paths
 from tests.tiny import REPO
 
 BASE = yaml.safe_load((REPO / "params.yaml").read_text())

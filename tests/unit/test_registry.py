@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.registry.core import (
+from components.lib.promotion import (
     RegistryRefusal,
     VersionRow,
     aliases_by_version,

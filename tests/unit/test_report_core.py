@@ -5,7 +5,8 @@ import pytest
 
 from components.common.bootstrap import group_bootstrap
 from components.common.params import ReportParams
-from components.report.core import calibration_summary, metric_functions, pick_examples
+from components.lib.metrics import metric_functions
+from components.report.core import calibration_summary, pick_examples
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 
@@ -46,7 +47,7 @@ def test_the_report_reads_evaluates_saved_probabilities_and_refuses_stale_ones(t
 
     from components.common.cli import StageError
     from components.common.params import parse_params
-    from components.evaluate.predictions import SplitPredictions, probability_rows
+    from components.lib.predictions import SplitPredictions, probability_rows
     from components.report.__main__ import saved_analysis
     from tests.tiny import tiny_params
 

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from components.validate.split_check import audit_table, check_split, failures
+from components.preprocess.split_check import audit_table, check_split, failures
 
 
 def manifest(rows):

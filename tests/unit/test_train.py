@@ -3,8 +3,8 @@
 import numpy as np
 
 from components.common.params import AugmentParams, CandidateParams
-from components.train.core import SplitArrays, train_candidate
-from components.train.models import build_model
+from components.lib.models import build_model
+from components.lib.training import SplitArrays, train_candidate
 
 
 def tiny_candidate(**overrides) -> CandidateParams:
@@ -35,7 +35,7 @@ def test_training_learns_a_trivial_task_and_augmentation_is_inert_at_inference()
 
 
 def test_the_generalisation_recipe_trains_weighted_with_every_augmentation_inert_at_inference():
-    from components.train.data import loss_weights
+    from components.lib.feeders import loss_weights
 
     rng = np.random.default_rng(1)
     y = np.repeat(np.arange(4), [14, 8, 6, 4])
@@ -56,7 +56,7 @@ def test_the_generalisation_recipe_trains_weighted_with_every_augmentation_inert
 
 
 def test_early_stopping_can_pick_the_epoch_by_validation_macro_f1_after_a_warm_up():
-    from components.train.core import best_epoch_of, early_stopping_settings
+    from components.lib.training import best_epoch_of, early_stopping_settings
 
     by_f1 = early_stopping_settings(tiny_candidate(early_stopping="macro_f1", min_epochs=2, patience=3), True)
     assert by_f1 == {"monitor": "val_f1", "mode": "max", "patience": 3, "start_from_epoch": 2}

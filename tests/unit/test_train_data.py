@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from components.train.data import batch_feeder, loss_weights, tensor_feeder
+from components.lib.feeders import batch_feeder, loss_weights, tensor_feeder
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import yaml
 from pydantic import ValidationError
 
 from components.common.params import CandidateParams
+from components.lib.models import APPLICATION_RANGE, WeightsError, build_model, model_input_size, resolve_weights
 from components.train.candidates import STUDY_CANDIDATES, study_candidates
-from components.train.models import APPLICATION_RANGE, WeightsError, build_model, model_input_size, resolve_weights
 from tests.tiny import REPO
 
 MEAN, VARIANCE = 0.3, 0.04

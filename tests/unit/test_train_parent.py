@@ -1,6 +1,6 @@
 """One MLflow parent run per pipeline run: reused while open, replaced once evaluate finishes it."""
 
-from components.train.parent import PARENT_ENV, PARENT_RUN_TAG, merge_parent_runs, open_parent_run
+from components.lib.parent_runs import PARENT_ENV, PARENT_RUN_TAG, merge_parent_runs, open_parent_run
 
 
 def test_parent_run_is_reused_while_open_and_replaced_after_it_finishes(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from components.common.params import AugmentParams, CandidateParams
-from components.train.core import STATE_FILE, SplitArrays, read_checkpoint, train_candidate
+from components.lib.training import STATE_FILE, SplitArrays, read_checkpoint, train_candidate
 from tests.tiny import REPO, tiny_params, write_params
 
 

@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from components.common.storage import LocalStore
+from components.lib.gx_suite import SuiteError, load_declared_suite, run_suite
 from components.validate.core import (
+    SUITE_FILE,
     TABLE_COLUMNS,
     build_table,
     expand_suite,
@@ -20,7 +22,6 @@ from components.validate.core import (
     suite_parameters,
 )
 from components.validate.report import ShareLimits, summarise
-from components.validate.suite import SuiteError, load_declared_suite, run_suite
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 LIMITS = ShareLimits(min_share=0.05, max_share=0.70)
@@ -122,7 +123,7 @@ def test_share_bounds_round_towards_the_allowed_side():
 
 
 def test_expanded_suite_has_one_share_check_per_class_and_every_parameter_filled():
-    suite = expand_suite(load_declared_suite(), CLASSES, share_wording(20, 0.05, 0.7))
+    suite = expand_suite(load_declared_suite(SUITE_FILE), CLASSES, share_wording(20, 0.05, 0.7))
     shares = [e for e in suite["expectations"] if e.get("meta", {}).get("check") == "class_share"]
     assert [e["meta"]["class"] for e in shares] == CLASSES
     assert [e["kwargs"]["row_condition"]["parameter"] for e in shares] == CLASSES
@@ -151,7 +152,7 @@ def good_table(per_class: dict[str, int] | None = None) -> pd.DataFrame:
 
 def check(table: pd.DataFrame) -> tuple[bool, list[dict]]:
     wording = share_wording(len(table), LIMITS.min_share, LIMITS.max_share)
-    suite = expand_suite(load_declared_suite(), CLASSES, wording)
+    suite = expand_suite(load_declared_suite(SUITE_FILE), CLASSES, wording)
     values = suite_parameters(CLASSES, len(table), 64, 4096, LIMITS.min_share, LIMITS.max_share)
     outcome = run_suite(table, suite, values)
     return outcome.success, summarise(outcome.results, table, LIMITS)

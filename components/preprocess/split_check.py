@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.validate.suite import SuiteOutcome, load_declared_suite, run_suite
+from components.lib.gx_suite import SuiteOutcome, load_declared_suite, run_suite
 
 SPLIT_SUITE_FILE = Path(__file__).parent / "expectations" / "split_manifest.json"
 

@@ -1,4 +1,4 @@
-"""Pure core of the registry CLI: promotion rules, the champion history, and the listing table.
+"""The registry's promotions (the registry CLI, register): promotion rules, the champion history, and the listing table.
 
 The alias history is a JSON list of versions, oldest first, kept in the registered-model tag
 `champion_history`; every promotion appends, every rollback pops, so rollback walks back in order.

@@ -1,4 +1,4 @@
-"""Where profiles live and how they are read (the IO edge of profiles; the merging is in core)."""
+"""Where profiles live and how they are read (the IO edge of profiles; the merging is in components.lib.profiles)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from components.profile.core import ProfileError
+from components.lib.profiles import ProfileError
 
 PROFILES = Path("profiles")
 SEARCH = PROFILES / "search.yaml"

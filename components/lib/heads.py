@@ -1,4 +1,4 @@
-"""Pure core of the frozen-backbone head: a class-balanced logistic regression on cached features.
+"""The frozen-backbone head: a class-balanced logistic regression on cached features (train, leakage, the bench).
 
 C is picked by macro-F1 on the grouped validation split, then the head is refitted on train + validation.
 The standardisation is folded into the weights, so the head is one Dense softmax layer of the saved model.
@@ -6,11 +6,14 @@ The standardisation is folded into the weights, so the head is one Dense softmax
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
+
+from components.common.cli import log
 
 ABSENT_LOGIT = -30.0  # bias of a class the training data lacks: the head never predicts it
 
@@ -24,9 +27,10 @@ class Head:
     c: float
     val_macro_f1: dict[float, float] = field(default_factory=dict)  # per C tried; empty without validation
     train_macro_f1: dict[float, float] = field(default_factory=dict)  # per C tried (the final fit's if one)
+    seconds: float = 0.0           # time the fit took (every C tried and the refit)
 
 
-def _fit(features: np.ndarray, labels: np.ndarray, n_classes: int, c: float,
+def fit_with_c(features: np.ndarray, labels: np.ndarray, n_classes: int, c: float,
          seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Standardise, fit, and fold the standardisation into (kernel, bias) over all `n_classes`."""
     mean, std = features.mean(axis=0), features.std(axis=0)
@@ -58,12 +62,12 @@ def fit_head(f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray, y_val:
     fitted: dict[float, float] = {}
     if len(y_val) and len(cs) > 1:
         for c in cs:
-            head = Head(*_fit(f_train, y_train, n_classes, c, seed), c)
+            head = Head(*fit_with_c(f_train, y_train, n_classes, c, seed), c)
             scores[c] = _macro_f1(head, f_val, y_val, n_classes)
             fitted[c] = _macro_f1(head, f_train, y_train, n_classes)
     best = max(sorted(cs), key=lambda c: scores.get(c, 0.0))
     f_all, y_all = np.concatenate([f_train, f_val]), np.concatenate([y_train, y_val])
-    head = Head(*_fit(f_all, y_all, n_classes, best, seed), best, scores)
+    head = Head(*fit_with_c(f_all, y_all, n_classes, best, seed), best, scores)
     head.train_macro_f1 = fitted or {best: _macro_f1(head, f_all, y_all, n_classes)}
     return head
 
@@ -71,3 +75,20 @@ def fit_head(f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray, y_val:
 def _macro_f1(head: Head, features: np.ndarray, labels: np.ndarray, n_classes: int) -> float:
     predicted = head_probabilities(head, features).argmax(axis=1)
     return float(f1_score(labels, predicted, labels=list(range(n_classes)), average="macro", zero_division=0))
+
+
+def is_frozen_backbone(candidate) -> bool:
+    """A ct_resnet152 candidate whose backbone stays frozen: its head is fitted on the cached features."""
+    return candidate.architecture == "ct_resnet152" and candidate.trainable == "frozen"
+
+
+def fit_frozen_head(candidate, f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray, y_val: np.ndarray,
+                    n_classes: int, seed: int) -> Head:
+    """A frozen-backbone candidate's fit on its cached features, as train and leakage both run it: `fit_head` with
+    the candidate's `head_c` choices, its time kept in `seconds`, the choice logged."""
+    began = time.perf_counter()
+    head = fit_head(f_train, y_train, f_val, y_val, n_classes, list(candidate.head_c), seed)
+    head.seconds = time.perf_counter() - began
+    log.info("head: C %g picked by validation macro-F1 %s, fitted in %.1f s", head.c,
+             {c: round(f, 3) for c, f in head.val_macro_f1.items()}, head.seconds)
+    return head

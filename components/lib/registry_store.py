@@ -1,4 +1,4 @@
-"""The registry core applied to a real MLflow registry (SQLite file or `mlflow server` over HTTP)."""
+"""components.lib.promotion applied to a real MLflow registry (SQLite file or `mlflow server` over HTTP)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import getpass
 from datetime import UTC, datetime
 
 from components.common.cli import StageError
-from components.registry.core import (
+from components.lib.promotion import (
     CHAMPION,
     HISTORY_TAG,
     Plan,

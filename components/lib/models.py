@@ -191,7 +191,7 @@ BODIES = {"paper_cnn": paper_cnn_body, "compact_cnn": compact_cnn_body, "vit": v
 
 def backbone_weights(weights: str) -> dict | None:
     """ct_resnet152's `weights`: none = random, else the converted .npz (the CLI resolves `converted` to it)."""
-    from components.backbone.core import load_weights
+    from components.lib.ct_resnet import load_weights
 
     if weights == "none":
         return None
@@ -205,13 +205,13 @@ def ct_resnet152_model(name: str, candidate: CandidateParams, image_size: int, n
                        weights: dict | None = None):
     """The CT ResNet-152 candidate: 0-1 grey -> augmentation -> orientation -> backbone -> pooled layers -> softmax.
 
-    The same layers as the features stage's extractor (components/backbone/core.py), so a head fitted on cached
+    The same layers as the features stage's extractor (components/lib/ct_resnet.py), so a head fitted on cached
     features gives this model's output. `weights`: the converted backbone ({layer: arrays}); None = random.
     `trainable` freezes the backbone (frozen), or all but its last N bottleneck blocks (last_blocks_N).
     """
     import keras
 
-    from components.backbone.core import assign_weights, front_and_backbone, set_orientation_weights
+    from components.lib.ct_resnet import assign_weights, front_and_backbone, set_orientation_weights
 
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit")(inputs)
@@ -231,7 +231,7 @@ def ct_resnet152_model(name: str, candidate: CandidateParams, image_size: int, n
 
 def set_backbone_trainable(model, trainable: str) -> None:
     """frozen: no backbone layer trains; all: every one; last_blocks_N: the last N bottleneck blocks only."""
-    from components.backbone.core import backbone_layer_names
+    from components.lib.ct_resnet import backbone_layer_names
 
     names = backbone_layer_names(model)
     block_of = lambda n: "_".join(n.split("_")[:2])  # noqa: E731  (layer3_35_downsample_0 -> layer3_35)

@@ -1,4 +1,5 @@
-"""Pure core of train: build, compile and fit one candidate on (memory-mapped) arrays, resumable per epoch."""
+"""The training loop train and leakage share: build, compile and fit one candidate on (memory-mapped) arrays,
+resumable per epoch."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from components.augment.core import augmentation_layers
 from components.common.params import AugmentParams, CandidateParams, RuntimeParams
-from components.train.data import batch_feeder, tensor_feeder, tensor_feeder_usable
-from components.train.models import SetupError, build_model
+from components.lib.augmentation import augmentation_layers
+from components.lib.feeders import batch_feeder, tensor_feeder, tensor_feeder_usable
+from components.lib.models import SetupError, build_model
 
 STATE_FILE, LAST_MODEL, BEST_WEIGHTS = "state.json", "last.keras", "best_weights.npz"
 

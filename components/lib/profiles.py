@@ -1,4 +1,5 @@
-"""Pure core of profiles: a nested overlay -> Hydra-style `++key=value` overrides, checked against Params."""
+"""Params profiles (the profile CLI, leakage.table): a nested overlay -> Hydra-style `++key=value` overrides,
+checked against Params."""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import pandas as pd
 
-SUITE_FILE = Path(__file__).parent / "expectations" / "kidney_ct_manifest.json"
 DOCS_SITE = "validation"
 
 
@@ -29,8 +28,8 @@ class SuiteError(ValueError):
     """The declared suite file is missing or not a valid GX suite; the message names the file."""
 
 
-def load_declared_suite(path: Path = SUITE_FILE) -> dict[str, Any]:
-    """Read the suite JSON kept in the repo (the declared list of expectations)."""
+def load_declared_suite(path: Path) -> dict[str, Any]:
+    """Read a suite JSON kept in the repo (the declared list of expectations)."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:

@@ -1,4 +1,5 @@
-"""Reading the features stage's cache for a ct_resnet152 candidate (train, leakage), with plain refusals."""
+"""The features stage's cache: its column layout, and reading it for a ct_resnet152 candidate (train, leakage)
+with plain refusals."""
 
 from __future__ import annotations
 
@@ -7,10 +8,34 @@ from pathlib import Path
 
 import numpy as np
 
-from components.backbone.core import WEIGHTS_FILE
 from components.common.params import CandidateParams, Params
-from components.features.core import layer_columns
-from components.preprocess.split import SPLITS
+from components.lib.ct_resnet import WEIGHTS_FILE
+from components.lib.prepared import SPLITS
+
+LAYER_WIDTHS = {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}  # pooled features per layer
+
+
+Block = tuple[str, str]  # (layer, pooling): one layer's map pooled one way, LAYER_WIDTHS[layer] columns
+
+
+def as_block(entry: str | tuple | list) -> Block:
+    """`layer3` (its mean pooling, the cache's first format) or (`layer3`, `max`) -> (layer, pooling)."""
+    return (entry, "mean") if isinstance(entry, str) else (str(entry[0]), str(entry[1]))
+
+
+def layer_columns(cached: list, wanted: list, widths: dict[str, int] = LAYER_WIDTHS) -> np.ndarray:
+    """Column indices of `wanted` blocks (in that order) in a feature matrix holding `cached` blocks side by side.
+
+    A block is a layer name (its mean pooling) or a (layer, pooling) pair.
+    """
+    cached, wanted = [as_block(b) for b in cached], [as_block(b) for b in wanted]
+    missing = [b for b in wanted if b not in cached]
+    if missing:
+        names = ", ".join(f"{layer} {p}" for layer, p in missing)
+        raise ValueError(f"features of {names} are not cached (cached: {cached}); add them to backbone.layers "
+                         "and backbone.pooling")
+    starts = np.cumsum([0] + [widths[layer] for layer, _ in cached])
+    return np.concatenate([np.arange(starts[cached.index(w)], starts[cached.index(w) + 1]) for w in wanted])
 
 
 class FeaturesError(ValueError):
@@ -27,7 +52,7 @@ def resolve_backbone(params: Params, candidate: CandidateParams) -> CandidatePar
 def load_features(params: Params, candidate: CandidateParams, image_size: int,
                   counts: dict[str, int]) -> dict[str, np.ndarray]:
     """{split: (N, D) features of the candidate's `backbone_layers`}, checked against the arrays they describe."""
-    from components.train.models import model_input_size
+    from components.lib.models import model_input_size
 
     folder = Path(params.paths.features)
     meta_file = folder / "features.json"
