@@ -33,7 +33,7 @@ from pathlib import Path
 from components.common.cluster import GPU_RESOURCE, check_pinned, cluster_settings, stage_arguments, stage_container
 from components.common.fingerprint import params_digest
 from components.common.params import ClusterParams, ParamsError, load_params
-from components.common.stage_graph import ancestors, load_stage_graph
+from components.common.stage_graph import ancestors, load_stage_graph, topological
 
 params_hash = params_digest  # what the `fingerprint` step computes, for a look from the outside
 
@@ -120,12 +120,6 @@ def _on_cluster(task, cluster: ClusterParams, cache: bool):
 
 NO_DATA = "independent-of-the-data"  # the data_version of a stage that reads no data (the backbone conversion)
 UNCACHED = frozenset({"generate", "ingest", "register", "package"})  # new data / registry side effects
-
-
-def topological(graph: Mapping[str, Iterable[str]]) -> list[str]:
-    """Stages so that each comes after all of its upstream stages (ties by name)."""
-    before = ancestors(graph)
-    return sorted(graph, key=lambda stage: (len(before[stage]), stage))
 
 
 def build_pipeline(cluster: ClusterParams, graph: Mapping[str, Iterable[str]], candidates: Sequence[str]) -> Callable:

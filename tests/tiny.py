@@ -9,6 +9,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# the mild policy the unit tests train with (AugmentParams has no defaults for what params.yaml states)
+MILD_AUGMENT = {"rotation": 0.05, "zoom": 0.1, "contrast": 0.2, "flip": False}
 
 
 def tiny_params(root: Path, absolute: bool = True) -> dict:

@@ -1,4 +1,9 @@
-"""The one typed params object, loaded once from params.yaml at a stage's edge."""
+"""The one typed params object, loaded once from params.yaml at a stage's edge.
+
+One set of defaults: a setting params.yaml states has no default here unless it is the same value (the
+gate, the window, the augmentation params.yaml sets, the export size and `leakage.random_split` have none:
+a params file must state them); tests/unit/test_params.py fails when a default here disagrees with params.yaml.
+"""
 
 from __future__ import annotations
 
@@ -49,8 +54,8 @@ ReconstructionKernelName = Literal["B30f", "B45f", "B70f"]  # the named kernels 
 
 class GenerateParams(_Strict):
     seed: int = 7
-    patients_per_class: int = Field(6, ge=1)
-    slices_per_patient: int = Field(6, ge=1)
+    patients_per_class: int = Field(ge=1)
+    slices_per_patient: int = Field(ge=1)
     matrix: int = Field(512, ge=64)
     patient_offset: int = Field(0, ge=0)          # patient indices start here: another export's new people
     reconstruction_kernel: ReconstructionKernelName | None = None  # every patient on this kernel; None = each its own
@@ -100,8 +105,8 @@ class ValidateParams(_Strict):
 
 class PreprocessParams(_Strict):
     image_size: int = Field(180, ge=8)
-    window_center: float = 40
-    window_width: float = Field(400, gt=0)
+    window_center: float                          # the CT window (HU): no default, params.yaml states it
+    window_width: float = Field(gt=0)
     test_fraction: float = Field(0.25, gt=0, lt=1)
     val_fraction: float = Field(0.2, gt=0, lt=1)
     duplicate_threshold: float = Field(0.92, gt=0, le=1)
@@ -110,10 +115,10 @@ class PreprocessParams(_Strict):
 
 
 class AugmentParams(_Strict):
-    rotation: float = Field(0.05, ge=0, le=0.5)
-    zoom: float = Field(0.1, ge=0, lt=1)
-    contrast: float = Field(0.2, ge=0, lt=1)
-    flip: bool = False                            # random left-right flip (anatomy is near-symmetric)
+    rotation: float = Field(ge=0, le=0.5)         # no default for the four params.yaml states; the rest: 0 = off
+    zoom: float = Field(ge=0, lt=1)
+    contrast: float = Field(ge=0, lt=1)
+    flip: bool                                    # random left-right flip (anatomy is near-symmetric)
     translate: float = Field(0.0, ge=0, lt=1)     # random shift, fraction of the side
     brightness: float = Field(0.0, ge=0, lt=1)    # random brightness offset (window level jitter)
     noise: float = Field(0.0, ge=0, lt=1)         # Gaussian noise std on [0, 1] pixels (scanner noise)
@@ -280,7 +285,7 @@ class MonitorParams(_Strict):
 
 class LeakageParams(_Strict):
     candidate: str | None = None  # None = the first of train.candidates
-    random_split: bool = True
+    random_split: bool  # also train on a random (leaky) split, to show the leak: no default, params.yaml states it
     cv_folds: int = Field(0, ge=0)
     seed: int = 5
     tta: list[Literal["flip", "shift"]] = []  # also score test-time augmentation (same models, more views)
@@ -330,17 +335,17 @@ with warnings.catch_warnings():
         classes: list[str]
         paths: Paths
         storage: StorageParams = StorageParams()
-        generate: GenerateParams = GenerateParams()
+        generate: GenerateParams
         ingest: IngestParams = IngestParams()
         validate_: ValidateParams = Field(ValidateParams(), alias="validate")
-        preprocess: PreprocessParams = PreprocessParams()
-        augment: AugmentParams = AugmentParams()
+        preprocess: PreprocessParams
+        augment: AugmentParams
         backbone: BackboneParams = BackboneParams()
         train: TrainParams
         evaluate: EvaluateParams  # required: the gate is stated, never defaulted
         register: RegisterParams = RegisterParams()
         monitor: MonitorParams = MonitorParams()
-        leakage: LeakageParams = LeakageParams()
+        leakage: LeakageParams
         report: ReportParams = ReportParams()
         mlflow: MlflowParams = MlflowParams()
         package: PackageParams = PackageParams()

@@ -126,3 +126,27 @@ def load_stage_graph(dvc_path: str | Path = "dvc.yaml", params_path: str | Path 
     dvc = yaml.safe_load(Path(dvc_path).read_text()) or {}
     params = yaml.safe_load(Path(params_path).read_text()) or {}
     return upstream_stages(dvc, params)
+
+
+def topological(graph: Mapping[str, Iterable[str]]) -> list[str]:
+    """Stages so that each comes after all of its upstream stages (ties by name)."""
+    before = ancestors(graph)
+    return sorted(graph, key=lambda stage: (len(before[stage]), stage))
+
+
+def direct_upstream(graph: Mapping[str, Iterable[str]]) -> dict[str, set[str]]:
+    """The transitive reduction: stage -> the upstream stages not already reached through another upstream one
+    (same order of execution, fewer edges: `report` waits for `evaluate`, which waits for `leakage`)."""
+    before = ancestors(graph)
+    return {stage: {up for up in parents if not any(up in before[other] for other in parents if other != up)}
+            for stage, parents in ((stage, set(parents)) for stage, parents in graph.items())}
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout (or image folder) holding components/ and dvc.yaml
+
+
+def project_stage_graph(root: str | Path = PROJECT_ROOT) -> dict[str, set[str]]:
+    """The stage graph of the code's own dvc.yaml templated by the params.yaml beside it (the Airflow DAG reads
+    it when parsed: the node set and the links do not depend on a run's params file, only its values do)."""
+    root = Path(root)
+    return load_stage_graph(root / "dvc.yaml", root / "params.yaml")

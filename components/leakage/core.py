@@ -107,7 +107,9 @@ def folds_fingerprint(keys: list[str], fold_of: np.ndarray) -> str:
 
 
 def knob_defaults() -> dict[str, object]:
-    """Each recipe knob's default: what a trial logged before the knob existed was trained with."""
-    flat: dict[str, object] = {f"candidate.{k}": f.default for k, f in CandidateParams.model_fields.items()}
-    flat.update({f"augment.{k}": f.default for k, f in AugmentParams.model_fields.items()})
+    """Each recipe knob's default: what a trial logged before the knob existed was trained with (a knob without
+    a default, one every params file states, has always been logged)."""
+    flat: dict[str, object] = {f"candidate.{k}": f.default for k, f in CandidateParams.model_fields.items()
+                               if not f.is_required()}
+    flat.update({f"augment.{k}": f.default for k, f in AugmentParams.model_fields.items() if not f.is_required()})
     return flat

@@ -69,7 +69,7 @@ def fit(x, y, x_val, y_val, epochs: int):
     candidate = CandidateParams(architecture="compact_cnn", filters=[8, 16, 32], global_pooling="max",
                                 batchnorm_momentum=0.9, dense_units=32, dropout=0.1, learning_rate=0.003,
                                 lr_schedule="cosine", epochs=epochs, batch_size=32, patience=epochs)
-    result = train_candidate("behaviour", candidate, AugmentParams(rotation=0.02, zoom=0.05, contrast=0.1), data,
+    result = train_candidate("behaviour", candidate, AugmentParams(rotation=0.02, zoom=0.05, contrast=0.1, flip=False), data,
                              len(CLASSES), seed=0, callbacks=[], verbose=0)
     return lambda batch: np.asarray(result.model.predict(np.asarray(batch, "float32"), verbose=0))
 

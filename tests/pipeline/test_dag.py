@@ -17,14 +17,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.common.stage_graph import ancestors, load_stage_graph
+from components.common.stage_graph import ancestors, direct_upstream, load_stage_graph
 from tests.tiny import tiny_params, wiring_params, write_params
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
-DAG_FILE = DAGS / "kidney_ct_retraining.py"
 DAG_ID = "kidney_ct_retraining"
 HELPER_TASKS = {"list_candidates": "train", "alert": "monitor"}  # task id -> the stage it belongs to
+# The one thing parsing may read: the stage graph, from the code's own dvc.yaml and the params.yaml beside it.
+GRAPH_FILES = {f"open {REPO / 'dvc.yaml'}", f"open {REPO / 'params.yaml'}"}
 PROJECT_ENV = ("KIDNEY_CT_PARAMS", "KIDNEY_CT_PROJECT_DIR", "AIRFLOW_VAR_KIDNEY_CT_PARAMS",
                "AIRFLOW_VAR_KIDNEY_CT_PROJECT_DIR", "KIDNEY_CT_RUNNERS", "KIDNEY_CT_KUBERNETES")
 
@@ -68,17 +69,15 @@ print("REPORT:" + json.dumps(report))
 """
 
 RUN_STAGE_SCRIPT = r"""
-import importlib.util, json, sys
+import json, sys
 from pathlib import Path
-spec = importlib.util.spec_from_file_location("kidney_ct_dag", sys.argv[1])
-dag_module = sys.modules["kidney_ct_dag"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(dag_module)
-project = Path(sys.argv[2])
-settings = dag_module.StageSettings(project, project / "params.yaml")
+from components.common import airflow_runner
+project = Path(sys.argv[1])
+settings = airflow_runner.StageSettings(project, project / "params.yaml")
 report = {}
 for stage in ("works", "refuses", "crashes"):
     try:
-        dag_module.run_stage_command(stage, settings, candidate="tiny")
+        airflow_runner.run_stage_command(stage, settings, candidate="tiny")
         report[stage] = {"raised": None}
     except Exception as exc:
         report[stage] = {"raised": type(exc).__name__, "message": str(exc)}
@@ -86,26 +85,24 @@ print("REPORT:" + json.dumps(report))
 """
 
 SETTINGS_SCRIPT = r"""
-import importlib.util, json, sys
+import json, sys
 from pathlib import Path
-spec = importlib.util.spec_from_file_location("kidney_ct_dag", sys.argv[1])
-dag_module = sys.modules["kidney_ct_dag"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(dag_module)
-root = Path(sys.argv[2])
+from components.common import airflow_runner
+root = Path(sys.argv[1])
 by_param, by_variable, by_env, default = (root / name for name in ("param", "variable", "env", "default"))
 variables = {"kidney_ct_project_dir": str(by_variable), "kidney_ct_params": "v.yaml"}
 env = {"KIDNEY_CT_PROJECT_DIR": str(by_env), "KIDNEY_CT_PARAMS": "e.yaml"}
 
 def resolve(run_params, variables, env):
     try:
-        s = dag_module.resolve_settings(run_params, variables.get, env, default)
+        s = airflow_runner.resolve_settings(run_params, variables.get, env, default)
         return [str(s.project_dir), str(s.params_file)]
     except Exception as exc:
         return {"raised": type(exc).__name__, "message": str(exc)}
 
 def candidates(path):
     try:
-        return dag_module.read_candidate_names(path)
+        return airflow_runner.read_candidate_names(path)
     except Exception as exc:
         return {"raised": type(exc).__name__, "message": str(exc)}
 
@@ -170,15 +167,27 @@ def isolate_airflow(monkeypatch: pytest.MonkeyPatch, home: Path, sql_conn: str) 
         monkeypatch.delenv(name, raising=False)
 
 
+def unexpected_touches(touched: list[str]) -> list[str]:
+    """What parsing did beyond reading the stage graph's two files."""
+    return [event for event in touched if event not in GRAPH_FILES]
+
+
 @pytest.fixture(scope="module")
 def parse_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """Parse dags/ once, from an empty cwd, with a DB URL whose folder does not exist."""
+    """Parse dags/ once, from an empty cwd, with a DB URL whose folder does not exist, and the run settings
+    (env) pointing at a project whose params.yaml and dvc.yaml parsing must not read."""
     root = tmp_path_factory.mktemp("parse")
     empty_cwd = root / "cwd"
     empty_cwd.mkdir()
+    run_project = root / "run_project"
+    run_project.mkdir()
+    for name in ("params.yaml", "dvc.yaml"):
+        (run_project / name).write_text("{}\n")
     missing_db = root / "no-such-dir" / "airflow.db"
     with pytest.MonkeyPatch.context() as monkeypatch:
         isolate_airflow(monkeypatch, root / "airflow_home", f"sqlite:///{missing_db}")
+        monkeypatch.setenv("KIDNEY_CT_PROJECT_DIR", str(run_project))
+        monkeypatch.setenv("KIDNEY_CT_PARAMS", str(run_project / "params.yaml"))
         report = run_python(PARSE_SCRIPT, str(DAGS), DAG_ID, cwd=empty_cwd)
     report["cwd_after"] = sorted(p.name for p in empty_cwd.iterdir())
     report["db_dir_created"] = missing_db.parent.exists()
@@ -200,7 +209,10 @@ def test_dagbag_imports_cleanly(parse_report: dict) -> None:
 
 
 def test_parsing_touches_no_db_files_or_network(parse_report: dict) -> None:
-    assert parse_report["touched"] == [], "parsing the DAG file must not read params/dvc, a DB or a socket"
+    assert unexpected_touches(parse_report["touched"]) == [], (
+        "parsing the DAG file may read the code's dvc.yaml + params.yaml (the stage graph), never a run's "
+        "params file, a DB or a socket")
+    assert set(parse_report["touched"]) == GRAPH_FILES  # the graph is read, not written down a second time
     assert parse_report["cwd_after"] == [], "parsing wrote into the working directory"
     assert parse_report["db_dir_created"] is False
 
@@ -224,6 +236,23 @@ def test_dag_order_matches_dvc_stage_graph(parse_report: dict) -> None:
     assert ancestors(dag_graph) == ancestors(dvc_graph)
 
 
+def test_dag_links_are_the_stage_graph_and_two_helpers(parse_report: dict) -> None:
+    """Each stage task waits for exactly its stages of dvc.yaml's graph (transitively reduced), plus the helpers:
+    list_candidates (after preprocess) before train, alert after monitor."""
+    tasks = parse_report["tasks"]
+    graph = direct_upstream(load_stage_graph(REPO / "dvc.yaml", REPO / "params.yaml"))
+    assert set(tasks) == set(graph) | set(HELPER_TASKS)
+    for stage, upstream in graph.items():
+        helpers = {"list_candidates"} if stage == "train" else set()
+        assert set(tasks[stage]["upstream"]) == upstream | helpers, stage
+    assert tasks["list_candidates"]["upstream"] == ["preprocess"]
+    assert tasks["alert"]["upstream"] == ["monitor"]
+    # the links the DAG had when it was written by hand (report no longer also waits for leakage directly:
+    # evaluate does)
+    assert graph["train"] == {"augment", "features"} and graph["evaluate"] == {"train", "leakage"}
+    assert graph["report"] == {"evaluate", "monitor"} and graph["register"] == {"evaluate", "monitor"}
+
+
 def _fake_project(root: Path) -> Path:
     """A project whose `components` package holds three toy stages: works, refuses (2), crashes (1)."""
     stages = {
@@ -244,7 +273,7 @@ def test_stage_exit_codes_become_task_failures_with_the_stage_message(tmp_path: 
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     project = _fake_project(tmp_path / "project")
     isolate_airflow(monkeypatch, tmp_path / "airflow_home", f"sqlite:///{tmp_path / 'airflow.db'}")
-    report = run_python(RUN_STAGE_SCRIPT, str(DAG_FILE), str(project), cwd=tmp_path)
+    report = run_python(RUN_STAGE_SCRIPT, str(project), cwd=tmp_path)
 
     assert report["works"] == {"raised": None}
     called = json.loads((project / "called.json").read_text())
@@ -267,7 +296,7 @@ def test_settings_come_from_param_then_variable_then_env_then_default(tmp_path: 
     write_params(two, tmp_path / "two.yaml")
     write_params({**two, "train": {"candidates": {}}}, tmp_path / "none.yaml")
     isolate_airflow(monkeypatch, tmp_path / "airflow_home", f"sqlite:///{tmp_path / 'airflow.db'}")
-    report = run_python(SETTINGS_SCRIPT, str(DAG_FILE), str(tmp_path), cwd=tmp_path)
+    report = run_python(SETTINGS_SCRIPT, str(tmp_path), cwd=tmp_path)
 
     for source, name in files.items():
         assert report[source] == [str(tmp_path / source), str(tmp_path / source / name)], source

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.test_dag import DAG_ID, DAGS, PARSE_SCRIPT, isolate_airflow, run_python
+from components.common.stage_graph import project_stage_graph
+from tests.pipeline.test_dag import DAG_ID, DAGS, PARSE_SCRIPT, isolate_airflow, run_python, unexpected_touches
 
 SHAPE_SCRIPT = PARSE_SCRIPT.replace('print("REPORT:" + json.dumps(report))', r'''
 def describe(t):
@@ -30,8 +31,7 @@ if dag is not None:
 print("REPORT:" + json.dumps(report))''')
 
 CPU, GPU = "reg/kct-cpu@sha256:" + "c" * 64, "reg/kct-gpu@sha256:" + "9" * 64
-STAGES = ("generate", "ingest", "monitor", "validate", "preprocess", "augment", "backbone", "features", "train", "evaluate",
-          "leakage", "report", "register", "package")
+STAGES = tuple(project_stage_graph())  # every stage of dvc.yaml
 
 
 def parse_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> dict:
@@ -44,7 +44,7 @@ def parse_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, s
 
 def test_default_shape_runs_every_stage_through_dvc_on_the_worker(tmp_path, monkeypatch) -> None:
     report = parse_with(tmp_path, monkeypatch, {})
-    assert report["import_errors"] == {} and report["touched"] == []
+    assert report["import_errors"] == {} and unexpected_touches(report["touched"]) == []
     shapes = report["shapes"]
     assert {shapes[s]["type"] for s in STAGES} <= {"_PythonDecoratedOperator", "DecoratedMappedOperator"}
     assert "KubernetesPodOperator" not in json.dumps(shapes)
@@ -57,7 +57,7 @@ def test_kubernetes_shape_makes_the_tasks_pods_chosen_at_parse_time_without_a_db
            "KIDNEY_CT_KUBERNETES": json.dumps({"namespace": "ml", "gpu_image": GPU, "cpu_image": CPU})}
     report = parse_with(tmp_path, monkeypatch, env)
     assert report["import_errors"] == {}
-    assert report["touched"] == [], "choosing the shape must not touch a DB, params file or network"
+    assert unexpected_touches(report["touched"]) == [], "choosing the shape must not touch a DB, a run's params or network"
     assert not (tmp_path / "no-dir").exists()
     shapes = report["shapes"]
 

@@ -6,7 +6,7 @@ import pytest
 from components.augment.core import augment_batch, describe_policy
 from components.common.params import AugmentParams
 
-OFF = dict(rotation=0.0, zoom=0.0, contrast=0.0)
+OFF = dict(rotation=0.0, zoom=0.0, contrast=0.0, flip=False)
 
 
 def stone_images(n: int = 8, size: int = 48) -> np.ndarray:
@@ -40,9 +40,9 @@ def test_the_policy_description_names_every_active_layer_and_nothing_when_off():
 
 def test_out_of_range_strengths_are_refused():
     with pytest.raises(ValueError):
-        AugmentParams(blur=-1.0)
+        AugmentParams(**OFF, blur=-1.0)
     with pytest.raises(ValueError):
-        AugmentParams(elastic=2.0)
+        AugmentParams(**OFF, elastic=2.0)
 
 
 JIT_PROBE = """
@@ -50,7 +50,7 @@ import keras
 from components.lib.augmentation import augmentation_layers
 from components.common.params import AugmentParams
 from components.lib.training import compile_model
-layers = augmentation_layers(AugmentParams(rotation=0.05, zoom=0.1, translate=0.05), seed=0)
+layers = augmentation_layers(AugmentParams(rotation=0.05, zoom=0.1, contrast=0.2, flip=False, translate=0.05), seed=0)
 model = keras.Sequential([keras.Input((16, 16, 1)), *layers, keras.layers.Flatten(), keras.layers.Dense(4)])
 compile_model(model, 1e-3, 4)
 print(keras.backend.backend(), model.jit_compile, all(layer.supports_jit for layer in layers))

@@ -18,7 +18,7 @@ from components.common.params import CandidateParams, parse_params
 from components.features.__main__ import main as features_main
 from components.lib.ct_resnet import WEIGHTS_FILE, save_weights
 from components.lib.models import build_model, set_backbone_trainable
-from tests.tiny import tiny_params, write_params
+from tests.tiny import MILD_AUGMENT, tiny_params, write_params
 from tests.unit.test_backbone import fake_state
 
 SIDE, N = 32, {"train": 16, "val": 8, "test": 8}
@@ -139,7 +139,7 @@ def test_fine_tuning_runs_through_the_usual_training_loop(project: Path):
         update={"trainable": "last_blocks_1", "epochs": 1, "batch_size": 8, "learning_rate": 1e-3})
     data = load_split_arrays(Path(params.paths.prepared) / "arrays")
     before = np.load(Path(params.paths.backbone) / WEIGHTS_FILE)["layer1_2_conv3.0"]
-    result = train_candidate("ct", candidate, AugmentParams(), data, 2, seed=0, callbacks=[], verbose=0)
+    result = train_candidate("ct", candidate, AugmentParams(**MILD_AUGMENT), data, 2, seed=0, callbacks=[], verbose=0)
     model = result.model
     assert len(result.history["loss"]) == 1
     assert np.allclose(model.get_layer("layer1_0_conv1").get_weights()[0],        # frozen block: converted weights

@@ -1,11 +1,13 @@
 """The typed params object: the repo's params.yaml loads, and mistakes are named."""
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from components.common.params import ParamsError, load_params, parse_params
+from components.common.params import Params, ParamsError, load_params, parse_params
 
 REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
@@ -51,3 +53,48 @@ def test_missing_and_broken_files(tmp_path):
     broken.write_text("classes: [a, b\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(broken)
+
+
+def code_defaults(model: type[BaseModel], prefix: str = "") -> dict[str, object]:
+    """dotted key -> the default this code gives it, for every field that has one (nested models walked)."""
+    found: dict[str, object] = {}
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found |= code_defaults(field.annotation, key + ".")
+        elif not field.is_required():
+            found[key] = field.get_default(call_default_factory=True)
+    return found
+
+
+def stated(raw: dict, dotted: str) -> tuple[bool, object]:
+    value: object = raw
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False, None
+        value = value[part]
+    return True, value
+
+
+def test_no_code_default_disagrees_with_params_yaml():
+    """One set of defaults: a key params.yaml states has no default in the code, or the same one (a candidate's
+    settings are choices per candidate, not defaults: train.candidates is a required mapping, not walked)."""
+    raw = raw_params()
+    defaults = code_defaults(Params)
+    assert "preprocess.window_center" not in defaults and "evaluate.min_macro_f1" not in defaults
+    disagree = {}
+    for key, default in defaults.items():
+        is_stated, value = stated(raw, key)
+        if is_stated and json.loads(json.dumps(default)) != value:  # tuples as lists, as YAML reads them
+            disagree[key] = {"code": default, "params.yaml": value}
+    assert disagree == {}, "state these in one place: drop the code default or the params.yaml line"
+
+
+def test_params_yaml_states_every_setting_that_has_no_default():
+    """What the code leaves to params.yaml, params.yaml gives (else load_params would refuse the repo's file)."""
+    assert load_params(REPO_PARAMS).leakage.random_split is False
+    for section in ("generate", "preprocess", "augment", "leakage"):
+        raw = raw_params()
+        del raw[section]
+        with pytest.raises(ParamsError, match=section):
+            parse_params(raw)

@@ -9,6 +9,8 @@ from components.preprocess.core import ImageRow, build_prepared
 from components.preprocess.grouping import assign_groups, near_duplicate_clusters
 from components.preprocess.split import split_by_group, straddling_groups
 
+WINDOW = {"window_center": 40, "window_width": 400}  # build_prepared takes images already windowed
+
 
 def series(rng, base: np.ndarray, n: int) -> list[np.ndarray]:
     """n near-identical slices: a base pattern drifting slowly, plus light noise."""
@@ -82,7 +84,7 @@ def test_build_prepared_packs_arrays_per_split():
     classes = ["Normal", "Cyst", "Tumor", "Stone"]
     rows = [ImageRow(key=f"k{i}", label=classes[s % 4], group="") for i, s in enumerate(truth)]
     images = np.random.default_rng(0).integers(0, 255, (len(rows), 8, 8), dtype=np.uint8)
-    prepared = build_prepared(rows, images, thumbs, classes, PreprocessParams(image_size=8, duplicate_threshold=0.9))
+    prepared = build_prepared(rows, images, thumbs, classes, PreprocessParams(image_size=8, duplicate_threshold=0.9, **WINDOW))
     assert sum(len(y) for _, y in prepared.arrays.values()) == len(rows)
     x_train, y_train = prepared.arrays["train"]
     assert x_train.shape[1:] == (8, 8, 1) and x_train.dtype == np.uint8
@@ -95,7 +97,7 @@ def test_unknown_label_is_refused():
     rows = [ImageRow("k", "Banana", "")]
     with pytest.raises(ValueError, match="Banana"):
         build_prepared(rows, np.zeros((1, 8, 8), np.uint8), np.zeros((1, 4, 4), np.float32), ["A", "B"],
-                       PreprocessParams(image_size=8, duplicate_size=4))
+                       PreprocessParams(image_size=8, duplicate_size=4, **WINDOW))
 
 
 def test_pixel_statistics_on_unit_scale():

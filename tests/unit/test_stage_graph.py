@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from components.common.stage_graph import (
     StageGraphError,
     ancestors,
+    direct_upstream,
     load_stage_graph,
+    project_stage_graph,
     resolve,
     stage_io,
+    topological,
     upstream_stages,
 )
 
@@ -103,3 +108,23 @@ def test_load_stage_graph_reads_files(tmp_path) -> None:
                                        "  b: {cmd: y, deps: ['${paths.raw}/f']}\n")
     (tmp_path / "params.yaml").write_text("paths: {raw: data/raw}\n")
     assert load_stage_graph(tmp_path / "dvc.yaml", tmp_path / "params.yaml") == {"a": set(), "b": {"a"}}
+
+
+def test_topological_puts_every_stage_after_its_upstream_stages() -> None:
+    graph = upstream_stages(PIPELINE, PARAMS)
+    order = topological(graph)
+    assert order == ["fetch", "clean", "train", "evaluate"]
+    assert all(order.index(up) < order.index(stage) for stage, ups in graph.items() for up in ups)
+
+
+def test_direct_upstream_drops_links_reached_through_another_stage() -> None:
+    graph = upstream_stages(PIPELINE, PARAMS)  # evaluate reads clean's stats.json and train's models
+    reduced = direct_upstream(graph)
+    assert reduced == {"fetch": set(), "clean": {"fetch"}, "train": {"clean"}, "evaluate": {"train"}}
+    assert ancestors(reduced) == ancestors(graph)  # same order of execution
+
+
+def test_the_project_graph_is_the_repo_dvc_yaml() -> None:
+    root = Path(__file__).resolve().parents[2]
+    assert project_stage_graph() == load_stage_graph(root / "dvc.yaml", root / "params.yaml")
+    assert {"ingest", "train", "evaluate", "register"} <= set(project_stage_graph())

@@ -5,6 +5,7 @@ import numpy as np
 from components.common.params import AugmentParams, CandidateParams
 from components.lib.models import build_model
 from components.lib.training import SplitArrays, train_candidate
+from tests.tiny import MILD_AUGMENT
 
 
 def tiny_candidate(**overrides) -> CandidateParams:
@@ -24,7 +25,7 @@ def test_training_learns_a_trivial_task_and_augmentation_is_inert_at_inference()
     y = np.repeat(np.arange(4), 8)
     x = (rng.integers(0, 40, (32, 24, 24, 1)) + (y * 60)[:, None, None, None]).astype(np.uint8)  # class = brightness
     data = SplitArrays(x, y, x[::4], y[::4], pixel_mean=float(x.mean() / 255), pixel_variance=float((x / 255).var()))
-    result = train_candidate("cnn", tiny_candidate(epochs=8, learning_rate=0.01), AugmentParams(), data, 4, seed=0,
+    result = train_candidate("cnn", tiny_candidate(epochs=8, learning_rate=0.01), AugmentParams(**MILD_AUGMENT), data, 4, seed=0,
                              callbacks=[], verbose=0)
     assert set(result.history) >= {"loss", "val_loss", "accuracy", "f1", "precision", "recall"}
     assert result.history["loss"][-1] < result.history["loss"][0]
@@ -45,7 +46,7 @@ def test_the_generalisation_recipe_trains_weighted_with_every_augmentation_inert
                        w_train=loss_weights(y, 4, "class_and_group", groups))
     candidate = tiny_candidate(architecture="compact_cnn", epochs=6, learning_rate=0.01, intensity_channels=[0.8],
                                weight_decay=1e-4, label_smoothing=0.1, loss_weighting="class_and_group")
-    augment = AugmentParams(flip=True, translate=0.1, brightness=0.1, noise=0.02, blur=1.0, elastic=0.1)
+    augment = AugmentParams(**{**MILD_AUGMENT, "flip": True}, translate=0.1, brightness=0.1, noise=0.02, blur=1.0, elastic=0.1)
     result = train_candidate("compact", candidate, augment, data, 4, seed=0, callbacks=[], verbose=0)
     assert result.history["loss"][-1] < result.history["loss"][0]
     names = {layer.name for layer in result.model.layers}
@@ -72,5 +73,5 @@ def test_training_with_f1_early_stopping_reports_a_best_epoch_after_the_warm_up(
     x = (rng.integers(0, 40, (32, 24, 24, 1)) + (y * 60)[:, None, None, None]).astype(np.uint8)
     data = SplitArrays(x, y, x[::4], y[::4], pixel_mean=float(x.mean() / 255), pixel_variance=float((x / 255).var()))
     candidate = tiny_candidate(epochs=5, learning_rate=0.01, early_stopping="macro_f1", min_epochs=2, patience=2)
-    result = train_candidate("cnn", candidate, AugmentParams(), data, 4, seed=0, callbacks=[], verbose=0)
+    result = train_candidate("cnn", candidate, AugmentParams(**MILD_AUGMENT), data, 4, seed=0, callbacks=[], verbose=0)
     assert 3 <= result.best_epoch <= len(result.history["val_f1"])

@@ -15,7 +15,7 @@ import pytest
 
 from components.common.params import AugmentParams, CandidateParams
 from components.lib.training import STATE_FILE, SplitArrays, read_checkpoint, train_candidate
-from tests.tiny import REPO, tiny_params, write_params
+from tests.tiny import MILD_AUGMENT, REPO, tiny_params, write_params
 
 
 def tiny_data(n: int = 32, size: int = 24) -> SplitArrays:
@@ -31,16 +31,16 @@ def candidate(epochs: int) -> CandidateParams:
 
 def test_a_second_call_continues_from_the_last_saved_epoch(tmp_path):
     data, folder = tiny_data(), tmp_path / "ckpt"
-    first = train_candidate("cnn", candidate(2), AugmentParams(), data, 4, 0, [], verbose=0, checkpoint_dir=folder,
+    first = train_candidate("cnn", candidate(2), AugmentParams(**MILD_AUGMENT), data, 4, 0, [], verbose=0, checkpoint_dir=folder,
                             extra_state={"run_id": "abc"})
     state = json.loads((folder / STATE_FILE).read_text())
     assert state["epochs_done"] == 2 and state["run_id"] == "abc" and len(state["history"]["loss"]) == 2
     # same params but more epochs: the fingerprint differs, so nothing is resumed
     assert read_checkpoint(folder, "other") is None
-    second = train_candidate("cnn", candidate(2), AugmentParams(rotation=0.1), data, 4, 0, [], verbose=0,
+    second = train_candidate("cnn", candidate(2), AugmentParams(**{**MILD_AUGMENT, "rotation": 0.1}), data, 4, 0, [], verbose=0,
                              checkpoint_dir=folder)
     assert second.resumed_from_epoch == 0  # augment changed -> fresh start
-    third = train_candidate("cnn", candidate(2), AugmentParams(rotation=0.1), data, 4, 0, [], verbose=0,
+    third = train_candidate("cnn", candidate(2), AugmentParams(**{**MILD_AUGMENT, "rotation": 0.1}), data, 4, 0, [], verbose=0,
                             checkpoint_dir=folder)
     assert third.resumed_from_epoch == 2 and len(third.history["loss"]) == 2  # already done: nothing re-trained
     assert first.history["loss"] != second.history["loss"]
@@ -95,7 +95,8 @@ def test_each_epoch_is_logged_to_mlflow_by_the_keras_callback(tmp_path, monkeypa
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("epoch-logger")  # not an experiment id an earlier test left active for another store
     with mlflow.start_run() as run:
-        result = train_candidate("cnn", candidate(3), AugmentParams(), tiny_data(), 4, 0, [epoch_logger()], verbose=0)
+        result = train_candidate("cnn", candidate(3), AugmentParams(**MILD_AUGMENT), tiny_data(), 4, 0, [epoch_logger()],
+                                 verbose=0)
     client = MlflowClient(tracking_uri=uri)
     for key in ("loss", "val_loss", "val_f1"):
         history = client.get_metric_history(run.info.run_id, key)
