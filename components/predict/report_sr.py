@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -148,6 +149,7 @@ def build_report(headers: Sequence, finding: SeriesFinding, algorithm: Algorithm
     from pydicom.uid import generate_uid
 
     check_headers(headers)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # its INFO lines name the source's SOP Instance UIDs
     by_uid = {str(ds.SOPInstanceUID): ds for ds in headers}
     unknown = [uid for uid in finding.top if uid not in by_uid]
     if unknown:
