@@ -19,6 +19,8 @@ class ServeConfig:
     max_pixels: int = 4096 * 4096  # KIDNEY_CT_MAX_PIXELS: bigger images get 413
     max_series_files: int = 1000   # KIDNEY_CT_MAX_SERIES_FILES: slices per /predict_series call (more gets 413)
     token_env: str = "KIDNEY_CT_API_TOKEN"  # when this variable is set, /predict and /explain need the token
+    clinical_use: bool = False     # KIDNEY_CT_CLINICAL_USE: the SR of /predict_series?sr=true drops its INVESTIGATIONAL
+    #                                marking (as predict.clinical_use does for the CLI); only where cleared for it
 
     @property
     def max_upload_bytes(self) -> int:
@@ -33,7 +35,7 @@ def load_config(env: dict[str, str] | None = None) -> ServeConfig:
     """ServeConfig with every KIDNEY_CT_<FIELD> variable applied; a bad value is a clear error."""
     env = dict(os.environ if env is None else env)
     default, values = ServeConfig(), {}
-    for name, kind in (("batching", _flag), ("max_batch_size", int), ("max_latency_ms", float),
+    for name, kind in (("batching", _flag), ("clinical_use", _flag), ("max_batch_size", int), ("max_latency_ms", float),
                        ("max_upload_mb", float), ("max_pixels", int), ("max_series_files", int)):
         raw = env.get(PREFIX + name.upper())
         if raw is not None:

@@ -3,7 +3,8 @@
 Serve a packaged Bento:   bentoml serve kidney_ct_classifier:latest
 or the source tree:       bentoml serve serving.service:KidneyCtClassifier
 Routes: POST /predict, /explain, /preview, /predict_series (a whole series: several files or a zip -> the study
-verdict, the slices that drove it and their Grad-CAM); GET /ui/ (the page for readers); BentoML adds /healthz,
+verdict, the slices that drove it and their Grad-CAM; with sr=true also the verdict as a DICOM Structured Report
+for the PACS, docs/structured-report.md); GET /ui/ (the page for readers); BentoML adds /healthz,
 /livez, /readyz (ready once the model is loaded) and /metrics (Prometheus; the sizes of /predict's model
 batches are the histogram kidney_ct_predict_batch_size). Settings: serving/config.py.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import bentoml
 import numpy as np
+import pydicom
 from bentoml.exceptions import BadInput, BentoMLException, NotFound
 from PIL import Image
 from pydantic import BaseModel
@@ -27,8 +29,8 @@ from starlette.applications import Starlette
 from starlette.responses import FileResponse
 from starlette.routing import Route
 
-from components.common.imaging import ImageDecodeError, decode_image, prepare_for_model
-from components.common.study import ArchiveError, dicom_series_uid, study_verdict, zip_members
+from components.common.imaging import ImageDecodeError, decode_image, looks_like_dicom, prepare_for_model
+from components.common.study import ArchiveError, StudyVerdict, dicom_series_uid, study_verdict, zip_members
 from serving.auth import BearerTokenAuth
 from serving.batching import MicroBatcher, size_buckets
 from serving.config import certified_pooling, load_config
@@ -76,6 +78,7 @@ class SeriesPrediction(BaseModel):
     top_slices: list[SliceEvidence]
     skipped: list[Skipped]
     model_version: str
+    structured_report: str | None = None  # sr=true: the DICOM SR (application/dicom), base64; it names the patient
 
 
 def upload_name(path: Path) -> str:
@@ -107,6 +110,15 @@ def batch_size_histogram(max_batch_size: int):
                      buckets=size_buckets(max_batch_size))
 
 
+def sr_algorithm(meta: dict, version: str):
+    """The model as the SR names it: its registry name and version, and its contract's parameters."""
+    from components.predict.report_sr import Algorithm
+
+    return Algorithm(str(meta.get("mlflow_model") or "kidney-ct-classifier"), version, {
+        "classes": ",".join(str(c) for c in meta["classes"]), "image_size": str(meta["image_size"]),
+        "window_center": f"{float(meta['window_center']):g}", "window_width": f"{float(meta['window_width']):g}"})
+
+
 def refused(exc: RejectedUpload) -> BentoMLException:
     return BentoMLException(str(exc), error_code=exc.status)
 
@@ -127,6 +139,7 @@ class KidneyCtClassifier:
         self.window = (float(meta["window_center"]), float(meta["window_width"]))
         self.series_pooling = certified_pooling(meta)
         self.model_version = str(meta.get("mlflow_version", stored.tag.version))
+        self.algorithm = sr_algorithm(meta, self.model_version)
         self.served = {"mlflow_model": str(meta.get("mlflow_model", "")), "mlflow_version": self.model_version,
                        "bento_model": str(stored.tag)}
         self.model = keras.saving.load_model(stored.path_of(meta.get("model_file", "model.keras")), compile=False)
@@ -188,9 +201,10 @@ class KidneyCtClassifier:
                                        f"{limit} slices per series", error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         return files
 
-    def prepare_series(self, images: list[Path]) -> tuple[list[str], np.ndarray, list[Skipped], list[str]]:
-        """Names and pixels of the readable slices; each unreadable one skipped with its reason."""
-        names, pixels, skipped, uids = [], [], [], set()
+    def prepare_series(self, images: list[Path], keep: bool = False) -> tuple[list[str], np.ndarray, list[Skipped],
+                                                                           list[str], list[bytes]]:
+        """Names and pixels of the readable slices (and their bytes if `keep`); each unreadable one skipped."""
+        names, pixels, skipped, uids, kept = [], [], [], set(), []
         for name, data in self.unpack(images):
             try:
                 check_size(data, self.config.max_upload_bytes, self.config.max_pixels)
@@ -200,17 +214,35 @@ class KidneyCtClassifier:
                 continue
             names.append(name)
             uids.add(dicom_series_uid(data) or "")
+            kept += [data] if keep else []
         if not names:
             reasons = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:5]) or "no file received"
             raise BadInput(f"no readable slice in the series ({reasons}). Send PNG, JPEG or DICOM slices, "
                            "or one zip of them, as the multipart field `images`.")
-        return names, np.stack(pixels), skipped, sorted(u for u in uids if u)
+        return names, np.stack(pixels), skipped, sorted(u for u in uids if u), kept
 
-    def series_verdict(self, images: list[Path], top_k: int) -> SeriesPrediction:
-        """Score every slice, pool into the study verdict, Grad-CAM the top-k slices for it."""
+    def structured_report(self, slices: list[bytes], verdict: StudyVerdict) -> str:
+        """The verdict as a DICOM SR (base64), filed with the study the slices belong to; 400 if it cannot be."""
+        from components.predict.report_sr import SeriesFinding, SrRefused, build_report, report_bytes
+
+        headers = [pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True) for data in slices
+                   if looks_like_dicom(data)]
+        try:
+            if len(headers) < len(slices):
+                raise SrRefused(f"{len(slices) - len(headers)} of the {len(slices)} slices have no DICOM header: a "
+                                "DICOM SR references the DICOM instances it read, so PNG/JPEG slices cannot get one")
+            finding = SeriesFinding(verdict.label, verdict.probabilities, verdict.pooling, verdict.slices,
+                                    [str(headers[i].SOPInstanceUID) for i in verdict.top])
+            report = build_report(headers, finding, self.algorithm, self.config.clinical_use)
+        except SrRefused as exc:
+            raise BadInput(f"sr=true: no structured report for this series: {exc}") from None
+        return base64.b64encode(report_bytes(report)).decode("ascii")
+
+    def series_verdict(self, images: list[Path], top_k: int, sr: bool = False) -> SeriesPrediction:
+        """Score every slice, pool into the study verdict, Grad-CAM the top-k slices for it (and its SR if asked)."""
         from components.common.gradcam import gradcam, overlay
 
-        names, pixels, skipped, uids = self.prepare_series(images)
+        names, pixels, skipped, uids, kept = self.prepare_series(images, keep=sr)
         step = self.config.max_batch_size
         probs = np.concatenate([self.run_model(pixels[i:i + step]) for i in range(0, len(pixels), step)]).astype(float)
         verdict = study_verdict(probs, self.classes, self.series_pooling, top_k)
@@ -223,14 +255,16 @@ class KidneyCtClassifier:
                     for i, h in zip(top, heat)]
         return SeriesPrediction(label=verdict.label, probabilities=verdict.probabilities, pooling=verdict.pooling,
                                 slices=verdict.slices, series_uids=uids, top_slices=evidence, skipped=skipped,
-                                model_version=self.model_version)
+                                model_version=self.model_version,
+                                structured_report=self.structured_report(kept, verdict) if sr else None)
 
     @bentoml.api
-    async def predict_series(self, images: list[Path], top_k: int = 3) -> SeriesPrediction:
-        """The study verdict for a whole series: slices as repeated multipart field `images`, or one zip."""
+    async def predict_series(self, images: list[Path], top_k: int = 3, sr: bool = False) -> SeriesPrediction:
+        """The study verdict for a whole series: slices as repeated multipart field `images`, or one zip; sr=true
+        adds the verdict as a DICOM Structured Report (DICOM slices only)."""
         if not 1 <= top_k <= 16:
             raise BadInput("top_k must be between 1 and 16")
-        return await asyncio.to_thread(self.series_verdict, images, top_k)
+        return await asyncio.to_thread(self.series_verdict, images, top_k, sr)
 
     @bentoml.api
     async def explain(self, image: Path) -> Image.Image:

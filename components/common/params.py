@@ -283,6 +283,14 @@ class MonitorParams(_Strict):
     alert_attempts: int = Field(3, ge=1)
 
 
+class PredictParams(_Strict):
+    """components.predict: the DICOM Structured Report of each scored series (--sr, --store-to-pacs)."""
+
+    clinical_use: bool = False  # False (shadow): every SR is marked INVESTIGATIONAL, not for diagnosis; True only
+    #   where the deployment is cleared for clinical use (the SR then reads as decision support)
+    sr_top_slices: int = Field(3, ge=1, le=16)  # slices referenced as the ones that drove the verdict
+
+
 class LeakageParams(_Strict):
     candidate: str | None = None  # None = the first of train.candidates
     random_split: bool  # also train on a random (leaky) split, to show the leak: no default, params.yaml states it
@@ -345,6 +353,7 @@ with warnings.catch_warnings():
         evaluate: EvaluateParams  # required: the gate is stated, never defaulted
         register: RegisterParams = RegisterParams()
         monitor: MonitorParams = MonitorParams()
+        predict: PredictParams = PredictParams()
         leakage: LeakageParams
         report: ReportParams = ReportParams()
         mlflow: MlflowParams = MlflowParams()

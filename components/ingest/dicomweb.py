@@ -1,4 +1,5 @@
-"""Pull new studies from a DICOMweb PACS: QIDO-RS to find them, WADO-RS to fetch them series by series.
+"""Pull new studies from a DICOMweb PACS: QIDO-RS to find them, WADO-RS to fetch them series by series
+(and STOW-RS, for components.predict --store-to-pacs: the verdict's structured report goes back).
 
 `PacsClient` wraps `dicomweb_client.DICOMwebClient` (QIDO-RS paging, WADO-RS multipart decoding) on a
 `requests.Session` whose urllib3 `Retry` is the one retry policy, and turns its failures into
@@ -130,7 +131,7 @@ def pacs_errors(base_url: str, what: str) -> Iterator[None]:
 
 @dataclass
 class PacsClient:
-    """QIDO-RS / WADO-RS calls against one DICOMweb root through dicomweb-client and a retrying session."""
+    """QIDO-RS / WADO-RS / STOW-RS calls against one DICOMweb root through dicomweb-client and a retrying session."""
 
     base_url: str
     session: object
@@ -164,6 +165,15 @@ class PacsClient:
         """The series' instances as pydicom datasets, streamed from one WADO-RS request."""
         with pacs_errors(self.base_url, "WADO-RS retrieve of a series"):
             yield from self.web.iter_series(ref.study, ref.uid)
+
+    def store(self, datasets: Sequence) -> int:
+        """STOW-RS: store `datasets` (one request); the number the PACS accepted, or PacsError if it refused any."""
+        with pacs_errors(self.base_url, "STOW-RS store"):
+            answer = self.web.store_instances(datasets=list(datasets))
+        failed = len(answer.get("FailedSOPSequence", None) or []) if answer is not None else 0
+        if failed:
+            raise PacsError(f"PACS {self.base_url} refused {failed} of {len(datasets)} instance(s) sent by STOW-RS")
+        return len(datasets)
 
 
 def retrying_session(user: str | None, password: str | None, attempts: int, backoff_s: float):

@@ -6,8 +6,10 @@ import argparse
 import logging
 import sys
 import zipfile
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -16,6 +18,8 @@ from components.common.console import quiet_runtime
 from components.common.params import Params, ParamsError, load_params
 from components.common.pooling import POOLINGS
 from components.predict.core import Contract, Predict, score_export
+from components.predict.report_sr import Algorithm, export_reports
+from components.predict.sr_io import pacs_url, read_headers, store_reports, write_reports
 
 DESCRIPTION = """Score every slice of an export with a trained model, in shadow mode (nothing is sent anywhere,
 the source is only read). SOURCE is a folder (searched recursively) or a .zip of PNG, JPEG or DICOM slices.
@@ -24,12 +28,18 @@ series gets a verdict: its slices' probabilities pooled as evaluate.series_pooli
 service's (components.common.imaging.prepare_for_model). Files that cannot be read are listed with a reason.
 
 Writes: OUT (one row per slice: probabilities, predicted class, series verdict), OUT's stem + .series.csv
-(one row per series), .quarantine.csv (file, reason) and .summary.json (counts)."""
+(one row per series), .quarantine.csv (file, reason) and .summary.json (counts).
+
+With --sr DIR, each DICOM series' verdict also becomes a DICOM Structured Report (TID 1500) in DIR, and with
+--store-to-pacs it is stored back (STOW-RS) to the PACS the export came from, filed with the study it read. The
+SR carries the patient's identifiers: it stays inside the hospital (DIR and the PACS; never logged). It is
+marked INVESTIGATIONAL, not for diagnosis, unless predict.clinical_use is true (docs/structured-report.md)."""
 
 EPILOG = """examples:
   python -m components.predict ../shared/data/kidney-ct --out scored/predictions.csv
   python -m components.predict export.zip --out p.csv --model models/paper_cnn
   python -m components.predict export/ --out p.csv --model models:/kidney-ct-classifier/3
+  python -m components.predict pacs-export/ --out p.csv --sr sr/ --store-to-pacs
 exit status: 0 scored, 2 refused (bad arguments, no model, no readable slice)."""
 
 
@@ -46,6 +56,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", choices=POOLINGS,
                    help="series pooling of a model file (default: evaluate.series_pooling); a registered model "
                    "uses the pooling it was certified with")
+    p.add_argument("--sr", metavar="DIR", help="write a DICOM Structured Report per scored DICOM series into DIR "
+                   "(it carries patient identifiers: keep DIR inside the hospital)")
+    p.add_argument("--store-to-pacs", action="store_true", help="store the SRs to the PACS by STOW-RS (needs --sr)")
+    p.add_argument("--pacs-url", help="DICOMweb root to store to (default: ingest.dicomweb_url, the PACS pulled "
+                   "from); credentials: ingest.dicomweb_user and the env var ingest.dicomweb_password_env names")
     p.add_argument("--batch-size", type=int, default=64, help="slices per model call (default: 64)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -65,6 +80,17 @@ def source_items(source: Path) -> tuple[list[tuple[str, Callable[[], bytes]]], C
     raise StageError(f"{source} is neither a folder nor a zip archive")
 
 
+class Loaded(NamedTuple):
+    """A model to score with, its preprocessing contract, and where it came from."""
+
+    model: object
+    contract: Contract
+    described: str  # the file or URI it was loaded from
+    certified: str | None  # the series pooling a registry version was certified with (None for a file)
+    name: str  # registered model name (a file: its folder or stem)
+    version: str  # registry version ("unregistered" for a file or a run URI)
+
+
 def keras_predict(model) -> Predict:
     return lambda batch: model.predict(batch, batch_size=len(batch), verbose=0)
 
@@ -82,9 +108,11 @@ def load_local(path: Path, params: Params):
     if not file.is_file():
         raise StageError(f"{file} not found: pass a model.keras file, a folder holding one, or an MLflow URI")
     try:
-        return keras.saving.load_model(file, compile=False), contract_from_params(params), str(file), None
+        model = keras.saving.load_model(file, compile=False)
     except Exception as exc:  # keras raises many types for a broken file
         raise StageError(f"cannot load {file} as a Keras model: {exc}") from None
+    name = file.parent.name if file.name == "model.keras" else file.stem
+    return Loaded(model, contract_from_params(params), str(file), None, name, "unregistered")
 
 
 def champion_contract(champion) -> Contract:
@@ -103,8 +131,9 @@ def load_registered(uri: str | None, params: Params):
     if uri is None:
         champion = resolve_champion(mlflow_alias_lookup(registry), name)
         contract = champion_contract(champion)
-        return load_registered_keras(champion.model_uri), contract, champion.model_uri, champion.series_pooling
-    contract, certified = contract_from_params(params), None
+        return Loaded(load_registered_keras(champion.model_uri), contract, champion.model_uri, champion.series_pooling,
+                      champion.model_name, champion.version)
+    contract, certified, name, version = contract_from_params(params), None, uri, "unregistered"
     if uri.startswith("models:/"):
         from mlflow import MlflowClient
 
@@ -119,12 +148,12 @@ def load_registered(uri: str | None, params: Params):
             raise StageError(f"cannot find {uri} in the registry at {registry}: {exc}") from None
         champion: Champion = champion_from_version(model, found)
         contract, certified = champion_contract(champion), champion.series_pooling
-    return load_registered_keras(uri), contract, uri, certified
+        name, version = champion.model_name, champion.version
+    return Loaded(load_registered_keras(uri), contract, uri, certified, name, version)
 
 
-def load_model(spec: str | None, params: Params):
-    """(model, contract, description, certified series pooling or None) for --model, or the registry's champion
-    when it is not given."""
+def load_model(spec: str | None, params: Params) -> Loaded:
+    """The model of --model, or the registry's champion when it is not given."""
     if spec and ":/" not in spec:
         return load_local(Path(spec), params)
     return load_registered(spec, params)
@@ -154,40 +183,77 @@ def check_outside(source: Path, out: Path) -> None:
                          "(the export is only read)")
 
 
-def run(args: argparse.Namespace) -> dict:
-    params = load_params(args.params)
-    source, out = Path(args.source), Path(args.out)
+def check_args(args: argparse.Namespace, params: Params, source: Path, out: Path) -> None:
     if not source.exists():
         raise StageError(f"{source} does not exist")
     if args.batch_size < 1:
         raise StageError("--batch-size must be at least 1")
     check_outside(source, out)
-    items, close = source_items(source)
-    if not items:
-        raise StageError(f"{source} holds no files")
-    model, contract, described, certified = load_model(args.model, params)
-    pooling = series_pooling(args.pooling, certified, params)
-    try:
-        scored = score_export(items, keras_predict(model), contract, pooling, total=len(items),
-                              batch_size=args.batch_size, progress=not args.no_progress)
-    except ValueError as exc:
-        raise StageError(str(exc)) from None
-    finally:
-        close()
-    paths = output_paths(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    probs = [f"p_{c}" for c in contract.classes]
+    if args.sr:
+        check_outside(source, Path(args.sr))
+    if (args.store_to_pacs or args.pacs_url) and not args.sr:
+        raise StageError("--store-to-pacs stores the structured reports --sr DIR writes: pass --sr too")
+    if args.store_to_pacs:
+        pacs_url(args.pacs_url, params)
+
+
+def write_tables(scored, classes: list[str], paths: dict[str, Path]) -> None:
+    paths["slices"].parent.mkdir(parents=True, exist_ok=True)
+    probs = [f"p_{c}" for c in classes]
     pd.DataFrame(scored.slices, columns=["file", "series", "predicted", "confidence", *probs, "series_verdict"]
                  ).to_csv(paths["slices"], index=False)
     pd.DataFrame(scored.series, columns=["series", "slices", "verdict", "pooling", *probs, "top_slice"]
                  ).to_csv(paths["series"], index=False)
     pd.DataFrame(scored.quarantine, columns=["file", "reason"]).to_csv(paths["quarantine"], index=False)
-    summary = {"source": str(source), "model": described, "classes": contract.classes,
-               "image_size": contract.image_size, **scored.summary, "outputs": {k: str(v) for k, v in paths.items()}}
+
+
+def structured_reports(args: argparse.Namespace, params: Params, scored, headers: dict, loaded: Loaded) -> dict:
+    """--sr / --store-to-pacs: an SR per DICOM series into the SR folder and the PACS; counts only (no UIDs)."""
+    c = loaded.contract
+    algorithm = Algorithm(loaded.name, loaded.version, {
+        "classes": ",".join(c.classes), "image_size": str(c.image_size), "window_center": f"{c.window_center:g}",
+        "window_width": f"{c.window_width:g}"})
+    settings = params.predict
+    reports, refused = export_reports(scored.slices, scored.series, headers, c.classes, algorithm,
+                                      settings.clinical_use, settings.sr_top_slices)
+    written = write_reports(reports, Path(args.sr))
+    stored = store_reports(reports, pacs_url(args.pacs_url, params), params) if args.store_to_pacs else 0
+    return {"folder": args.sr, "written": len(written), "stored": stored,
+            "marking": "clinical decision support" if settings.clinical_use else "investigational, not for diagnosis",
+            "refused": dict(Counter(r["reason"] for r in refused))}
+
+
+def run(args: argparse.Namespace) -> dict:
+    params = load_params(args.params)
+    source, out = Path(args.source), Path(args.out)
+    check_args(args, params, source, out)
+    items, close = source_items(source)
+    if not items:
+        raise StageError(f"{source} holds no files")
+    loaded = load_model(args.model, params)
+    pooling = series_pooling(args.pooling, loaded.certified, params)
+    try:
+        scored = score_export(items, keras_predict(loaded.model), loaded.contract, pooling, total=len(items),
+                              batch_size=args.batch_size, progress=not args.no_progress)
+        headers = read_headers(items, {row["file"] for row in scored.slices}) if args.sr else {}
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
+    finally:
+        close()
+    paths = output_paths(out)
+    write_tables(scored, loaded.contract.classes, paths)
+    summary = {"source": str(source), "model": loaded.described, "classes": loaded.contract.classes,
+               "image_size": loaded.contract.image_size, **scored.summary,
+               "outputs": {k: str(v) for k, v in paths.items()}}
+    if args.sr and scored.slices:
+        summary["structured_reports"] = structured_reports(args, params, scored, headers, loaded)
     write_json(paths["summary"], summary)
     if not scored.slices:
         raise StageError(f"no readable slice in {source}: {len(scored.quarantine)} file(s) quarantined, "
                          f"reasons in {paths['quarantine']}")
+    if args.sr and not summary["structured_reports"]["written"]:
+        refused = summary["structured_reports"]["refused"]
+        raise StageError(f"--sr: no series could get a DICOM structured report: {'; '.join(refused)}")
     return summary
 
 
@@ -204,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
              s["series"], s["quarantined"], s["outputs"]["slices"])
     if s["quarantined"]:
         log.info("quarantined with reasons: %s", s["outputs"]["quarantine"])
+    if "structured_reports" in s:
+        sr = s["structured_reports"]
+        log.info("%d DICOM structured report(s) (%s) -> %s; %d stored to the PACS", sr["written"], sr["marking"],
+                 sr["folder"], sr["stored"])
+        for reason, count in sr["refused"].items():
+            log.info("no structured report for %d series: %s", count, reason)
     return 0
 
 

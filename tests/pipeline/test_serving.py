@@ -288,3 +288,36 @@ def test_a_zip_of_the_series_gets_the_same_verdict_and_nothing_readable_is_a_400
     assert predict_series(url, files, top_k=0).status_code == 400
     unauthorised = requests.post(f"{url}/predict_series", files=[("images", f) for f in files], timeout=30)
     assert unauthorised.status_code == 401
+
+
+def test_sr_true_returns_the_verdict_as_a_dicom_sr_filed_with_the_uploaded_study(served):
+    import base64
+    import io
+
+    import pydicom
+
+    from components.common.params import GenerateParams
+    from components.generate.core import dicom_bytes, generate_export
+    from tests.sr_support import by_name, evidence_instances
+
+    url, record, _ = served
+    settings = GenerateParams(seed=4, patients_per_class=1, slices_per_patient=3, matrix=64)
+    series = [item.dataset for item in generate_export(settings, CLASSES) if item.label == "Tumor"]
+    files = [(f"{ds.SOPInstanceUID}.dcm", dicom_bytes(ds)) for ds in series]
+    response = predict_series(url, files, top_k=2, sr="true")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    sr = pydicom.dcmread(io.BytesIO(base64.b64decode(body["structured_report"])))
+    items = by_name(sr)
+    assert sr.StudyInstanceUID == series[0].StudyInstanceUID and sr.PatientID == series[0].PatientID
+    assert evidence_instances(sr) == {str(ds.SOPInstanceUID) for ds in series}
+    assert items["Finding"][0][2] in {"Normal", "Cyst", "Neoplasm", "Kidney stone"}
+    for label in CLASSES:
+        assert items[f"Probability of {label}"] == [pytest.approx(body["probabilities"][label], abs=1e-6)]
+    assert items["Source of Measurement"] == [s["name"].removesuffix(".dcm") for s in body["top_slices"]]
+    assert items["Algorithm Version"] == [record["mlflow_model_version"]]
+    assert items["Decision support notice"][0].startswith("INVESTIGATIONAL")  # KIDNEY_CT_CLINICAL_USE unset
+    assert predict_series(url, files).json()["structured_report"] is None  # only when asked
+
+    refused = predict_series(url, series_files(), sr="true")
+    assert refused.status_code == 400 and "PNG/JPEG slices cannot get one" in refused.text

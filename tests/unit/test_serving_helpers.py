@@ -77,6 +77,7 @@ def test_settings_come_from_env_and_bad_values_are_named():
     with pytest.raises(ValueError, match="invalid serving settings"):
         load_config({"KIDNEY_CT_MAX_BATCH_SIZE": "0"})
     assert load_config({}).max_series_files == 1000
+    assert not load_config({}).clinical_use and load_config({"KIDNEY_CT_CLINICAL_USE": "true"}).clinical_use
 
 
 def test_the_study_pooling_is_the_models_and_env_cannot_override_it():
