@@ -112,7 +112,7 @@ def batch_size_histogram(max_batch_size: int):
 
 def sr_algorithm(meta: dict, version: str):
     """The model as the SR names it: its registry name and version, and its contract's parameters."""
-    from components.predict.report_sr import Algorithm
+    from components.lib.structured_report import Algorithm
 
     return Algorithm(str(meta.get("mlflow_model") or "kidney-ct-classifier"), version, {
         "classes": ",".join(str(c) for c in meta["classes"]), "image_size": str(meta["image_size"]),
@@ -223,7 +223,7 @@ class KidneyCtClassifier:
 
     def structured_report(self, slices: list[bytes], verdict: StudyVerdict) -> str:
         """The verdict as a DICOM SR (base64), filed with the study the slices belong to; 400 if it cannot be."""
-        from components.predict.report_sr import SeriesFinding, SrRefused, build_report, report_bytes
+        from components.lib.structured_report import SeriesFinding, SrRefused, build_report, report_bytes
 
         headers = [pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True) for data in slices
                    if looks_like_dicom(data)]

@@ -35,17 +35,8 @@ from components.ingest.core import (
     rows_to_csv,
     summary,
 )
-from components.ingest.dicomweb import (
-    STATE_KEY,
-    PacsClient,
-    PacsError,
-    new_studies,
-    pulled_files,
-    read_state,
-    retrying_session,
-    state_bytes,
-    study_key,
-)
+from components.ingest.dicomweb import STATE_KEY, new_studies, pulled_files, read_state, state_bytes, study_key
+from components.lib.pacs import PacsClient, PacsError, retrying_session
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,8 +17,8 @@ from components.common.cli import StageError, log, write_json
 from components.common.console import quiet_runtime
 from components.common.params import Params, ParamsError, load_params
 from components.common.pooling import POOLINGS
+from components.lib.structured_report import Algorithm, export_reports
 from components.predict.core import Contract, Predict, score_export
-from components.predict.report_sr import Algorithm, export_reports
 from components.predict.sr_io import pacs_url, read_headers, store_reports, write_reports
 
 DESCRIPTION = """Score every slice of an export with a trained model, in shadow mode (nothing is sent anywhere,

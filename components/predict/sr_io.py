@@ -34,7 +34,7 @@ def read_headers(items: Iterable[tuple[str, Callable[[], bytes]]], files: set[st
 
 def write_reports(reports: Sequence, folder: Path) -> list[Path]:
     """Each SR as <SOPInstanceUID>.dcm in `folder`: the same scoring writes the same file again, not a second."""
-    from components.predict.report_sr import report_bytes
+    from components.lib.structured_report import report_bytes
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -55,7 +55,7 @@ def pacs_url(explicit: str | None, params: Params) -> str:
 
 def store_reports(reports: Sequence, url: str, params: Params) -> int:
     """STOW-RS the SRs to `url` with ingest's PACS credentials and timeouts; the number stored."""
-    from components.ingest.dicomweb import PacsClient, PacsError, retrying_session
+    from components.lib.pacs import PacsClient, PacsError, retrying_session
 
     settings = params.ingest
     session = retrying_session(settings.dicomweb_user, os.environ.get(settings.dicomweb_password_env),

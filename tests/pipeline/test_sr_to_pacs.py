@@ -16,7 +16,7 @@ import pytest
 
 from components.common.params import GenerateParams
 from components.generate.core import dicom_bytes, generate_export
-from components.ingest.dicomweb import PacsClient, dataset_bytes, retrying_session
+from components.lib.pacs import PacsClient, dataset_bytes, retrying_session
 from components.predict.__main__ import main as predict_main
 from tests.fixtures import png_bytes
 from tests.package_support import CLASSES, register_tiny_model

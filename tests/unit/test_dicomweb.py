@@ -17,21 +17,8 @@ from pydicom.dataset import Dataset
 from components.common.params import GenerateParams
 from components.generate.core import dicom_bytes, generate_export
 from components.ingest.core import merge_manifests
-from components.ingest.dicomweb import (
-    PacsClient,
-    PacsError,
-    SeriesRef,
-    StudyRef,
-    label_of,
-    new_studies,
-    parse_series,
-    parse_studies,
-    pulled_files,
-    read_state,
-    retrying_session,
-    state_bytes,
-    study_key,
-)
+from components.ingest.dicomweb import label_of, new_studies, pulled_files, read_state, state_bytes, study_key
+from components.lib.pacs import PacsClient, PacsError, SeriesRef, StudyRef, parse_series, parse_studies, retrying_session
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 BOUNDARY = "kidney-b0undary"

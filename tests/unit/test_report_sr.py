@@ -1,4 +1,4 @@
-"""The verdict as a DICOM SR (components/predict/report_sr.py) on in-memory headers: what it states, what it
+"""The verdict as a DICOM SR (components/lib/structured_report.py) on in-memory headers: what it states, what it
 references, its derived UIDs, the shadow marking, and the series it refuses."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from components.common.params import GenerateParams
 from components.generate.core import dicom_bytes, generate_export
-from components.predict.report_sr import (
+from components.lib.structured_report import (
     SHADOW_DESCRIPTION,
     Algorithm,
     SeriesFinding,
