@@ -74,3 +74,34 @@ def tiny_export(tmp_path: Path) -> Path:
     """tmp_path/export: 4 classes x 2 patients x 2 slices = 16 DICOM files of 64x64 pixels."""
     return write_tiny_export(tmp_path / "export")
 # --- end generate/ingest ---------------------------------------------------------------------------
+
+
+# --- order and grouping for the two xdist workers ------------------------------------------------
+# `make test` runs two pytest-xdist workers (--dist loadgroup --no-loadscope-reorder). Each file is one work unit
+# (its module fixtures are built once), except the files that read the session's tiny pipeline
+# (tests/pipeline/conftest.py), which form one unit so that one worker builds it and reads it, rather than the
+# other waiting on its lock. Units go out in collection order, the longest first (longest processing time first),
+# so that none of them starts last and leaves the other worker idle. Only order and placement change.
+LONGEST_FIRST = ("test_dag_airflow_server.py", "test_profile_search_e2e.py", "test_monitor_e2e.py")
+SHARED_PIPELINE_GROUP = "tiny-pipeline"
+
+
+def schedule_rank(item: pytest.Item) -> int:
+    """The known longest files (in LONGEST_FIRST's order), then whole-pipeline tests, slow ones, the rest."""
+    name = item.path.name
+    if name in LONGEST_FIRST:
+        return LONGEST_FIRST.index(name)
+    marks = {mark.name for mark in item.iter_markers()}
+    return len(LONGEST_FIRST) + (0 if "e2e" in marks else 1 if "slow" in marks else 2)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group each file (the shared pipeline's readers together); sort files by their earliest test's rank."""
+    file_rank: dict[Path, int] = {}
+    shared = {item.path for item in items if "tiny_pipeline" in getattr(item, "fixturenames", ())}
+    for item in items:
+        file_rank[item.path] = min(file_rank.get(item.path, 99), schedule_rank(item))
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(SHARED_PIPELINE_GROUP if item.path in shared else str(item.path)))
+    items.sort(key=lambda item: (file_rank[item.path], item.path not in shared))  # stable within a rank

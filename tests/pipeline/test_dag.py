@@ -336,25 +336,8 @@ def run_dag_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, params_file: P
     return report, output, migrate_s
 
 
-@pytest.mark.e2e
-@pytest.mark.slow
-def test_dag_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    params_file = write_tiny_params(tmp_path)
-    report, _, migrate_s = run_dag_test(tmp_path, monkeypatch, params_file)
-    print(f"airflow db migrate on SQLite took {migrate_s} s")  # shown with -s / -rA
-
-    assert report["state"] == "success", report["tasks"]
-    params = yaml.safe_load(params_file.read_text())
-    assert {f"train[{i}]" for i in range(len(params["train"]["candidates"]))} <= set(report["tasks"])
-    alert = report["tasks"].pop("alert[-1]")
-    assert set(report["tasks"].values()) == {"success"}
-    paths = params["paths"]
-    monitor = json.loads((Path(paths["monitor"]) / "monitor.json").read_text())
-    assert monitor["status"] == "no champion" and alert == "skipped"  # the first run: nothing to compare with
-    assert (Path(paths["ingested"]) / "manifest.csv").is_file()
-    assert report["asset_events"] == [{"manifest": str(Path(paths["ingested"]) / "manifest.csv")}]
-    assert (Path(paths["registration"]) / "registration.json").is_file()
-    assert (Path(paths["package"]) / "bento.json").is_file()
+# The whole DAG end to end (every task, the asset event, the registered and packaged model) runs against real
+# services in tests/pipeline/test_dag_services.py.
 
 
 @pytest.mark.e2e
