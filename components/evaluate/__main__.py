@@ -11,7 +11,7 @@ import numpy as np
 from components.common.cli import StageError, log, read_json, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.common.plots import save_confusion_matrix, save_training_curves
-from components.common.pooling import pool_by_series, series_ids, series_labels
+from components.common.pooling import series_ids
 from components.common.tracking import configure_mlflow
 from components.evaluate.comparison import (
     COLUMNS,
@@ -20,8 +20,17 @@ from components.evaluate.comparison import (
     inference_ms_per_image,
     save_comparison_chart,
 )
-from components.evaluate.core import gate_verdict, pick_winner
-from components.lib.metrics import classification_metrics, series_metrics
+from components.evaluate.core import (
+    COST_KEYS,
+    bootstrap_cis,
+    ci_keys,
+    gate_verdict,
+    metrics_entry,
+    pick_winner,
+    protocol_entry,
+    series_scores,
+)
+from components.lib.metrics import classification_metrics
 from components.lib.predictions import (
     CV_PREDICTIONS,
     CV_SPLIT,
@@ -32,45 +41,6 @@ from components.lib.predictions import (
     probability_rows,
     read_split,
 )
-
-COST_KEYS = ("parameters", "training_seconds", "inference_ms_per_image")  # reported beside the test metrics
-
-
-def bootstrap_cis(y_true: np.ndarray, y_pred: np.ndarray, groups: list[str], params: Params) -> dict:
-    """95% CIs of accuracy, macro-F1 and each class's recall by bootstrap over `groups`."""
-    from components.common.bootstrap import group_bootstrap
-    from components.lib.metrics import metric_functions
-
-    return group_bootstrap(y_true, y_pred, groups, metric_functions(len(params.classes), params.classes),
-                           resamples=params.report.bootstrap_resamples)
-
-
-def ci_keys(cis: dict) -> dict:
-    """metrics.json's `<metric>_ci` pairs from a group_bootstrap result."""
-    return {f"{k}_ci": [round(cis[k]["low"], 4), round(cis[k]["high"], 4)] for k in ("accuracy", "macro_f1")}
-
-
-def series_scores(y_test: np.ndarray, probabilities: np.ndarray, series: list[str],
-                  params: Params) -> tuple[dict, dict]:
-    """Study-level metrics (with CIs, bootstrap over series) and their full CIs."""
-    pooling = params.evaluate.series_pooling
-    scores = series_metrics(y_test, probabilities, series, params.classes, pooling)
-    order, pooled = pool_by_series(probabilities, series, pooling)
-    cis = bootstrap_cis(series_labels(y_test, series, order), pooled.argmax(axis=1), order, params)
-    recall_ci = {c: [round(cis[f"recall_{c}"]["low"], 4), round(cis[f"recall_{c}"]["high"], 4)] for c in params.classes}
-    scores |= ci_keys(cis) | {"recall_ci": recall_ci}
-    return scores, cis
-
-
-def protocol_entry(cv: dict | None) -> dict:
-    """How the figures were obtained: metrics.json's `protocol` block (the model card and report show it)."""
-    if cv is None:
-        return {"protocol": {"name": "holdout", "certified_on": "the group-aware test split"}}
-    return {"protocol": {"name": "cv_refit", "certified_on": f"grouped {cv['folds']}-fold CV out-of-fold predictions",
-                         "folds": cv["folds"], "folds_fingerprint": cv.get("folds_fingerprint"),
-                         "fold_macro_f1": cv["macro_f1"], "fold_series_macro_f1": cv.get("series_macro_f1"),
-                         "deployed_model": "refitted on every labelled series (the validation split still picks "
-                                           "the head's C or the epoch)"}}
 
 
 def split_tables(params: Params) -> dict:
@@ -132,9 +102,11 @@ def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np
         test = split_predictions(tables["test"], y_test, predict(x_test))
     val = split_predictions(tables["val"], y_val, predict(x_val) if len(y_val) else np.zeros((0, len(params.classes))))
     metrics = classification_metrics(test.labels, test.probabilities, params.classes)
-    slice_cis = bootstrap_cis(test.labels, test.probabilities.argmax(axis=1), test.groups, params)
+    slice_cis = bootstrap_cis(test.labels, test.probabilities.argmax(axis=1), test.groups, params.classes,
+                              params.report.bootstrap_resamples)
     metrics |= ci_keys(slice_cis) | protocol_entry(cv)
-    metrics["series"], series_cis = series_scores(test.labels, test.probabilities, test.series, params)
+    metrics["series"], series_cis = series_scores(test.labels, test.probabilities, test.series, params.classes,
+                                                  params.evaluate.series_pooling, params.report.bootstrap_resamples)
     latency = inference_ms_per_image(model.predict_on_batch, x_test)
     passed, reasons = gate_verdict(metrics, params.evaluate)
     plots = Path(params.paths.evaluation) / "plots"
@@ -167,13 +139,6 @@ def write_predictions(results: dict[str, dict], params: Params) -> None:
               for name, r in results.items() for split in ("val", "test")]
     pd.concat(frames, ignore_index=True).to_csv(out / PROBABILITIES, index=False)
     write_json(out / INTERVALS, {name: r["intervals"] for name, r in results.items()})
-
-
-def metrics_entry(r: dict) -> dict:
-    """One candidate's metrics.json entry: scores and costs, without the confusion matrices."""
-    series = {k: v for k, v in r["metrics"]["series"].items() if k != "confusion_matrix"}
-    return ({k: v for k, v in r["metrics"].items() if k not in ("confusion_matrix", "series")}
-            | {"series": series} | {k: r[k] for k in COST_KEYS})
 
 
 def write_comparison(results: dict[str, dict], winner: str | None, params: Params) -> list[dict]:

@@ -1,10 +1,59 @@
-"""Pure core of evaluate: the gate and the winner (the metrics: components.lib.metrics)."""
+"""Pure core of evaluate: the scores with their bootstrap CIs, the gate and the winner (the metrics themselves:
+components.lib.metrics)."""
 
 from __future__ import annotations
 
+import numpy as np
+
+from components.common.bootstrap import group_bootstrap
 from components.common.params import EvaluateParams
+from components.common.pooling import pool_by_series, series_labels
+from components.lib.metrics import metric_functions, series_metrics
 
 GATED_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
+
+
+COST_KEYS = ("parameters", "training_seconds", "inference_ms_per_image")  # reported beside the test metrics
+
+
+def bootstrap_cis(y_true: np.ndarray, y_pred: np.ndarray, groups: list[str], classes: list[str],
+                  resamples: int) -> dict:
+    """95% CIs of accuracy, macro-F1 and each class's recall by bootstrap over `groups`."""
+    return group_bootstrap(y_true, y_pred, groups, metric_functions(len(classes), classes), resamples=resamples)
+
+
+def ci_keys(cis: dict) -> dict:
+    """metrics.json's `<metric>_ci` pairs from a group_bootstrap result."""
+    return {f"{k}_ci": [round(cis[k]["low"], 4), round(cis[k]["high"], 4)] for k in ("accuracy", "macro_f1")}
+
+
+def series_scores(y_test: np.ndarray, probabilities: np.ndarray, series: list[str], classes: list[str],
+                  pooling: str, resamples: int) -> tuple[dict, dict]:
+    """Study-level metrics (with CIs, bootstrap over series, slices pooled as `pooling` says) and their full CIs."""
+    scores = series_metrics(y_test, probabilities, series, classes, pooling)
+    order, pooled = pool_by_series(probabilities, series, pooling)
+    cis = bootstrap_cis(series_labels(y_test, series, order), pooled.argmax(axis=1), order, classes, resamples)
+    recall_ci = {c: [round(cis[f"recall_{c}"]["low"], 4), round(cis[f"recall_{c}"]["high"], 4)] for c in classes}
+    scores |= ci_keys(cis) | {"recall_ci": recall_ci}
+    return scores, cis
+
+
+def protocol_entry(cv: dict | None) -> dict:
+    """How the figures were obtained: metrics.json's `protocol` block (the model card and report show it)."""
+    if cv is None:
+        return {"protocol": {"name": "holdout", "certified_on": "the group-aware test split"}}
+    return {"protocol": {"name": "cv_refit", "certified_on": f"grouped {cv['folds']}-fold CV out-of-fold predictions",
+                         "folds": cv["folds"], "folds_fingerprint": cv.get("folds_fingerprint"),
+                         "fold_macro_f1": cv["macro_f1"], "fold_series_macro_f1": cv.get("series_macro_f1"),
+                         "deployed_model": "refitted on every labelled series (the validation split still picks "
+                                           "the head's C or the epoch)"}}
+
+
+def metrics_entry(r: dict) -> dict:
+    """One candidate's metrics.json entry: scores and costs, without the confusion matrices."""
+    series = {k: v for k, v in r["metrics"]["series"].items() if k != "confusion_matrix"}
+    return ({k: v for k, v in r["metrics"].items() if k not in ("confusion_matrix", "series")}
+            | {"series": series} | {k: r[k] for k in COST_KEYS})
 
 
 def gated_value(metrics: dict, key: str, bound: str) -> tuple[float, str]:

@@ -103,3 +103,35 @@ def test_inference_timing_is_a_median_of_single_image_calls():
     assert ms >= 0 and seen == [(1, 8, 8, 1)] * 7
     with pytest.raises(ValueError, match="no images"):
         inference_ms_per_image(lambda batch: None, np.zeros((0, 8, 8, 1)))
+
+
+def test_series_scores_pool_each_series_and_bootstrap_over_series_not_slices():
+    from components.evaluate.core import series_scores
+
+    # 8 series of 3 slices: series 7 (a Stone) has two slices called Normal, so its mean verdict is wrong
+    y = np.repeat([0, 1, 2, 3, 0, 1, 2, 3], 3)
+    predicted = list(y[:21]) + [0, 0, 3]
+    series = [f"s{i}" for i in np.repeat(np.arange(8), 3)]
+    scores, cis = series_scores(y, one_hot_probs(predicted), series, CLASSES, "mean", resamples=200)
+    assert scores["series"] == 8 and scores["pooling"] == "mean"
+    assert scores["accuracy"] == pytest.approx(7 / 8)
+    assert scores["per_class"]["Stone"]["recall"] == pytest.approx(0.5)
+    assert cis["accuracy"]["groups"] == 8  # resampled series, not the 24 slices
+    assert scores["accuracy_ci"][0] <= scores["accuracy"] <= scores["accuracy_ci"][1] < 1.0 + 1e-9
+    assert set(scores["recall_ci"]) == set(CLASSES)
+    assert scores["recall_ci"]["Stone"][0] <= 0.5 <= scores["recall_ci"]["Stone"][1]
+    worst, _ = series_scores(y, one_hot_probs(predicted), series, CLASSES, "max", resamples=50)
+    assert worst["pooling"] == "max"  # the pooling asked for is the one recorded
+
+
+def test_metrics_entry_and_protocol_say_how_the_figures_were_obtained():
+    from components.evaluate.core import COST_KEYS, metrics_entry, protocol_entry
+
+    result = {"metrics": {"accuracy": 0.9, "confusion_matrix": [[1]], "series": {"macro_f1": 0.8, "confusion_matrix": [[1]]}},
+              **{key: 1 for key in COST_KEYS}}
+    entry = metrics_entry(result)
+    assert "confusion_matrix" not in entry and "confusion_matrix" not in entry["series"]
+    assert entry["accuracy"] == 0.9 and all(entry[key] == 1 for key in COST_KEYS)
+    assert protocol_entry(None)["protocol"]["name"] == "holdout"
+    cv = protocol_entry({"folds": 5, "macro_f1": [0.7] * 5, "folds_fingerprint": "abc"})["protocol"]
+    assert (cv["name"], cv["folds"], cv["folds_fingerprint"]) == ("cv_refit", 5, "abc")
