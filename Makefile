@@ -94,14 +94,14 @@ lint: install ## ruff check of the tree (rules and line length in pyproject.toml
 	$(BIN)/ruff check .
 
 # Two pytest-xdist workers, each taking a whole test file at a time (a file's module fixtures are built once; the files
-# that read the session's tiny pipeline go together), the longest first (tests/conftest.py groups and orders them;
+# that read the session's tiny pipeline go together), the longest first (tests/conftest.py places and orders them;
 # --no-loadscope-reorder keeps that order): while one worker waits on a server (Airflow, MLflow, Orthanc, a Bento) or
 # a subprocess's imports, the other computes. TEST_WORKERS=0 runs the suite in one process.
 TEST_WORKERS ?= 2
 test: install lint ## lint, then the whole test suite (installs Orthanc and Chromium first when it can)
 	@$(MAKE) --no-print-directory system-deps || echo "WARNING: no orthanc/orthanc-dicomweb: the PACS tests will skip"
 	@$(MAKE) --no-print-directory browser || echo "WARNING: no chromium/chromium-driver: the browser test will skip"
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: install ## unit tests only
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest tests/unit

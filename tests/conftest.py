@@ -77,13 +77,31 @@ def tiny_export(tmp_path: Path) -> Path:
 
 
 # --- order and grouping for the two xdist workers ------------------------------------------------
-# `make test` runs two pytest-xdist workers (--dist loadgroup --no-loadscope-reorder). Each file is one work unit
+# `make test` runs two pytest-xdist workers (--dist loadfile --no-loadscope-reorder). Each file is one work unit
 # (its module fixtures are built once), except the files that read the session's tiny pipeline
 # (tests/pipeline/conftest.py), which form one unit so that one worker builds it and reads it, rather than the
 # other waiting on its lock. Units go out in collection order, the longest first (longest processing time first),
 # so that none of them starts last and leaves the other worker idle. Only order and placement change.
 LONGEST_FIRST = ("test_dag_airflow_server.py", "test_profile_search_e2e.py", "test_monitor_e2e.py")
-SHARED_PIPELINE_GROUP = "tiny-pipeline"
+SHARED_PIPELINE_FILES = ("test_gate_refuses_crippled.py", "test_pipeline_e2e.py", "test_quiet_output.py")
+
+
+def work_unit(nodeid: str) -> str:
+    """The xdist work unit of a test: its file, or one unit for the files that read the shared tiny pipeline."""
+    path = nodeid.split("::", 1)[0]
+    return "shared tiny pipeline" if Path(path).name in SHARED_PIPELINE_FILES else path
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """xdist's per-file scheduling with `work_unit` as the file (its loadgroup marks do not reach pytest 9's node
+    ids: xdist 3.8 sets `item._nodeid`, which pytest 9 no longer reads)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return FileScheduling(config, log)
 
 
 def schedule_rank(item: pytest.Item) -> int:
@@ -95,13 +113,14 @@ def schedule_rank(item: pytest.Item) -> int:
     return len(LONGEST_FIRST) + (0 if "e2e" in marks else 1 if "slow" in marks else 2)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Group each file (the shared pipeline's readers together); sort files by their earliest test's rank."""
+    """Sort whole files by their earliest test's rank (the shared pipeline's readers side by side); refuse a reader
+    of the shared pipeline that SHARED_PIPELINE_FILES does not name (it would wait on the other worker's build)."""
+    readers = {item.path.name for item in items if "tiny_pipeline" in getattr(item, "fixturenames", ())}
+    if not readers <= set(SHARED_PIPELINE_FILES):
+        raise pytest.UsageError(f"{sorted(readers - set(SHARED_PIPELINE_FILES))} read the tiny_pipeline fixture: "
+                                "add them to SHARED_PIPELINE_FILES in tests/conftest.py")
     file_rank: dict[Path, int] = {}
-    shared = {item.path for item in items if "tiny_pipeline" in getattr(item, "fixturenames", ())}
     for item in items:
         file_rank[item.path] = min(file_rank.get(item.path, 99), schedule_rank(item))
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(SHARED_PIPELINE_GROUP if item.path in shared else str(item.path)))
-    items.sort(key=lambda item: (file_rank[item.path], item.path not in shared))  # stable within a rank
+    items.sort(key=lambda item: (file_rank[item.path], item.path.name not in SHARED_PIPELINE_FILES))
