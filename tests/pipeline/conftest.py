@@ -74,3 +74,18 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> TinyPipeline:
         if not logs_file.is_file():
             logs_file.write_text(json.dumps(build_tiny_pipeline(project)))
     return TinyPipeline(project=project, **json.loads(logs_file.read_text()))
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A real Orthanc (Debian's orthanc + orthanc-dicomweb) on 127.0.0.1 for one test, its password exported as the
+    variable ingest reads (ingest.dicomweb_password_env); skips, saying why, where Orthanc is not installed."""
+    from tests.services import Orthanc, orthanc_available
+
+    reason = orthanc_available()
+    if reason:
+        pytest.skip(reason)
+    server = Orthanc(tmp_path / "orthanc").start()
+    monkeypatch.setenv("KIDNEY_CT_DICOMWEB_PASSWORD", server.password)
+    yield server
+    server.stop()

@@ -14,23 +14,16 @@ from components.common.params import GenerateParams
 from components.generate.core import dicom_bytes, generate_export
 from components.ingest.__main__ import main as ingest_main
 from components.ingest.deid import remaining_phi
-from tests.services import Orthanc, orthanc_available
+from tests.services import Orthanc
 from tests.tiny import tiny_params, write_params
 
 SLICES = 2
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 
 
-@pytest.fixture
-def orthanc(tmp_path, monkeypatch):
-    reason = orthanc_available()
-    if reason:
-        pytest.skip(reason)
-    server = Orthanc(tmp_path / "orthanc").start()
-    monkeypatch.setenv("KIDNEY_CT_DICOMWEB_PASSWORD", server.password)
+@pytest.fixture(autouse=True)
+def pull_salt(monkeypatch):
     monkeypatch.setenv("KIDNEY_CT_SALT", "pull-test-salt")
-    yield server
-    server.stop()
 
 
 def labelled_studies(patients: int) -> dict[int, list[bytes]]:

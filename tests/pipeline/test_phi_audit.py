@@ -24,7 +24,6 @@ from components.common.params import GenerateParams
 from components.generate.core import dicom_bytes, generate_export
 from tests.e1_1_probe import Marker, plant, table
 from tests.phi import files_under
-from tests.services import Orthanc, orthanc_available
 from tests.tiny import REPO, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
@@ -124,14 +123,6 @@ def test_no_table_e1_1_marker_survives_a_folder_export_and_every_stage_after_ing
     check_store(Path(raw["paths"]["store"]))
 
 
-@pytest.fixture
-def orthanc(tmp_path):
-    reason = orthanc_available()
-    if reason:
-        pytest.skip(reason)
-    server = Orthanc(tmp_path / "orthanc").start()
-    yield server
-    server.stop()
 
 
 def test_no_table_e1_1_marker_survives_a_dicomweb_pull_from_orthanc(tmp_path, orthanc):

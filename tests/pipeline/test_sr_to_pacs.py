@@ -20,7 +20,7 @@ from components.lib.pacs import PacsClient, dataset_bytes, retrying_session
 from components.predict.__main__ import main as predict_main
 from tests.fixtures import png_bytes
 from tests.package_support import CLASSES, register_tiny_model
-from tests.services import Orthanc, orthanc_available
+from tests.services import Orthanc
 from tests.sr_support import by_name, evidence_instances
 from tests.tiny import tiny_params, write_params
 
@@ -28,15 +28,6 @@ SLICES = 4
 SNOMED = {"Normal": "17621005", "Cyst": "441457006", "Tumor": "108369006", "Stone": "95570007"}
 
 
-@pytest.fixture
-def orthanc(tmp_path, monkeypatch):
-    reason = orthanc_available()
-    if reason:
-        pytest.skip(reason)
-    server = Orthanc(tmp_path / "orthanc").start()
-    monkeypatch.setenv("KIDNEY_CT_DICOMWEB_PASSWORD", server.password)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
