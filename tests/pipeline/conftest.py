@@ -34,6 +34,7 @@ class TinyPipeline:
     summary_log: str    # `python -m components`
 
     def env(self) -> dict[str, str]:
+        """The environment it ran in (its salt, no caller settings): what a stage run on a copy of it needs."""
         return pipeline_env()
 
 

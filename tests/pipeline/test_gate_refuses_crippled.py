@@ -9,7 +9,6 @@ for everything).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,10 +21,8 @@ from tests.tiny import REPO, write_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-def stage(name: str, params: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "KIDNEY_CT_SALT": "e2e-salt",
-           "MLFLOW_ENABLE_TELEMETRY": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+
+def stage(name: str, params: Path, cwd: Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", f"components.{name}", "--params", str(params), *extra], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=900)
 
@@ -46,6 +43,7 @@ def test_crippled_candidate_fails_the_gate_is_refused_and_the_champion_stays(tin
     raw["paths"] = {key: str(project / value) for key, value in raw["paths"].items()}
     raw["mlflow"]["tracking_uri"] = f"sqlite:///{project / 'mlruns.db'}"
     raw["package"]["bentoml_home"] = str(project / ".bentoml")
+    env = {**tiny_pipeline.env(), "PYTHONPATH": str(REPO), "MLFLOW_ENABLE_TELEMETRY": "false"}  # its salt too
     champion_before, versions_before = champion_and_versions(raw)
     assert champion_before == "1" and versions_before == ["1"]
 
@@ -56,9 +54,9 @@ def test_crippled_candidate_fails_the_gate_is_refused_and_the_champion_stays(tin
     raw["evaluate"] = {**raw["evaluate"], **default_gate}
     params = write_params(raw, project / "params.yaml")
 
-    trained = stage("train", params, project, "--candidate", "crippled")
+    trained = stage("train", params, project, env, "--candidate", "crippled")
     assert trained.returncode == 0, trained.stderr[-3000:]
-    evaluated = stage("evaluate", params, project)
+    evaluated = stage("evaluate", params, project, env)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     verdict = json.loads((Path(raw["paths"]["evaluation"]) / "verdict.json").read_text())
     assert verdict["winner"] is None
@@ -67,7 +65,7 @@ def test_crippled_candidate_fails_the_gate_is_refused_and_the_champion_stays(tin
     assert any("macro-F1" in reason and "below the minimum" in reason for reason in entry["reasons"]), entry
     assert "crippled: accuracy" in evaluated.stderr and "FAILED" in evaluated.stderr
 
-    refused = stage("register", params, project)
+    refused = stage("register", params, project, env)
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert "no candidate passed the evaluation gates, nothing registered" in refused.stderr, refused.stderr
     assert "crippled: " in refused.stderr and "below the minimum" in refused.stderr, refused.stderr
