@@ -38,3 +38,16 @@ def files_under(root: Path, skip: Sequence[Path] = ()) -> Iterable[tuple[str, by
     for path in sorted(root.rglob("*")):
         if path.is_file() and not any(path.is_relative_to(folder) for folder in skip):
             yield str(path), path.read_bytes()
+
+
+def mlflow_texts(tracking_uri: str) -> list[tuple[str, bytes]]:
+    """Every param and tag (key and value) of every run in the tracking store."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    texts = []
+    for experiment in client.search_experiments():
+        for run in client.search_runs([experiment.experiment_id]):
+            for kind, items in (("param", run.data.params), ("tag", run.data.tags)):
+                texts += [(f"mlflow {kind} {key}", f"{key}={value}".encode()) for key, value in items.items()]
+    return texts

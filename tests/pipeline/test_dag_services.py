@@ -13,9 +13,8 @@ import pytest
 
 from components.common.params import GenerateParams
 from components.generate.core import dicom_bytes, generate_export
-from tests.phi import files_under, find_phi, planted_phi
+from tests.phi import files_under, find_phi, mlflow_texts, planted_phi
 from tests.pipeline.test_dag import DAGS, E2E_SCRIPT, run_child, run_dag_test
-from tests.pipeline.test_phi_scan import mlflow_texts
 from tests.services import MotoS3, Orthanc, orthanc_available
 from tests.tiny import wiring_params, write_params
 

@@ -1,4 +1,5 @@
-"""End to end: `dvc repro` runs all stages on a tiny generated export; a second repro changes nothing."""
+"""End to end: `dvc repro` runs all stages on a tiny generated export; a second repro changes nothing; none of the
+fake PHI the generator planted is in any output, log line or MLflow param/tag."""
 
 from __future__ import annotations
 
@@ -104,6 +105,32 @@ def test_champion_registered_and_bento_built(repro):
     bento = json.loads((project / "reports/package/bento.json").read_text())
     assert bento["bento_tag"].startswith("kidney_ct_classifier:")
     assert (project / ".bentoml" / "bentos").is_dir()
+
+
+def test_no_planted_phi_in_any_output_log_line_or_mlflow_text(repro):
+    """Every file the stages wrote (store, manifests, Data Docs, arrays, MLflow database and artifacts, report,
+    card, Bento), the repro log and every MLflow param and tag: none holds a value `generate` planted. (The same on
+    an S3 store and a DICOMweb pull: test_dag_services; every DICOM PS3.15 E.1-1 attribute: test_phi_audit.)"""
+    import yaml
+
+    from components.common.params import GenerateParams
+    from tests.phi import files_under, find_phi, mlflow_texts, planted_phi
+
+    project = repro["project"]
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    phi = planted_phi(GenerateParams(**raw["generate"]), raw["classes"])
+    export = project / raw["paths"]["generated_export"]
+    assert find_phi(files_under(export), phi), "the scan must see the PHI planted in the source export"
+    # the export itself, DVC's cache of it, git's objects and the code are no outputs
+    sources = [export, project / ".dvc", project / ".git", *(project / name for name in ("components", "tests", "docs"))]
+    outputs = list(files_under(project, skip=sources))
+    names = {Path(where).name for where, _ in outputs}
+    assert {"manifest.csv", "mlruns.db", "report.html", "bento.json"} <= names, "the scan would miss an output"
+    assert sum("/store/images/" in where for where, _ in outputs) == 4 * 3 * 4
+    texts = mlflow_texts(f"sqlite:///{project / 'mlruns.db'}")
+    assert texts, "train logged no MLflow params"
+    log_lines = [(f"log line {n}", line.encode()) for n, line in enumerate(repro["first"].splitlines())]
+    assert find_phi(outputs + texts + log_lines, phi) == []
 
 
 def test_second_repro_is_unchanged_and_summary_points_at_outputs(repro):
