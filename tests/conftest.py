@@ -83,7 +83,8 @@ def tiny_export(tmp_path: Path) -> Path:
 # other waiting on its lock. Units go out in collection order, the longest first (longest processing time first),
 # so that none of them starts last and leaves the other worker idle. Only order and placement change.
 LONGEST_FIRST = ("test_dag_airflow_server.py", "test_profile_search_e2e.py", "test_monitor_e2e.py")
-SHARED_PIPELINE_FILES = ("test_gate_refuses_crippled.py", "test_pipeline_e2e.py", "test_quiet_output.py")
+SHARED_PIPELINE_FILES = ("test_dag_airflow_server.py", "test_gate_refuses_crippled.py", "test_pipeline_e2e.py",
+                         "test_quiet_output.py")
 
 
 def work_unit(nodeid: str) -> str:

@@ -2,7 +2,8 @@
 
 `make run`'s own steps (git + DVC project, DVC's autostage, `dvc repro`, then `python -m components`) on tiny
 params in a copy of the project, with no terminal and no TensorFlow/MLflow settings from the caller's shell:
-test_pipeline_e2e reads its outputs, test_quiet_output reads its log, test_gate_refuses_crippled starts from a
+test_pipeline_e2e reads its outputs, test_quiet_output reads its log, test_gate_refuses_crippled and
+test_dag_airflow_server (a real Airflow's runs on a project that ran before) start from a
 copy of it. Built once per test session; under pytest-xdist the first worker to ask builds it (a file lock)
 and the others reuse it.
 """

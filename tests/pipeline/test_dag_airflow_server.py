@@ -1,23 +1,22 @@
 """The retraining DAG under a real Airflow 3 (scheduler, DAG processor, API server, LocalExecutor,
-SQLite, all on 127.0.0.1), in a git + DVC copy of the project whose DVC remote is moto's S3 server:
+SQLite, all on 127.0.0.1), in a git + DVC workspace whose DVC remote is moto's S3 server. The workspace is a copy
+of the session's finished tiny pipeline (tests/pipeline/conftest.py: every stage in dvc.lock, a champion registered),
+as a scheduled run finds a project that ran before:
 
-1. a run triggered through the REST API runs every stage through DVC: dvc.lock is committed with
-   every stage, the DVC remote holds every cached output;
-2. a second run, with nothing new, skips every stage (and commits nothing): the weekly run that unpausing
-   starts, queued behind the first (or ahead of it, then the triggered run is the no-op one); when Airflow
-   starts none, a second run triggered through the REST API;
-3. after a params change, an asset event posted through the REST API starts a run that reruns only
-   the stage whose params changed;
-4. a new export from another scanner (accumulated onto the first): the monitor calls it drift, the alert task
-   posts it to a webhook receiver on 127.0.0.1 once (it was skipped in every run before), and the run retrains
-   and registers.
+1. nothing new: the run triggered through the REST API (and the weekly run that unpausing starts) skips every stage,
+   commits nothing, and still pushes every cached output to the DVC remote;
+2. a new export from another scanner (accumulated onto the first), announced by an asset event posted through
+   the REST API: the asset-triggered run reruns every stage whose deps or params changed through DVC (each commits
+   its dvc.lock entry, the remote holds every output) and skips the one that did not (`backbone`); the monitor calls
+   it drift, the alert task posts it to a webhook receiver on 127.0.0.1 once (it was skipped in the runs before),
+   and the run retrains and registers.
 
 Slow (minutes): run this file alone. Durations are printed (-s), not asserted (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
-import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,8 +26,9 @@ import pytest
 import yaml
 
 from tests.airflow_server import AirflowServer
+from tests.pipeline.conftest import TinyPipeline
 from tests.services import MotoS3, WebhookReceiver
-from tests.tiny import copy_project, wiring_params, write_params
+from tests.tiny import wiring_params, write_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -49,17 +49,12 @@ def dvc(project: Path, *args: str) -> None:
     subprocess.run([str(BIN / "dvc"), *args], cwd=project, check=True, capture_output=True, text=True)
 
 
-def make_workspace(root: Path, s3: MotoS3) -> Path:
-    """A git + DVC copy of the project on tiny params, its default DVC remote on moto's S3."""
-    project = copy_project(root / "project")
-    raw = wiring_params(project, absolute=False)  # the orchestration is under test, not the model
-    write_params(raw, project / "params.yaml")
-    # a first run on these params: no stage's lock entry may already match (the checkout's dvc.lock can, for a
-    # stage whose params tiny runs share, and a stage whose lock does not change commits nothing)
-    (project / "dvc.lock").unlink(missing_ok=True)
+def make_workspace(root: Path, s3: MotoS3, pipeline: TinyPipeline) -> Path:
+    """A git + DVC copy of the finished tiny pipeline (outputs, DVC cache, registry, Bento store; its own git
+    history), on branch `retraining`, its default DVC remote on moto's S3."""
+    project = root / "project"
+    shutil.copytree(pipeline.project, project, symlinks=True, ignore=shutil.ignore_patterns(".git"))
     git(project, "init", "-q", "-b", "retraining")
-    if not (project / ".dvc").is_dir():
-        dvc(project, "init", "-q")
     dvc(project, "remote", "add", "-d", "store", f"s3://{BUCKET}/cache")
     dvc(project, "remote", "modify", "store", "endpointurl", s3.endpoint)
     git(project, "add", "-A")
@@ -68,16 +63,17 @@ def make_workspace(root: Path, s3: MotoS3) -> Path:
 
 
 @pytest.fixture
-def airflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def airflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_pipeline: TinyPipeline):
     for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     s3 = MotoS3().start().reset()
     s3.client().create_bucket(Bucket=BUCKET)
-    project = make_workspace(tmp_path, s3)
-    env = {k: v for k, v in os.environ.items()
+    project = make_workspace(tmp_path, s3, tiny_pipeline)
+    env = {k: v for k, v in tiny_pipeline.env().items()
            if not k.startswith(("AIRFLOW", "KIDNEY_CT_", "MLFLOW_", "BENTOML_", "DVC_"))}
-    env.update(PATH=f"{BIN}:{env['PATH']}", TF_CPP_MIN_LOG_LEVEL="2", KIDNEY_CT_SALT="airflow-server-salt",
+    env.update(PATH=f"{BIN}:{env['PATH']}", TF_CPP_MIN_LOG_LEVEL="2",
+               KIDNEY_CT_SALT=tiny_pipeline.env()["KIDNEY_CT_SALT"],  # the salt the workspace's data was ingested with
                AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1",
                PYTHONPATH=str(project), GX_ANALYTICS_ENABLED="False", MLFLOW_ENABLE_TELEMETRY="false")
     server = AirflowServer(home=tmp_path / "airflow_home", dags_folder=project / "dags", env=env)
@@ -123,81 +119,62 @@ def duration_s(run: dict) -> float:
 def test_scheduled_runs_are_dvc_runs_that_skip_what_did_not_change(airflow) -> None:
     server, project, s3 = airflow
     server.wait_for_dag(DAG_ID)
+    commits = git(project, "log", "--format=%s").splitlines()
     server.request("PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})
     started = time.monotonic()
     first = server.trigger(DAG_ID)
-    runs = server.wait_until_idle(DAG_ID, timeout_s=1500)
-    print(f"first run(s) took {round(time.monotonic() - started)} s wall: "
+    runs = server.wait_until_idle(DAG_ID, timeout_s=900)
+    print(f"no-op run(s) took {round(time.monotonic() - started)} s wall: "
           f"{[(r['dag_run_id'], r['run_type'], duration_s(r)) for r in runs]}")
-    # Unpausing may also start the latest weekly run (catchup=False): whichever ran first did the work,
-    # and every stage ran exactly once across the runs so far.
+    # 1. Nothing new since dvc.lock: every stage of every run so far (the triggered one, and the latest weekly one
+    # that unpausing may start, catchup=False) is skipped, nothing is committed, every cached output is pushed.
+    assert first in {r["dag_run_id"] for r in runs}
     assert {r["state"] for r in runs} == {"success"}, server.log_tails()
-    per_run = {r["dag_run_id"]: stage_states(server, r["dag_run_id"]) for r in runs}
-    assert first in per_run
-    for task in STAGE_TASKS:
-        states = sorted(states[task] for states in per_run.values())
-        assert states == ["skipped"] * (len(runs) - 1) + ["success"], (task, per_run)
-
-    assert set(DVC_STAGES) <= set(lock_stages(project)), "dvc.lock lacks stages"
-    assert git(project, "status", "--porcelain", "dvc.lock", "params.yaml") == ""
-    log = git(project, "log", "--format=%s")
-    assert not [stage for stage in DVC_STAGES if f": {stage}" not in log], log  # every stage committed its lock
-    assert f"{DAG_ID} " in log
+    for run in runs:
+        states = server.task_states(DAG_ID, run["dag_run_id"])
+        assert {states.get(task) for task in (*STAGE_TASKS, "alert")} == {"skipped"}, (run["dag_run_id"], states)
+    assert git(project, "log", "--format=%s").splitlines() == commits
     missing = cached_md5s(project) - remote_md5s(s3)
     assert not missing, f"outputs not on the DVC remote: {missing}"
-    commits = len(log.splitlines())
-    (worker,) = [run_id for run_id, states in per_run.items() if states["generate"] == "success"]
-    dag_commits = [line for line in log.splitlines() if line.startswith(f"{DAG_ID} ")]
-    assert all(line.startswith(f"{DAG_ID} {worker}: ") for line in dag_commits), dag_commits  # no-op runs: none
 
-    # Nothing new: every stage is skipped, nothing committed. A second run in the runs so far (the weekly one)
-    # already was that run (every stage skipped, asserted above); else one is triggered through the REST API.
-    if len(per_run) == 1:
-        started = time.monotonic()
-        rerun = server.trigger(DAG_ID)
-        runs = server.wait_until_idle(DAG_ID, timeout_s=900)
-        noop = next(r for r in runs if r["dag_run_id"] == rerun)
-        print(f"no-op rerun took {round(time.monotonic() - started)} s wall, {duration_s(noop)} s as a run")
-        assert noop["state"] == "success"
-        assert set(stage_states(server, rerun).values()) == {"skipped"}
-        assert len(git(project, "log", "--format=%s").splitlines()) == commits
-
-    # A params change, then an asset event posted through the REST API: only `report` reruns.
-    raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["report"]["calibration_bins"] = 8  # a `report`-only param (bootstrap_resamples also feeds evaluate)
-    write_params(raw, project / "params.yaml")
+    # 2. New studies from another vendor's scanner, added to the first export's, announced by an asset event:
+    # every stage they reach reruns through DVC, drift, one alert, a retrain.
     known = {r["dag_run_id"] for r in runs}
-    server.post_asset_event("kidney_ct_pacs_export", extra={"export": "weekly drop"})
-    deadline = time.monotonic() + 120
-    while not (new := [r for r in server.runs(DAG_ID) if r["dag_run_id"] not in known]):
-        assert time.monotonic() < deadline, f"no run after the asset event\n{server.log_tails()}"
-        time.sleep(3)
-    assert new[0]["run_type"] == "asset_triggered"
-    runs = server.wait_until_idle(DAG_ID, timeout_s=900)
-    triggered = next(r for r in runs if r["dag_run_id"] == new[0]["dag_run_id"])
-    assert triggered["state"] == "success"
-    states = stage_states(server, triggered["dag_run_id"])
-    assert states["report"] == "success"
-    assert {state for task, state in states.items() if task != "report"} == {"skipped"}
-    assert lock_stages(project)["report"]["params"]["params.yaml"]["report"]["calibration_bins"] == 8
-    assert "calibration_bins: 8" in git(project, "show", "HEAD:params.yaml")
-    print(f"asset-triggered run (report only) took {duration_s(triggered)} s")
-
-    # 4. New studies from another vendor's scanner, added to the first export's: drift, one alert, a retrain.
-    assert {server.task_states(DAG_ID, r["dag_run_id"]).get("alert") for r in runs} == {"skipped"}
     with WebhookReceiver() as receiver:
-        raw = yaml.safe_load((project / "params.yaml").read_text())
+        raw = wiring_params(project, absolute=False)  # the orchestration is under test, not the model
         raw["generate"].update(seed=8, patient_offset=1000, reconstruction_kernel="B70f", noise_scale=1.8,
                                manufacturer="OTHER-VENDOR PHANTOM")
         raw["ingest"]["accumulate"] = True
         raw["monitor"]["alert_webhook"] = receiver.url
         write_params(raw, project / "params.yaml")
-        shifted = server.trigger(DAG_ID)
+        server.post_asset_event("kidney_ct_pacs_export", extra={"export": "weekly drop"})
+        deadline = time.monotonic() + 120
+        while not (new := [r for r in server.runs(DAG_ID) if r["dag_run_id"] not in known]):
+            assert time.monotonic() < deadline, f"no run after the asset event\n{server.log_tails()}"
+            time.sleep(3)
         runs = server.wait_until_idle(DAG_ID, timeout_s=1200)
-    run = next(r for r in runs if r["dag_run_id"] == shifted)
-    states = server.task_states(DAG_ID, shifted)
+    run = next(r for r in runs if r["dag_run_id"] == new[0]["dag_run_id"])
+    shifted, states = run["dag_run_id"], stage_states(server, run["dag_run_id"])
     print(f"shifted-export run (monitor drift, alert, retrain) took {duration_s(run)} s")
-    assert run["state"] == "success", server.log_tails()
-    assert (states["monitor"], states["alert"], states["register"]) == ("success", "success", "success"), states
+    assert run["run_type"] == "asset_triggered" and run["state"] == "success", server.log_tails()
+    assert states.pop("backbone") == "skipped"  # its params and code did not change: DVC skips it
+    assert set(states.values()) == {"success"}, states
+    assert server.task_states(DAG_ID, shifted)["alert"] == "success"
     (alert,) = receiver.received
-    assert alert["status"] == "drift" and "kernel" in alert["text"] and shifted in alert["text"]
+    monitor = yaml.safe_load((project / "reports" / "monitor" / "monitor.json").read_text())
+    assert "kernel" in monitor["drifted"]  # and the champion's score on the new cases may have dropped too: degraded
+    assert alert["status"] == monitor["status"] in {"drift", "degraded"}
+    assert "kernel" in alert["text"] and shifted in alert["text"]
+
+    # Each stage that ran committed its dvc.lock entry on the branch; the lock and params.yaml record the new export.
+    assert set(DVC_STAGES) <= set(lock_stages(project)), "dvc.lock lacks stages"
+    assert git(project, "status", "--porcelain", "dvc.lock", "params.yaml") == ""
+    log = git(project, "log", "--format=%s")
+    ran = [stage for stage in DVC_STAGES if stage != "backbone"]
+    assert not [stage for stage in ran if f"{DAG_ID} {shifted}: {stage}" not in log], log
+    assert lock_stages(project)["generate"]["params"]["params.yaml"]["generate"]["seed"] == 8
+    assert "manufacturer: OTHER-VENDOR PHANTOM" in git(project, "show", "HEAD:params.yaml")
+    missing = cached_md5s(project) - remote_md5s(s3)
+    assert not missing, f"outputs not on the DVC remote: {missing}"
+    registration = yaml.safe_load((project / "reports" / "register" / "registration.json").read_text())
+    assert registration["registered"] and registration["version"] == 2, registration  # the workspace's was v1
