@@ -78,19 +78,24 @@ def tiny_export(tmp_path: Path) -> Path:
 
 # --- order and grouping for the two xdist workers ------------------------------------------------
 # `make test` runs two pytest-xdist workers (--dist loadfile --no-loadscope-reorder). Each file is one work unit
-# (its module fixtures are built once), except the files that read the session's tiny pipeline
-# (tests/pipeline/conftest.py), which form one unit so that one worker builds it and reads it, rather than the
-# other waiting on its lock. Units go out in collection order, the longest first (longest processing time first),
-# so that none of them starts last and leaves the other worker idle. Only order and placement change.
+# (its module fixtures are built once), except the files that share a session fixture of tests/pipeline/conftest.py
+# (the tiny pipeline, the served Bento), which form one unit each so that one worker builds it and reads it, rather
+# than the other waiting on its lock or building it again. Units go out in collection order, the longest first
+# (longest processing time first), so that none of them starts last and leaves the other worker idle. Only order and
+# placement change.
 LONGEST_FIRST = ("test_dag_airflow_server.py", "test_profile_search_e2e.py", "test_monitor_e2e.py")
-SHARED_PIPELINE_FILES = ("test_dag_airflow_server.py", "test_gate_refuses_crippled.py", "test_pipeline_e2e.py",
-                         "test_quiet_output.py")
+SHARED_FIXTURE_FILES = {
+    "tiny_pipeline": ("test_dag_airflow_server.py", "test_gate_refuses_crippled.py", "test_pipeline_e2e.py",
+                      "test_quiet_output.py"),
+    "served": ("test_serving.py", "test_page_browser.py"),
+}
 
 
 def work_unit(nodeid: str) -> str:
-    """The xdist work unit of a test: its file, or one unit for the files that read the shared tiny pipeline."""
+    """The xdist work unit of a test: its file, or the session fixture its file shares with others."""
     path = nodeid.split("::", 1)[0]
-    return "shared tiny pipeline" if Path(path).name in SHARED_PIPELINE_FILES else path
+    return next((f"shared {fixture}" for fixture, files in SHARED_FIXTURE_FILES.items() if Path(path).name in files),
+                path)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
@@ -115,13 +120,15 @@ def schedule_rank(item: pytest.Item) -> int:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Sort whole files by their earliest test's rank (the shared pipeline's readers side by side); refuse a reader
-    of the shared pipeline that SHARED_PIPELINE_FILES does not name (it would wait on the other worker's build)."""
-    readers = {item.path.name for item in items if "tiny_pipeline" in getattr(item, "fixturenames", ())}
-    if not readers <= set(SHARED_PIPELINE_FILES):
-        raise pytest.UsageError(f"{sorted(readers - set(SHARED_PIPELINE_FILES))} read the tiny_pipeline fixture: "
-                                "add them to SHARED_PIPELINE_FILES in tests/conftest.py")
-    file_rank: dict[Path, int] = {}
+    """Sort work units by their earliest test's rank (a unit's files side by side); refuse a file that uses a shared
+    session fixture that SHARED_FIXTURE_FILES does not list for it (it would wait on, or rebuild, the other's)."""
+    for fixture, files in SHARED_FIXTURE_FILES.items():
+        readers = {item.path.name for item in items if fixture in getattr(item, "fixturenames", ())}
+        if not readers <= set(files):
+            raise pytest.UsageError(f"{sorted(readers - set(files))} use the {fixture} fixture: "
+                                    "add them to SHARED_FIXTURE_FILES in tests/conftest.py")
+    unit_rank: dict[str, int] = {}
     for item in items:
-        file_rank[item.path] = min(file_rank.get(item.path, 99), schedule_rank(item))
-    items.sort(key=lambda item: (file_rank[item.path], item.path.name not in SHARED_PIPELINE_FILES))
+        unit = work_unit(item.nodeid)
+        unit_rank[unit] = min(unit_rank.get(unit, 99), schedule_rank(item))
+    items.sort(key=lambda item: (unit_rank[work_unit(item.nodeid)], work_unit(item.nodeid)))

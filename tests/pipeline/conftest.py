@@ -78,6 +78,15 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> TinyPipeline:
     return TinyPipeline(project=project, **json.loads(logs_file.read_text()))
 
 
+@pytest.fixture(scope="session")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny champion registered, packaged and served by `bentoml serve` on 127.0.0.1: (url, bento.json, root).
+    One per session for test_serving and test_page_browser (one xdist work unit: tests/conftest.py)."""
+    from tests.pipeline.test_serving import serve_tiny_champion
+
+    yield from serve_tiny_champion(tmp_path_factory.mktemp("serving"))
+
+
 @pytest.fixture
 def orthanc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A real Orthanc (Debian's orthanc + orthanc-dicomweb) on 127.0.0.1 for one test, its password exported as the

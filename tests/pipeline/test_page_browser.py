@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.package_support import CLASSES
-from tests.pipeline.test_serving import TOKEN, dicom_slice, series_files, served  # noqa: F401  (fixture reused)
+from tests.pipeline.test_serving import TOKEN, dicom_slice, series_files
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -31,7 +31,7 @@ def browser():
         driver.quit()
 
 
-def test_upload_a_dicom_slice_and_read_the_suggested_class(served, browser, tmp_path):  # noqa: F811
+def test_upload_a_dicom_slice_and_read_the_suggested_class(served, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait
@@ -57,7 +57,7 @@ def test_upload_a_dicom_slice_and_read_the_suggested_class(served, browser, tmp_
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
 
 
-def test_a_bad_file_shows_a_readable_error_on_the_page(served, browser, tmp_path):  # noqa: F811
+def test_a_bad_file_shows_a_readable_error_on_the_page(served, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -71,7 +71,7 @@ def test_a_bad_file_shows_a_readable_error_on_the_page(served, browser, tmp_path
     assert "not a PNG or JPEG image" in browser.find_element(By.ID, "error").text
 
 
-def test_upload_a_series_and_read_its_verdict_with_the_slices_that_drove_it(served, browser, tmp_path):  # noqa: F811
+def test_upload_a_series_and_read_its_verdict_with_the_slices_that_drove_it(served, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait

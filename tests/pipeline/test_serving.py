@@ -55,10 +55,9 @@ def wait_ready(url: str, server: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"service not ready after {READY_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """Register + package a tiny champion, serve its Bento; always stops the server."""
-    root = tmp_path_factory.mktemp("serving")
+def serve_tiny_champion(root: Path):
+    """Register + package a tiny champion under `root`, serve its Bento, yield (url, bento.json, root); always stops
+    the server. The session's `served` fixture (tests/pipeline/conftest.py), for this file and test_page_browser."""
     write_project(root, register_tiny_model(root, extra_tags={"series_pooling": POOLING}))
     packaged = run_package(root)
     assert packaged.returncode == 0, packaged.stderr[-3000:]
