@@ -107,7 +107,7 @@ test-fast: install ## unit tests only
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest tests/unit
 
 mlflow-ui: install ## browse runs and the registry on http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000
 
 serve: install ## serve the packaged champion on http://127.0.0.1:3000
 	TF_CPP_MIN_LOG_LEVEL=$${TF_CPP_MIN_LOG_LEVEL:-2} BENTOML_HOME=$(CURDIR)/.bentoml PATH="$(abspath $(BIN)):$$PATH" $(BIN)/bentoml serve kidney_ct_classifier:latest --host 127.0.0.1 --port 3000
