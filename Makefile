@@ -118,7 +118,7 @@ bench-train: install ## per candidate: params, img/s synthetic vs through the fe
 bench-serve: install ## load-test the service on 127.0.0.1 (1/8/32 clients, batching on/off) -> reports/serving/bench.json
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m serving.bench
 
-bench-airflow: install ## a real Airflow 3 on 127.0.0.1: first run vs no-op rerun vs asset-triggered run (tiny params)
+bench-airflow: install ## a real Airflow 3 on 127.0.0.1, on a tiny project that ran: no-op weekly run vs asset-triggered retrain
 	$(BIN)/pytest tests/pipeline/test_dag_airflow_server.py -q -s | grep -E "took|passed|failed"
 
 clean: ## remove pipeline outputs (keeps .venv)
