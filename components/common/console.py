@@ -39,16 +39,32 @@ def gpu_present() -> bool:
     return bool(glob.glob("/dev/nvidia*")) or shutil.which("nvidia-smi") is not None
 
 
+RETRACING_NOTICE = "triggered tf.function retracing"
+
+
+class _DropRetracingNotice(logging.Filter):
+    """Drops TensorFlow's 'N out of the last M calls ... triggered tf.function retracing' warning: Keras builds a new
+    train function for each model, so a stage that trains several in one process (CV folds, an ensemble) trips it,
+    and its advice (define the function outside the loop) does not apply. Every other TensorFlow warning passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return RETRACING_NOTICE not in record.getMessage()
+
+
 def quiet_runtime() -> None:
     """Keep start-up noise of TensorFlow, CUDA and MLflow out of a stage's output; call before TensorFlow is imported.
 
     Only sets what is not set already (`TF_CPP_MIN_LOG_LEVEL=0 make run` shows everything), and only where no
-    GPU is present does it hide TensorFlow's C++ errors. Idempotent.
+    GPU is present does it hide TensorFlow's C++ errors. Drops TensorFlow's retracing warning (_DropRetracingNotice)
+    unless the level is 0. Idempotent.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", GPU_TF_LEVEL if gpu_present() else CPU_ONLY_TF_LEVEL)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a finished bar per model download
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietTensorFlowImport())
+    tensorflow_log = logging.getLogger("tensorflow")  # TensorFlow's Python logger, the same object once imported
+    if tf_log_level() >= 1 and not any(isinstance(f, _DropRetracingNotice) for f in tensorflow_log.filters):
+        tensorflow_log.addFilter(_DropRetracingNotice())
 
 
 def tf_log_level() -> int:

@@ -141,6 +141,25 @@ def test_quiet_runtime_sets_only_what_is_unset(monkeypatch):
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"  # the user's choice wins
 
 
+def test_tensorflows_retracing_warning_is_dropped_and_no_other(monkeypatch, caplog):
+    tensorflow_log = logging.getLogger("tensorflow")
+    monkeypatch.setattr(tensorflow_log, "filters", [])  # the filter goes with the test
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    quiet_runtime()
+    assert tensorflow_log.filters == []  # level 0: everything is shown
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_runtime()
+    quiet_runtime()
+    assert len(tensorflow_log.filters) == 1  # idempotent
+    # TensorFlow's own text (tensorflow/python/eager/polymorphic_function/polymorphic_function.py)
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        tensorflow_log.warning("5 out of the last 11 calls to <function f at 0x7f> triggered tf.function retracing. "
+                               "Tracing is expensive and the excessive number of tracings could be due to ...")
+        tensorflow_log.warning("Model's `__init__()` arguments contain non-serializable objects.")
+    assert [r.getMessage()[:5] for r in caplog.records] == ["Model"]
+
+
 # A stand-in `tensorflow` that writes to file descriptor 2 at import, as TensorFlow's C++ code does.
 FAKE_TENSORFLOW = '''
 import os, sys
