@@ -16,6 +16,7 @@ Slow (minutes): run this file alone. Durations are printed (-s), not asserted (B
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -70,10 +71,9 @@ def airflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_pipeline: Tiny
     s3 = MotoS3().start().reset()
     s3.client().create_bucket(Bucket=BUCKET)
     project = make_workspace(tmp_path, s3, tiny_pipeline)
-    env = {k: v for k, v in tiny_pipeline.env().items()
-           if not k.startswith(("AIRFLOW", "KIDNEY_CT_", "MLFLOW_", "BENTOML_", "DVC_"))}
-    env.update(PATH=f"{BIN}:{env['PATH']}", TF_CPP_MIN_LOG_LEVEL="2",
-               KIDNEY_CT_SALT=tiny_pipeline.env()["KIDNEY_CT_SALT"],  # the salt the workspace's data was ingested with
+    ran_in = tiny_pipeline.env()  # PATH with the venv first, the salt the workspace's data was ingested with
+    env = {k: v for k, v in ran_in.items() if not k.startswith(("AIRFLOW", "KIDNEY_CT_", "MLFLOW_", "BENTOML_", "DVC_"))}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", KIDNEY_CT_SALT=ran_in["KIDNEY_CT_SALT"],
                AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1",
                PYTHONPATH=str(project), GX_ANALYTICS_ENABLED="False", MLFLOW_ENABLE_TELEMETRY="false")
     server = AirflowServer(home=tmp_path / "airflow_home", dags_folder=project / "dags", env=env)
@@ -173,7 +173,7 @@ def test_scheduled_runs_are_dvc_runs_that_skip_what_did_not_change(airflow) -> N
     assert set(states.values()) == {"success"}, states
     assert server.task_states(DAG_ID, shifted)["alert"] == "success"
     (alert,) = receiver.received
-    monitor = yaml.safe_load((project / "reports" / "monitor" / "monitor.json").read_text())
+    monitor = json.loads((project / "reports" / "monitor" / "monitor.json").read_text())
     assert "kernel" in monitor["drifted"]  # and the champion's score on the new cases may have dropped too: degraded
     assert alert["status"] == monitor["status"] in {"drift", "degraded"}
     assert "kernel" in alert["text"] and shifted in alert["text"]
@@ -188,5 +188,5 @@ def test_scheduled_runs_are_dvc_runs_that_skip_what_did_not_change(airflow) -> N
     assert "manufacturer: OTHER-VENDOR PHANTOM" in git(project, "show", "HEAD:params.yaml")
     missing = cached_md5s(project) - remote_md5s(s3)
     assert not missing, f"outputs not on the DVC remote: {missing}"
-    registration = yaml.safe_load((project / "reports" / "register" / "registration.json").read_text())
+    registration = json.loads((project / "reports" / "register" / "registration.json").read_text())
     assert registration["registered"] and registration["version"] == 2, registration  # the workspace's was v1

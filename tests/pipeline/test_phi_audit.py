@@ -123,8 +123,6 @@ def test_no_table_e1_1_marker_survives_a_folder_export_and_every_stage_after_ing
     check_store(Path(raw["paths"]["store"]))
 
 
-
-
 def test_no_table_e1_1_marker_survives_a_dicomweb_pull_from_orthanc(tmp_path, orthanc):
     raw = audit_params(tmp_path)
     markers = planted_export(tmp_path / "hospital", raw, label_in_description=True)
