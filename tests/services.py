@@ -121,6 +121,10 @@ class TcpProxy:
     def stop(self) -> None:
         """Close the listener and every relayed connection: clients now get 'connection refused'."""
         if self._listener is not None:
+            try:  # shutdown wakes the thread blocked in accept(); close alone may let one more client in
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
             self._listener = None
         for sock in self._open:

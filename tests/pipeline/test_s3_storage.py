@@ -104,15 +104,23 @@ def test_endpoint_outage_mid_ingest_fails_clearly_and_the_next_run_completes(tmp
     endpoint = TcpProxy(target_port=s3.port).start()  # the S3 endpoint the stage sees; stop() = outage
     params = str(s3_params(tmp_path, endpoint.endpoint, retry_attempts=3))
     assert generate_main(["--params", params]) == 0
-    read_files = ingest_cli.read_files
+    open_store = ingest_cli.open_store
 
-    def server_dies_after_five(source, files):
-        for number, item in enumerate(read_files(source, files)):
-            if number == 5:
+    def store_whose_endpoint_dies_after_five_objects(*args, **kwargs):
+        # Triggered by stored objects, not files read: ingest reads files ahead for its worker processes.
+        store = open_store(*args, **kwargs)
+        put, stored = store.put, []
+
+        def put_then_maybe_outage(key, data):
+            put(key, data)
+            stored.append(key)
+            if len(stored) == 5:
                 endpoint.stop()
-            yield item
 
-    monkeypatch.setattr(ingest_cli, "read_files", server_dies_after_five)
+        store.put = put_then_maybe_outage
+        return store
+
+    monkeypatch.setattr(ingest_cli, "open_store", store_whose_endpoint_dies_after_five_objects)
     assert ingest_main(["--params", params]) == 2
     assert "retry 1/2" in caplog.text and "retry 2/2" in caplog.text
     assert "endpoint unreachable after 3 attempts" in caplog.text
@@ -121,8 +129,8 @@ def test_endpoint_outage_mid_ingest_fails_clearly_and_the_next_run_completes(tmp
 
     endpoint.start()  # same port, same objects: the endpoint comes back
     survived = set(s3.keys("kidney-ct", "store/images/"))
-    assert 0 < len(survived) < 4 * 3 * 4  # the outage hit mid-run
-    monkeypatch.setattr(ingest_cli, "read_files", read_files)
+    assert len(survived) == 5  # the outage hit mid-run: what was stored before it stays
+    monkeypatch.setattr(ingest_cli, "open_store", open_store)
     assert ingest_main(["--params", params]) == 0
     rows = manifest_rows(ingested / "manifest.csv")
     keys = s3.keys("kidney-ct", "store/images/")
