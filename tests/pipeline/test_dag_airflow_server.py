@@ -85,11 +85,6 @@ def airflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_pipeline: Tiny
         s3.stop()
 
 
-def stage_states(server: AirflowServer, run_id: str) -> dict[str, str]:
-    states = server.task_states(DAG_ID, run_id)
-    return {task: states.get(task) for task in STAGE_TASKS}
-
-
 def lock_stages(project: Path) -> dict:
     return yaml.safe_load((project / "dvc.lock").read_text())["stages"]
 
@@ -166,12 +161,13 @@ def test_scheduled_runs_are_dvc_runs_that_skip_what_did_not_change(airflow) -> N
             time.sleep(3)
         runs = server.wait_until_idle(DAG_ID, timeout_s=1200)
     run = next(r for r in runs if r["dag_run_id"] == new[0]["dag_run_id"])
-    shifted, states = run["dag_run_id"], stage_states(server, run["dag_run_id"])
+    shifted, tasks = run["dag_run_id"], server.task_states(DAG_ID, run["dag_run_id"])
+    states = {task: tasks.get(task) for task in STAGE_TASKS}
     print(f"shifted-export run (monitor drift, alert, retrain) took {duration_s(run)} s")
     assert run["run_type"] == "asset_triggered" and run["state"] == "success", server.log_tails()
     assert states.pop("backbone") == "skipped"  # its params and code did not change: DVC skips it
     assert set(states.values()) == {"success"}, states
-    assert server.task_states(DAG_ID, shifted)["alert"] == "success"
+    assert tasks["alert"] == "success"
     (alert,) = receiver.received
     monitor = json.loads((project / "reports" / "monitor" / "monitor.json").read_text())
     assert "kernel" in monitor["drifted"]  # and the champion's score on the new cases may have dropped too: degraded

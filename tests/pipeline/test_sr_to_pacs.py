@@ -28,8 +28,6 @@ SLICES = 4
 SNOMED = {"Normal": "17621005", "Cyst": "441457006", "Tumor": "108369006", "Stone": "95570007"}
 
 
-
-
 @pytest.fixture
 def project(tmp_path, monkeypatch, orthanc):
     """params.yaml pointing at Orthanc, and a sqlite registry whose champion is a tiny model (32 px)."""
