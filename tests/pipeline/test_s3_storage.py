@@ -124,6 +124,7 @@ def test_endpoint_outage_mid_ingest_fails_clearly_and_the_next_run_completes(tmp
     assert ingest_main(["--params", params]) == 2
     assert "retry 1/2" in caplog.text and "retry 2/2" in caplog.text
     assert "endpoint unreachable after 3 attempts" in caplog.text
+    assert "cannot write s3://kidney-ct/store/images/" in caplog.text  # stops at the first object it cannot store
     ingested = Path(yaml.safe_load(Path(params).read_text())["paths"]["ingested"])
     assert not (ingested / "manifest.csv").exists(), "a failed run must not publish a manifest"
 
