@@ -1,0 +1,265 @@
+"""Benchmark (issue 33): series-level verdicts, body crop, scanner-shift robustness, a second encoder, by grouped CV.
+
+One cache of pooled features per (encoder, view, variant), every prepared slice in leakage's order, made once:
+
+    view     full: the prepared slice as it is;  crop: `crop_to_body` (background set to air, body bounding box)
+    variant  plain;  shift: a sharper kernel + noise of 10 grey levels (the outside test's shift, fixed seed);
+             aug: a random kernel/noise/contrast/flip per slice (training augmentation, another seed)
+
+    python -m components.backbone.series_bench --params P cache [--encoders ctr152 medsam]
+    python -m components.backbone.series_bench --params P cv --seeds 0 1      # the table (reports/bench/series.json)
+
+Every recipe is scored on the same grouped folds (leakage's, one fold set per seed) on plain test series and on
+the shifted copy of the same series.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from components.common.console import progress, quiet_runtime
+from components.common.imaging import crop_to_body, kernel_shift, resize
+from components.common.params import load_params
+from components.lib.ct_resnet import WEIGHTS_FILE, assign_weights, feature_extractor, load_weights
+from components.lib.prepared import load_all_images, load_rows
+
+VIEWS = ("full", "crop")
+VARIANTS = ("plain", "shift", "aug")
+CTR_BLOCKS = [("layer2", "mean"), ("layer2", "max"), ("layer3", "mean"), ("layer3", "max")]  # 512+512+1024+1024
+SEEDS = {"shift": 1001, "aug": 2002}
+
+
+def augment_unit(unit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random scanner: kernel sharpness, noise, contrast and level, and a left-right flip."""
+    unit = kernel_shift(unit, rng, sharpen=rng.uniform(0.0, 1.5), noise=rng.uniform(0.0, 12 / 255))
+    unit = np.clip((unit - 0.5) * rng.uniform(0.85, 1.15) + 0.5 + rng.uniform(-0.05, 0.05), 0.0, 1.0)
+    return unit[:, ::-1] if rng.random() < 0.5 else unit
+
+
+def transform(image: np.ndarray, view: str, variant: str, rng: np.random.Generator) -> np.ndarray:
+    """One uint8 (S, S, 1) slice as the (view, variant) shows it: the scanner change first, then the crop."""
+    unit = image[..., 0].astype(np.float32) / 255.0
+    if variant == "shift":
+        unit = kernel_shift(unit, rng)
+    elif variant == "aug":
+        unit = augment_unit(unit, rng)
+    if view == "crop":
+        unit = resize(crop_to_body(unit), image.shape[0])
+    return np.clip(np.round(unit * 255.0), 0, 255).astype(np.uint8)[..., None]
+
+
+def ctr152_embedder(side: int, weights: Path):
+    """uint8 batches -> (N, 3072) layer2 mean+max, layer3 mean+max of the CT ResNet-152."""
+    model = feature_extractor(side, CTR_BLOCKS, side)
+    assign_weights(model, load_weights(weights))
+    return lambda batch: np.asarray(model.predict_on_batch(batch.astype("float32")))
+
+
+def medsam_embedder():
+    """uint8 batches -> LiteMedSAM's pooled image-encoder features (components.lib.medsam)."""
+    from components.lib.medsam import embed, load_image_encoder
+
+    encoder = load_image_encoder()
+    return lambda batch: embed(encoder, batch.astype("float32") / 255.0)
+
+
+def build_cache(images: np.ndarray, embed, out: Path, name: str, batch: int = 16) -> None:
+    """`{name}-{view}-{variant}.npy` for every view and variant not cached yet."""
+    for variant in VARIANTS:
+        for view in VIEWS:
+            target = out / f"{name}-{view}-{variant}.npy"
+            if target.is_file():
+                continue
+            rng = np.random.default_rng(SEEDS.get(variant, 0))
+            chunks, began = [], time.perf_counter()
+            for start in progress(range(0, len(images), batch), desc=f"{name} {view} {variant}", unit="batch"):
+                chunk = np.stack([transform(x, view, variant, rng) for x in images[start:start + batch]])
+                chunks.append(np.asarray(embed(chunk), dtype="float32"))
+            np.save(target, np.concatenate(chunks))
+            seconds = time.perf_counter() - began
+            log_file = out / "cache.json"
+            saved = json.loads(log_file.read_text()) if log_file.is_file() else {}
+            saved[target.stem] = {"images": len(images), "seconds": round(seconds, 1),
+                                  "images_per_second": round(len(images) / seconds, 2)}
+            log_file.write_text(json.dumps(saved, indent=1))
+            logging.info("%s: %d slices in %.0f s", target.name, len(images), seconds)
+
+
+# ---- the grouped CV of recipes on the caches ------------------------------------------------------------------
+
+ENCODER_COLUMNS = {"ctr152 l2mm+l3m": ("ctr152", slice(0, 2048)), "ctr152 l2mm+l3mm": ("ctr152", slice(0, 3072)),
+                   "medsam": ("medsam", slice(None))}
+
+
+def load_features(cache: Path, encoders: list[str], view: str, variant: str) -> np.ndarray:
+    """The named encoders' cached features of one (view, variant), side by side."""
+    parts = []
+    for name in encoders:
+        source, columns = ENCODER_COLUMNS[name]
+        parts.append(np.load(cache / f"{source}-{view}-{variant}.npy", mmap_mode="r")[:, columns])
+    return np.concatenate([np.asarray(p, dtype="float32") for p in parts], axis=1)
+
+
+def inner_oof(features: np.ndarray, y: np.ndarray, groups: np.ndarray, index: np.ndarray, c: float,
+              n_classes: int, folds: int = 3, seed: int = 0, aug: np.ndarray | None = None) -> np.ndarray:
+    """Out-of-fold slice probabilities over `index` (grouped `folds`-fold inside it) of the head with C = `c`."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from components.lib.heads import Head, fit_with_c, head_probabilities
+
+    oof = np.zeros((len(index), n_classes))
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for train, test in splitter.split(np.zeros(len(index)), y[index], groups[index]):
+        rows = index[train]
+        x, labels = _with_aug(features, aug, rows, y)
+        oof[test] = head_probabilities(Head(*fit_with_c(x, labels, n_classes, c, seed), c), features[index[test]])
+    return oof
+
+
+def _with_aug(features: np.ndarray, aug: np.ndarray | None, rows: np.ndarray, y: np.ndarray):
+    """Training rows, with their augmented copies appended where the recipe augments."""
+    if aug is None:
+        return features[rows], y[rows]
+    return np.concatenate([features[rows], aug[rows]]), np.concatenate([y[rows], y[rows]])
+
+
+def score_fold(truth_slices: np.ndarray, slice_p: np.ndarray, series: np.ndarray, series_p: np.ndarray,
+               order: list[str], series_truth: np.ndarray, classes: list[str]) -> dict:
+    """Slice macro-F1 alone and in its series' context, series macro-F1 and per-class series recall."""
+    from sklearn.metrics import f1_score, recall_score
+
+    from components.lib.series_head import in_context
+
+    labels = list(range(len(classes)))
+    f1 = lambda t, p: float(f1_score(t, p.argmax(1), labels=labels, average="macro", zero_division=0))  # noqa: E731
+    recalls = recall_score(series_truth, series_p.argmax(1), labels=labels, average=None, zero_division=0)
+    return {"slice": f1(truth_slices, slice_p),
+            "slice_in_series": f1(truth_slices, in_context(slice_p, series, order, series_p)),
+            "series": f1(series_truth, series_p), **{f"series_recall_{c}": float(r) for c, r in zip(classes, recalls)}}
+
+
+def run_recipe(recipe: dict, data: dict, folds: list) -> dict:
+    """One recipe over every fold: per fold the scores on plain and shifted test series, and its seconds."""
+    from components.common.pooling import pool_by_series
+    from components.lib.heads import fit_head, head_probabilities
+    from components.lib.series_head import SeriesHead, by_series, fit_decision_rule
+
+    y, groups, series, classes = data["y"], data["groups"], data["series"], data["classes"]
+    n = len(classes)
+    plain = load_features(data["cache"], recipe["encoders"], recipe["view"], "plain")
+    shifted = load_features(data["cache"], recipe["encoders"], recipe["view"], "shift")
+    aug = load_features(data["cache"], recipe["encoders"], recipe["view"], "aug") if recipe.get("aug") else None
+    rows = []
+    for seed, split in folds:
+        began = time.perf_counter()
+        x_train, y_train = _with_aug(plain, aug, split.train, y)
+        head = fit_head(x_train, y_train, plain[split.val], y[split.val], n, list(recipe.get("cs", [0.01, 0.1, 1.0])))
+        fitted = np.concatenate([split.train, split.val])
+        stack = rule = None
+        if recipe["series"] == "stack" or recipe.get("rule"):
+            oof = inner_oof(plain, y, groups, fitted, head.c, n, seed=seed, aug=aug)
+            _, stats, truth = by_series(oof, series[fitted], y[fitted])
+            if recipe["series"] == "stack":
+                stack = SeriesHead.fit(stats, truth, n, c=recipe.get("series_c", 1.0))
+                inner_series = stack.probabilities(stats)
+            else:
+                inner_series = pool_by_series(oof, series[fitted], "mean")[1]
+            rule = fit_decision_rule(inner_series, truth, n) if recipe.get("rule") else None
+        row = {"seconds": 0.0}
+        for name, features in (("plain", plain), ("shift", shifted)):
+            p = head_probabilities(head, features[split.test])
+            if stack is not None:
+                order, stats, truth = by_series(p, series[split.test], y[split.test])
+                series_p = stack.probabilities(stats)
+            else:
+                order, series_p = pool_by_series(p, series[split.test], "mean")
+                truth = by_series(p, series[split.test], y[split.test])[2]
+            if rule is not None:
+                series_p = rule.apply(series_p)
+            scores = score_fold(y[split.test], p, series[split.test], series_p, order, truth, classes)
+            row |= {(k if name == "plain" else f"shift_{k}"): v for k, v in scores.items()}
+        row["seconds"] = round(time.perf_counter() - began, 1)
+        rows.append(row)
+    return {k: [float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows], ddof=1))] for k in rows[0]}
+
+
+RECIPES = {
+    "R0 today: full, l2mm+l3m, mean": {"encoders": ["ctr152 l2mm+l3m"], "view": "full", "series": "mean"},
+    "R1 + rule": {"encoders": ["ctr152 l2mm+l3m"], "view": "full", "series": "mean", "rule": True},
+    "R2 series head": {"encoders": ["ctr152 l2mm+l3m"], "view": "full", "series": "stack"},
+    "R3 series head + rule": {"encoders": ["ctr152 l2mm+l3m"], "view": "full", "series": "stack", "rule": True},
+    "R4 crop, series head + rule": {"encoders": ["ctr152 l2mm+l3m"], "view": "crop", "series": "stack", "rule": True},
+    "R5 crop + aug, series head + rule": {"encoders": ["ctr152 l2mm+l3m"], "view": "crop", "series": "stack",
+                                          "rule": True, "aug": True},
+    "R6 full + aug, series head + rule": {"encoders": ["ctr152 l2mm+l3m"], "view": "full", "series": "stack",
+                                          "rule": True, "aug": True},
+    "M1 medsam, series head + rule": {"encoders": ["medsam"], "view": "full", "series": "stack", "rule": True},
+    "M2 ctr152 + medsam, series head + rule": {"encoders": ["ctr152 l2mm+l3m", "medsam"], "view": "full",
+                                               "series": "stack", "rule": True},
+}
+
+
+def available(recipe: dict, cache: Path) -> bool:
+    variants = ["plain", "shift"] + (["aug"] if recipe.get("aug") else [])
+    return all((cache / f"{ENCODER_COLUMNS[e][0]}-{recipe['view']}-{v}.npy").is_file()
+               for e in recipe["encoders"] for v in variants)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", required=True, help="a params file with the real-data profile laid over it")
+    parser.add_argument("--cache", default="data/series_bench", help="where the feature caches go (git-ignored)")
+    parser.add_argument("--out", default="reports/bench/series.json")
+    commands = parser.add_subparsers(dest="command", required=True)
+    cache_cmd = commands.add_parser("cache", help="feature caches of every view and variant")
+    cache_cmd.add_argument("--encoders", nargs="+", default=["ctr152"], choices=["ctr152", "medsam"])
+    cv_cmd = commands.add_parser("cv", help="grouped CV of every recipe whose caches exist")
+    cv_cmd.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    cv_cmd.add_argument("--only", nargs="*", default=None, help="recipe name prefixes (e.g. R0 R3)")
+    args = parser.parse_args(argv)
+    quiet_runtime()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [series-bench] %(message)s", datefmt="%H:%M:%S")
+    params = load_params(args.params)
+    prepared, cache = Path(params.paths.prepared), Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    if not (prepared / "split.csv").is_file():
+        print(f"series-bench: no prepared data in {prepared}: run the preprocess stage with the real-data profile")
+        return 2
+    images, y, groups = load_all_images(prepared)
+    if args.command == "cache":
+        for name in args.encoders:
+            embed = ctr152_embedder(images.shape[1], Path(params.paths.backbone) / WEIGHTS_FILE) \
+                if name == "ctr152" else medsam_embedder()
+            build_cache(images, embed, cache, name)
+        return 0
+    from components.lib.folds import grouped_folds
+
+    data = {"y": y, "groups": groups, "series": load_rows(prepared)["study"].to_numpy().astype(str),
+            "classes": list(params.classes), "cache": cache}
+    folds = [(seed, split) for seed in args.seeds
+             for split in grouped_folds(y, groups, params.leakage.cv_folds or 5, params.preprocess.val_fraction, seed)]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    saved = json.loads(out.read_text()) if out.is_file() else {}
+    for name, recipe in RECIPES.items():
+        if args.only and not any(name.startswith(p) for p in args.only) or not available(recipe, cache):
+            continue
+        result = run_recipe(recipe, data, folds)
+        saved[name] = result | {"seeds": args.seeds, "folds": len(folds)}
+        out.write_text(json.dumps(saved, indent=1))
+        print(f"{name}: slice {result['slice'][0]:.3f}±{result['slice'][1]:.3f}  in series "
+              f"{result['slice_in_series'][0]:.3f}  series {result['series'][0]:.3f}±{result['series'][1]:.3f}  "
+              f"shifted {result['shift_series'][0]:.3f}  recall " +
+              " ".join(f"{c[0]} {result[f'series_recall_{c}'][0]:.2f}" for c in params.classes) +
+              f"  {result['seconds'][0]:.0f} s/fold", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""The study verdict learned where the label lives (issue 33): a series head on pooled slice probabilities, and a
+decision rule (temperature + per-class logit offsets) fitted on out-of-fold series predictions.
+
+In the public kidney data a label belongs to the series: a Tumor series holds many slices with no visible tumour.
+The slice head sees one slice; the series head sees how a series' slices spread over the classes: each class's
+mean, max and top-k mean log-probability (12 numbers for 4 classes), so "a few confident Tumor slices in a
+series of Normal-looking ones" is learnable. It is fitted on OUT-OF-FOLD slice probabilities (the slice head never
+saw those series), so it learns how the slice head behaves on series it has not seen, as at serving time.
+
+Both are small JSON-serialisable objects carried with the model (registry, Bento, predict, SR).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+
+TOP_FRACTION = 0.25   # top-k mean: the k = ceil(25%) most confident slices of the series, per class
+EPS = 1e-6
+
+
+def series_statistics(probabilities: np.ndarray) -> np.ndarray:
+    """(slices, K) probabilities of one series -> (3K,) mean, max and top-k mean log-probability per class."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 2 or len(p) == 0:
+        raise ValueError(f"need (slices, classes) probabilities with at least one slice, got shape {p.shape}")
+    logp = np.log(np.clip(p, EPS, 1.0))
+    k = max(1, int(np.ceil(TOP_FRACTION * len(p))))
+    top = np.sort(logp, axis=0)[-k:].mean(axis=0)
+    return np.concatenate([logp.mean(axis=0), logp.max(axis=0), top])
+
+
+def by_series(probabilities: np.ndarray, series: np.ndarray | list[str],
+              labels: np.ndarray | None = None) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """Series ids (sorted), their (n_series, 3K) statistics and (with `labels`) each series' majority label."""
+    names = np.asarray(series, dtype=str)
+    if len(names) != len(probabilities):
+        raise ValueError(f"{len(names)} series ids for {len(probabilities)} slices")
+    order = sorted(set(names.tolist()))
+    stats = np.stack([series_statistics(probabilities[names == s]) for s in order])
+    if labels is None:
+        return order, stats, None
+    labels = np.asarray(labels)
+    truth = np.array([np.bincount(labels[names == s]).argmax() for s in order])
+    return order, stats, truth
+
+
+@dataclass(frozen=True)
+class SeriesHead:
+    """Logistic regression on series statistics: standardisation folded in, logits = stats @ kernel + bias."""
+
+    kernel: list[list[float]]   # (3K, K)
+    bias: list[float]           # (K,)
+    c: float
+    series: int                 # series it was fitted on
+
+    @classmethod
+    def fit(cls, stats: np.ndarray, labels: np.ndarray, n_classes: int, c: float = 1.0,
+            seed: int = 0) -> SeriesHead:
+        """Class-balanced multinomial LR; a class absent from `labels` gets a logit it never wins with."""
+        if len(stats) != len(labels) or len(stats) < 2:
+            raise ValueError(f"need at least 2 series with one label each, got {len(stats)} rows, {len(labels)} labels")
+        mean, std = stats.mean(axis=0), stats.std(axis=0)
+        std[std == 0] = 1.0
+        model = LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=seed)
+        model.fit((stats - mean) / std, labels)
+        kernel, bias = np.zeros((stats.shape[1], n_classes)), np.full(n_classes, -30.0)
+        coef, intercept = model.coef_, model.intercept_
+        if len(model.classes_) == 2:
+            coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+        for row, k in enumerate(model.classes_):
+            kernel[:, k] = coef[row] / std
+            bias[k] = intercept[row] - float(np.sum(coef[row] * mean / std))
+        return cls(kernel.tolist(), bias.tolist(), float(c), int(len(stats)))
+
+    def logits(self, stats: np.ndarray) -> np.ndarray:
+        return np.asarray(stats, dtype=np.float64) @ np.asarray(self.kernel) + np.asarray(self.bias)
+
+    def probabilities(self, stats: np.ndarray) -> np.ndarray:
+        return softmax(self.logits(stats))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SeriesHead:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """probabilities -> softmax(log p / temperature + offsets): calibrated, with per-class thresholds moved."""
+
+    temperature: float = 1.0
+    offsets: list[float] = field(default_factory=list)   # (K,) added to the tempered log-probabilities
+
+    def apply(self, probabilities: np.ndarray) -> np.ndarray:
+        logp = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), EPS, 1.0)) / self.temperature
+        offsets = np.asarray(self.offsets or [0.0] * logp.shape[-1])
+        return softmax(logp + offsets)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DecisionRule:
+        return cls(float(data.get("temperature", 1.0)), [float(v) for v in data.get("offsets", [])])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The T minimising the negative log-likelihood of softmax(log p / T) (bounded to [0.05, 20])."""
+    from scipy.optimize import minimize_scalar
+
+    logp = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), EPS, 1.0))
+    labels = np.asarray(labels)
+
+    def nll(log_t: float) -> float:
+        q = softmax(logp / np.exp(log_t))
+        return float(-np.mean(np.log(np.clip(q[np.arange(len(labels)), labels], 1e-12, 1.0))))
+
+    return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded").x))
+
+
+OFFSET_GRID = tuple(np.round(np.linspace(-2.0, 2.0, 21), 2))  # the per-class shifts of the log-probabilities tried
+
+
+def fit_offsets(probabilities: np.ndarray, labels: np.ndarray, n_classes: int,
+                grid: tuple[float, ...] = OFFSET_GRID, rounds: int = 2) -> list[float]:
+    """Per-class offsets on the log-probabilities maximising macro-F1 (coordinate ascent over `grid`; the first
+    class stays at 0, ties keep the smaller shift, so offsets move only where they buy macro-F1)."""
+    logp = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), EPS, 1.0))
+    offsets = np.zeros(n_classes)
+
+    def score(candidate: np.ndarray) -> float:
+        return float(f1_score(labels, (logp + candidate).argmax(axis=1), labels=list(range(n_classes)),
+                              average="macro", zero_division=0))
+
+    best = score(offsets)
+    for _ in range(rounds):
+        for k in range(1, n_classes):
+            for value in sorted(grid, key=abs):
+                trial = offsets.copy()
+                trial[k] = value
+                if (s := score(trial)) > best + 1e-9:
+                    best, offsets = s, trial
+    return offsets.tolist()
+
+
+def fit_decision_rule(probabilities: np.ndarray, labels: np.ndarray, n_classes: int,
+                      offsets: bool = True) -> DecisionRule:
+    """Temperature by likelihood, then (optionally) offsets by macro-F1, both on out-of-fold predictions."""
+    t = fit_temperature(probabilities, labels)
+    tempered = DecisionRule(t).apply(probabilities)
+    return DecisionRule(t, fit_offsets(tempered, labels, n_classes) if offsets else [0.0] * n_classes)
+
+
+def in_context(slice_probabilities: np.ndarray, series: np.ndarray | list[str], order: list[str],
+               series_probabilities: np.ndarray) -> np.ndarray:
+    """Each slice's probabilities in its series' context: the series verdict's probabilities (the label of a slice
+    in this data is its series' label, so that is what a slice is judged by when its series is known)."""
+    index = {s: i for i, s in enumerate(order)}
+    return np.asarray(series_probabilities)[[index[s] for s in np.asarray(series, dtype=str)]]
