@@ -69,10 +69,11 @@ def medsam_embedder():
     return lambda batch: embed(encoder, batch.astype("float32") / 255.0)
 
 
-def build_cache(images: np.ndarray, embed, out: Path, name: str, batch: int = 16) -> None:
-    """`{name}-{view}-{variant}.npy` for every view and variant not cached yet."""
-    for variant in VARIANTS:
-        for view in VIEWS:
+def build_cache(images: np.ndarray, embed, out: Path, name: str, batch: int = 16,
+                views: tuple[str, ...] = VIEWS, variants: tuple[str, ...] = VARIANTS) -> None:
+    """`{name}-{view}-{variant}.npy` for every view and variant asked and not cached yet."""
+    for variant in variants:
+        for view in views:
             target = out / f"{name}-{view}-{variant}.npy"
             if target.is_file():
                 continue
@@ -134,7 +135,7 @@ def score_fold(truth_slices: np.ndarray, slice_p: np.ndarray, series: np.ndarray
     """Slice macro-F1 alone and in its series' context, series macro-F1 and per-class series recall."""
     from sklearn.metrics import f1_score, recall_score
 
-    from components.lib.series_head import in_context
+    from components.common.study_model import in_context
 
     labels = list(range(len(classes)))
     f1 = lambda t, p: float(f1_score(t, p.argmax(1), labels=labels, average="macro", zero_division=0))  # noqa: E731
@@ -148,7 +149,7 @@ def run_recipe(recipe: dict, data: dict, folds: list) -> dict:
     """One recipe over every fold: per fold the scores on plain and shifted test series, and its seconds."""
     from components.common.pooling import pool_by_series
     from components.lib.heads import fit_head, head_probabilities
-    from components.lib.series_head import SeriesHead, by_series, fit_decision_rule
+    from components.common.study_model import SeriesHead, by_series, fit_decision_rule
 
     y, groups, series, classes = data["y"], data["groups"], data["series"], data["classes"]
     n = len(classes)
@@ -219,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     cache_cmd = commands.add_parser("cache", help="feature caches of every view and variant")
     cache_cmd.add_argument("--encoders", nargs="+", default=["ctr152"], choices=["ctr152", "medsam"])
+    cache_cmd.add_argument("--views", nargs="+", default=list(VIEWS), choices=VIEWS)
+    cache_cmd.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     cv_cmd = commands.add_parser("cv", help="grouped CV of every recipe whose caches exist")
     cv_cmd.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     cv_cmd.add_argument("--only", nargs="*", default=None, help="recipe name prefixes (e.g. R0 R3)")
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.encoders:
             embed = ctr152_embedder(images.shape[1], Path(params.paths.backbone) / WEIGHTS_FILE) \
                 if name == "ctr152" else medsam_embedder()
-            build_cache(images, embed, cache, name)
+            build_cache(images, embed, cache, name, views=tuple(args.views), variants=tuple(args.variants))
         return 0
     from components.lib.folds import grouped_folds
 

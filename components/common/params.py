@@ -112,6 +112,8 @@ class PreprocessParams(_Strict):
     duplicate_threshold: float = Field(0.92, gt=0, le=1)
     duplicate_size: int = Field(32, ge=4)
     seed: int = 13
+    body_crop: bool = False                       # crop each slice to the body's bounding box, background set to
+    #   air (components.common.imaging.crop_to_body), in the one function training and serving share
 
 
 class AugmentParams(_Strict):
@@ -254,7 +256,11 @@ class EvaluateParams(_Strict):
     min_macro_f1: float = Field(ge=0, le=1)
     min_class_recall: float = Field(ge=0, le=1)  # every class's recall at least this (0 = no check)
     min_series_macro_f1: float = Field(ge=0, le=1)  # study verdicts' macro-F1 at least this (0 = no check)
-    series_pooling: Literal["mean", "max", "geometric", "vote", "gem"] = "mean"  # slice probabilities -> study verdict
+    series_pooling: Literal["mean", "max", "geometric", "vote", "gem", "learned"] = "mean"  # slice probabilities ->
+    #   study verdict; learned: a series head on each class's mean/max/top-k slice log-probability, fitted on
+    #   out-of-fold predictions (components.common.study_model)
+    decision_rule: bool = False  # temperature + per-class logit offsets on the study verdict, fitted (macro-F1) on
+    #   out-of-fold series predictions and carried with the model
     protocol: Literal["holdout", "cv_refit"] = "holdout"  # holdout: certify on the test split; cv_refit: certify
     #   by the leakage stage's grouped CV of the same recipe, and train the deployed model on every labelled series
     gate_bound: Literal["point", "ci_low"] = "point"  # what meets the minimums: the estimate or its lower 95% bound
@@ -289,6 +295,11 @@ class PredictParams(_Strict):
     clinical_use: bool = False  # False (shadow): every SR is marked INVESTIGATIONAL, not for diagnosis; True only
     #   where the deployment is cleared for clinical use (the SR then reads as decision support)
     sr_top_slices: int = Field(3, ge=1, le=16)  # slices referenced as the ones that drove the verdict
+    conformal_coverage: float | None = Field(0.90, gt=0, lt=1)  # each study's conformal set holds the true class
+    #   with this probability (certified by grouped CV); null: one verdict, no set
+    conformal_method: Literal["lac", "aps"] = "lac"  # lac: smallest sets; aps: sets adapt to flat probabilities
+    conformal_mondrian: bool = False  # class-conditional: the coverage holds within every class (needs about
+    #   coverage / (1 - coverage) calibration series per class; a class with fewer is in every set)
 
 
 class LeakageParams(_Strict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from components.common.params import ReportParams
-from components.report.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability
+from components.common.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability
 
 
 def calibration_summary(y_test: np.ndarray, probs_test: np.ndarray, y_val: np.ndarray, probs_val: np.ndarray,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from components.common.plots import _pyplot
-from components.report.calibration import Reliability
+from components.common.calibration import Reliability
 
 
 def _save(fig, path: Path) -> None:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from components.report.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability
+from components.common.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability
 
 
 def overconfident(n=2000, seed=0):

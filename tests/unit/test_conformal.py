@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from crepes import ConformalClassifier
 
-from components.lib.conformal import (
+from components.common.conformal import (
     ConformalCalibration,
     aps_scores,
     certify,
@@ -21,7 +21,7 @@ from components.lib.conformal import (
     set_label,
     set_scores,
 )
-from components.report.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from components.common.calibration import apply_temperature, expected_calibration_error, fit_temperature
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 
@@ -258,7 +258,7 @@ def test_bad_input_is_refused_with_a_clear_message(call, message):
 
 
 def test_temperature_scaling_recovers_a_known_temperature_and_lowers_ece():
-    """Reuses components.report.calibration: the model reports softmax(z) while the truth follows softmax(z / 2)."""
+    """Reuses components.common.calibration: the model reports softmax(z) while the truth follows softmax(z / 2)."""
     rng = np.random.default_rng(17)
     logits = rng.normal(0.0, 3.0, (8000, 4))
     softmax = np.exp(logits - logits.max(axis=1, keepdims=True))

@@ -1,5 +1,6 @@
-"""The study verdict learned where the label lives (issue 33): a series head on pooled slice probabilities, and a
-decision rule (temperature + per-class logit offsets) fitted on out-of-fold series predictions.
+"""The study model: how a series' slice probabilities become its verdict, its calibrated probabilities and its
+conformal set. A series head on pooled slice probabilities (issue 33), a decision rule (temperature + per-class
+logit offsets) and a conformal calibration (issue 34), all fitted on out-of-fold series predictions.
 
 In the public kidney data a label belongs to the series: a Tumor series holds many slices with no visible tumour.
 The slice head sees one slice; the series head sees how a series' slices spread over the classes: each class's
@@ -13,10 +14,16 @@ Both are small JSON-serialisable objects carried with the model (registry, Bento
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
+
+from components.common.calibration import fit_temperature
+
+if TYPE_CHECKING:
+    from components.common.conformal import ConformalCalibration
 
 TOP_FRACTION = 0.25   # top-k mean: the k = ceil(25%) most confident slices of the series, per class
 EPS = 1e-6
@@ -117,20 +124,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """The T minimising the negative log-likelihood of softmax(log p / T) (bounded to [0.05, 20])."""
-    from scipy.optimize import minimize_scalar
-
-    logp = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), EPS, 1.0))
-    labels = np.asarray(labels)
-
-    def nll(log_t: float) -> float:
-        q = softmax(logp / np.exp(log_t))
-        return float(-np.mean(np.log(np.clip(q[np.arange(len(labels)), labels], 1e-12, 1.0))))
-
-    return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded").x))
-
-
 OFFSET_GRID = tuple(np.round(np.linspace(-2.0, 2.0, 21), 2))  # the per-class shifts of the log-probabilities tried
 
 
@@ -159,7 +152,7 @@ def fit_offsets(probabilities: np.ndarray, labels: np.ndarray, n_classes: int,
 def fit_decision_rule(probabilities: np.ndarray, labels: np.ndarray, n_classes: int,
                       offsets: bool = True) -> DecisionRule:
     """Temperature by likelihood, then (optionally) offsets by macro-F1, both on out-of-fold predictions."""
-    t = fit_temperature(probabilities, labels)
+    t = fit_temperature(np.asarray(labels), np.asarray(probabilities, dtype=np.float64))
     tempered = DecisionRule(t).apply(probabilities)
     return DecisionRule(t, fit_offsets(tempered, labels, n_classes) if offsets else [0.0] * n_classes)
 
@@ -170,3 +163,137 @@ def in_context(slice_probabilities: np.ndarray, series: np.ndarray | list[str], 
     in this data is its series' label, so that is what a slice is judged by when its series is known)."""
     index = {s: i for i, s in enumerate(order)}
     return np.asarray(series_probabilities)[[index[s] for s in np.asarray(series, dtype=str)]]
+
+
+LEARNED = "learned"  # the series pooling that is the series head
+
+
+@dataclass(frozen=True)
+class StudyModel:
+    """Slice probabilities of one series -> its verdict probabilities and conformal set, as fitted by evaluate.
+
+    `pooling` is a fixed pooling (components.common.pooling) or "learned" (the series head); the rule and the
+    conformal calibration are optional (None: the pooled probabilities and no set, as before issue 33/34).
+    """
+
+    pooling: str = "mean"
+    series_head: SeriesHead | None = None
+    rule: DecisionRule | None = None
+    conformal: ConformalCalibration | None = None
+    certified: dict = field(default_factory=dict)   # the grouped-CV figures of the sets (a summary, for people)
+
+    def series_probabilities(self, slice_probabilities: np.ndarray) -> np.ndarray:
+        """(slices, K) of one series -> (K,) its calibrated verdict probabilities."""
+        from components.common.pooling import pool
+
+        if self.pooling == LEARNED:
+            if self.series_head is None:
+                raise ValueError("series pooling 'learned' needs a fitted series head")
+            pooled = self.series_head.probabilities(series_statistics(slice_probabilities)[None])[0]
+        else:
+            pooled = pool(slice_probabilities, self.pooling)
+        return self.rule.apply(pooled[None])[0] if self.rule is not None else pooled
+
+    def prediction_set(self, series_probabilities: np.ndarray) -> np.ndarray:
+        """(K,) -> boolean (K,): the classes the conformal set holds (the argmax alone without a calibration)."""
+        from components.common.conformal import prediction_sets
+
+        p = np.asarray(series_probabilities, dtype=np.float64)
+        if self.conformal is None:
+            return np.arange(len(p)) == p.argmax()
+        return prediction_sets(p[None], self.conformal)[0]
+
+    def to_dict(self) -> dict:
+        return {"pooling": self.pooling,
+                "series_head": self.series_head.to_dict() if self.series_head else None,
+                "rule": self.rule.to_dict() if self.rule else None,
+                "conformal": self.conformal.to_dict() if self.conformal else None,
+                "certified": self.certified}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StudyModel:
+        from components.common.conformal import ConformalCalibration
+
+        return cls(str(data.get("pooling", "mean")),
+                   SeriesHead.from_dict(data["series_head"]) if data.get("series_head") else None,
+                   DecisionRule.from_dict(data["rule"]) if data.get("rule") else None,
+                   ConformalCalibration.from_dict(data["conformal"]) if data.get("conformal") else None,
+                   dict(data.get("certified") or {}))
+
+
+@dataclass(frozen=True)
+class StudyFitSettings:
+    """What evaluate fits (from params: evaluate.series_pooling, evaluate.decision_rule, predict.conformal_*)."""
+
+    pooling: str = "mean"
+    rule: bool = False
+    coverage: float | None = None          # None: no conformal sets
+    conformal_method: str = "aps"
+    mondrian: bool = False
+    series_c: float = 1.0
+
+
+def series_folds(series: np.ndarray, folds: np.ndarray, order: list[str]) -> np.ndarray:
+    """Each series' fold (the fold of its first slice; a grouped CV keeps a series in one fold)."""
+    first = {}
+    for s, f in zip(np.asarray(series, dtype=str).tolist(), np.asarray(folds).tolist()):
+        first.setdefault(s, f)
+    return np.array([first[s] for s in order])
+
+
+def fit_study_model(probabilities: np.ndarray, labels: np.ndarray, series: np.ndarray, folds: np.ndarray,
+                    classes: list[str], settings: StudyFitSettings) -> tuple[StudyModel, dict]:
+    """Fit the study model on out-of-fold slice probabilities, each part cross-fitted over `folds` so the figures it
+    returns are out-of-fold too: the series head, then the rule on the head's out-of-fold output, then the conformal
+    sets certified on the rule's out-of-fold output. Returns the model (every part refitted on all series) and the
+    figures: {series_probabilities, labels, order, folds} of the cross-fitted verdicts and the certificate."""
+    from components.common.conformal import certify, fit_conformal
+    from components.common.pooling import pool_by_series
+
+    n = len(classes)
+    order, stats, truth = by_series(probabilities, series, labels)
+    fold_of = series_folds(series, folds, order)
+    head = None
+    if settings.pooling == LEARNED:
+        pooled = _cross_fitted(fold_of, lambda train: SeriesHead.fit(stats[train], truth[train], n, settings.series_c),
+                               lambda model, rows: model.probabilities(stats[rows]), n)
+        head = SeriesHead.fit(stats, truth, n, settings.series_c)
+    else:
+        pooled = pool_by_series(probabilities, series, settings.pooling)[1]
+    rule = None
+    if settings.rule:
+        pooled_before = pooled
+        pooled = _cross_fitted(fold_of, lambda train: fit_decision_rule(pooled_before[train], truth[train], n),
+                               lambda model, rows: model.apply(pooled_before[rows]), n)
+        rule = fit_decision_rule(pooled_before, truth, n)
+    conformal, certificate = None, {}
+    if settings.coverage is not None:
+        certificate = certify(pooled, truth, fold_of, classes, settings.coverage, settings.conformal_method,
+                              settings.mondrian)
+        conformal = fit_conformal(pooled, truth, settings.coverage, settings.conformal_method, settings.mondrian)
+    model = StudyModel(settings.pooling, head, rule, conformal, _certified_summary(certificate))
+    return model, {"series_probabilities": pooled, "labels": truth, "order": order, "folds": fold_of,
+                   "certificate": certificate}
+
+
+def _cross_fitted(fold_of: np.ndarray, fit, apply, n_classes: int) -> np.ndarray:
+    """Each fold's rows predicted by a model fitted on the other folds' rows."""
+    out = np.zeros((len(fold_of), n_classes))
+    for fold in np.unique(fold_of):
+        held = fold_of == fold
+        out[held] = apply(fit(~held), held)
+    return out
+
+
+def _certified_summary(certificate: dict) -> dict:
+    """The certificate's fold means and intervals, rounded: what travels with the model (registry tag, Bento)."""
+    if not certificate:
+        return {}
+    summary = {k: {"estimate": _round(v["estimate"]), "low": _round(v["low"]), "high": _round(v["high"])}
+               for k, v in certificate["summary"].items()}
+    return {"coverage_target": certificate["coverage_target"], "method": certificate["method"],
+            "mondrian": certificate["mondrian"], "folds": len(certificate["folds"]), "summary": summary}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)

@@ -5,7 +5,7 @@ class, a threshold per class from the calibration rows' scores, and the set {cla
 The threshold is read off crepes' conformal p-values (Mondrian bins = the true class when class-conditional), so the
 stored number reproduces crepes' decision exactly: it is the ceil((n + 1) * coverage)-th smallest calibration score.
 A set of one class is a decision; a larger set means "not sure: refer". `certify` measures the guarantee by grouped
-cross-validation over the series. Temperature scaling and ECE live in components.report.calibration.
+cross-validation over the series. Temperature scaling and ECE live in components.common.calibration.
 """
 
 from __future__ import annotations
