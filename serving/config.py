@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
 from components.common.pooling import POOLINGS
+from components.common.study_model import LEARNED, StudyModel
 
 PREFIX = "KIDNEY_CT_"
 
@@ -58,10 +60,22 @@ def certified_pooling(metadata: dict, env: dict[str, str] | None = None) -> str:
     """
     env = dict(os.environ if env is None else env)
     pooling = str(metadata.get("series_pooling", "mean"))
-    if pooling not in POOLINGS:
-        raise ValueError(f"the packaged model names series pooling {pooling!r}, not one of {', '.join(POOLINGS)}")
+    if pooling not in (*POOLINGS, LEARNED):
+        raise ValueError(f"the packaged model names series pooling {pooling!r}, not one of {', '.join(POOLINGS)}, "
+                         f"{LEARNED}")
     asked = env.get(PREFIX + "SERIES_POOLING")
     if asked is not None and asked != pooling:
         raise ValueError(f"{PREFIX}SERIES_POOLING={asked!r}, but the model was certified with {pooling!r} study "
                          "verdicts: unset it (the pooling is part of the model's contract)")
     return pooling
+
+
+def packaged_study_model(metadata: dict) -> StudyModel | None:
+    """The study model packaged with the model (series head, decision rule, conformal sets); None for older Bentos."""
+    data = metadata.get("study_model")
+    if not data:
+        return None
+    try:
+        return StudyModel.from_dict(data if isinstance(data, dict) else json.loads(data))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"the packaged model's study model cannot be read ({exc}): re-run the package stage") from None

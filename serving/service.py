@@ -33,7 +33,7 @@ from components.common.imaging import ImageDecodeError, decode_image, looks_like
 from components.common.study import ArchiveError, StudyVerdict, dicom_series_uid, study_verdict, zip_members
 from serving.auth import BearerTokenAuth
 from serving.batching import MicroBatcher, size_buckets
-from serving.config import certified_pooling, load_config
+from serving.config import certified_pooling, load_config, packaged_study_model
 from serving.inputs import RejectedUpload, check_size
 
 MODEL_ENV = "KIDNEY_CT_BENTO_MODEL"  # explicit BentoML model tag, e.g. kidney_ct_classifier:abc123
@@ -68,10 +68,14 @@ class Skipped(BaseModel):
 
 
 class SeriesPrediction(BaseModel):
-    """The study verdict: the pooled slice probabilities, the top slices for it, and what was skipped."""
+    """The study verdict: its probabilities, its conformal set (the classes that hold the truth with the certified
+    coverage; more than one: refer to a radiologist), the top slices for it, and what was skipped."""
 
     label: str
     probabilities: dict[str, float]
+    prediction_set: list[str]  # most probable first; the verdict alone when the model has no conformal calibration
+    refer: bool                # more than one class in the set: not sure, refer to a radiologist
+    coverage: float | None     # the set's certified target coverage (None: no conformal calibration)
     pooling: str
     slices: int
     series_uids: list[str]
@@ -138,6 +142,8 @@ class KidneyCtClassifier:
         self.size = int(meta["image_size"])
         self.window = (float(meta["window_center"]), float(meta["window_width"]))
         self.series_pooling = certified_pooling(meta)
+        self.study = packaged_study_model(meta)
+        self.body_crop = bool(meta.get("body_crop", False))
         self.model_version = str(meta.get("mlflow_version", stored.tag.version))
         self.algorithm = sr_algorithm(meta, self.model_version)
         self.served = {"mlflow_model": str(meta.get("mlflow_model", "")), "mlflow_version": self.model_version,
@@ -160,7 +166,7 @@ class KidneyCtClassifier:
             raise refused(exc) from None
         except ImageDecodeError as exc:
             raise BadInput(f"cannot classify the upload: {exc}. Send one PNG, JPEG or DICOM CT slice.") from None
-        return prepare_for_model(loaded, self.size, *self.window)
+        return prepare_for_model(loaded, self.size, *self.window, self.body_crop)
 
     async def checked_pixels(self, image: Path) -> np.ndarray:
         return await asyncio.to_thread(self.prepare, image)
@@ -208,7 +214,7 @@ class KidneyCtClassifier:
         for name, data in self.unpack(images):
             try:
                 check_size(data, self.config.max_upload_bytes, self.config.max_pixels)
-                pixels.append(prepare_for_model(decode_image(data), self.size, *self.window))
+                pixels.append(prepare_for_model(decode_image(data), self.size, *self.window, self.body_crop))
             except (RejectedUpload, ImageDecodeError) as exc:
                 skipped.append(Skipped(name=name, reason=str(exc)))
                 continue
@@ -232,7 +238,8 @@ class KidneyCtClassifier:
                 raise SrRefused(f"{len(slices) - len(headers)} of the {len(slices)} slices have no DICOM header: a "
                                 "DICOM SR references the DICOM instances it read, so PNG/JPEG slices cannot get one")
             finding = SeriesFinding(verdict.label, verdict.probabilities, verdict.pooling, verdict.slices,
-                                    [str(headers[i].SOPInstanceUID) for i in verdict.top])
+                                    [str(headers[i].SOPInstanceUID) for i in verdict.top],
+                                    verdict.prediction_set if verdict.coverage is not None else [], verdict.coverage)
             report = build_report(headers, finding, self.algorithm, self.config.clinical_use)
         except SrRefused as exc:
             raise BadInput(f"sr=true: no structured report for this series: {exc}") from None
@@ -245,7 +252,7 @@ class KidneyCtClassifier:
         names, pixels, skipped, uids, kept = self.prepare_series(images, keep=sr)
         step = self.config.max_batch_size
         probs = np.concatenate([self.run_model(pixels[i:i + step]) for i in range(0, len(pixels), step)]).astype(float)
-        verdict = study_verdict(probs, self.classes, self.series_pooling, top_k)
+        verdict = study_verdict(probs, self.classes, self.series_pooling, top_k, self.study)
         top, k = verdict.top, self.classes.index(verdict.label)
         heat = gradcam(self.model, pixels[top][..., np.newaxis].astype(np.float32), class_index=k)  # for the verdict
         evidence = [SliceEvidence(name=names[i], index=i, label=self.classes[int(probs[i].argmax())],
@@ -253,7 +260,9 @@ class KidneyCtClassifier:
                                   verdict_probability=float(probs[i, k]), slice_png=png_base64(pixels[i], "L"),
                                   gradcam_png=png_base64(overlay(pixels[i], h), "RGB"))
                     for i, h in zip(top, heat)]
-        return SeriesPrediction(label=verdict.label, probabilities=verdict.probabilities, pooling=verdict.pooling,
+        return SeriesPrediction(label=verdict.label, probabilities=verdict.probabilities,
+                                prediction_set=verdict.prediction_set, refer=verdict.refer, coverage=verdict.coverage,
+                                pooling=verdict.pooling,
                                 slices=verdict.slices, series_uids=uids, top_slices=evidence, skipped=skipped,
                                 model_version=self.model_version,
                                 structured_report=self.structured_report(kept, verdict) if sr else None)

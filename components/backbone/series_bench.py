@@ -148,8 +148,8 @@ def score_fold(truth_slices: np.ndarray, slice_p: np.ndarray, series: np.ndarray
 def run_recipe(recipe: dict, data: dict, folds: list) -> dict:
     """One recipe over every fold: per fold the scores on plain and shifted test series, and its seconds."""
     from components.common.pooling import pool_by_series
-    from components.lib.heads import fit_head, head_probabilities
     from components.common.study_model import SeriesHead, by_series, fit_decision_rule
+    from components.lib.heads import fit_head, head_probabilities
 
     y, groups, series, classes = data["y"], data["groups"], data["series"], data["classes"]
     n = len(classes)

@@ -13,9 +13,11 @@ from typing import Protocol
 
 from components.common.cli import StageError
 from components.common.pooling import POOLINGS
+from components.common.study_model import LEARNED, StudyModel
 
 CHAMPION_ALIAS = "champion"
 REQUIRED_TAGS = ("classes", "image_size", "window_center", "window_width")
+STUDY_MODEL_TAG = "study_model"  # JSON of components.common.study_model.StudyModel (versions before it: none)
 
 
 class VersionLike(Protocol):
@@ -42,6 +44,8 @@ class Champion:
     window_center: float
     window_width: float
     series_pooling: str = "mean"  # the study verdict evaluate certified (tag series_pooling; older versions: mean)
+    body_crop: bool = False  # slices cropped to the body before the model (tag body_crop; older versions: false)
+    study: StudyModel | None = None  # series head, decision rule, conformal sets (tag study_model)
 
     @property
     def model_uri(self) -> str:
@@ -77,7 +81,11 @@ def champion_from_version(model_name: str, found: VersionLike) -> Champion:
     if image_size < 1 or width <= 0:
         raise StageError(f"{where}: image_size and window_width must be positive")
     pooling = tags.get("series_pooling", "mean")
-    if pooling not in POOLINGS:
-        raise StageError(f"{where}: tag 'series_pooling' is {pooling!r}, not one of {', '.join(POOLINGS)}")
+    if pooling not in (*POOLINGS, LEARNED):
+        raise StageError(f"{where}: tag 'series_pooling' is {pooling!r}, not one of {', '.join(POOLINGS)}, {LEARNED}")
+    try:
+        study = StudyModel.from_dict(json.loads(tags[STUDY_MODEL_TAG])) if STUDY_MODEL_TAG in tags else None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StageError(f"{where}: tag '{STUDY_MODEL_TAG}' cannot be read ({exc}); re-run the register stage") from None
     return Champion(model_name, str(found.version), found.run_id or "", tuple(classes), image_size, center, width,
-                    pooling)
+                    pooling, tags.get("body_crop", "false") == "true", study)

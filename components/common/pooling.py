@@ -14,6 +14,12 @@ POOLINGS: tuple[str, ...] = ("mean", "max", "geometric", "vote", "gem")
 GEM_POWER = 3.0  # generalised mean: between the mean (p=1) and the max (p -> infinity)
 
 
+def fixed_pooling(name: str) -> str:
+    """`name` where it is a fixed pooling; "mean" for the learned one (a study model's series head, fitted by
+    evaluate on the out-of-fold predictions: a stage scoring before it exists pools by the mean)."""
+    return name if name in POOLINGS else "mean"
+
+
 def _normalised(p: np.ndarray) -> np.ndarray:
     total = p.sum()
     return p / total if total > 0 else np.full_like(p, 1.0 / len(p))

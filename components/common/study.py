@@ -9,12 +9,13 @@ from __future__ import annotations
 import io
 import posixpath
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from components.common.imaging import looks_like_dicom
-from components.common.pooling import pool, top_slices
+from components.common.pooling import top_slices
+from components.common.study_model import StudyModel
 
 
 def dicom_series_uid(data: bytes) -> str | None:
@@ -60,18 +61,35 @@ def zip_members(data: bytes, max_files: int, max_bytes: int) -> list[tuple[str, 
 
 @dataclass(frozen=True)
 class StudyVerdict:
-    """The pooled verdict of one series and the slices that drove it."""
+    """The verdict of one series, its conformal set and the slices that drove it."""
 
     label: str
     probabilities: dict[str, float]
     pooling: str
     slices: int
     top: list[int]  # indices of the slices with the highest verdict-class probability, highest first
+    prediction_set: list[str] = field(default_factory=list)  # most probable first; [label] without conformal sets
+    coverage: float | None = None  # the set's target coverage (None: no conformal calibration)
+
+    @property
+    def refer(self) -> bool:
+        """More than one class in the set: not sure, refer to a radiologist."""
+        return len(self.prediction_set) > 1
+
+    @property
+    def set_label(self) -> str:
+        return "|".join(self.prediction_set or [self.label])
 
 
-def study_verdict(probabilities: np.ndarray, classes: list[str], pooling: str, top_k: int) -> StudyVerdict:
-    """Pool one series' (slices, classes) probabilities into its verdict."""
-    pooled = pool(probabilities, pooling)
+def study_verdict(probabilities: np.ndarray, classes: list[str], pooling: str, top_k: int,
+                  study: StudyModel | None = None) -> StudyVerdict:
+    """One series' (slices, classes) probabilities -> its verdict: pooled as `pooling` says, or through the
+    champion's study model (series head, decision rule, conformal set) where it has one."""
+    model = study or StudyModel(pooling)
+    pooled = model.series_probabilities(probabilities)
     verdict = int(pooled.argmax())
-    return StudyVerdict(classes[verdict], {c: float(p) for c, p in zip(classes, pooled)}, pooling,
-                        len(probabilities), top_slices(probabilities, verdict, top_k))
+    members = model.prediction_set(pooled)
+    ranked = [classes[k] for k in np.argsort(-pooled, kind="stable") if members[k]]
+    return StudyVerdict(classes[verdict], {c: float(p) for c, p in zip(classes, pooled)}, model.pooling,
+                        len(probabilities), top_slices(probabilities, verdict, top_k), ranked,
+                        model.conformal.coverage if model.conformal is not None else None)

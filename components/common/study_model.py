@@ -188,7 +188,8 @@ class StudyModel:
 
         if self.pooling == LEARNED:
             if self.series_head is None:
-                raise ValueError("series pooling 'learned' needs a fitted series head")
+                raise ValueError("series pooling 'learned' needs a fitted series head: run the evaluate stage (it writes "
+                                 "<evaluation>/study/<candidate>.json) or score a registered model")
             pooled = self.series_head.probabilities(series_statistics(slice_probabilities)[None])[0]
         else:
             pooled = pool(slice_probabilities, self.pooling)

@@ -12,6 +12,7 @@ from components.common.cli import StageError, log, read_json, run_stage, stage_p
 from components.common.params import Params
 from components.common.plots import save_confusion_matrix, save_training_curves
 from components.common.pooling import series_ids
+from components.common.study_model import StudyModel
 from components.common.tracking import configure_mlflow
 from components.evaluate.comparison import (
     COLUMNS,
@@ -28,8 +29,9 @@ from components.evaluate.core import (
     metrics_entry,
     pick_winner,
     protocol_entry,
-    series_scores,
+    verdict_scores,
 )
+from components.evaluate.study import StudyFitError, fit_for_candidate, settings_from, study_figures
 from components.lib.metrics import classification_metrics
 from components.lib.predictions import (
     CV_PREDICTIONS,
@@ -57,7 +59,7 @@ def split_predictions(table, y: np.ndarray, probabilities: np.ndarray) -> SplitP
     return SplitPredictions(y, probabilities, groups, series, table["key"].tolist())
 
 
-def cv_certification(name: str, params: Params) -> tuple[SplitPredictions, dict]:
+def cv_certification(name: str, params: Params) -> tuple[SplitPredictions, dict, np.ndarray]:
     """The out-of-fold predictions of the leakage stage's grouped CV of `name`'s recipe, and that CV's summary.
 
     cv_refit's deployed model has seen every labelled series, so its figures are those of the same recipe
@@ -73,10 +75,29 @@ def cv_certification(name: str, params: Params) -> tuple[SplitPredictions, dict]
     if cv.get("recipe") != recipe_fingerprint(params, name):
         raise StageError(f"{folder / 'leakage.json'} scored another recipe than {name!r} has now: re-run the "
                          "leakage stage so the certificate matches the model")
+    frame = load_probabilities(folder, CV_PREDICTIONS)
     try:
-        return read_split(load_probabilities(folder, CV_PREDICTIONS), name, CV_SPLIT, params.classes), cv
+        predictions = read_split(frame, name, CV_SPLIT, params.classes)
     except KeyError as exc:
         raise StageError(f"{folder / CV_PREDICTIONS}: {exc.args[0]}") from None
+    rows = frame[(frame["candidate"] == name) & (frame["split"] == CV_SPLIT)].sort_values("index")
+    return predictions, cv, rows["fold"].to_numpy()
+
+
+def study_model_for(name: str, params: Params, test: SplitPredictions, val: SplitPredictions,
+                    cv_folds: np.ndarray | None) -> tuple[StudyModel, tuple, dict]:
+    """The candidate's study model (components.evaluate.study), the series verdicts evaluate scores, the study
+    block of metrics.json; written to <evaluation>/study/<name>.json for register."""
+    holdout = cv_folds is None
+    fit_on = val if holdout else test
+    try:
+        model, figures = fit_for_candidate(fit_on, cv_folds, params.classes, settings_from(params))
+    except StudyFitError as exc:
+        raise StageError(f"{name}: {exc}") from None
+    verdicts, block = study_figures(model, figures, fit_on, test, params.classes, holdout)
+    block["fitted_on"] = "validation split" if holdout else "out-of-fold predictions of the grouped CV"
+    write_json(Path(params.paths.evaluation) / "study" / f"{name}.json", model.to_dict())
+    return model, verdicts, block
 
 
 def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np.ndarray, tables: dict,
@@ -95,18 +116,20 @@ def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np
     run_info = read_json(folder / "run.json")
     model = keras.saving.load_model(folder / "model.keras")
     predict = lambda x: np.asarray(model.predict(np.asarray(x, "float32"), batch_size=64, verbose=0))  # noqa: E731
-    cv = None
+    cv = cv_folds = None
     if params.evaluate.protocol == "cv_refit":
-        test, cv = cv_certification(name, params)
+        test, cv, cv_folds = cv_certification(name, params)
     else:
         test = split_predictions(tables["test"], y_test, predict(x_test))
     val = split_predictions(tables["val"], y_val, predict(x_val) if len(y_val) else np.zeros((0, len(params.classes))))
+    study, verdicts, study_block = study_model_for(name, params, test, val, cv_folds)
     metrics = classification_metrics(test.labels, test.probabilities, params.classes)
     slice_cis = bootstrap_cis(test.labels, test.probabilities.argmax(axis=1), test.groups, params.classes,
                               params.report.bootstrap_resamples)
     metrics |= ci_keys(slice_cis) | protocol_entry(cv)
-    metrics["series"], series_cis = series_scores(test.labels, test.probabilities, test.series, params.classes,
-                                                  params.evaluate.series_pooling, params.report.bootstrap_resamples)
+    metrics["series"], series_cis = verdict_scores(*verdicts, params.classes, study.pooling,
+                                                   params.report.bootstrap_resamples)
+    metrics["study"] = study_block
     latency = inference_ms_per_image(model.predict_on_batch, x_test)
     passed, reasons = gate_verdict(metrics, params.evaluate)
     plots = Path(params.paths.evaluation) / "plots"

@@ -8,7 +8,7 @@ import numpy as np
 from components.common.bootstrap import group_bootstrap
 from components.common.params import EvaluateParams
 from components.common.pooling import pool_by_series, series_labels
-from components.lib.metrics import metric_functions, series_metrics
+from components.lib.metrics import metric_functions, verdict_metrics
 
 GATED_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
 
@@ -30,9 +30,16 @@ def ci_keys(cis: dict) -> dict:
 def series_scores(y_test: np.ndarray, probabilities: np.ndarray, series: list[str], classes: list[str],
                   pooling: str, resamples: int) -> tuple[dict, dict]:
     """Study-level metrics (with CIs, bootstrap over series, slices pooled as `pooling` says) and their full CIs."""
-    scores = series_metrics(y_test, probabilities, series, classes, pooling)
     order, pooled = pool_by_series(probabilities, series, pooling)
-    cis = bootstrap_cis(series_labels(y_test, series, order), pooled.argmax(axis=1), order, classes, resamples)
+    return verdict_scores(order, pooled, series_labels(y_test, series, order), classes, pooling, resamples)
+
+
+def verdict_scores(order: list[str], pooled: np.ndarray, truth: np.ndarray, classes: list[str], pooling: str,
+                   resamples: int) -> tuple[dict, dict]:
+    """Study-level metrics of given series verdicts ((series, K) probabilities against `truth`), with bootstrap CIs
+    over series, and their full CIs."""
+    scores = verdict_metrics(truth, pooled, classes, pooling)
+    cis = bootstrap_cis(truth, pooled.argmax(axis=1), order, classes, resamples)
     recall_ci = {c: [round(cis[f"recall_{c}"]["low"], 4), round(cis[f"recall_{c}"]["high"], 4)] for c in classes}
     scores |= ci_keys(cis) | {"recall_ci": recall_ci}
     return scores, cis

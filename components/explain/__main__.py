@@ -26,7 +26,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     champion = resolve_champion(mlflow_alias_lookup(uri), params.register.model_name)
     try:
         pixels = prepare_for_model(decode_image(image.read_bytes()), champion.image_size, champion.window_center,
-                                   champion.window_width)
+                                   champion.window_width, champion.body_crop)
     except ImageDecodeError as exc:
         raise StageError(f"cannot read {image}: {exc}") from None
     model = load_registered_keras(champion.model_uri)

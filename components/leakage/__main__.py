@@ -12,6 +12,7 @@ import pandas as pd
 
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
+from components.common.pooling import fixed_pooling
 from components.common.tracking import configure_mlflow
 from components.common.tta import plain_and_tta
 from components.leakage.core import (
@@ -172,7 +173,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
         split = random_image_split(y, params.preprocess.test_fraction, params.preprocess.val_fraction, settings.seed)
         log.info("training %s on a RANDOM image-level split (leaky on purpose: %d groups on both sides)", name,
                  len(groups_overlap(split, groups)))
-        report["random_split"] = score_split(fit, split, y, params.classes, series, params.evaluate.series_pooling)
+        report["random_split"] = score_split(fit, split, y, params.classes, series,
+                                                 fixed_pooling(params.evaluate.series_pooling))
         report["random_split"]["groups_shared_with_test"] = len(set(groups[split.test]) & set(groups[split.train]))
     if settings.cv_folds >= 2:
         folds = []
@@ -184,7 +186,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
         for k, split in enumerate(splits, start=1):
             log.info("grouped fold %d/%d: %d train, %d val, %d test images", k, len(splits), len(split.train),
                      len(split.val), len(split.test))
-            folds.append(score_split(recording, split, y, params.classes, series, params.evaluate.series_pooling))
+            folds.append(score_split(recording, split, y, params.classes, series,
+                                     fixed_pooling(params.evaluate.series_pooling)))
             extra = "".join(f"; {variant_label(n, tta, ensemble)}: macro-F1 {v['macro_f1']:.3f}"
                             for n, v in folds[-1].get("variants", {}).items())
             log.info("fold %d: macro-F1 %.3f, accuracy %.3f, series macro-F1 %.3f (%d series)%s", k,

@@ -40,7 +40,11 @@ def series_metrics(y_true: np.ndarray, probabilities: np.ndarray, series: list[s
                    pooling: str = "mean") -> dict:
     """Study-level scores: each series' pooled probabilities against its slices' majority label."""
     order, pooled = pool_by_series(probabilities, series, pooling)
-    truth = series_labels(y_true, series, order)
+    return verdict_metrics(series_labels(y_true, series, order), pooled, classes, pooling)
+
+
+def verdict_metrics(truth: np.ndarray, pooled: np.ndarray, classes: list[str], pooling: str) -> dict:
+    """Study-level scores of given series verdicts: (series, K) probabilities against each series' label."""
     labels = list(range(len(classes)))
     y_pred = pooled.argmax(axis=1)
     precision, recall, f1, support = precision_recall_fscore_support(truth, y_pred, labels=labels, zero_division=0)
@@ -48,7 +52,7 @@ def series_metrics(y_true: np.ndarray, probabilities: np.ndarray, series: list[s
         "pooling": pooling,
         "accuracy": float(accuracy_score(truth, y_pred)),
         "macro_f1": float(f1.mean()),
-        "series": int(len(order)),
+        "series": int(len(pooled)),
         "per_class": {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
                       for c, p, r, f, s in zip(classes, precision, recall, f1, support)},
         "confusion_matrix": confusion_matrix(truth, y_pred, labels=labels).tolist(),

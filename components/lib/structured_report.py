@@ -55,6 +55,13 @@ class SeriesFinding:
     pooling: str
     slices: int
     top: Sequence[str]
+    prediction_set: Sequence[str] = ()   # the conformal set, most probable first (empty: no calibration)
+    coverage: float | None = None        # its certified target coverage
+
+    @property
+    def refer(self) -> bool:
+        """More than one class in the set: not sure, refer to a radiologist."""
+        return len(self.prediction_set) > 1
 
 
 def check_headers(headers: Sequence) -> None:
@@ -88,6 +95,7 @@ def content_digest(headers: Sequence, finding: SeriesFinding, algorithm: Algorit
              "instances": sorted(str(ds.SOPInstanceUID) for ds in headers), "label": finding.label,
              "probabilities": {c: round(float(p), 6) for c, p in finding.probabilities.items()},
              "pooling": finding.pooling, "slices": finding.slices, "top": list(finding.top), "model": algorithm.name,
+             "set": list(finding.prediction_set), "coverage": finding.coverage,
              "version": algorithm.version, "parameters": dict(algorithm.parameters), "clinical_use": clinical_use}
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
@@ -121,8 +129,34 @@ def measurement_group(by_uid: Mapping, finding: SeriesFinding, algorithm: Algori
                                                    parameters=algorithm_parameters(algorithm, finding)),
         measurements=probabilities,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(Code("121071", "DCM", "Finding"),
-                                                              class_code(finding.label))],
+                                                              class_code(finding.label)), *set_evaluations(finding)],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(by_uid[uid]) for uid in finding.top])
+
+
+YES, NO = ("373066001", "SCT", "Yes"), ("373067005", "SCT", "No")
+
+
+def set_evaluations(finding: SeriesFinding) -> list:
+    """The conformal set as coded findings: one "Prediction set member" per class in it, and the refer flag (Yes
+    when the set holds more than one class). Nothing without a conformal calibration."""
+    import highdicom as hd
+    from pydicom.sr.coding import Code
+
+    if not finding.prediction_set:
+        return []
+    members = [hd.sr.QualitativeEvaluation(local_code("SET", "Prediction set member"), class_code(label))
+               for label in finding.prediction_set]
+    flag = Code(*(YES if finding.refer else NO))
+    return [*members, hd.sr.QualitativeEvaluation(local_code("REFER", "Refer to radiologist"), flag)]
+
+
+def set_statement(finding: SeriesFinding) -> str:
+    """The set as one sentence a reader understands."""
+    text = " or ".join(finding.prediction_set)
+    coverage = f"{finding.coverage:.0%}" if finding.coverage is not None else "the certified"
+    if finding.refer:
+        return f"Not sure: the truth is one of {text} with {coverage} probability. Refer to a radiologist."
+    return f"{text} alone holds the truth with {coverage} probability (certified on unseen patients)."
 
 
 def statements(finding: SeriesFinding, algorithm: Algorithm, clinical_use: bool):
@@ -133,6 +167,8 @@ def statements(finding: SeriesFinding, algorithm: Algorithm, clinical_use: bool)
     texts = [("NOTICE", "Decision support notice", CLINICAL_NOTICE if clinical_use else SHADOW_NOTICE),
              ("POOLING", "Series pooling", f"{finding.pooling} of {finding.slices} slice probabilities"),
              ("MODEL", "Model", f"{algorithm.name} version {algorithm.version}")]
+    if finding.prediction_set:
+        texts.insert(1, ("SETTEXT", "Prediction set", set_statement(finding)))
     container = hd.sr.ContainerContentItem(name=Code("C0034375", "UMLS", "Qualitative Evaluations"),
                                            relationship_type="CONTAINS")
     container.ContentSequence = hd.sr.ContentSequence([
@@ -165,10 +201,26 @@ def build_report(headers: Sequence, finding: SeriesFinding, algorithm: Algorithm
         imaging_measurements=[measurement_group(by_uid, finding, algorithm, generate_uid(entropy_srcs=[sop_uid]))])
     root = report[0]
     root.ContentSequence.append(statements(finding, algorithm, clinical_use))
-    return hd.sr.ComprehensiveSR(
+    sr = hd.sr.ComprehensiveSR(
         evidence=list(headers), content=root, series_instance_uid=series_uid, series_number=SR_SERIES_NUMBER,
         sop_instance_uid=sop_uid, instance_number=1, manufacturer=MANUFACTURER, is_complete=True,
         series_description=CLINICAL_DESCRIPTION if clinical_use else SHADOW_DESCRIPTION)
+    declare_local_scheme(sr)
+    return sr
+
+
+def declare_local_scheme(sr) -> None:
+    """Name the private coding scheme in the Coding Scheme Identification Sequence (PS3.3 C.12.1.1.4), so a DICOM
+    validator knows where the 99KIDCT codes come from."""
+    from pydicom.dataset import Dataset
+
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = LOCAL_SCHEME
+    scheme.CodingSchemeName = "kidney-ct pipeline local codes"
+    scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
+    existing = [item for item in sr.get("CodingSchemeIdentificationSequence", [])
+                if item.get("CodingSchemeDesignator") != LOCAL_SCHEME]
+    sr.CodingSchemeIdentificationSequence = [*existing, scheme]
 
 
 def report_bytes(report) -> bytes:
@@ -189,8 +241,12 @@ def series_finding(series_row: Mapping, slice_rows: Sequence[Mapping], classes: 
     members = [row for row in slice_rows if row["series"] == series_row["series"]]
     label = str(series_row["verdict"])
     order = top_slices(np.array([[float(row[f"p_{label}"])] for row in members]), 0, k)
+    members_of_set = [c for c in str(series_row.get("set") or "").split("|") if c]
+    coverage = series_row.get("coverage")
     return SeriesFinding(label, {c: float(series_row[f"p_{c}"]) for c in classes}, str(series_row["pooling"]),
-                         int(series_row["slices"]), [sop_of[members[i]["file"]] for i in order])
+                         int(series_row["slices"]), [sop_of[members[i]["file"]] for i in order],
+                         members_of_set if coverage is not None else [],
+                         None if coverage is None else float(coverage))
 
 
 def export_reports(slice_rows: Sequence[Mapping], series_rows: Sequence[Mapping], headers: Mapping[str, object],

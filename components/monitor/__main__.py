@@ -200,7 +200,8 @@ def describe(rows: pd.DataFrame, read, models, champion: Champion, params: Param
             continue
         record |= image_summary(image, champion.window_center, champion.window_width) | dicom_header(data)
         records.append(record)
-        inputs.append(prepare_for_model(image, champion.image_size, champion.window_center, champion.window_width))
+        inputs.append(prepare_for_model(image, champion.image_size, champion.window_center, champion.window_width,
+                                        champion.body_crop))
     frame = pd.DataFrame(records)
     readable = ~frame["unreadable"]
     probabilities, embeddings = predict(models, inputs)

@@ -5,6 +5,7 @@ Everything here works on plain in-memory objects (fakes in tests); the CLI adapt
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -63,7 +64,8 @@ def bento_model_metadata(champion: Champion) -> dict[str, Any]:
     """What the service reads back at start-up: the preprocessing contract and provenance."""
     return {"model_file": MODEL_FILE, "classes": list(champion.classes), "image_size": champion.image_size,
             "window_center": champion.window_center, "window_width": champion.window_width,
-            "series_pooling": champion.series_pooling,
+            "series_pooling": champion.series_pooling, "body_crop": champion.body_crop,
+            "study_model": json.dumps(champion.study.to_dict()) if champion.study else "",  # BentoML: no None
             "mlflow_model": champion.model_name, "mlflow_version": champion.version,
             "mlflow_run_id": champion.run_id}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import zipfile
@@ -17,6 +18,7 @@ from components.common.cli import StageError, log, write_json
 from components.common.console import quiet_runtime
 from components.common.params import Params, ParamsError, load_params
 from components.common.pooling import POOLINGS
+from components.common.study_model import StudyModel
 from components.lib.structured_report import Algorithm, export_reports
 from components.predict.core import Contract, Predict, score_export
 from components.predict.sr_io import pacs_url, read_headers, store_reports, write_reports
@@ -24,11 +26,14 @@ from components.predict.sr_io import pacs_url, read_headers, store_reports, writ
 DESCRIPTION = """Score every slice of an export with a trained model, in shadow mode (nothing is sent anywhere,
 the source is only read). SOURCE is a folder (searched recursively) or a .zip of PNG, JPEG or DICOM slices.
 Slices are grouped into series by their DICOM SeriesInstanceUID, else by the folder they lie in, and each
-series gets a verdict: its slices' probabilities pooled as evaluate.series_pooling says. Preprocessing is the
-service's (components.common.imaging.prepare_for_model). Files that cannot be read are listed with a reason.
+series gets a verdict through the model's study model (evaluate fitted it: the pooling or series head, the
+decision rule) and its conformal set: the classes that hold the truth with the certified probability (e.g.
+`Tumor|Normal`; more than one class = refer to a radiologist). Preprocessing is the service's
+(components.common.imaging.prepare_for_model). Files that cannot be read are listed with a reason.
 
-Writes: OUT (one row per slice: probabilities, predicted class, series verdict), OUT's stem + .series.csv
-(one row per series), .quarantine.csv (file, reason) and .summary.json (counts).
+Writes: OUT (one row per slice: probabilities, predicted class, its series' verdict and set), OUT's stem +
+.series.csv (one row per series: verdict, set, refer, coverage), .quarantine.csv (file, reason) and
+.summary.json (counts).
 
 With --sr DIR, each DICOM series' verdict also becomes a DICOM Structured Report (TID 1500) in DIR, and with
 --store-to-pacs it is stored back (STOW-RS) to the PACS the export came from, filed with the study it read. The
@@ -89,6 +94,7 @@ class Loaded(NamedTuple):
     certified: str | None  # the series pooling a registry version was certified with (None for a file)
     name: str  # registered model name (a file: its folder or stem)
     version: str  # registry version ("unregistered" for a file or a run URI)
+    study: StudyModel | None = None  # the registry version's study model: series head, rule, conformal sets
 
 
 def keras_predict(model) -> Predict:
@@ -97,7 +103,7 @@ def keras_predict(model) -> Predict:
 
 def contract_from_params(params: Params) -> Contract:
     pre = params.preprocess
-    return Contract(list(params.classes), pre.image_size, pre.window_center, pre.window_width)
+    return Contract(list(params.classes), pre.image_size, pre.window_center, pre.window_width, pre.body_crop)
 
 
 def load_local(path: Path, params: Params):
@@ -112,12 +118,15 @@ def load_local(path: Path, params: Params):
     except Exception as exc:  # keras raises many types for a broken file
         raise StageError(f"cannot load {file} as a Keras model: {exc}") from None
     name = file.parent.name if file.name == "model.keras" else file.stem
-    return Loaded(model, contract_from_params(params), str(file), None, name, "unregistered")
+    study_file = Path(params.paths.evaluation) / "study" / f"{name}.json"  # evaluate's fit for this candidate
+    study = StudyModel.from_dict(json.loads(study_file.read_text())) if study_file.is_file() else None
+    return Loaded(model, contract_from_params(params), str(file), None, name, "unregistered", study)
 
 
 def champion_contract(champion) -> Contract:
     """The preprocessing a registry version was tagged with, as the predict core's contract."""
-    return Contract(list(champion.classes), champion.image_size, champion.window_center, champion.window_width)
+    return Contract(list(champion.classes), champion.image_size, champion.window_center, champion.window_width,
+                    champion.body_crop)
 
 
 def load_registered(uri: str | None, params: Params):
@@ -132,8 +141,8 @@ def load_registered(uri: str | None, params: Params):
         champion = resolve_champion(mlflow_alias_lookup(registry), name)
         contract = champion_contract(champion)
         return Loaded(load_registered_keras(champion.model_uri), contract, champion.model_uri, champion.series_pooling,
-                      champion.model_name, champion.version)
-    contract, certified, name, version = contract_from_params(params), None, uri, "unregistered"
+                      champion.model_name, champion.version, champion.study)
+    contract, certified, name, version, study = contract_from_params(params), None, uri, "unregistered", None
     if uri.startswith("models:/"):
         from mlflow import MlflowClient
 
@@ -148,8 +157,8 @@ def load_registered(uri: str | None, params: Params):
             raise StageError(f"cannot find {uri} in the registry at {registry}: {exc}") from None
         champion: Champion = champion_from_version(model, found)
         contract, certified = champion_contract(champion), champion.series_pooling
-        name, version = champion.model_name, champion.version
-    return Loaded(load_registered_keras(uri), contract, uri, certified, name, version)
+        name, version, study = champion.model_name, champion.version, champion.study
+    return Loaded(load_registered_keras(uri), contract, uri, certified, name, version, study)
 
 
 def load_model(spec: str | None, params: Params) -> Loaded:
@@ -200,10 +209,10 @@ def check_args(args: argparse.Namespace, params: Params, source: Path, out: Path
 def write_tables(scored, classes: list[str], paths: dict[str, Path]) -> None:
     paths["slices"].parent.mkdir(parents=True, exist_ok=True)
     probs = [f"p_{c}" for c in classes]
-    pd.DataFrame(scored.slices, columns=["file", "series", "predicted", "confidence", *probs, "series_verdict"]
-                 ).to_csv(paths["slices"], index=False)
-    pd.DataFrame(scored.series, columns=["series", "slices", "verdict", "pooling", *probs, "top_slice"]
-                 ).to_csv(paths["series"], index=False)
+    pd.DataFrame(scored.slices, columns=["file", "series", "predicted", "confidence", *probs, "series_verdict",
+                                         "series_set"]).to_csv(paths["slices"], index=False)
+    pd.DataFrame(scored.series, columns=["series", "slices", "verdict", "set", "refer", "coverage", "pooling", *probs,
+                                         "top_slice"]).to_csv(paths["series"], index=False)
     pd.DataFrame(scored.quarantine, columns=["file", "reason"]).to_csv(paths["quarantine"], index=False)
 
 
@@ -234,7 +243,7 @@ def run(args: argparse.Namespace) -> dict:
     pooling = series_pooling(args.pooling, loaded.certified, params)
     try:
         scored = score_export(items, keras_predict(loaded.model), loaded.contract, pooling, total=len(items),
-                              batch_size=args.batch_size, progress=not args.no_progress)
+                              batch_size=args.batch_size, progress=not args.no_progress, study=loaded.study)
         headers = read_headers(items, {row["file"] for row in scored.slices}) if args.sr else {}
     except ValueError as exc:
         raise StageError(str(exc)) from None

@@ -14,6 +14,7 @@ import numpy as np
 from components.common import console
 from components.common.imaging import ImageDecodeError, decode_image, prepare_for_model
 from components.common.study import series_key, study_verdict
+from components.common.study_model import StudyModel
 
 Predict = Callable[[np.ndarray], np.ndarray]  # (N, size, size, 1) float32 -> (N, classes) probabilities
 
@@ -26,6 +27,7 @@ class Contract:
     image_size: int
     window_center: float
     window_width: float
+    body_crop: bool = False
 
 
 @dataclass
@@ -41,7 +43,8 @@ class Scored:
 def read_slice(name: str, read: Callable[[], bytes], contract: Contract) -> tuple[np.ndarray, str]:
     """(size, size) uint8 model input and series key of one file; ImageDecodeError/OSError when unusable."""
     data = read()
-    pixels = prepare_for_model(decode_image(data), contract.image_size, contract.window_center, contract.window_width)
+    pixels = prepare_for_model(decode_image(data), contract.image_size, contract.window_center, contract.window_width,
+                               contract.body_crop)
     return pixels, series_key(name, data)
 
 
@@ -77,35 +80,42 @@ def predict_batches(predict: Predict, pixels: np.ndarray, n_classes: int, batch_
 
 
 def tabulate(names: list[str], series: list[str], probs: np.ndarray, contract: Contract,
-             pooling: str) -> tuple[list[dict], list[dict]]:
-    """Slice rows (probabilities, predicted class, series verdict) and one row per series (its verdict)."""
+             pooling: str, study: StudyModel | None = None) -> tuple[list[dict], list[dict]]:
+    """Slice rows (probabilities, predicted class, the series' verdict and set) and one row per series: its verdict,
+    its conformal set (e.g. `Tumor|Normal`, most probable first) and whether to refer it to a radiologist."""
     classes = contract.classes
     series_rows, verdict_of = [], {}
     keys = np.array(series, dtype=object)
     for key in sorted(set(series)):
         members = np.flatnonzero(keys == key)
-        verdict = study_verdict(probs[members], classes, pooling, top_k=1)
-        verdict_of[key] = verdict.label
+        verdict = study_verdict(probs[members], classes, pooling, top_k=1, study=study)
+        verdict_of[key] = verdict
         series_rows.append({"series": key, "slices": int(len(members)), "verdict": verdict.label,
-                            "pooling": pooling, **{f"p_{c}": round(p, 6) for c, p in verdict.probabilities.items()},
+                            "set": verdict.set_label, "refer": verdict.refer, "coverage": verdict.coverage,
+                            "pooling": verdict.pooling,
+                            **{f"p_{c}": round(p, 6) for c, p in verdict.probabilities.items()},
                             "top_slice": names[members[verdict.top[0]]]})
     slice_rows = [{"file": n, "series": s, "predicted": classes[int(p.argmax())],
                    "confidence": round(float(p.max()), 6),
-                   **{f"p_{c}": round(float(v), 6) for c, v in zip(classes, p)}, "series_verdict": verdict_of[s]}
+                   **{f"p_{c}": round(float(v), 6) for c, v in zip(classes, p)},
+                   "series_verdict": verdict_of[s].label, "series_set": verdict_of[s].set_label}
                   for n, s, p in zip(names, series, probs)]
     return slice_rows, series_rows
 
 
 def score_export(items: Iterable[tuple[str, Callable[[], bytes]]], predict: Predict, contract: Contract,
                  pooling: str = "mean", total: int | None = None, batch_size: int = 64,
-                 progress: bool = True) -> Scored:
-    """Score every file: readable slices get probabilities and a series verdict, the rest a quarantine reason."""
+                 progress: bool = True, study: StudyModel | None = None) -> Scored:
+    """Score every file: readable slices get probabilities and a series verdict (and set), the rest a quarantine
+    reason."""
     names, series, pixels, quarantine = decode_files(items, contract, total, progress)
     probs = predict_batches(predict, pixels, len(contract.classes), batch_size)
-    slice_rows, series_rows = tabulate(names, series, probs, contract, pooling)
+    slice_rows, series_rows = tabulate(names, series, probs, contract, pooling, study)
     summary = {"files_seen": len(names) + len(quarantine), "slices_scored": len(names),
-               "quarantined": len(quarantine), "series": len(series_rows), "pooling": pooling,
+               "quarantined": len(quarantine), "series": len(series_rows),
+               "pooling": series_rows[0]["pooling"] if series_rows else pooling,
                "slices_per_class": dict(Counter(r["predicted"] for r in slice_rows)),
                "series_per_verdict": dict(Counter(r["verdict"] for r in series_rows)),
+               "series_referred": sum(bool(r["refer"]) for r in series_rows),
                "quarantine_reasons": dict(Counter(q["reason"] for q in quarantine))}
     return Scored(slice_rows, series_rows, quarantine, summary)

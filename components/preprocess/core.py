@@ -42,7 +42,7 @@ def decode_all(rows: list[ImageRow], get_bytes: Callable[[str], bytes], params: 
     thumbs = np.empty((len(rows), thumb, thumb), dtype=np.float32)
     for i, row in enumerate(console.progress(rows, desc="preprocess", unit="img", disable=not progress)):
         loaded = decode_image(get_bytes(row.key))
-        images[i] = prepare_for_model(loaded, size, params.window_center, params.window_width)
+        images[i] = prepare_for_model(loaded, size, params.window_center, params.window_width, params.body_crop)
         thumbs[i] = resize(window_unit(loaded, params.window_center, params.window_width), thumb)
     return images, thumbs
 

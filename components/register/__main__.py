@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.common.champion import STUDY_MODEL_TAG
 from components.common.cli import StageError, log, read_json, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.common.registry import REFERENCE_ARTIFACT
@@ -148,6 +149,14 @@ def winner_metrics(params: Params, winner: str) -> dict:
     return (read_json(path) if path.is_file() else {}).get(winner, {})
 
 
+def winner_study_model(params: Params, winner: str) -> dict:
+    """The winner's study model as evaluate fitted it (series pooling, series head, rule, conformal calibration)."""
+    path = Path(params.paths.evaluation) / "study" / f"{winner}.json"
+    if not path.is_file():
+        raise StageError(f"{path} not found: re-run the evaluate stage (it fits each candidate's study model)")
+    return read_json(path)
+
+
 def champion_decision(client, name: str, winner: str, entry: dict, params: Params, protocol: dict, x_test):
     """(champion version or None, ChampionDecision or None when no fair comparison exists, why, comparison)."""
     from mlflow.exceptions import MlflowException
@@ -199,6 +208,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     version = find_or_register(client, name, entry["model_uri"], entry["run_id"],
                                run_fingerprint(client, entry["run_id"]))
     pre = params.preprocess
+    study = winner_study_model(params, winner)
     metrics = winner_metrics(params, winner)
     protocol = metrics.get("protocol") or {"name": "holdout"}
     for key, value in {"candidate": winner, "gate_passed": "true", f"test_{metric}": f"{entry['gate_metric']:.4f}",
@@ -206,8 +216,10 @@ def run(params: Params, args: argparse.Namespace) -> None:
                        "folds_fingerprint": str(protocol.get("folds_fingerprint") or ""),
                        "classes": json.dumps(params.classes), "image_size": str(pre.image_size),
                        "window_center": str(pre.window_center), "window_width": str(pre.window_width),
-                       "series_pooling": params.evaluate.series_pooling}.items():
+                       "body_crop": str(pre.body_crop).lower(), "series_pooling": study["pooling"],
+                       STUDY_MODEL_TAG: json.dumps(study, separators=(",", ":"))}.items():
         client.set_model_version_tag(name, version.version, key, value)
+    client.log_dict(entry["run_id"], study, "registration/study_model.json")
     client.set_registered_model_alias(name, "challenger", version.version)
     arrays = Path(params.paths.prepared) / "arrays"
     x_test = np.load(arrays / "X_test.npy", mmap_mode="r")

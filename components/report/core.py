@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.common.params import ReportParams
 from components.common.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability
+from components.common.params import ReportParams
 
 
 def calibration_summary(y_test: np.ndarray, probs_test: np.ndarray, y_val: np.ndarray, probs_val: np.ndarray,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from components.common.plots import _pyplot
 from components.common.calibration import Reliability
+from components.common.plots import _pyplot
 
 
 def _save(fig, path: Path) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from crepes import ConformalClassifier
 
+from components.common.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from components.common.conformal import (
     ConformalCalibration,
     aps_scores,
@@ -21,7 +22,6 @@ from components.common.conformal import (
     set_label,
     set_scores,
 )
-from components.common.calibration import apply_temperature, expected_calibration_error, fit_temperature
 
 CLASSES = ["Normal", "Cyst", "Tumor", "Stone"]
 

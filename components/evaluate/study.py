@@ -1,0 +1,103 @@
+"""The study model of one candidate (issues 33/34): fitted on predictions the model was not fitted on, scored on
+series it was not fitted on.
+
+cv_refit: the leakage stage's out-of-fold slice probabilities of every labelled series, with their folds; every part
+of the study model is cross-fitted over those folds (components.common.study_model), so the series figures and the
+conformal certificate are out-of-fold, and the deployed parts are refitted on all of them.
+holdout: fitted on the validation split's predictions (its series in grouped folds for the certificate), then
+applied to the test split, which gives the honest figures: verdicts, set coverage, set sizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+
+from components.common.calibration import expected_calibration_error
+from components.common.conformal import coverage_curve, prediction_sets, set_scores
+from components.common.params import Params
+from components.common.pooling import POOLINGS, pool_by_series
+from components.common.study_model import LEARNED, StudyFitSettings, StudyModel, by_series, fit_study_model
+
+STUDY_FOLDS = 5
+MIN_SERIES = 6    # fewer series than this cannot be cross-fitted into folds that each hold several
+CURVE_TARGETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
+
+
+class StudyFitError(ValueError):
+    """Too little to fit the study model on; the message says what is missing."""
+
+
+def settings_from(params: Params) -> StudyFitSettings:
+    """The study model params ask for: evaluate.series_pooling and decision_rule, predict.conformal_*."""
+    return StudyFitSettings(params.evaluate.series_pooling, params.evaluate.decision_rule,
+                            params.predict.conformal_coverage, params.predict.conformal_method,
+                            params.predict.conformal_mondrian)
+
+
+def needs_fitting(settings: StudyFitSettings) -> bool:
+    return settings.pooling == LEARNED or settings.rule or settings.coverage is not None
+
+
+def series_grouped_folds(labels: np.ndarray, series: list[str], folds: int = STUDY_FOLDS, seed: int = 0) -> np.ndarray:
+    """A fold per slice, every series in one fold, series stratified by class where each class has enough."""
+    order, _, truth = by_series(np.ones((len(labels), 1)), series, labels)
+    k = max(2, min(folds, len(order) // 2))
+    counts = np.bincount(truth)
+    stratify = truth if counts[counts > 0].min() >= k else np.zeros(len(truth), dtype=int)
+    fold_of_series = np.zeros(len(order), dtype=int)
+    for fold, (_, held) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(order, stratify)):
+        fold_of_series[held] = fold
+    index = {s: i for i, s in enumerate(order)}
+    return np.array([fold_of_series[index[s]] for s in np.asarray(series, dtype=str)])
+
+
+def fit_for_candidate(fit_on, folds: np.ndarray | None, classes: list[str], settings: StudyFitSettings):
+    """(StudyModel, figures) from SplitPredictions `fit_on` (folds: the CV's, or None to make series folds)."""
+    if not needs_fitting(settings):
+        return StudyModel(settings.pooling), None
+    series = np.asarray(fit_on.series, dtype=str)
+    if len(set(series.tolist())) < MIN_SERIES:
+        raise StudyFitError(f"{len(set(series.tolist()))} series to fit the study model on (series head, decision "
+                            "rule, conformal sets): too few; add data, or set evaluate.series_pooling to a fixed "
+                            "pooling, evaluate.decision_rule false and predict.conformal_coverage null")
+    folds = series_grouped_folds(fit_on.labels, series.tolist()) if folds is None else np.asarray(folds)
+    return fit_study_model(fit_on.probabilities, fit_on.labels, series, folds, classes, settings)
+
+
+def apply_to_series(model: StudyModel, probabilities: np.ndarray, series: list[str]) -> tuple[list[str], np.ndarray]:
+    """Series ids (sorted) and the study model's verdict probabilities of each."""
+    names = np.asarray(series, dtype=str)
+    order = sorted(set(names.tolist()))
+    return order, np.stack([model.series_probabilities(probabilities[names == s]) for s in order])
+
+
+def study_figures(model: StudyModel, figures: dict | None, fit_on, scored_on, classes: list[str],
+                  holdout: bool) -> tuple[tuple[list[str], np.ndarray, np.ndarray], dict]:
+    """The series verdicts evaluate scores ((order, probabilities, truth)) and the study block of metrics.json.
+
+    cv_refit: the cross-fitted verdicts of `fit_on` (= the out-of-fold predictions); holdout: the study model
+    applied to the test split `scored_on`.
+    """
+    if holdout or figures is None:
+        order, pooled = apply_to_series(model, scored_on.probabilities, scored_on.series)
+        truth = by_series(scored_on.probabilities, scored_on.series, scored_on.labels)[2]
+    else:
+        order, pooled, truth = figures["order"], figures["series_probabilities"], figures["labels"]
+    block: dict = {"pooling": model.pooling, "rule": model.rule.to_dict() if model.rule else None}
+    raw_pooling = model.pooling if model.pooling in POOLINGS else "mean"
+    raw = pool_by_series(scored_on.probabilities, scored_on.series, raw_pooling)[1]
+    block["ece_series"] = {"before": round(expected_calibration_error(truth, raw), 4),
+                           "after": round(expected_calibration_error(truth, pooled), 4),
+                           "before_is": f"{raw_pooling} of the slice probabilities"}
+    if model.conformal is not None:
+        sets = prediction_sets(pooled, model.conformal)
+        measured = set_scores(sets, truth, classes)
+        block["conformal"] = {"calibration": model.conformal.to_dict(), "certified": model.certified,
+                              "measured_on": "test split (held out)" if holdout else "out-of-fold (cross-fitted)",
+                              "measured": measured}
+        if figures is not None:
+            block["conformal"]["curve"] = coverage_curve(figures["series_probabilities"], figures["labels"],
+                                                         figures["folds"], list(CURVE_TARGETS),
+                                                         model.conformal.method, model.conformal.mondrian)
+    return (order, pooled, truth), block
