@@ -57,12 +57,32 @@ def fit_for_candidate(fit_on, folds: np.ndarray | None, classes: list[str], sett
     if not needs_fitting(settings):
         return StudyModel(settings.pooling), None
     series = np.asarray(fit_on.series, dtype=str)
-    if len(set(series.tolist())) < MIN_SERIES:
-        raise StudyFitError(f"{len(set(series.tolist()))} series to fit the study model on (series head, decision "
-                            "rule, conformal sets): too few; add data, or set evaluate.series_pooling to a fixed "
-                            "pooling, evaluate.decision_rule false and predict.conformal_coverage null")
+    count = len(set(series.tolist()))
+    if count < MIN_SERIES:
+        return too_few_series(fit_on, count, classes, settings), None
     folds = series_grouped_folds(fit_on.labels, series.tolist()) if folds is None else np.asarray(folds)
     return fit_study_model(fit_on.probabilities, fit_on.labels, series, folds, classes, settings)
+
+
+def too_few_series(fit_on, count: int, classes: list[str], settings: StudyFitSettings) -> StudyModel:
+    """Fewer than MIN_SERIES series to fit on: no series head (refused: it cannot be fitted) and no rule; the
+    conformal sets are calibrated on what there is, which with so few series keeps every class in every set:
+    each study is referred, the honest answer of a model that cannot certify anything."""
+    from components.common.cli import log
+    from components.common.conformal import fit_conformal
+
+    if settings.pooling == LEARNED:
+        raise StudyFitError(f"{count} series to fit the series head on (evaluate.series_pooling: learned): too few; "
+                            f"it needs at least {MIN_SERIES}: add data or use a fixed pooling")
+    log.warning("only %d series to fit the study model on: no decision rule, and conformal sets that cannot "
+                "exclude any class (every study is referred); add labelled series to certify them", count)
+    if settings.coverage is None or count == 0:
+        return StudyModel(settings.pooling)
+    pooled = pool_by_series(fit_on.probabilities, fit_on.series, settings.pooling)[1]
+    truth = by_series(fit_on.probabilities, fit_on.series, fit_on.labels)[2]
+    conformal = fit_conformal(pooled, truth, settings.coverage, settings.conformal_method, settings.mondrian)
+    return StudyModel(settings.pooling, conformal=conformal,
+                      certified={"coverage_target": settings.coverage, "not_certified": f"only {count} series"})
 
 
 def apply_to_series(model: StudyModel, probabilities: np.ndarray, series: list[str]) -> tuple[list[str], np.ndarray]:

@@ -13,7 +13,14 @@ import pandas as pd
 
 from components.common.cli import StageError, log, read_json, run_stage, stage_parser, write_json
 from components.common.params import Params
-from components.lib.predictions import INTERVALS, PROBABILITIES, load_probabilities, read_split
+from components.lib.predictions import (
+    CV_PREDICTIONS,
+    CV_SPLIT,
+    INTERVALS,
+    PROBABILITIES,
+    load_probabilities,
+    read_split,
+)
 from components.lib.prepared import SPLITS
 from components.report import figures
 from components.report.core import calibration_summary, pick_examples
@@ -51,8 +58,44 @@ def saved_analysis(params: Params, name: str, probabilities: pd.DataFrame, inter
     if len(test.labels) != len(y_test) or np.any(test.labels != y_test):
         raise StageError(f"the saved test probabilities of {name} do not match the prepared test split: "
                          "re-run the evaluate stage")
-    analysis = calibration_summary(y_test, test.probabilities, val.labels, val.probabilities, params.report)
+    analysis = calibration_summary(y_test, test.probabilities, val.labels, val.probabilities, params.report,
+                                   cv_folds(params, name))
     return test.probabilities, analysis | {"ci95": cis["slice"], "series_ci95": cis.get("series")}
+
+
+def cv_folds(params: Params, name: str) -> np.ndarray | None:
+    """Under cv_refit, each out-of-fold row's fold (leakage's cv_predictions.csv), in the saved order; else None."""
+    if params.evaluate.protocol != "cv_refit":
+        return None
+    frame = load_probabilities(Path(params.paths.leakage), CV_PREDICTIONS)
+    rows = frame[(frame["candidate"] == name) & (frame["split"] == CV_SPLIT)].sort_values("index")
+    return rows["fold"].to_numpy()
+
+
+def study_section(name: str, study: dict | None, figs: Path) -> dict | None:
+    """The study model's part of the page: the decision rule, series calibration, the conformal certificate
+    (coverage per class, set sizes, decided share) and the coverage/set-size curve."""
+    if not study:
+        return None
+    conformal = study.get("conformal")
+    section = {"pooling": study["pooling"], "rule": study.get("rule"), "ece": study.get("ece_series"),
+               "fitted_on": study.get("fitted_on", ""), "conformal": None}
+    if conformal:
+        certified = conformal.get("certified") or {}
+        summary = certified.get("summary") or {}
+        rows = [[key, v["estimate"], f"{v['low']}-{v['high']}" if v.get("low") is not None else "",
+                 conformal["measured"].get(key)] for key, v in summary.items()]
+        section["conformal"] = {"target": conformal["calibration"]["coverage"],
+                                "method": conformal["calibration"]["method"],
+                                "mondrian": conformal["calibration"]["mondrian"], "rows": rows,
+                                "measured_on": conformal["measured_on"], "not_certified":
+                                certified.get("not_certified"), "chart": None}
+        if conformal.get("curve"):
+            figures.coverage_curve(conformal["curve"], figs / f"coverage_{name}.png",
+                                   f"{name}: conformal sets per study")
+            section["conformal"]["chart"] = figure(figs / f"coverage_{name}.png",
+                                                   f"{name}: coverage and set size over target coverages")
+    return section
 
 
 def gradcam_rows(model, x_test, y_test, probs, classes, per_class) -> list:
@@ -107,7 +150,7 @@ def candidate_section(name: str, metrics: dict, analysis: dict, params: Params, 
     return {"name": name, "cis": cis, "per_class": per_class, "figures": shown,
             "certified_on": protocol["certified_on"], "refit": protocol["name"] == "cv_refit",
             "series": series_scores(metrics.get("series"), analysis.get("series_ci95")),
-            **{k: analysis[k] for k in ("ece_before", "ece_after", "temperature")}}
+            **{k: analysis[k] for k in ("ece_before", "ece_after", "temperature", "temperature_fitted_on")}}
 
 
 def series_scores(series: dict | None, cis: dict | None) -> dict | None:
@@ -184,7 +227,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
         per_class = params.report.gradcam_per_class
         rows = (gradcam_rows(load_model(params, name), x_scored, y_scored, probs_test, params.classes, per_class)
                 if per_class else [])
-        context["candidates"].append(candidate_section(name, metrics[name], analysis, params, figs, rows))
+        context["candidates"].append(candidate_section(name, metrics[name], analysis, params, figs, rows)
+                                     | {"study": study_section(name, metrics[name].get("study"), figs)})
         summary[name] = {k: analysis[k] for k in ("ci95", "series_ci95", "temperature", "ece_before", "ece_after")}
     lead = (leakage or {}).get("candidate") or next(iter(metrics))
     context["leakage"] = leakage_section(leakage, metrics[lead], figs)

@@ -128,3 +128,23 @@ def gradcam_grid(rows: list[tuple[str, list[tuple[np.ndarray, str]]]], path: Pat
         axes[r][0].text(-0.1, 0.5, label, transform=axes[r][0].transAxes, rotation=90, va="center", ha="right")
     fig.suptitle(title)
     _save(fig, path)
+
+
+def coverage_curve(curve: list[dict], path: Path, title: str) -> None:
+    """Conformal sets: empirical coverage against the target (the diagonal is the guarantee) and the mean set size
+    it costs, over target coverages (cross-fitted over the grouped folds)."""
+    plt = _pyplot()
+    targets = [row["target"] for row in curve]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.4))
+    left.plot(targets, [row["coverage"] for row in curve], "o-", label="measured")
+    left.plot([0, 1], [0, 1], "--", color="grey", label="target")
+    left.set_xlim(min(targets) - 0.05, 1.0)
+    left.set_ylim(min(targets) - 0.05, 1.02)
+    left.set_xlabel("target coverage")
+    left.set_ylabel("coverage on held-out series")
+    left.legend()
+    right.plot(targets, [row["mean_set_size"] for row in curve], "o-", color="#b5402f")
+    right.set_xlabel("target coverage")
+    right.set_ylabel("mean classes per set")
+    fig.suptitle(title)
+    _save(fig, path)
