@@ -89,10 +89,48 @@ not for staging or treatment decisions.
 |---|---|---|---|---|
 {rows}
 
+{study_card(metrics)}
 ## Limitations
 - Trained on a limited set of scanners and patients; performance on other scanners, protocols, contrast phases
   or populations is unknown until measured there.
 - A single slice can miss findings visible only on neighbouring slices; small stones and early tumours are hard.
-- Probabilities are not calibrated risks; Grad-CAM shows where the model looked, not why it is right.
+- Slice probabilities are not calibrated risks (the study verdict's are, where a decision rule was fitted);
+  Grad-CAM shows where the model looked, not why it is right.
+- A conformal set's coverage holds for patients like the calibration ones: on another scanner, site or
+  population it no longer does; the monitor's drift verdict says when to recalibrate.
 - Confidence intervals: see the metrics above; "{CI_PENDING}" means evaluate did not report them for this version.
 """
+
+
+def study_card(metrics: Mapping[str, Any]) -> str:
+    """The card's study section: the verdict per series and its conformal set, with the certified figures."""
+    series, study = metrics.get("series") or {}, metrics.get("study") or {}
+    lines = ["## Per study (scan series)"]
+    if series:
+        recalls = ", ".join(f"{c} {v.get('recall', 0):.2f}" for c, v in (series.get("per_class") or {}).items())
+        lines.append(f"- Verdict: {study.get('pooling', series.get('pooling', 'mean'))}; macro-F1 "
+                     f"{metric_with_ci(series, 'macro_f1')} over {series.get('series', '?')} series; recall {recalls}")
+    if study.get("rule"):
+        rule = study["rule"]
+        lines.append(f"- Decision rule (fitted on out-of-fold predictions): temperature {rule['temperature']:.2f}, "
+                     f"class offsets {rule['offsets']}")
+    conformal = study.get("conformal")
+    if conformal:
+        target = conformal["calibration"]["coverage"]
+        certified = (conformal.get("certified") or {}).get("summary") or {}
+        if not certified:
+            lines.append(f"- Conformal sets at {target:.0%}: NOT certified "
+                         f"({(conformal.get('certified') or {}).get('not_certified', 'no grouped CV')}); every study "
+                         "is referred")
+        else:
+            def fig(key: str) -> str:
+                v = certified.get(key) or {}
+                return "n/a" if v.get("estimate") is None else f"{v['estimate']:.3f}"
+            per_class = ", ".join(f"{k.removeprefix('coverage_')} {fig(k)}" for k in certified
+                                  if k.startswith("coverage_"))
+            lines.append(f"- Conformal sets at {target:.0%} ({conformal['calibration']['method']}): coverage "
+                         f"{fig('coverage')} by grouped CV (per class: {per_class}); mean set size "
+                         f"{fig('mean_set_size')}; studies decided (a set of one) {fig('decided')}, accuracy of "
+                         f"those {fig('decided_accuracy')}. A set of more than one class reads \"refer to a "
+                         "radiologist\".")
+    return "\n".join(lines) + "\n"

@@ -69,3 +69,23 @@ def test_the_report_reads_evaluates_saved_probabilities_and_refuses_stale_ones(t
         saved_analysis(params, "vit", frame, intervals, y[:20])
     with pytest.raises(StageError, match="no test probabilities for candidate 'cnn'"):
         saved_analysis(params, "cnn", frame[frame["split"] == "val"], intervals, y[:20])
+
+
+def test_under_cv_refit_the_temperature_is_fitted_on_the_out_of_fold_rows_it_scales():
+    """Issue 34: a temperature fitted on in-sample validation predictions (near-certain) made the out-of-fold ECE
+    worse; cross-fitted on the out-of-fold rows themselves it cannot be fooled by them."""
+    from components.common.params import ReportParams
+    from components.report.core import calibration_summary
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1.2, (3000, 4))
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.array([rng.choice(4, p=row) for row in p])                   # calibrated out-of-fold predictions
+    sure = np.eye(4)[y] * 0.97 + 0.01                                    # in-sample: right and near-certain
+    folds = np.arange(3000) % 5
+    fooled = calibration_summary(y, p, y, sure, ReportParams())
+    honest = calibration_summary(y, p, y, sure, ReportParams(), folds)
+    assert fooled["ece_after"] > fooled["ece_before"] + 0.05           # the old way: worse after scaling
+    assert honest["ece_after"] <= honest["ece_before"] + 0.02          # cross-fitted: no harm
+    assert honest["temperature"] == pytest.approx(1.0, abs=0.15)
+    assert honest["temperature_fitted_on"].startswith("out-of-fold")

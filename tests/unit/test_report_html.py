@@ -26,7 +26,7 @@ def context(tmp_path, monkeypatch, name: str) -> dict:
                "accuracy": 0.8, "macro_precision": 0.7, "macro_recall": 0.75, "macro_f1": 0.72, "test_loss": 0.5}
     cis = {"accuracy": ci(0.8), "macro_f1": ci(0.72), "recall_Stone": ci(0.9)}
     analysis = {"ci95": cis, "reliability_before": None, "reliability_after": None, "ece_before": 0.1,
-                "ece_after": 0.05, "temperature": 1.5}
+                "ece_after": 0.05, "temperature": 1.5, "temperature_fitted_on": "validation"}
     leakage = {"candidate": name, "random_split": {"accuracy": 0.99, "macro_f1": 0.98, "groups_shared_with_test": 3}}
     prepared = {"images": 12, "groups": 4, "group_source": "patient", "group_size": {"min": 1, "median": 3, "max": 5}}
     return {"data": {"prepared": prepared, "figures": []},
