@@ -204,6 +204,15 @@ class StudyModel:
             return np.arange(len(p)) == p.argmax()
         return prediction_sets(p[None], self.conformal)[0]
 
+    def by_series(self, probabilities: np.ndarray, series) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Series ids (sorted), their verdict probabilities (S, K) and conformal sets (S, K) boolean."""
+        names = np.asarray(series, dtype=str)
+        order = sorted(set(names.tolist()))
+        pooled = np.stack([self.series_probabilities(probabilities[names == s]) for s in order]) if order else \
+            np.zeros((0, probabilities.shape[1]))
+        sets = np.stack([self.prediction_set(p) for p in pooled]) if order else np.zeros(pooled.shape, dtype=bool)
+        return order, pooled, sets
+
     def to_dict(self) -> dict:
         return {"pooling": self.pooling,
                 "series_head": self.series_head.to_dict() if self.series_head else None,

@@ -24,9 +24,10 @@ from components.common.cli import StageError, log, run_stage, stage_parser, writ
 from components.common.console import progress
 from components.common.imaging import ImageDecodeError, decode_image, prepare_for_model
 from components.common.params import Params
-from components.common.pooling import pool_by_series
+from components.common.pooling import fixed_pooling
 from components.common.storage import open_store
 from components.common.study import series_key
+from components.common.study_model import StudyModel
 from components.monitor.core import (
     EMBEDDING_PREFIX,
     Verdict,
@@ -235,17 +236,22 @@ def judge(images: pd.DataFrame, champion: Champion, certified: float | None, par
 
     images = images[~images["unreadable"]].copy()
     probabilities = images[[f"p_{c}" for c in champion.classes]].to_numpy(dtype=float)
-    order, pooled = pool_by_series(probabilities, images["series"].tolist(), params.evaluate.series_pooling)
-    verdicts = dict(zip(order, (champion.classes[i] for i in pooled.argmax(axis=1))))
-    images["series_verdict"] = images["series"].map(verdicts)
+    study = champion.study or StudyModel(fixed_pooling(champion.series_pooling))
+    order, pooled, sets = study.by_series(probabilities, images["series"].tolist())
+    images["series_verdict"] = images["series"].map(dict(zip(order, (champion.classes[i] for i in
+                                                                      pooled.argmax(axis=1)))))
+    with_sets = study.conformal is not None  # a set-size shift is a drift signal that needs no label
+    if with_sets:
+        images["set_size"] = images["series"].map(dict(zip(order, sets.sum(axis=1).astype(float))))
     reference, current = (series_table(images[images["side"] == side]) for side in ("reference", "current"))
     categorical = [*CATEGORICAL_SUMMARIES, "series_verdict", *(["label"] if labelled else [])]
-    findings, snapshot = drift_report(reference, current, [*NUMERIC_SUMMARIES, "confidence"], categorical,
-                                      params.monitor)
+    findings, snapshot = drift_report(reference, current, [*NUMERIC_SUMMARIES, "confidence",
+                                                           *(["set_size"] if with_sets else [])],
+                                      categorical, params.monitor)
     folder = Path(params.paths.monitor)
     save_html(snapshot, folder / "evidently.html")
-    performance = (champion_performance(images[images["side"] == "current"], champion.classes, certified, params)
-                   if labelled else None)
+    performance = (champion_performance(images[images["side"] == "current"], champion.classes, certified, params,
+                                        study) if labelled else None)
     verdict = decide(findings, performance)
     pd.concat([reference.assign(side="reference"), current.assign(side="current")]).drop(
         columns=[c for c in reference.columns if c.startswith(EMBEDDING_PREFIX)]).to_csv(folder / "series.csv",

@@ -59,10 +59,22 @@ class Performance:
     max_drop: float
     cases: int
     series: int
+    set_coverage: float | None = None       # share of new labelled series whose conformal set holds the label
+    coverage_target: float | None = None    # the coverage the sets were certified at
+    coverage_p_value: float | None = None   # one-sided binomial test: this few covered if the target held
+    alpha: float = 0.01
+
+    @property
+    def coverage_broken(self) -> bool:
+        """The sets cover clearly less than certified on the new series: the guarantee no longer holds here."""
+        return self.coverage_p_value is not None and self.coverage_p_value < self.alpha
 
     @property
     def degraded(self) -> bool:
-        """Clearly below its certificate: more than max_drop under it, and the upper 95% bound under it too."""
+        """Clearly below its certificate: more than max_drop under it, and the upper 95% bound under it too; or its
+        conformal sets clearly under their certified coverage."""
+        if self.coverage_broken:
+            return True
         if self.certified is None:
             return False
         return self.score < self.certified - self.max_drop and self.high < self.certified
@@ -101,7 +113,8 @@ def sample_by_series(rows: pd.DataFrame, max_images: int, seed: int = 0) -> pd.D
 def series_table(images: pd.DataFrame) -> pd.DataFrame:
     """One row per series: mean numeric summaries, confidence and embedding, first header value, majority label
     and verdict (the verdict is the series' pooled prediction, already in `series_verdict`)."""
-    numeric = [c for c in images.columns if c in NUMERIC_SUMMARIES or c == "confidence" or c.startswith(EMBEDDING_PREFIX)]
+    numeric = [c for c in images.columns if c in NUMERIC_SUMMARIES or c in ("confidence", "set_size")
+               or c.startswith(EMBEDDING_PREFIX)]
     first = [c for c in (*CATEGORICAL_SUMMARIES, "series_verdict") if c in images.columns]
     grouped = images.groupby("series", sort=True)
     table = grouped[numeric].mean().join(grouped[first].first())
@@ -120,10 +133,17 @@ def decide(findings: Sequence[Finding], performance: Performance | None) -> Verd
     """degraded beats drift beats no drift; every reason names the test and its numbers."""
     drifted = [f.line() for f in findings if f.drifted]
     if performance is not None and performance.degraded:
-        reason = (f"champion {performance.metric} on the new labelled cases {performance.score:.3f} "
-                  f"[{performance.low:.3f}, {performance.high:.3f}] is more than {performance.max_drop} below its "
-                  f"certified {performance.certified:.3f}")
-        return Verdict("degraded", [reason, *drifted])
+        reasons = []
+        if performance.certified is not None and performance.score < performance.certified - performance.max_drop \
+                and performance.high < performance.certified:
+            reasons.append(f"champion {performance.metric} on the new labelled cases {performance.score:.3f} "
+                           f"[{performance.low:.3f}, {performance.high:.3f}] is more than {performance.max_drop} "
+                           f"below its certified {performance.certified:.3f}")
+        if performance.coverage_broken:
+            reasons.append(f"the conformal sets hold the label of {performance.set_coverage:.0%} of the "
+                           f"{performance.series} new labelled series, certified at {performance.coverage_target:.0%} "
+                           f"(binomial p {performance.coverage_p_value:.2g}): the guarantee no longer holds here")
+        return Verdict("degraded", [*reasons, *drifted])
     if drifted:
         return Verdict("drift", drifted)
     return Verdict("no drift", [f"no test of {len(findings)} crossed its threshold"])

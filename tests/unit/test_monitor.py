@@ -147,3 +147,29 @@ def test_headers_come_from_the_de_identified_dicom():
     header = dicom_header(ct_dicom_bytes(np.zeros((16, 16), dtype=np.int16)))
     assert set(header) == {"manufacturer", "kernel", "pixel_spacing_mm", "slice_thickness_mm"}
     assert dicom_header(b"not a dicom")["kernel"] == "unknown"
+
+
+def test_conformal_sets_that_stop_covering_the_new_labelled_series_make_the_champion_degraded():
+    """Issue 34: coverage on new labelled cases is a performance-drift signal (a binomial test against the
+    certified coverage); the same sets covering as certified raise nothing."""
+    from components.common.conformal import ConformalCalibration
+    from components.common.params import load_params
+    from components.common.study_model import StudyModel
+    from components.monitor.performance import champion_performance
+
+    classes = ["Normal", "Cyst", "Tumor", "Stone"]
+    tight = ConformalCalibration("lac", 0.9, False, (0.5,) * 4, (100,) * 4)   # a set holds classes with p >= 0.5
+    study = StudyModel("mean", conformal=tight)
+    params = load_params("params.yaml")
+    rows = []
+    for s in range(30):                        # 30 Tumor series the champion calls Normal with p 0.8
+        for k in range(3):
+            rows.append({"series": f"s{s}", "label": "Tumor", "p_Normal": 0.8, "p_Cyst": 0.05, "p_Tumor": 0.1,
+                         "p_Stone": 0.05})
+    wrong = champion_performance(pd.DataFrame(rows), classes, None, params, study)
+    assert wrong.set_coverage == 0.0 and wrong.coverage_broken and wrong.degraded
+    verdict = decide([], wrong)
+    assert verdict.status == "degraded" and "conformal sets hold the label of 0%" in verdict.reasons[0]
+    right = pd.DataFrame(rows).assign(label="Normal")
+    fine = champion_performance(right, classes, None, params, study)
+    assert fine.set_coverage == 1.0 and not fine.coverage_broken and not fine.degraded
