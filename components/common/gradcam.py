@@ -235,3 +235,17 @@ def overlay(gray: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.nd
     base = np.repeat(gray.astype(np.float32)[..., None], 3, axis=2)
     weight = alpha * np.clip(heatmap, 0.0, 1.0)[..., None]  # cold regions keep the scan readable
     return np.clip(base * (1 - weight) + colours * weight, 0, 255).round().astype(np.uint8)
+
+
+def outside_body_share(heatmaps: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """Per image, the share of its Grad-CAM energy outside the patient's body (components.common.imaging.body_mask
+    of the uint8 slice): near 0 when the model looks at anatomy, high when it reads the surround, table or text."""
+    from components.common.imaging import body_mask
+
+    heat = np.asarray(heatmaps, dtype=np.float64)
+    shares = []
+    for h, image in zip(heat, np.asarray(images)):
+        mask = body_mask(np.asarray(image, dtype=np.float32).reshape(h.shape) / 255.0)
+        total = h.sum()
+        shares.append(float(h[~mask].sum() / total) if total > 0 else 0.0)
+    return np.array(shares)

@@ -316,6 +316,8 @@ class ReportParams(_Strict):
     bootstrap_resamples: int = Field(1000, ge=10)
     calibration_bins: int = Field(10, ge=2)
     gradcam_per_class: int = Field(2, ge=0)
+    gradcam_energy_per_class: int = Field(8, ge=0)  # validation slices per class whose Grad-CAM energy outside the
+    #   body evaluate measures (0 = not measured)
 
 
 class MlflowParams(_Strict):

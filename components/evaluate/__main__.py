@@ -131,6 +131,8 @@ def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np
                                                    params.report.bootstrap_resamples)
     metrics["study"] = study_block
     latency = inference_ms_per_image(model.predict_on_batch, x_test)
+    metrics["gradcam_outside_body"] = gradcam_outside_body(model, x_val, y_val, params.classes,
+                                                           params.report.gradcam_energy_per_class)
     passed, reasons = gate_verdict(metrics, params.evaluate)
     plots = Path(params.paths.evaluation) / "plots"
     save_confusion_matrix(np.array(metrics["confusion_matrix"]), params.classes, plots / f"confusion_{name}.png",
@@ -150,6 +152,31 @@ def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np
             "architecture": run_info.get("architecture", ""), "training_seconds": run_info.get("training_seconds"),
             "inference_ms_per_image": round(latency, 3),
             "predictions": {"test": test, "val": val}, "intervals": {"slice": slice_cis, "series": series_cis}}
+
+
+def gradcam_outside_body(model, x: np.ndarray, y: np.ndarray, classes: list[str], per_class: int) -> dict | None:
+    """The share of Grad-CAM energy outside the body (for the predicted class) on up to `per_class` validation slices
+    per true class, evenly spaced: per class and overall. None where the model cannot be explained or no slice."""
+    from components.common.gradcam import GradCamError, gradcam, outside_body_share
+
+    picks = {c: np.flatnonzero(y == k) for k, c in enumerate(classes)}
+    picks = {c: idx[np.linspace(0, len(idx) - 1, min(per_class, len(idx))).astype(int)]
+             for c, idx in picks.items() if len(idx) and per_class}
+    if not picks:
+        return None
+    index = np.concatenate(list(picks.values()))
+    images = np.asarray(x[np.sort(index)], dtype="float32")
+    order = np.argsort(np.argsort(index))  # back from sorted reads to the picks' order
+    try:
+        heat = gradcam(model, images)[order]
+    except GradCamError as exc:
+        log.warning("Grad-CAM energy not measured: %s", exc)
+        return None
+    shares = outside_body_share(heat, images[order][..., 0])
+    bounds = np.cumsum([0] + [len(v) for v in picks.values()])
+    per = {c: round(float(shares[a:b].mean()), 4) for c, a, b in zip(picks, bounds[:-1], bounds[1:])}
+    return {"overall": round(float(shares.mean()), 4), "per_class": per, "slices": int(len(shares)),
+            "on": "validation slices"}
 
 
 def write_predictions(results: dict[str, dict], params: Params) -> None:

@@ -114,6 +114,11 @@ def study_card(metrics: Mapping[str, Any]) -> str:
         rule = study["rule"]
         lines.append(f"- Decision rule (fitted on out-of-fold predictions): temperature {rule['temperature']:.2f}, "
                      f"class offsets {rule['offsets']}")
+    energy = metrics.get("gradcam_outside_body")
+    if energy:
+        per = ", ".join(f"{c} {v:.0%}" for c, v in energy["per_class"].items())
+        lines.append(f"- Grad-CAM energy outside the body: {energy['overall']:.0%} of the map on {energy['slices']} "
+                     f"{energy['on']} ({per}); a model that looks at the surround, table or text is not to be trusted")
     conformal = study.get("conformal")
     if conformal:
         target = conformal["calibration"]["coverage"]

@@ -150,6 +150,7 @@ def candidate_section(name: str, metrics: dict, analysis: dict, params: Params, 
     return {"name": name, "cis": cis, "per_class": per_class, "figures": shown,
             "certified_on": protocol["certified_on"], "refit": protocol["name"] == "cv_refit",
             "series": series_scores(metrics.get("series"), analysis.get("series_ci95")),
+            "energy": metrics.get("gradcam_outside_body"),
             **{k: analysis[k] for k in ("ece_before", "ece_after", "temperature", "temperature_fitted_on")}}
 
 

@@ -163,7 +163,7 @@ def test_conformal_sets_that_stop_covering_the_new_labelled_series_make_the_cham
     params = load_params("params.yaml")
     rows = []
     for s in range(30):                        # 30 Tumor series the champion calls Normal with p 0.8
-        for k in range(3):
+        for _ in range(3):
             rows.append({"series": f"s{s}", "label": "Tumor", "p_Normal": 0.8, "p_Cyst": 0.05, "p_Tumor": 0.1,
                          "p_Stone": 0.05})
     wrong = champion_performance(pd.DataFrame(rows), classes, None, params, study)
