@@ -111,3 +111,47 @@ def test_prepare_for_model_is_uint8_square_and_deterministic():
     again = prepare_for_model(decode_image(data), 48, 40, 400)
     assert first.shape == (48, 48) and first.dtype == np.uint8
     assert np.array_equal(first, again)
+
+
+def synthetic_axial_slice(size: int = 224) -> np.ndarray:
+    """A [0, 1] slice: an elliptic body (soft tissue 0.5, dark lungs inside), a thin table curve below it and a
+    burnt-in text block in a corner, on an air (0) surround."""
+    rows, cols = np.mgrid[:size, :size]
+    body = ((rows - 100) / 60.0) ** 2 + ((cols - 112) / 90.0) ** 2 <= 1
+    lungs = ((rows - 90) / 20.0) ** 2 + ((cols - 80) / 15.0) ** 2 <= 1
+    unit = np.where(body, 0.5, 0.0)
+    unit[lungs] = 0.0
+    unit[175:177, 20:204] = 0.8        # the table: a 2-px line
+    unit[5:12, 5:40] = 0.9             # burnt-in text
+    return unit.astype(np.float32)
+
+
+def test_the_body_mask_keeps_the_body_with_its_lungs_and_drops_the_table_and_text():
+    from components.common.imaging import body_mask
+
+    unit = synthetic_axial_slice()
+    mask = body_mask(unit)
+    assert mask[100, 112] and mask[90, 80]                    # the body and its (dark) lungs
+    assert not mask[176, 112] and not mask[8, 20]             # the table line and the text
+    assert body_mask(np.zeros((64, 64), np.float32)).all()   # an empty slice: nothing to crop, all kept
+
+
+def test_crop_to_body_squares_the_body_and_sets_the_surround_to_air():
+    from components.common.imaging import crop_to_body
+
+    unit = synthetic_axial_slice()
+    crop = crop_to_body(unit)
+    assert crop.shape[0] == crop.shape[1] and 180 <= crop.shape[0] <= 200   # 181 px body width plus the margin
+    assert crop.max() == pytest.approx(0.5)                   # no table, no text left
+    assert (crop > 0).mean() > 0.4                            # the body fills the frame
+
+
+def test_prepare_for_model_crops_only_when_asked():
+    from components.common.imaging import LoadedImage, prepare_for_model
+
+    image = LoadedImage(synthetic_axial_slice() * 255.0, "raster", "L")
+    plain = prepare_for_model(image, 64, 40, 400)
+    cropped = prepare_for_model(image, 64, 40, 400, body_crop=True)
+    assert plain.shape == cropped.shape == (64, 64)
+    assert plain.max() > 200 and cropped.max() < 140          # the text/table (0.8-0.9) gone, body 0.5 -> 128
+    assert (cropped > 0).mean() > (plain > 0).mean()          # the body takes more of the model's pixels
