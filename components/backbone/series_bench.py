@@ -108,19 +108,22 @@ def load_features(cache: Path, encoders: list[str], view: str, variant: str) -> 
 
 
 def inner_oof(features: np.ndarray, y: np.ndarray, groups: np.ndarray, index: np.ndarray, c: float,
-              n_classes: int, folds: int = 3, seed: int = 0, aug: np.ndarray | None = None) -> np.ndarray:
-    """Out-of-fold slice probabilities over `index` (grouped `folds`-fold inside it) of the head with C = `c`."""
+              n_classes: int, folds: int = 5, seed: int = 0,
+              aug: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold slice probabilities over `index` (grouped `folds`-fold inside it) of the head with C = `c`, and
+    each row's inner fold: what the leakage stage's CV gives the product's study model."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     from components.lib.heads import Head, fit_with_c, head_probabilities
 
-    oof = np.zeros((len(index), n_classes))
+    oof, fold_of = np.zeros((len(index), n_classes)), np.zeros(len(index), dtype=int)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for train, test in splitter.split(np.zeros(len(index)), y[index], groups[index]):
+    for k, (train, test) in enumerate(splitter.split(np.zeros(len(index)), y[index], groups[index])):
         rows = index[train]
         x, labels = _with_aug(features, aug, rows, y)
         oof[test] = head_probabilities(Head(*fit_with_c(x, labels, n_classes, c, seed), c), features[index[test]])
-    return oof
+        fold_of[test] = k
+    return oof, fold_of
 
 
 def _with_aug(features: np.ndarray, aug: np.ndarray | None, rows: np.ndarray, y: np.ndarray):
@@ -146,9 +149,10 @@ def score_fold(truth_slices: np.ndarray, slice_p: np.ndarray, series: np.ndarray
 
 
 def run_recipe(recipe: dict, data: dict, folds: list) -> dict:
-    """One recipe over every fold: per fold the scores on plain and shifted test series, and its seconds."""
-    from components.common.pooling import pool_by_series
-    from components.common.study_model import SeriesHead, by_series, fit_decision_rule
+    """One recipe over every fold: the slice head on the fold's training series, the product's study model
+    (components.common.study_model.fit_study_model, cross-fitted) on the inner out-of-fold predictions of those
+    series, both scored on the fold's test series, plain and shifted; and the seconds it took."""
+    from components.common.study_model import StudyFitSettings, StudyModel, by_series, fit_study_model
     from components.lib.heads import fit_head, head_probabilities
 
     y, groups, series, classes = data["y"], data["groups"], data["series"], data["classes"]
@@ -156,33 +160,22 @@ def run_recipe(recipe: dict, data: dict, folds: list) -> dict:
     plain = load_features(data["cache"], recipe["encoders"], recipe["view"], "plain")
     shifted = load_features(data["cache"], recipe["encoders"], recipe["view"], "shift")
     aug = load_features(data["cache"], recipe["encoders"], recipe["view"], "aug") if recipe.get("aug") else None
+    settings = StudyFitSettings(recipe["series"], bool(recipe.get("rule")), None)
     rows = []
     for seed, split in folds:
         began = time.perf_counter()
         x_train, y_train = _with_aug(plain, aug, split.train, y)
         head = fit_head(x_train, y_train, plain[split.val], y[split.val], n, list(recipe.get("cs", [0.01, 0.1, 1.0])))
         fitted = np.concatenate([split.train, split.val])
-        stack = rule = None
-        if recipe["series"] == "stack" or recipe.get("rule"):
-            oof = inner_oof(plain, y, groups, fitted, head.c, n, seed=seed, aug=aug)
-            _, stats, truth = by_series(oof, series[fitted], y[fitted])
-            if recipe["series"] == "stack":
-                stack = SeriesHead.fit(stats, truth, n, c=recipe.get("series_c", 1.0))
-                inner_series = stack.probabilities(stats)
-            else:
-                inner_series = pool_by_series(oof, series[fitted], "mean")[1]
-            rule = fit_decision_rule(inner_series, truth, n) if recipe.get("rule") else None
+        study = StudyModel(recipe["series"])
+        if recipe["series"] == "learned" or recipe.get("rule"):
+            oof, inner = inner_oof(plain, y, groups, fitted, head.c, n, seed=seed, aug=aug)
+            study, _ = fit_study_model(oof, y[fitted], series[fitted], inner, classes, settings)
         row = {"seconds": 0.0}
         for name, features in (("plain", plain), ("shift", shifted)):
             p = head_probabilities(head, features[split.test])
-            if stack is not None:
-                order, stats, truth = by_series(p, series[split.test], y[split.test])
-                series_p = stack.probabilities(stats)
-            else:
-                order, series_p = pool_by_series(p, series[split.test], "mean")
-                truth = by_series(p, series[split.test], y[split.test])[2]
-            if rule is not None:
-                series_p = rule.apply(series_p)
+            order, series_p, _ = study.by_series(p, series[split.test])
+            truth = by_series(p, series[split.test], y[split.test])[2]
             scores = score_fold(y[split.test], p, series[split.test], series_p, order, truth, classes)
             row |= {(k if name == "plain" else f"shift_{k}"): v for k, v in scores.items()}
         row["seconds"] = round(time.perf_counter() - began, 1)
@@ -193,16 +186,16 @@ def run_recipe(recipe: dict, data: dict, folds: list) -> dict:
 RECIPES = {
     "R0 today: full, l2mm+l3m, mean": {"encoders": ["ctr152 l2mm+l3m"], "view": "full", "series": "mean"},
     "R1 + rule": {"encoders": ["ctr152 l2mm+l3m"], "view": "full", "series": "mean", "rule": True},
-    "R2 series head": {"encoders": ["ctr152 l2mm+l3m"], "view": "full", "series": "stack"},
-    "R3 series head + rule": {"encoders": ["ctr152 l2mm+l3m"], "view": "full", "series": "stack", "rule": True},
-    "R4 crop, series head + rule": {"encoders": ["ctr152 l2mm+l3m"], "view": "crop", "series": "stack", "rule": True},
-    "R5 crop + aug, series head + rule": {"encoders": ["ctr152 l2mm+l3m"], "view": "crop", "series": "stack",
+    "R2 series head": {"encoders": ["ctr152 l2mm+l3m"], "view": "full", "series": "learned"},
+    "R3 series head + rule": {"encoders": ["ctr152 l2mm+l3m"], "view": "full", "series": "learned", "rule": True},
+    "R4 crop, series head + rule": {"encoders": ["ctr152 l2mm+l3m"], "view": "crop", "series": "learned", "rule": True},
+    "R5 crop + aug, series head + rule": {"encoders": ["ctr152 l2mm+l3m"], "view": "crop", "series": "learned",
                                           "rule": True, "aug": True},
-    "R6 full + aug, series head + rule": {"encoders": ["ctr152 l2mm+l3m"], "view": "full", "series": "stack",
+    "R6 full + aug, series head + rule": {"encoders": ["ctr152 l2mm+l3m"], "view": "full", "series": "learned",
                                           "rule": True, "aug": True},
-    "M1 medsam, series head + rule": {"encoders": ["medsam"], "view": "full", "series": "stack", "rule": True},
+    "M1 medsam, series head + rule": {"encoders": ["medsam"], "view": "full", "series": "learned", "rule": True},
     "M2 ctr152 + medsam, series head + rule": {"encoders": ["ctr152 l2mm+l3m", "medsam"], "view": "full",
-                                               "series": "stack", "rule": True},
+                                               "series": "learned", "rule": True},
 }
 
 

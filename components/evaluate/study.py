@@ -85,13 +85,6 @@ def too_few_series(fit_on, count: int, classes: list[str], settings: StudyFitSet
                       certified={"coverage_target": settings.coverage, "not_certified": f"only {count} series"})
 
 
-def apply_to_series(model: StudyModel, probabilities: np.ndarray, series: list[str]) -> tuple[list[str], np.ndarray]:
-    """Series ids (sorted) and the study model's verdict probabilities of each."""
-    names = np.asarray(series, dtype=str)
-    order = sorted(set(names.tolist()))
-    return order, np.stack([model.series_probabilities(probabilities[names == s]) for s in order])
-
-
 def study_figures(model: StudyModel, figures: dict | None, fit_on, scored_on, classes: list[str],
                   holdout: bool) -> tuple[tuple[list[str], np.ndarray, np.ndarray], dict]:
     """The series verdicts evaluate scores ((order, probabilities, truth)) and the study block of metrics.json.
@@ -100,7 +93,7 @@ def study_figures(model: StudyModel, figures: dict | None, fit_on, scored_on, cl
     applied to the test split `scored_on`.
     """
     if holdout or figures is None:
-        order, pooled = apply_to_series(model, scored_on.probabilities, scored_on.series)
+        order, pooled, _ = model.by_series(scored_on.probabilities, scored_on.series)
         truth = by_series(scored_on.probabilities, scored_on.series, scored_on.labels)[2]
     else:
         order, pooled, truth = figures["order"], figures["series_probabilities"], figures["labels"]
