@@ -24,34 +24,19 @@ from pathlib import Path
 import numpy as np
 
 from components.common.console import progress, quiet_runtime
-from components.common.imaging import crop_to_body, kernel_shift, resize
 from components.common.params import load_params
 from components.lib.ct_resnet import WEIGHTS_FILE, assign_weights, feature_extractor, load_weights
 from components.lib.prepared import load_all_images, load_rows
+from components.lib.scanner import SEEDS, scanner_copy
 
 VIEWS = ("full", "crop")
 VARIANTS = ("plain", "shift", "aug")
 CTR_BLOCKS = [("layer2", "mean"), ("layer2", "max"), ("layer3", "mean"), ("layer3", "max")]  # 512+512+1024+1024
-SEEDS = {"shift": 1001, "aug": 2002}
-
-
-def augment_unit(unit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random scanner: kernel sharpness, noise, contrast and level, and a left-right flip."""
-    unit = kernel_shift(unit, rng, sharpen=rng.uniform(0.0, 1.5), noise=rng.uniform(0.0, 12 / 255))
-    unit = np.clip((unit - 0.5) * rng.uniform(0.85, 1.15) + 0.5 + rng.uniform(-0.05, 0.05), 0.0, 1.0)
-    return unit[:, ::-1] if rng.random() < 0.5 else unit
 
 
 def transform(image: np.ndarray, view: str, variant: str, rng: np.random.Generator) -> np.ndarray:
-    """One uint8 (S, S, 1) slice as the (view, variant) shows it: the scanner change first, then the crop."""
-    unit = image[..., 0].astype(np.float32) / 255.0
-    if variant == "shift":
-        unit = kernel_shift(unit, rng)
-    elif variant == "aug":
-        unit = augment_unit(unit, rng)
-    if view == "crop":
-        unit = resize(crop_to_body(unit), image.shape[0])
-    return np.clip(np.round(unit * 255.0), 0, 255).astype(np.uint8)[..., None]
+    """One uint8 (S, S, 1) slice as the (view, variant) shows it (components.lib.scanner: the change, then the crop)."""
+    return scanner_copy(image, variant, rng, view == "crop")
 
 
 def ctr152_embedder(side: int, weights: Path):
@@ -158,7 +143,8 @@ def run_recipe(recipe: dict, data: dict, folds: list) -> dict:
     y, groups, series, classes = data["y"], data["groups"], data["series"], data["classes"]
     n = len(classes)
     plain = load_features(data["cache"], recipe["encoders"], recipe["view"], "plain")
-    shifted = load_features(data["cache"], recipe["encoders"], recipe["view"], "shift")
+    shifted = load_features(data["cache"], recipe["encoders"], recipe["view"], "shift") \
+        if available(recipe, data["cache"], ("shift",)) else None
     aug = load_features(data["cache"], recipe["encoders"], recipe["view"], "aug") if recipe.get("aug") else None
     settings = StudyFitSettings(recipe["series"], bool(recipe.get("rule")), None)
     rows = []
@@ -173,6 +159,8 @@ def run_recipe(recipe: dict, data: dict, folds: list) -> dict:
             study, _ = fit_study_model(oof, y[fitted], series[fitted], inner, classes, settings)
         row = {"seconds": 0.0}
         for name, features in (("plain", plain), ("shift", shifted)):
+            if features is None:
+                continue
             p = head_probabilities(head, features[split.test])
             order, series_p, _ = study.by_series(p, series[split.test])
             truth = by_series(p, series[split.test], y[split.test])[2]
@@ -199,8 +187,9 @@ RECIPES = {
 }
 
 
-def available(recipe: dict, cache: Path) -> bool:
-    variants = ["plain", "shift"] + (["aug"] if recipe.get("aug") else [])
+def available(recipe: dict, cache: Path, variants: tuple[str, ...] | None = None) -> bool:
+    """Whether every cache the recipe reads (or the `variants` named) exists."""
+    variants = variants or ("plain", *(("aug",) if recipe.get("aug") else ()))
     return all((cache / f"{ENCODER_COLUMNS[e][0]}-{recipe['view']}-{v}.npy").is_file()
                for e in recipe["encoders"] for v in variants)
 
@@ -251,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(saved, indent=1))
         print(f"{name}: slice {result['slice'][0]:.3f}±{result['slice'][1]:.3f}  in series "
               f"{result['slice_in_series'][0]:.3f}  series {result['series'][0]:.3f}±{result['series'][1]:.3f}  "
-              f"shifted {result['shift_series'][0]:.3f}  recall " +
+              f"shifted {result.get('shift_series', [float('nan')])[0]:.3f}  recall " +
               " ".join(f"{c[0]} {result[f'series_recall_{c}'][0]:.2f}" for c in params.classes) +
               f"  {result['seconds'][0]:.0f} s/fold", flush=True)
     return 0

@@ -252,46 +252,57 @@ def series_folds(series: np.ndarray, folds: np.ndarray, order: list[str]) -> np.
 
 
 def fit_study_model(probabilities: np.ndarray, labels: np.ndarray, series: np.ndarray, folds: np.ndarray,
-                    classes: list[str], settings: StudyFitSettings) -> tuple[StudyModel, dict]:
+                    classes: list[str], settings: StudyFitSettings,
+                    shifted: np.ndarray | None = None) -> tuple[StudyModel, dict]:
     """Fit the study model on out-of-fold slice probabilities, each part cross-fitted over `folds` so the figures it
     returns are out-of-fold too: the series head, then the rule on the head's out-of-fold output, then the conformal
     sets certified on the rule's out-of-fold output. Returns the model (every part refitted on all series) and the
-    figures: {series_probabilities, labels, order, folds} of the cross-fitted verdicts and the certificate."""
+    figures: {series_probabilities, labels, order, folds} of the cross-fitted verdicts and the certificate; with
+    `shifted` (the same slices' probabilities as another scanner shows them) also `shift_series_probabilities`,
+    pushed through the same fold models."""
     from components.common.conformal import certify, fit_conformal
     from components.common.pooling import pool_by_series
 
     n = len(classes)
     order, stats, truth = by_series(probabilities, series, labels)
     fold_of = series_folds(series, folds, order)
+    views = [stats] + ([by_series(shifted, series)[1]] if shifted is not None else [])
     head = None
     if settings.pooling == LEARNED:
-        pooled = _cross_fitted(fold_of, lambda train: SeriesHead.fit(stats[train], truth[train], n, settings.series_c),
-                               lambda model, rows: model.probabilities(stats[rows]), n)
+        views = _cross_fitted(fold_of, lambda train: SeriesHead.fit(stats[train], truth[train], n, settings.series_c),
+                              lambda model, x: model.probabilities(x), views, n)
         head = SeriesHead.fit(stats, truth, n, settings.series_c)
     else:
-        pooled = pool_by_series(probabilities, series, settings.pooling)[1]
+        views = [pool_by_series(p, series, settings.pooling)[1]
+                 for p in [probabilities] + ([shifted] if shifted is not None else [])]
     rule = None
     if settings.rule:
-        pooled_before = pooled
-        pooled = _cross_fitted(fold_of, lambda train: fit_decision_rule(pooled_before[train], truth[train], n),
-                               lambda model, rows: model.apply(pooled_before[rows]), n)
-        rule = fit_decision_rule(pooled_before, truth, n)
+        before = views[0]
+        views = _cross_fitted(fold_of, lambda train: fit_decision_rule(before[train], truth[train], n),
+                              lambda model, x: model.apply(x), views, n)
+        rule = fit_decision_rule(before, truth, n)
+    pooled = views[0]
     conformal, certificate = None, {}
     if settings.coverage is not None:
         certificate = certify(pooled, truth, fold_of, classes, settings.coverage, settings.conformal_method,
                               settings.mondrian)
         conformal = fit_conformal(pooled, truth, settings.coverage, settings.conformal_method, settings.mondrian)
     model = StudyModel(settings.pooling, head, rule, conformal, _certified_summary(certificate))
-    return model, {"series_probabilities": pooled, "labels": truth, "order": order, "folds": fold_of,
-                   "certificate": certificate}
+    figures = {"series_probabilities": pooled, "labels": truth, "order": order, "folds": fold_of,
+               "certificate": certificate}
+    if shifted is not None:
+        figures["shift_series_probabilities"] = views[1]
+    return model, figures
 
 
-def _cross_fitted(fold_of: np.ndarray, fit, apply, n_classes: int) -> np.ndarray:
-    """Each fold's rows predicted by a model fitted on the other folds' rows."""
-    out = np.zeros((len(fold_of), n_classes))
+def _cross_fitted(fold_of: np.ndarray, fit, apply, views: list[np.ndarray], n_classes: int) -> list[np.ndarray]:
+    """Each fold's rows of every view (e.g. plain and shifted) through a model fitted on the other folds' rows."""
+    out = [np.zeros((len(fold_of), n_classes)) for _ in views]
     for fold in np.unique(fold_of):
         held = fold_of == fold
-        out[held] = apply(fit(~held), held)
+        model = fit(~held)
+        for target, view in zip(out, views):
+            target[held] = apply(model, view[held])
     return out
 
 

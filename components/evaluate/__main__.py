@@ -38,6 +38,7 @@ from components.lib.predictions import (
     CV_SPLIT,
     INTERVALS,
     PROBABILITIES,
+    SHIFT_PREFIX,
     SplitPredictions,
     load_probabilities,
     probability_rows,
@@ -59,7 +60,7 @@ def split_predictions(table, y: np.ndarray, probabilities: np.ndarray) -> SplitP
     return SplitPredictions(y, probabilities, groups, series, table["key"].tolist())
 
 
-def cv_certification(name: str, params: Params) -> tuple[SplitPredictions, dict, np.ndarray]:
+def cv_certification(name: str, params: Params) -> tuple[SplitPredictions, dict, np.ndarray, np.ndarray | None]:
     """The out-of-fold predictions of the leakage stage's grouped CV of `name`'s recipe, and that CV's summary.
 
     cv_refit's deployed model has seen every labelled series, so its figures are those of the same recipe
@@ -81,17 +82,19 @@ def cv_certification(name: str, params: Params) -> tuple[SplitPredictions, dict,
     except KeyError as exc:
         raise StageError(f"{folder / CV_PREDICTIONS}: {exc.args[0]}") from None
     rows = frame[(frame["candidate"] == name) & (frame["split"] == CV_SPLIT)].sort_values("index")
-    return predictions, cv, rows["fold"].to_numpy()
+    shift_columns = [f"{SHIFT_PREFIX}{c}" for c in params.classes]
+    shifted = rows[shift_columns].to_numpy(dtype=float) if all(c in rows for c in shift_columns) else None
+    return predictions, cv, rows["fold"].to_numpy(), shifted
 
 
 def study_model_for(name: str, params: Params, test: SplitPredictions, val: SplitPredictions,
-                    cv_folds: np.ndarray | None) -> tuple[StudyModel, tuple, dict]:
+                    cv_folds: np.ndarray | None, shifted: np.ndarray | None = None) -> tuple[StudyModel, tuple, dict]:
     """The candidate's study model (components.evaluate.study), the series verdicts evaluate scores, the study
     block of metrics.json; written to <evaluation>/study/<name>.json for register."""
     holdout = cv_folds is None
     fit_on = val if holdout else test
     try:
-        model, figures = fit_for_candidate(fit_on, cv_folds, params.classes, settings_from(params))
+        model, figures = fit_for_candidate(fit_on, cv_folds, params.classes, settings_from(params), shifted)
     except StudyFitError as exc:
         raise StageError(f"{name}: {exc}") from None
     verdicts, block = study_figures(model, figures, fit_on, test, params.classes, holdout)
@@ -116,13 +119,13 @@ def evaluate_candidate(name: str, params: Params, x_test: np.ndarray, y_test: np
     run_info = read_json(folder / "run.json")
     model = keras.saving.load_model(folder / "model.keras")
     predict = lambda x: np.asarray(model.predict(np.asarray(x, "float32"), batch_size=64, verbose=0))  # noqa: E731
-    cv = cv_folds = None
+    cv = cv_folds = shifted = None
     if params.evaluate.protocol == "cv_refit":
-        test, cv, cv_folds = cv_certification(name, params)
+        test, cv, cv_folds, shifted = cv_certification(name, params)
     else:
         test = split_predictions(tables["test"], y_test, predict(x_test))
     val = split_predictions(tables["val"], y_val, predict(x_val) if len(y_val) else np.zeros((0, len(params.classes))))
-    study, verdicts, study_block = study_model_for(name, params, test, val, cv_folds)
+    study, verdicts, study_block = study_model_for(name, params, test, val, cv_folds, shifted)
     metrics = classification_metrics(test.labels, test.probabilities, params.classes)
     slice_cis = bootstrap_cis(test.labels, test.probabilities.argmax(axis=1), test.groups, params.classes,
                               params.report.bootstrap_resamples)

@@ -52,16 +52,18 @@ def series_grouped_folds(labels: np.ndarray, series: list[str], folds: int = STU
     return np.array([fold_of_series[index[s]] for s in np.asarray(series, dtype=str)])
 
 
-def fit_for_candidate(fit_on, folds: np.ndarray | None, classes: list[str], settings: StudyFitSettings):
-    """(StudyModel, figures) from SplitPredictions `fit_on` (folds: the CV's, or None to make series folds)."""
-    if not needs_fitting(settings):
+def fit_for_candidate(fit_on, folds: np.ndarray | None, classes: list[str], settings: StudyFitSettings,
+                      shifted: np.ndarray | None = None):
+    """(StudyModel, figures) from SplitPredictions `fit_on` (folds: the CV's, or None to make series folds; shifted:
+    the same slices' out-of-fold probabilities as a sharper kernel shows them, scored beside)."""
+    if not needs_fitting(settings) and shifted is None:
         return StudyModel(settings.pooling), None
     series = np.asarray(fit_on.series, dtype=str)
     count = len(set(series.tolist()))
     if count < MIN_SERIES:
         return too_few_series(fit_on, count, classes, settings), None
     folds = series_grouped_folds(fit_on.labels, series.tolist()) if folds is None else np.asarray(folds)
-    return fit_study_model(fit_on.probabilities, fit_on.labels, series, folds, classes, settings)
+    return fit_study_model(fit_on.probabilities, fit_on.labels, series, folds, classes, settings, shifted)
 
 
 def too_few_series(fit_on, count: int, classes: list[str], settings: StudyFitSettings) -> StudyModel:
@@ -103,6 +105,8 @@ def study_figures(model: StudyModel, figures: dict | None, fit_on, scored_on, cl
     block["ece_series"] = {"before": round(expected_calibration_error(truth, raw), 4),
                            "after": round(expected_calibration_error(truth, pooled), 4),
                            "before_is": f"{raw_pooling} of the slice probabilities"}
+    if figures is not None and "shift_series_probabilities" in figures:
+        block["shift"] = shift_block(pooled, figures["shift_series_probabilities"], truth, classes)
     if model.conformal is not None:
         sets = prediction_sets(pooled, model.conformal)
         measured = set_scores(sets, truth, classes)
@@ -114,3 +118,26 @@ def study_figures(model: StudyModel, figures: dict | None, fit_on, scored_on, cl
                                                          figures["folds"], list(CURVE_TARGETS),
                                                          model.conformal.method, model.conformal.mondrian)
     return (order, pooled, truth), block
+
+
+MAX_SHIFT_DROP = 0.10  # a series macro-F1 this much lower on the shifted copy names the model as not robust
+
+
+def shift_block(plain: np.ndarray, shifted: np.ndarray, truth: np.ndarray, classes: list[str]) -> dict:
+    """The study verdicts of every fold's test series and of their shifted copy (a sharper kernel + noise): series
+    macro-F1 and recall of both, the drop, and whether it passes MAX_SHIFT_DROP."""
+    from sklearn.metrics import f1_score, recall_score
+
+    labels = list(range(len(classes)))
+
+    def scores(p: np.ndarray) -> dict:
+        recall = recall_score(truth, p.argmax(1), labels=labels, average=None, zero_division=0)
+        return {"series_macro_f1": round(float(f1_score(truth, p.argmax(1), labels=labels, average="macro",
+                                                        zero_division=0)), 4),
+                "recall": {c: round(float(r), 4) for c, r in zip(classes, recall)}}
+
+    before, after = scores(plain), scores(shifted)
+    drop = round(before["series_macro_f1"] - after["series_macro_f1"], 4)
+    return {"plain": before, "shifted": after, "drop": drop, "max_drop": MAX_SHIFT_DROP,
+            "robust": drop <= MAX_SHIFT_DROP,
+            "shift": "sharper reconstruction kernel (unsharp mask) + Gaussian noise of 10 grey levels"}

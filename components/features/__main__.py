@@ -18,8 +18,15 @@ from components.common.console import progress
 from components.common.params import Params
 from components.features.core import cached_blocks, extract
 from components.lib.ct_resnet import WEIGHTS_FILE, ConversionError, assign_weights, feature_extractor, load_weights
-from components.lib.features import LAYER_WIDTHS
+from components.lib.features import LAYER_WIDTHS, copy_file
 from components.lib.prepared import SPLITS
+from components.lib.scanner import copier
+
+
+def through_copies(predict, kind: str, body_crop: bool, stream: int):
+    """`predict` of each batch's `kind` copies (components.lib.scanner), one seeded stream per split."""
+    copy = copier(kind, body_crop, stream)
+    return lambda batch: predict(copy(batch).astype("float32"))
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
@@ -45,21 +52,27 @@ def run(params: Params, args: argparse.Namespace) -> None:
         raise StageError(f"{weights_file}: {exc}; re-run the backbone stage") from None
     predict = lambda batch: model.predict_on_batch(batch)  # noqa: E731
     began, counts = time.perf_counter(), {}
-    for split, x in images.items():
-        batches = -(-len(x) // settings.batch_size)
-        bar = lambda it, s=split, n=batches: progress(it, desc=f"features {s}", unit="batch", total=n)  # noqa: E731
-        np.save(out / f"{split}.npy", extract(predict, x, settings.batch_size, bar))
-        counts[split] = int(len(x))
+    for kind in ("plain", *settings.copies):
+        for stream, (split, x) in enumerate(images.items()):
+            batches = -(-len(x) // settings.batch_size)
+            bar = lambda it, s=split, n=batches, k=kind: progress(  # noqa: E731
+                it, desc=f"features {s}" + ("" if k == "plain" else f" ({k} copy)"), unit="batch", total=n)
+            through = predict if kind == "plain" else through_copies(predict, kind, params.preprocess.body_crop, stream)
+            np.save(out / copy_file(split, kind), extract(through, x, settings.batch_size, bar))
+            counts[split] = int(len(x))
     seconds = time.perf_counter() - began
     total = sum(counts.values())
     write_json(out / "features.json", {
         "enabled": True, "layers": list(settings.layers), "pooling": list(settings.pooling),
         "blocks": [list(b) for b in blocks], "widths": [LAYER_WIDTHS[layer] for layer, _ in blocks],
-        "image_size": size, "array_size": side, "images": counts, "seconds": round(seconds, 1),
+        "image_size": size, "array_size": side, "images": counts, "copies": list(settings.copies),
+        "body_crop": params.preprocess.body_crop, "seconds": round(seconds, 1),
         "images_per_second": round(total / seconds, 2) if seconds else None,
         "machine": f"{os.cpu_count()} CPU cores", "threads": int(os.environ.get("OMP_NUM_THREADS", 0)) or None})
-    log.info("%d images -> %s features in %.0f s (%.2f img/s)", total, "+".join(settings.layers), seconds,
-             total / seconds if seconds else float("nan"))
+    passes = total * (1 + len(settings.copies))
+    log.info("%d images%s -> %s features in %.0f s (%.2f img/s)", total,
+             f" and their {' + '.join(settings.copies)} copies" if settings.copies else "", "+".join(settings.layers),
+             seconds, passes / seconds if seconds else float("nan"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from components.common.tracking import configure_mlflow
 from components.common.tta import plain_and_tta
 from components.leakage.core import (
     PLAIN,
+    SHIFT,
     fold_variants,
     folds_fingerprint,
     groups_overlap,
@@ -26,11 +27,11 @@ from components.leakage.core import (
     summarise_variants,
     variant_label,
 )
-from components.lib.features import FeaturesError, load_features, resolve_backbone
+from components.lib.features import FeaturesError, load_copies, load_features, resolve_backbone
 from components.lib.feeders import loss_weights
 from components.lib.folds import IndexSplit, grouped_folds, recipe_fingerprint, recipe_params
 from components.lib.heads import fit_frozen_head, head_probabilities, is_frozen_backbone
-from components.lib.predictions import CV_PREDICTIONS, CV_SPLIT, SplitPredictions, probability_rows
+from components.lib.predictions import CV_PREDICTIONS, CV_SPLIT, SHIFT_PREFIX, SplitPredictions, probability_rows
 from components.lib.prepared import SPLITS, load_all_images, load_rows, pixel_statistics, split_counts
 from components.lib.training import SplitArrays, train_candidate
 
@@ -47,20 +48,35 @@ def frozen_backbone_fit(params: Params, name: str, x: np.ndarray, y: np.ndarray)
     except FeaturesError as exc:
         raise StageError(str(exc)) from None
     features = np.concatenate([np.asarray(cached[s]) for s in SPLITS])
+    copies = {kind: np.concatenate([np.asarray(c[s]) for s in SPLITS]) for kind in ("shift", "aug")
+              if (c := load_copies(params, candidate, kind)) is not None}
     if params.leakage.tta or params.leakage.ensemble > 1:
         log.info("%s is a frozen backbone with a deterministic head: TTA and ensembles are not scored", name)
 
     def fit(split: IndexSplit) -> dict[str, np.ndarray]:
-        head = fit_frozen_head(candidate, features[split.train], y[split.train], features[split.val], y[split.val],
+        x_train, y_train = with_augmented(features[split.train], y[split.train], copies.get("aug"), split.train)
+        head = fit_frozen_head(candidate, x_train, y_train, features[split.val], y[split.val],
                                len(params.classes), params.train.seed)
-        return {PLAIN: head_probabilities(head, features[split.test])}
+        variants = {PLAIN: head_probabilities(head, features[split.test])}
+        if "shift" in copies:  # the fold's test series as a sharper kernel shows them (components.lib.scanner)
+            variants[SHIFT] = head_probabilities(head, copies["shift"][split.test])
+        return variants
 
     return fit
 
 
+def with_augmented(x: np.ndarray, y: np.ndarray, augmented: np.ndarray | None,
+                   rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Training features with their augmented copies' appended (backbone.copies has aug), labels alike."""
+    if augmented is None:
+        return x, y
+    return np.concatenate([x, augmented[rows]]), np.concatenate([y, y])
+
+
 def write_cv_predictions(path: Path, name: str, rows: pd.DataFrame, y: np.ndarray, oof: np.ndarray,
-                         fold_of: np.ndarray, classes: list[str]) -> None:
-    """Every image's out-of-fold probabilities (the plain variant) with its fold: what cv_refit certifies.
+                         fold_of: np.ndarray, classes: list[str], shifted: np.ndarray | None = None) -> None:
+    """Every image's out-of-fold probabilities (the plain variant) with its fold: what cv_refit certifies; with
+    `shifted`, also those of its scanner-shifted copy (`shift_p_<class>` columns).
 
     Without a grouped CV the file holds the header only, so the DVC output always exists.
     """
@@ -70,6 +86,9 @@ def write_cv_predictions(path: Path, name: str, rows: pd.DataFrame, y: np.ndarra
     frame = probability_rows(name, CV_SPLIT, predictions, classes)
     frame["index"] = np.flatnonzero(scored)
     frame.insert(2, "fold", fold_of[scored])
+    if shifted is not None:
+        for k, c in enumerate(classes):
+            frame[f"{SHIFT_PREFIX}{c}"] = shifted[scored, k]
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
 
@@ -162,10 +181,13 @@ def run(params: Params, args: argparse.Namespace) -> None:
     series = rows["study"].to_numpy()
     fit = recipe_fit(params, name, x, y, groups)
     oof, fold_of = np.zeros((len(y), len(params.classes))), np.zeros(len(y), dtype=int)
+    oof_shift = np.full_like(oof, np.nan)
 
-    def recording(split: IndexSplit) -> dict[str, np.ndarray]:  # keeps each fold's plain test probabilities
+    def recording(split: IndexSplit) -> dict[str, np.ndarray]:  # keeps each fold's plain (and shifted) probabilities
         variants = fit(split)
         oof[split.test], fold_of[split.test] = variants[PLAIN], 1 + fold_of.max()
+        if SHIFT in variants:
+            oof_shift[split.test] = variants[SHIFT]
         return variants
 
     report: dict = {"candidate": name, "images": int(len(y)), "groups": int(len(np.unique(groups)))}
@@ -199,7 +221,9 @@ def run(params: Params, args: argparse.Namespace) -> None:
                                 "folds_fingerprint": folds_fingerprint(rows["key"].tolist(), fold_of)}
         if variants := summarise_variants(folds, params.classes):
             report["grouped_cv"]["variants"] = variants
-    write_cv_predictions(Path(params.paths.leakage) / CV_PREDICTIONS, name, rows, y, oof, fold_of, params.classes)
+    shifted = oof_shift if not np.isnan(oof_shift[fold_of > 0]).any() and (fold_of > 0).any() else None
+    write_cv_predictions(Path(params.paths.leakage) / CV_PREDICTIONS, name, rows, y, oof, fold_of, params.classes,
+                         shifted)
     write_json(Path(params.paths.leakage) / "leakage.json", report)  # first: the scores survive a logging failure
     if "grouped_cv" in report:
         log_cv_to_mlflow(params, name, report["grouped_cv"])

@@ -28,6 +28,7 @@ def groups_overlap(split: IndexSplit, groups: np.ndarray) -> set[str]:
 
 Fit = Callable[[IndexSplit], dict[str, np.ndarray]]  # trains on split.train/val; test probabilities by variant
 PLAIN = "plain"  # the variant every fit returns: one prediction per image; others (e.g. "tta") ride along
+SHIFT = "shift"  # a frozen head's test series as a sharper kernel shows them (backbone.copies: shift)
 
 
 def score_split(fit: Fit, split: IndexSplit, labels: np.ndarray, classes: list[str],

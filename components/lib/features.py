@@ -38,6 +38,11 @@ def layer_columns(cached: list, wanted: list, widths: dict[str, int] = LAYER_WID
     return np.concatenate([np.arange(starts[cached.index(w)], starts[cached.index(w) + 1]) for w in wanted])
 
 
+def copy_file(split: str, kind: str = "plain") -> str:
+    """The cache file of one split's features: `train.npy`, or of its scanner copy `train_shift.npy`."""
+    return f"{split}.npy" if kind == "plain" else f"{split}_{kind}.npy"
+
+
 class FeaturesError(ValueError):
     """The cached features do not fit the candidate; the message says what to re-run or change."""
 
@@ -72,3 +77,13 @@ def load_features(params: Params, candidate: CandidateParams, image_size: int,
     except ValueError as exc:
         raise FeaturesError(str(exc)) from None
     return {split: np.load(folder / f"{split}.npy", mmap_mode="r")[:, columns] for split in SPLITS}
+
+
+def load_copies(params: Params, candidate: CandidateParams, kind: str) -> dict[str, np.ndarray] | None:
+    """{split: features} of the slices' `kind` copies (backbone.copies), the candidate's columns; None if not cached."""
+    folder = Path(params.paths.features)
+    meta = json.loads((folder / "features.json").read_text()) if (folder / "features.json").is_file() else {}
+    if kind not in meta.get("copies", []):
+        return None
+    columns = layer_columns(meta.get("blocks") or meta["layers"], candidate.feature_blocks())
+    return {split: np.load(folder / copy_file(split, kind), mmap_mode="r")[:, columns] for split in SPLITS}

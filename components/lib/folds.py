@@ -45,6 +45,10 @@ def recipe_params(params: Params, name: str) -> dict:
     flat.update({"preprocess.image_size": params.preprocess.image_size, "train.seed": params.train.seed,
                  "leakage.seed": params.leakage.seed, "leakage.cv_folds": params.leakage.cv_folds,
                  "leakage.tta": "+".join(params.leakage.tta) or "none", "leakage.ensemble": params.leakage.ensemble})
+    if params.preprocess.body_crop:  # named only when on, so recipes from before the knob keep their prints
+        flat["preprocess.body_crop"] = True
+    if params.backbone.copies:
+        flat["backbone.copies"] = "+".join(params.backbone.copies)
     return flat
 
 

@@ -15,6 +15,7 @@ PROBABILITIES = "probabilities.csv"  # candidate, split, index, key, group, seri
 INTERVALS = "intervals.json"  # candidate -> {"slice": ci95, "series": ci95} (group_bootstrap output)
 CV_PREDICTIONS = "cv_predictions.csv"  # leakage: every image's out-of-fold probabilities (split "cv", + fold)
 CV_SPLIT = "cv"
+SHIFT_PREFIX = "shift_p_"  # cv_predictions.csv: the out-of-fold probabilities of each slice's scanner-shifted copy
 
 
 @dataclass(frozen=True)

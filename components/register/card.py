@@ -114,6 +114,13 @@ def study_card(metrics: Mapping[str, Any]) -> str:
         rule = study["rule"]
         lines.append(f"- Decision rule (fitted on out-of-fold predictions): temperature {rule['temperature']:.2f}, "
                      f"class offsets {rule['offsets']}")
+    shift = study.get("shift")
+    if shift:
+        verdict = "within" if shift["robust"] else "MORE THAN"
+        lines.append(f"- A scanner change ({shift['shift']}): series macro-F1 {shift['plain']['series_macro_f1']:.3f} "
+                     f"plain, {shift['shifted']['series_macro_f1']:.3f} on the shifted copy of the same out-of-fold "
+                     f"series: a drop of {shift['drop']:.3f}, {verdict} the {shift['max_drop']:.2f} allowed"
+                     + ("" if shift["robust"] else ". THIS MODEL IS NOT ROBUST TO A SHARPER KERNEL"))
     energy = metrics.get("gradcam_outside_body")
     if energy:
         per = ", ".join(f"{c} {v:.0%}" for c, v in energy["per_class"].items())

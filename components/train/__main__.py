@@ -14,7 +14,7 @@ import pandas as pd
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.common.tracking import configure_mlflow
-from components.lib.features import FeaturesError, load_features, resolve_backbone
+from components.lib.features import FeaturesError, load_copies, load_features, resolve_backbone
 from components.lib.feeders import loss_weights
 from components.lib.heads import fit_frozen_head, head_probabilities, is_frozen_backbone
 from components.lib.models import SetupError, build_model, resolve_weights
@@ -131,7 +131,12 @@ def train_frozen_head(params: Params, name: str, candidate, data: SplitArrays) -
     except FeaturesError as exc:
         raise StageError(str(exc)) from None
     fitted = np.concatenate([np.asarray(features[split]) for split in fitting_splits(params)])
-    head = fit_frozen_head(candidate, fitted, np.asarray(data.y_train), np.asarray(features["val"]),
+    x_fit, y_fit = fitted, np.asarray(data.y_train)
+    augmented = load_copies(params, candidate, "aug")
+    if augmented is not None:  # each fitted slice's random-scanner copy beside it (backbone.copies: aug)
+        x_fit = np.concatenate([fitted, *(np.asarray(augmented[split]) for split in fitting_splits(params))])
+        y_fit = np.concatenate([y_fit, y_fit])
+    head = fit_frozen_head(candidate, x_fit, y_fit, np.asarray(features["val"]),
                            np.asarray(data.y_val), len(params.classes), params.train.seed)
     model = build_model(name, candidate, data.x_train.shape[1], len(params.classes), [], data.pixel_mean,
                         data.pixel_variance)
