@@ -10,7 +10,7 @@ export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
 .PHONY: install run test test-fast mlflow-ui serve clean system-deps browser bench-serve bench-train \
-	real-data real-data-cv search cv-table lint bench-airflow bench-adapt monitor-demo
+	real-data real-data-cv search cv-table lint bench-airflow bench-adapt bench-series monitor-demo
 
 # torch's CPU build (the backbone conversion) comes from PyTorch's index where that host resolves; where it does
 # not (an offline mirror, a machine with the wheel in pip's find-links), asking it anyway costs pip five retries
@@ -86,6 +86,11 @@ bench-adapt: install ## after `make real-data`: frozen-backbone levers and layer
 	$(BIN)/python -m components.backbone.bench --params .bench-adapt.params.yaml levers
 	$(BIN)/python -m components.backbone.bench --params .bench-adapt.params.yaml finetune --folds 1 --lr 1e-5
 	$(BIN)/python -m components.backbone.bench --params .bench-adapt.params.yaml finetune --folds 1 --lr 1e-5 --no-augment
+
+bench-series: install ## after `make real-data`'s preprocess: series head, rule, body crop, scanner shift/aug by grouped CV (issue 33)
+	@$(PROFILE) real-data --write .bench-series.params.yaml || exit 2
+	$(BIN)/python -m components.backbone.series_bench --params .bench-series.params.yaml cache
+	$(BIN)/python -m components.backbone.series_bench --params .bench-series.params.yaml cv --seeds 0 1
 
 cv-table: install ## every grouped-CV trial logged to MLflow, as a Markdown table
 	$(BIN)/python -m components.leakage.table

@@ -213,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)
     prepared, cache = Path(params.paths.prepared), Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
+    if params.preprocess.body_crop:
+        print("series-bench: the prepared arrays are cropped to the body already (preprocess.body_crop: true); the "
+              "bench compares both views itself: run preprocess with body_crop false into paths.prepared first")
+        return 2
     if not (prepared / "split.csv").is_file():
         print(f"series-bench: no prepared data in {prepared}: run the preprocess stage with the real-data profile")
         return 2

@@ -113,3 +113,37 @@ def test_cv_refit_trains_on_train_and_test_and_evaluate_certifies_with_the_out_o
     raw["train"]["candidates"]["ct"]["head_c"] = [0.5]  # another recipe: the certificate no longer matches
     project.write_text(yaml.safe_dump(raw))
     assert evaluate_main(["--params", str(project)]) == 2
+
+
+def test_scanner_copies_train_the_head_and_give_the_shifted_fold_report(project):  # noqa: F811
+    """backbone.copies: the features stage caches each slice's shift and aug copies, leakage scores every fold's
+    test series shifted beside plain (shift_p_* columns), evaluate reports the drop through the study model."""
+    from components.common.params import load_params
+    from components.evaluate.__main__ import main as evaluate_main
+    from components.features.__main__ import main as features_main
+    from components.leakage.__main__ import main as leakage_main
+    from components.train.__main__ import main as train_main
+
+    raw = yaml.safe_load(project.read_text())
+    raw["evaluate"].update(protocol="cv_refit", series_pooling="mean", decision_rule=True)
+    raw["leakage"].update(cv_folds=2, random_split=False)
+    raw["backbone"]["copies"] = ["shift", "aug"]
+    project.write_text(yaml.safe_dump(raw))
+    params = load_params(project)
+    assert features_main(["--params", str(project)]) == 0
+    folder = Path(params.paths.features)
+    assert json.loads((folder / "features.json").read_text())["copies"] == ["shift", "aug"]
+    plain, shifted = np.load(folder / "train.npy"), np.load(folder / "train_shift.npy")
+    assert plain.shape == shifted.shape == np.load(folder / "train_aug.npy").shape and not np.allclose(plain, shifted)
+    assert leakage_main(["--params", str(project)]) == 0
+    oof = pd.read_csv(Path(params.paths.leakage) / "cv_predictions.csv")
+    assert {"shift_p_Normal", "shift_p_Cyst"} <= set(oof.columns) and oof["shift_p_Normal"].notna().all()
+    cv = json.loads((Path(params.paths.leakage) / "leakage.json").read_text())["grouped_cv"]
+    assert "shift" in cv["variants"]
+    assert train_main(["--params", str(project), "--candidate", "ct"]) == 0
+    assert evaluate_main(["--params", str(project)]) == 0
+    study = json.loads((Path(params.paths.evaluation) / "metrics.json").read_text())["ct"]["study"]
+    shift = study["shift"]
+    assert shift["drop"] == pytest.approx(shift["plain"]["series_macro_f1"] - shift["shifted"]["series_macro_f1"],
+                                          abs=1e-3)
+    assert shift["robust"] == (shift["drop"] <= 0.10)
