@@ -241,16 +241,19 @@ def cross_fitted_sets(probabilities: np.ndarray, labels: np.ndarray, folds: np.n
     return sets, calibrations
 
 
-def t_interval(values: list[float | None], level: float = 0.95) -> dict:
-    """Mean over folds with a Student-t interval (None where fewer than two folds have a value)."""
+def t_interval(values: list[float | None], level: float = 0.95, bounds: tuple[float, float] | None = None) -> dict:
+    """Mean over folds with a Student-t interval (None where fewer than two folds have a value), clipped to `bounds`
+    (a share cannot leave [0, 1])."""
     v = np.array([x for x in values if x is not None], dtype=np.float64)
     if len(v) == 0:
         return {"estimate": None, "low": None, "high": None, "folds": 0}
     if len(v) < 2:
         return {"estimate": float(v[0]), "low": None, "high": None, "folds": 1}
     half = float(stats.t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return {"estimate": float(v.mean()), "low": float(v.mean() - half), "high": float(v.mean() + half),
-            "folds": int(len(v))}
+    low, high = float(v.mean() - half), float(v.mean() + half)
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"estimate": float(v.mean()), "low": low, "high": high, "folds": int(len(v))}
 
 
 def certify(probabilities: np.ndarray, labels: np.ndarray, folds: np.ndarray, classes: list[str], coverage: float,
@@ -264,7 +267,9 @@ def certify(probabilities: np.ndarray, labels: np.ndarray, folds: np.ndarray, cl
                 for fold, calibration in calibrations.items()]
     names = [k for k in per_fold[0] if k not in ("fold", "rows", "uncertified")]
     return {"coverage_target": coverage, "method": method, "mondrian": mondrian, "level": level,
-            "folds": per_fold, "summary": {k: t_interval([row[k] for row in per_fold], level) for k in names}}
+            "folds": per_fold, "summary": {k: t_interval([row[k] for row in per_fold], level,
+                                                         None if k == "mean_set_size" else (0.0, 1.0))
+                                           for k in names}}
 
 
 def coverage_curve(probabilities: np.ndarray, labels: np.ndarray, folds: np.ndarray, targets: list[float],
