@@ -48,6 +48,9 @@ class Prediction(BaseModel):
     label: str
     probabilities: dict[str, float]
     model_version: str
+    prediction_set: list[str] | None = None  # the slice's conformal set, most probable first (None: no calibration)
+    refer: bool | None = None                # more than one class in it
+    coverage: float | None = None            # its target coverage
 
 
 class SliceEvidence(BaseModel):
@@ -185,9 +188,14 @@ class KidneyCtClassifier:
         else:
             probs = (await asyncio.to_thread(self.run_model, pixels[np.newaxis]))[0]
         probs = np.asarray(probs, dtype=float)
+        members = self.study.slice_set(probs) if self.study is not None else None
+        ranked = None if members is None else [self.classes[k] for k in np.argsort(-probs, kind="stable")
+                                               if members[k]]
         return Prediction(label=self.classes[int(probs.argmax())],
                           probabilities={name: float(p) for name, p in zip(self.classes, probs)},
-                          model_version=self.model_version)
+                          model_version=self.model_version, prediction_set=ranked,
+                          refer=None if ranked is None else len(ranked) > 1,
+                          coverage=None if ranked is None else self.study.slice_conformal.coverage)
 
     def unpack(self, images: list[Path]) -> list[tuple[str, bytes]]:
         """(name, bytes) per uploaded slice, zips expanded; 413 past the series bounds, 400 for a broken zip."""

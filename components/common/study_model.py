@@ -181,6 +181,7 @@ class StudyModel:
     rule: DecisionRule | None = None
     conformal: ConformalCalibration | None = None
     certified: dict = field(default_factory=dict)   # the grouped-CV figures of the sets (a summary, for people)
+    slice_conformal: ConformalCalibration | None = None  # sets for one slice sent alone (out-of-fold slices)
 
     def series_probabilities(self, slice_probabilities: np.ndarray) -> np.ndarray:
         """(slices, K) of one series -> (K,) its calibrated verdict probabilities."""
@@ -204,6 +205,15 @@ class StudyModel:
             return np.arange(len(p)) == p.argmax()
         return prediction_sets(p[None], self.conformal)[0]
 
+    def slice_set(self, probabilities: np.ndarray) -> np.ndarray | None:
+        """(K,) probabilities of one slice sent alone -> its conformal set (boolean (K,)); None without a slice
+        calibration. A slice's label is its series' label, so a slice set is wider than a study's."""
+        from components.common.conformal import prediction_sets
+
+        if self.slice_conformal is None:
+            return None
+        return prediction_sets(np.asarray(probabilities, dtype=np.float64)[None], self.slice_conformal)[0]
+
     def by_series(self, probabilities: np.ndarray, series) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Series ids (sorted), their verdict probabilities (S, K) and conformal sets (S, K) boolean."""
         names = np.asarray(series, dtype=str)
@@ -218,7 +228,8 @@ class StudyModel:
                 "series_head": self.series_head.to_dict() if self.series_head else None,
                 "rule": self.rule.to_dict() if self.rule else None,
                 "conformal": self.conformal.to_dict() if self.conformal else None,
-                "certified": self.certified}
+                "certified": self.certified,
+                "slice_conformal": self.slice_conformal.to_dict() if self.slice_conformal else None}
 
     @classmethod
     def from_dict(cls, data: dict) -> StudyModel:
@@ -228,7 +239,8 @@ class StudyModel:
                    SeriesHead.from_dict(data["series_head"]) if data.get("series_head") else None,
                    DecisionRule.from_dict(data["rule"]) if data.get("rule") else None,
                    ConformalCalibration.from_dict(data["conformal"]) if data.get("conformal") else None,
-                   dict(data.get("certified") or {}))
+                   dict(data.get("certified") or {}),
+                   ConformalCalibration.from_dict(data["slice_conformal"]) if data.get("slice_conformal") else None)
 
 
 @dataclass(frozen=True)
@@ -282,14 +294,22 @@ def fit_study_model(probabilities: np.ndarray, labels: np.ndarray, series: np.nd
                               lambda model, x: model.apply(x), views, n)
         rule = fit_decision_rule(before, truth, n)
     pooled = views[0]
-    conformal, certificate = None, {}
+    conformal = slice_conformal = None
+    certificate = slice_certificate = {}
     if settings.coverage is not None:
         certificate = certify(pooled, truth, fold_of, classes, settings.coverage, settings.conformal_method,
                               settings.mondrian)
         conformal = fit_conformal(pooled, truth, settings.coverage, settings.conformal_method, settings.mondrian)
-    model = StudyModel(settings.pooling, head, rule, conformal, _certified_summary(certificate))
+        slice_certificate = certify(probabilities, labels, np.asarray(folds), classes, settings.coverage,
+                                    settings.conformal_method, settings.mondrian)
+        slice_conformal = fit_conformal(probabilities, labels, settings.coverage, settings.conformal_method,
+                                        settings.mondrian)
+    certified = _certified_summary(certificate)
+    if slice_certificate:
+        certified["slice"] = _certified_summary(slice_certificate)
+    model = StudyModel(settings.pooling, head, rule, conformal, certified, slice_conformal)
     figures = {"series_probabilities": pooled, "labels": truth, "order": order, "folds": fold_of,
-               "certificate": certificate}
+               "certificate": certificate, "slice_certificate": slice_certificate}
     if shifted is not None:
         figures["shift_series_probabilities"] = views[1]
     return model, figures

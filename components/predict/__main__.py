@@ -209,8 +209,8 @@ def check_args(args: argparse.Namespace, params: Params, source: Path, out: Path
 def write_tables(scored, classes: list[str], paths: dict[str, Path]) -> None:
     paths["slices"].parent.mkdir(parents=True, exist_ok=True)
     probs = [f"p_{c}" for c in classes]
-    pd.DataFrame(scored.slices, columns=["file", "series", "predicted", "confidence", *probs, "series_verdict",
-                                         "series_set"]).to_csv(paths["slices"], index=False)
+    pd.DataFrame(scored.slices, columns=["file", "series", "predicted", "confidence", *probs, "slice_set",
+                                         "series_verdict", "series_set"]).to_csv(paths["slices"], index=False)
     pd.DataFrame(scored.series, columns=["series", "slices", "verdict", "set", "refer", "coverage", "pooling", *probs,
                                          "top_slice"]).to_csv(paths["series"], index=False)
     pd.DataFrame(scored.quarantine, columns=["file", "reason"]).to_csv(paths["quarantine"], index=False)

@@ -97,10 +97,18 @@ def tabulate(names: list[str], series: list[str], probs: np.ndarray, contract: C
                             "top_slice": names[members[verdict.top[0]]]})
     slice_rows = [{"file": n, "series": s, "predicted": classes[int(p.argmax())],
                    "confidence": round(float(p.max()), 6),
-                   **{f"p_{c}": round(float(v), 6) for c, v in zip(classes, p)},
+                   **{f"p_{c}": round(float(v), 6) for c, v in zip(classes, p)}, "slice_set": slice_set(p, classes, study),
                    "series_verdict": verdict_of[s].label, "series_set": verdict_of[s].set_label}
                   for n, s, p in zip(names, series, probs)]
     return slice_rows, series_rows
+
+
+def slice_set(probabilities: np.ndarray, classes: list[str], study: StudyModel | None) -> str:
+    """One slice's own conformal set as text ("" without a slice calibration)."""
+    members = study.slice_set(probabilities) if study is not None else None
+    if members is None:
+        return ""
+    return "|".join(classes[k] for k in np.argsort(-probabilities, kind="stable") if members[k])
 
 
 def score_export(items: Iterable[tuple[str, Callable[[], bytes]]], predict: Predict, contract: Contract,
