@@ -141,3 +141,25 @@ def test_an_export_gets_an_sr_per_dicom_series_and_png_series_a_refusal(headers)
     assert "PNG/JPEG slices cannot get one" in refused[0]["reason"]
     assert by_name(reports[0])["Source of Measurement"] == [str(headers[1].SOPInstanceUID),
                                                             str(headers[2].SOPInstanceUID)]
+
+
+def test_the_conformal_set_and_the_refer_flag_read_back_with_plain_pydicom(headers):
+    """Issue 34: each class in the study's set, the refer flag (SNOMED CT Yes/No) and the sentence; the private
+    coding scheme declared in the Coding Scheme Identification Sequence."""
+    import dataclasses
+
+    unsure = dataclasses.replace(finding(headers), prediction_set=["Stone", "Tumor"], coverage=0.9)
+    sr = read_back(build_report(headers, unsure, ALGORITHM, clinical_use=False))
+    items = by_name(sr)
+    assert items["Prediction set member"] == [("95570007", "SCT", "Kidney stone"), ("108369006", "SCT", "Neoplasm")]
+    assert items["Refer to radiologist"] == [("373066001", "SCT", "Yes")]
+    assert "Refer to a radiologist" in items["Prediction set"][0] and "90%" in items["Prediction set"][0]
+    schemes = {str(item.CodingSchemeDesignator): item for item in sr.CodingSchemeIdentificationSequence}
+    assert "99KIDCT" in schemes and schemes["99KIDCT"].CodingSchemeName == "kidney-ct pipeline local codes"
+
+    sure = dataclasses.replace(finding(headers), prediction_set=["Stone"], coverage=0.9)
+    items = by_name(read_back(build_report(headers, sure, ALGORITHM, clinical_use=False)))
+    assert items["Refer to radiologist"] == [("373067005", "SCT", "No")]
+    assert items["Prediction set member"] == [("95570007", "SCT", "Kidney stone")]
+    without = by_name(read_back(build_report(headers, finding(headers), ALGORITHM, clinical_use=False)))
+    assert "Refer to radiologist" not in without and "Prediction set member" not in without
