@@ -198,6 +198,34 @@ def available(recipe: dict, cache: Path, variants: tuple[str, ...] | None = None
                for e in recipe["encoders"] for v in variants)
 
 
+def gradcam_outside(params, data: dict, images: np.ndarray, per_class: int = 8) -> dict:
+    """Per view: the frozen head (layer2 mean+max, layer3 mean+max) fitted on every slice's cached features, put on
+    the whole Keras model, and the share of its Grad-CAM energy outside the body on `per_class` slices per class."""
+    from components.common.gradcam import gradcam, outside_body_share
+    from components.lib.features import resolve_backbone
+    from components.lib.heads import fit_with_c
+    from components.lib.models import build_model
+
+    y, classes = data["y"], data["classes"]
+    candidate = params.train.candidates["ct_resnet152"].model_copy(
+        update={"backbone_pooling": {"layer2": ["mean", "max"], "layer3": ["mean", "max"]}})
+    candidate = resolve_backbone(params, candidate)
+    picks = np.concatenate([np.flatnonzero(y == k)[np.linspace(0, (y == k).sum() - 1, per_class).astype(int)]
+                            for k in range(len(classes))])
+    rng, result = np.random.default_rng(0), {}
+    for view in VIEWS:
+        features = load_features(data["cache"], ["ctr152 l2mm+l3mm"], view, "plain")
+        kernel, bias = fit_with_c(features, y, len(classes), 0.1, 0)
+        model = build_model("ct_resnet152", candidate, images.shape[1], len(classes), [], 0.0, 1.0)
+        model.get_layer("probabilities").set_weights([kernel, bias])
+        shown = np.stack([transform(images[i], view, "plain", rng) for i in picks]).astype("float32")
+        shares = outside_body_share(gradcam(model, shown), shown[..., 0])
+        result[view] = {"overall": float(shares.mean()),
+                        **{c: float(shares[k * per_class:(k + 1) * per_class].mean()) for k, c in enumerate(classes)}}
+        print(f"Grad-CAM energy outside the body, {view}: {result[view]}", flush=True)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", required=True, help="a params file with the real-data profile laid over it")
@@ -211,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     cv_cmd = commands.add_parser("cv", help="grouped CV of every recipe whose caches exist")
     cv_cmd.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     cv_cmd.add_argument("--only", nargs="*", default=None, help="recipe name prefixes (e.g. R0 R3)")
+    commands.add_parser("gradcam", help="Grad-CAM energy outside the body of the head on each view")
     args = parser.parse_args(argv)
     quiet_runtime()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [series-bench] %(message)s", datefmt="%H:%M:%S")
@@ -233,6 +262,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from components.lib.folds import grouped_folds
 
+    if args.command == "gradcam":
+        data = {"y": y, "classes": list(params.classes), "cache": cache}
+        out = Path(args.out)
+        saved = json.loads(out.read_text()) if out.is_file() else {}
+        saved["gradcam_outside_body"] = gradcam_outside(params, data, images)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(saved, indent=1))
+        return 0
     data = {"y": y, "groups": groups, "series": load_rows(prepared)["study"].to_numpy().astype(str),
             "classes": list(params.classes), "cache": cache}
     folds = [(seed, split) for seed in args.seeds

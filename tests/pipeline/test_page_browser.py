@@ -96,4 +96,11 @@ def test_upload_a_series_and_read_its_verdict_with_the_slices_that_drove_it(serv
     WebDriverWait(browser, 30).until(lambda d: d.execute_script(
         "return [...document.querySelectorAll('#series-slices img')].every(i => i.complete && i.naturalWidth > 0);"))
     assert "notes.txt: not a PNG or JPEG image" in browser.find_element(By.ID, "series-skipped").text
+    box = browser.find_element(By.ID, "series-set")  # the conformal set (the champion's study model)
+    assert box.is_displayed() and box.get_attribute("class") in ("refer", "decided")
+    named = [c for c in CLASSES if c in box.text]
+    if box.get_attribute("class") == "refer":
+        assert box.text.startswith("Not sure") and "Refer to a radiologist" in box.text and len(named) >= 2
+    else:
+        assert named == [label] and "alone" in box.text and "90 %" in box.text
     assert browser.find_element(By.ID, "error").text == ""  # the one-slice view is untouched

@@ -22,6 +22,18 @@ from tests.package_support import CLASSES, register_tiny_model, run_package, wri
 READY_TIMEOUT_S = 120
 TOKEN = "test-token-123"
 POOLING = "max"  # not the default: the service must take it from the model, not assume it
+# The study model the tiny champion is registered with (its `study_model` tag): a class is in a study's set when
+# its pooled probability is at least 1 - threshold; the slice sets are tighter. The service must read both.
+SET_THRESHOLD, SLICE_SET_THRESHOLD = 0.78, 0.5
+
+
+def tiny_study_model() -> str:
+    from components.common.conformal import ConformalCalibration
+    from components.common.study_model import StudyModel
+
+    study = StudyModel(POOLING, conformal=ConformalCalibration("lac", 0.9, False, (SET_THRESHOLD,) * 4, (40,) * 4),
+                       slice_conformal=ConformalCalibration("lac", 0.8, False, (SLICE_SET_THRESHOLD,) * 4, (200,) * 4))
+    return json.dumps(study.to_dict())
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -58,7 +70,8 @@ def wait_ready(url: str, server: subprocess.Popen, log: Path) -> None:
 def serve_tiny_champion(root: Path):
     """Register + package a tiny champion under `root`, serve its Bento, yield (url, bento.json, root); always stops
     the server. The session's `served` fixture (tests/pipeline/conftest.py), for this file and test_page_browser."""
-    write_project(root, register_tiny_model(root, extra_tags={"series_pooling": POOLING}))
+    write_project(root, register_tiny_model(root, extra_tags={"series_pooling": POOLING,
+                                                              "study_model": tiny_study_model()}))
     packaged = run_package(root)
     assert packaged.returncode == 0, packaged.stderr[-3000:]
     record = json.loads((root / "reports/package/bento.json").read_text())
@@ -105,6 +118,9 @@ def test_predict_returns_the_champions_probabilities(served, name, make):
     assert probs.sum() == pytest.approx(1.0, abs=1e-4)
     assert body["label"] == CLASSES[int(probs.argmax())]
     np.testing.assert_allclose(probs, expected_probabilities(root, record, make()), atol=1e-5)
+    in_set = [CLASSES[k] for k in np.argsort(-probs, kind="stable") if probs[k] >= 1 - SLICE_SET_THRESHOLD]
+    assert body["prediction_set"] == (in_set or [body["label"]]) and body["coverage"] == 0.8  # the slice calibration
+    assert body["refer"] == (len(body["prediction_set"]) > 1)
 
 
 def test_the_service_reports_the_version_it_serves(served):
@@ -258,6 +274,10 @@ def test_a_whole_series_gets_the_pooled_verdict_its_top_slices_and_their_gradcam
     assert [s["index"] for s in body["top_slices"]] == list(np.argsort(-slice_probs[:, k], kind="stable")[:2])
     assert body["skipped"] == [{"name": "notes.txt", "reason": "not a PNG or JPEG image"}]
     assert body["series_uids"] == [] and body["model_version"] == record["mlflow_model_version"]  # fixture: no UID
+    in_set = [c for c in np.array(CLASSES)[np.argsort(-pooled, kind="stable")] if pooled[CLASSES.index(c)]
+              >= 1 - SET_THRESHOLD]  # the packaged conformal calibration, applied to the pooled verdict
+    assert body["prediction_set"] == (in_set or [body["label"]]) and body["coverage"] == 0.9
+    assert body["refer"] == (len(body["prediction_set"]) > 1)
     for evidence in body["top_slices"]:
         assert evidence["verdict_probability"] == pytest.approx(slice_probs[evidence["index"], k], abs=1e-5)
         for field, mode in (("slice_png", "L"), ("gradcam_png", "RGB")):
