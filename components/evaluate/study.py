@@ -99,7 +99,8 @@ def study_figures(model: StudyModel, figures: dict | None, fit_on, scored_on, cl
         truth = by_series(scored_on.probabilities, scored_on.series, scored_on.labels)[2]
     else:
         order, pooled, truth = figures["order"], figures["series_probabilities"], figures["labels"]
-    block: dict = {"pooling": model.pooling, "rule": model.rule.to_dict() if model.rule else None}
+    block: dict = {"pooling": model.pooling, "rule": model.rule.to_dict() if model.rule else None,
+                   "slice_in_series_macro_f1": slice_in_series(order, pooled, scored_on, len(classes))}
     raw_pooling = model.pooling if model.pooling in POOLINGS else "mean"
     raw = pool_by_series(scored_on.probabilities, scored_on.series, raw_pooling)[1]
     block["ece_series"] = {"before": round(expected_calibration_error(truth, raw), 4),
@@ -118,6 +119,17 @@ def study_figures(model: StudyModel, figures: dict | None, fit_on, scored_on, cl
                                                          figures["folds"], list(CURVE_TARGETS),
                                                          model.conformal.method, model.conformal.mondrian)
     return (order, pooled, truth), block
+
+
+def slice_in_series(order: list[str], pooled: np.ndarray, scored_on, n_classes: int) -> float:
+    """Slice macro-F1 when every slice is judged in its series' context (it takes its series' verdict): what a
+    slice's label means in this data, where it is its series' label."""
+    from sklearn.metrics import f1_score
+
+    verdict = dict(zip(order, pooled.argmax(axis=1)))
+    predicted = [verdict[s] for s in np.asarray(scored_on.series, dtype=str)]
+    return round(float(f1_score(scored_on.labels, predicted, labels=list(range(n_classes)), average="macro",
+                                zero_division=0)), 4)
 
 
 MAX_SHIFT_DROP = 0.10  # a series macro-F1 this much lower on the shifted copy names the model as not robust

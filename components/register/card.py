@@ -110,6 +110,10 @@ def study_card(metrics: Mapping[str, Any]) -> str:
         recalls = ", ".join(f"{c} {v.get('recall', 0):.2f}" for c, v in (series.get("per_class") or {}).items())
         lines.append(f"- Verdict: {study.get('pooling', series.get('pooling', 'mean'))}; macro-F1 "
                      f"{metric_with_ci(series, 'macro_f1')} over {series.get('series', '?')} series; recall {recalls}")
+    if study.get("slice_in_series_macro_f1") is not None:
+        lines.append(f"- Slices judged in their series' context (each takes its series' verdict, as its label is its "
+                     f"series' label): macro-F1 {study['slice_in_series_macro_f1']:.3f}; the slice figures above "
+                     "judge each slice alone")
     if study.get("rule"):
         rule = study["rule"]
         lines.append(f"- Decision rule (fitted on out-of-fold predictions): temperature {rule['temperature']:.2f}, "

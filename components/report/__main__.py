@@ -79,6 +79,7 @@ def study_section(name: str, study: dict | None, figs: Path) -> dict | None:
         return None
     conformal = study.get("conformal")
     section = {"pooling": study["pooling"], "rule": study.get("rule"), "ece": study.get("ece_series"),
+               "slice_in_series": study.get("slice_in_series_macro_f1"),
                "shift": study.get("shift"), "shift_rows": [[c, r, study["shift"]["shifted"]["recall"][c]]
                                                           for c, r in study["shift"]["plain"]["recall"].items()]
                if study.get("shift") else [],
