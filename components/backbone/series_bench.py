@@ -93,8 +93,8 @@ def load_features(cache: Path, encoders: list[str], view: str, variant: str) -> 
 
 
 def inner_oof(features: np.ndarray, y: np.ndarray, groups: np.ndarray, index: np.ndarray, c: float,
-              n_classes: int, folds: int = 5, seed: int = 0,
-              aug: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+              n_classes: int, folds: int = 5, seed: int = 0, aug: np.ndarray | None = None,
+              series_weights: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold slice probabilities over `index` (grouped `folds`-fold inside it) of the head with C = `c`, and
     each row's inner fold: what the leakage stage's CV gives the product's study model."""
     from sklearn.model_selection import StratifiedGroupKFold
@@ -106,9 +106,20 @@ def inner_oof(features: np.ndarray, y: np.ndarray, groups: np.ndarray, index: np
     for k, (train, test) in enumerate(splitter.split(np.zeros(len(index)), y[index], groups[index])):
         rows = index[train]
         x, labels = _with_aug(features, aug, rows, y)
-        oof[test] = head_probabilities(Head(*fit_with_c(x, labels, n_classes, c, seed), c), features[index[test]])
+        weights = None
+        if series_weights:
+            from components.lib.feeders import loss_weights
+
+            weights = loss_weights(labels, n_classes, "class_and_group", _repeat_for_aug(groups[rows], aug))
+        oof[test] = head_probabilities(Head(*fit_with_c(x, labels, n_classes, c, seed, weights), c),
+                                       features[index[test]])
         fold_of[test] = k
     return oof, fold_of
+
+
+def _repeat_for_aug(values: np.ndarray, aug: np.ndarray | None) -> np.ndarray:
+    """Per-row values (e.g. series) for the training rows and, where the recipe augments, their copies."""
+    return values if aug is None else np.concatenate([values, values])
 
 
 def _with_aug(features: np.ndarray, aug: np.ndarray | None, rows: np.ndarray, y: np.ndarray):
@@ -151,11 +162,14 @@ def run_recipe(recipe: dict, data: dict, folds: list) -> dict:
     for seed, split in folds:
         began = time.perf_counter()
         x_train, y_train = _with_aug(plain, aug, split.train, y)
-        head = fit_head(x_train, y_train, plain[split.val], y[split.val], n, list(recipe.get("cs", [0.01, 0.1, 1.0])))
+        weighted = bool(recipe.get("series_weights"))
+        train_groups = _repeat_for_aug(groups[split.train], aug)
+        head = fit_head(x_train, y_train, plain[split.val], y[split.val], n, list(recipe.get("cs", [0.01, 0.1, 1.0])),
+                        groups=(train_groups, groups[split.val]) if weighted else None)
         fitted = np.concatenate([split.train, split.val])
         study = StudyModel(recipe["series"])
         if recipe["series"] == "learned" or recipe.get("rule"):
-            oof, inner = inner_oof(plain, y, groups, fitted, head.c, n, seed=seed, aug=aug)
+            oof, inner = inner_oof(plain, y, groups, fitted, head.c, n, seed=seed, aug=aug, series_weights=weighted)
             study, _ = fit_study_model(oof, y[fitted], series[fitted], inner, classes, settings)
         row = {"seconds": 0.0}
         for name, features in (("plain", plain), ("shift", shifted)):
@@ -181,6 +195,8 @@ RECIPES = {
                                                 "series": "learned", "rule": True},
     "R4m crop, l2mm+l3mm, series head + rule": {"encoders": ["ctr152 l2mm+l3mm"], "view": "crop",
                                                 "series": "learned", "rule": True},
+    "R4w crop, l2mm+l3mm, series-balanced slices, series head + rule": {
+        "encoders": ["ctr152 l2mm+l3mm"], "view": "crop", "series": "learned", "rule": True, "series_weights": True},
     "R5 crop + aug, series head + rule": {"encoders": ["ctr152 l2mm+l3m"], "view": "crop", "series": "learned",
                                           "rule": True, "aug": True},
     "R6 full + aug, series head + rule": {"encoders": ["ctr152 l2mm+l3m"], "view": "full", "series": "learned",

@@ -31,12 +31,16 @@ class Head:
 
 
 def fit_with_c(features: np.ndarray, labels: np.ndarray, n_classes: int, c: float,
-         seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Standardise, fit, and fold the standardisation into (kernel, bias) over all `n_classes`."""
+         seed: int, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Standardise, fit, and fold the standardisation into (kernel, bias) over all `n_classes`.
+
+    Classes are balanced; with `weights` (per slice, e.g. components.lib.feeders.loss_weights, which balance
+    classes themselves) those weights are used instead."""
     mean, std = features.mean(axis=0), features.std(axis=0)
     std[std == 0] = 1.0
-    model = LogisticRegression(C=c, class_weight="balanced", max_iter=3000, random_state=seed)
-    model.fit((features - mean) / std, labels)
+    model = LogisticRegression(C=c, class_weight=None if weights is not None else "balanced", max_iter=3000,
+                               random_state=seed)
+    model.fit((features - mean) / std, labels, sample_weight=weights)
     kernel, bias = np.zeros((features.shape[1], n_classes)), np.full(n_classes, ABSENT_LOGIT)
     coef, intercept = model.coef_, model.intercept_
     if len(model.classes_) == 2:  # sklearn keeps one row for two classes: logits (-z/2, z/2) give the same softmax
@@ -56,18 +60,30 @@ def head_probabilities(head: Head, features: np.ndarray) -> np.ndarray:
 
 
 def fit_head(f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray, y_val: np.ndarray, n_classes: int,
-             cs: list[float], seed: int = 0) -> Head:
-    """Pick C by validation macro-F1 (ties: the smaller C), then refit on train + validation with it."""
+             cs: list[float], seed: int = 0, groups: tuple[np.ndarray, np.ndarray] | None = None) -> Head:
+    """Pick C by validation macro-F1 (ties: the smaller C), then refit on train + validation with it.
+
+    With `groups` (the scan series of the train and of the validation rows) each slice is weighted by
+    components.lib.feeders.loss_weights' class_and_group (classes balanced, and within a class a long series does
+    not outvote short ones); without, classes are balanced."""
+    def weigh(labels: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+        if groups is None:
+            return None
+        from components.lib.feeders import loss_weights
+
+        return loss_weights(labels, n_classes, "class_and_group", np.concatenate(groups)[rows])
+
     scores: dict[float, float] = {}
     fitted: dict[float, float] = {}
     if len(y_val) and len(cs) > 1:
         for c in cs:
-            head = Head(*fit_with_c(f_train, y_train, n_classes, c, seed), c)
+            head = Head(*fit_with_c(f_train, y_train, n_classes, c, seed,
+                                    weigh(y_train, np.arange(len(y_train)))), c)
             scores[c] = _macro_f1(head, f_val, y_val, n_classes)
             fitted[c] = _macro_f1(head, f_train, y_train, n_classes)
     best = max(sorted(cs), key=lambda c: scores.get(c, 0.0))
     f_all, y_all = np.concatenate([f_train, f_val]), np.concatenate([y_train, y_val])
-    head = Head(*fit_with_c(f_all, y_all, n_classes, best, seed), best, scores)
+    head = Head(*fit_with_c(f_all, y_all, n_classes, best, seed, weigh(y_all, np.arange(len(y_all)))), best, scores)
     head.train_macro_f1 = fitted or {best: _macro_f1(head, f_all, y_all, n_classes)}
     return head
 
