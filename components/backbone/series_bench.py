@@ -242,6 +242,31 @@ def gradcam_outside(params, data: dict, images: np.ndarray, per_class: int = 8) 
     return result
 
 
+def conformal_table(params, coverage: float = 0.90) -> dict:
+    """The conformal sets of the real-data run's study model under each method (lac, aps) and calibration
+    (marginal, Mondrian), certified on its out-of-fold series (leakage's cv_predictions.csv, the study model
+    cross-fitted as evaluate fits it): coverage overall and per class, set size, share decided and their accuracy."""
+    from components.common.study_model import StudyFitSettings, fit_study_model
+    from components.lib.predictions import CV_PREDICTIONS, CV_SPLIT, load_probabilities, read_split
+
+    name = params.leakage.candidate or next(iter(params.train.candidates))
+    frame = load_probabilities(Path(params.paths.leakage), CV_PREDICTIONS)
+    oof = read_split(frame, name, CV_SPLIT, list(params.classes))
+    folds = frame[(frame["candidate"] == name) & (frame["split"] == CV_SPLIT)].sort_values("index")["fold"].to_numpy()
+    table = {}
+    for method in ("lac", "aps"):
+        for mondrian in (False, True):
+            settings = StudyFitSettings(params.evaluate.series_pooling, params.evaluate.decision_rule, coverage,
+                                        method, mondrian)
+            _, figures = fit_study_model(oof.probabilities, oof.labels, np.asarray(oof.series), folds,
+                                         list(params.classes), settings)
+            summary = figures["certificate"]["summary"]
+            key = f"{method}{' mondrian' if mondrian else ''}"
+            table[key] = {k: v["estimate"] for k, v in summary.items()}
+            print(key, {k: None if v is None else round(v, 3) for k, v in table[key].items()}, flush=True)
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", required=True, help="a params file with the real-data profile laid over it")
@@ -256,12 +281,20 @@ def main(argv: list[str] | None = None) -> int:
     cv_cmd.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     cv_cmd.add_argument("--only", nargs="*", default=None, help="recipe name prefixes (e.g. R0 R3)")
     commands.add_parser("gradcam", help="Grad-CAM energy outside the body of the head on each view")
+    commands.add_parser("conformal", help="the real-data run's conformal sets by method and calibration")
     args = parser.parse_args(argv)
     quiet_runtime()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [series-bench] %(message)s", datefmt="%H:%M:%S")
     params = load_params(args.params)
     prepared, cache = Path(params.paths.prepared), Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
+    if args.command == "conformal":
+        out = Path(args.out)
+        saved = json.loads(out.read_text()) if out.is_file() else {}
+        saved["conformal"] = conformal_table(params)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(saved, indent=1))
+        return 0
     if params.preprocess.body_crop:
         print("series-bench: the prepared arrays are cropped to the body already (preprocess.body_crop: true); the "
               "bench compares both views itself: run preprocess with body_crop false into paths.prepared first")
