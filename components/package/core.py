@@ -55,9 +55,13 @@ def check_model_shapes(input_shape: tuple, output_shape: tuple, champion: Champi
 
 
 def bento_model_labels(champion: Champion) -> dict[str, str]:
-    """Labels that identify which registry version a BentoML model was packaged from."""
+    """Labels that identify which registry version a BentoML model was packaged from, and with which contract: a
+    version whose tags changed (e.g. a recalibrated study model) is packaged again, never served stale."""
+    import hashlib
+
+    contract = json.dumps(bento_model_metadata(champion), sort_keys=True)
     return {"mlflow_model": champion.model_name, "mlflow_version": champion.version,
-            "mlflow_run_id": champion.run_id}
+            "mlflow_run_id": champion.run_id, "contract": hashlib.sha256(contract.encode()).hexdigest()[:16]}
 
 
 def bento_model_metadata(champion: Champion) -> dict[str, Any]:
