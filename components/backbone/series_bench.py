@@ -157,7 +157,7 @@ def run_recipe(recipe: dict, data: dict, folds: list) -> dict:
     shifted = load_features(data["cache"], recipe["encoders"], recipe["view"], "shift") \
         if available(recipe, data["cache"], ("shift",)) else None
     aug = load_features(data["cache"], recipe["encoders"], recipe["view"], "aug") if recipe.get("aug") else None
-    settings = StudyFitSettings(recipe["series"], bool(recipe.get("rule")), None)
+    settings = StudyFitSettings(recipe["series"], "offsets" if recipe.get("rule") else "none", None)
     rows = []
     for seed, split in folds:
         began = time.perf_counter()

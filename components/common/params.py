@@ -262,8 +262,9 @@ class EvaluateParams(_Strict):
     series_pooling: Literal["mean", "max", "geometric", "vote", "gem", "learned"] = "mean"  # slice probabilities ->
     #   study verdict; learned: a series head on each class's mean/max/top-k slice log-probability, fitted on
     #   out-of-fold predictions (components.common.study_model)
-    decision_rule: bool = False  # temperature + per-class logit offsets on the study verdict, fitted (macro-F1) on
-    #   out-of-fold series predictions and carried with the model
+    decision_rule: Literal["none", "temperature", "offsets"] = "temperature"  # on the study verdict, fitted on out-of-fold
+    #   series predictions and carried with the model: temperature = calibrated probabilities (likelihood; the
+    #   verdict unchanged); offsets = the temperature and per-class logit offsets (macro-F1: it moves verdicts)
     protocol: Literal["holdout", "cv_refit"] = "holdout"  # holdout: certify on the test split; cv_refit: certify
     #   by the leakage stage's grouped CV of the same recipe, and train the deployed model on every labelled series
     gate_bound: Literal["point", "ci_low"] = "point"  # what meets the minimums: the estimate or its lower 95% bound

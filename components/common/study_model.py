@@ -248,7 +248,7 @@ class StudyFitSettings:
     """What evaluate fits (from params: evaluate.series_pooling, evaluate.decision_rule, predict.conformal_*)."""
 
     pooling: str = "mean"
-    rule: bool = False
+    rule: str = "none"                     # none | temperature | offsets (temperature + per-class offsets)
     coverage: float | None = None          # None: no conformal sets
     conformal_method: str = "aps"
     mondrian: bool = False
@@ -288,11 +288,11 @@ def fit_study_model(probabilities: np.ndarray, labels: np.ndarray, series: np.nd
         views = [pool_by_series(p, series, settings.pooling)[1]
                  for p in [probabilities] + ([shifted] if shifted is not None else [])]
     rule = None
-    if settings.rule:
-        before = views[0]
-        views = _cross_fitted(fold_of, lambda train: fit_decision_rule(before[train], truth[train], n),
+    if settings.rule not in (None, False, "none"):
+        before, offsets = views[0], settings.rule in (True, "offsets")
+        views = _cross_fitted(fold_of, lambda train: fit_decision_rule(before[train], truth[train], n, offsets),
                               lambda model, x: model.apply(x), views, n)
-        rule = fit_decision_rule(before, truth, n)
+        rule = fit_decision_rule(before, truth, n, offsets)
     pooled = views[0]
     conformal = slice_conformal = None
     certificate = slice_certificate = {}

@@ -36,7 +36,7 @@ def settings_from(params: Params) -> StudyFitSettings:
 
 
 def needs_fitting(settings: StudyFitSettings) -> bool:
-    return settings.pooling == LEARNED or settings.rule or settings.coverage is not None
+    return settings.pooling == LEARNED or settings.rule != "none" or settings.coverage is not None
 
 
 def series_grouped_folds(labels: np.ndarray, series: list[str], folds: int = STUDY_FOLDS, seed: int = 0) -> np.ndarray:

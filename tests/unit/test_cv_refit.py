@@ -125,7 +125,7 @@ def test_scanner_copies_train_the_head_and_give_the_shifted_fold_report(project)
     from components.train.__main__ import main as train_main
 
     raw = yaml.safe_load(project.read_text())
-    raw["evaluate"].update(protocol="cv_refit", series_pooling="mean", decision_rule=True)
+    raw["evaluate"].update(protocol="cv_refit", series_pooling="mean", decision_rule="offsets")
     raw["leakage"].update(cv_folds=2, random_split=False)
     raw["backbone"]["copies"] = ["shift", "aug"]
     project.write_text(yaml.safe_dump(raw))

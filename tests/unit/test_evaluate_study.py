@@ -25,7 +25,7 @@ def out_of_fold(rng: np.random.Generator, series: int = 60, slices: int = 6):
 def test_a_model_whose_verdicts_fall_apart_on_the_shifted_copy_is_named_not_robust():
     rng = np.random.default_rng(0)
     oof, folds = out_of_fold(rng)
-    settings = StudyFitSettings("mean", rule=True, coverage=0.9, conformal_method="lac")
+    settings = StudyFitSettings("mean", rule="offsets", coverage=0.9, conformal_method="lac")
     everything_cyst = np.tile([0.05, 0.85, 0.05, 0.05], (len(oof.labels), 1))   # the shift flips every verdict
     model, figures = fit_for_candidate(oof, folds, CLASSES, settings, everything_cyst)
     _, block = study_figures(model, figures, oof, oof, CLASSES, holdout=False)
@@ -38,7 +38,7 @@ def test_a_model_whose_verdicts_fall_apart_on_the_shifted_copy_is_named_not_robu
 def test_a_model_the_shift_does_not_move_is_robust():
     rng = np.random.default_rng(1)
     oof, folds = out_of_fold(rng)
-    model, figures = fit_for_candidate(oof, folds, CLASSES, StudyFitSettings("learned", rule=True, coverage=0.9),
+    model, figures = fit_for_candidate(oof, folds, CLASSES, StudyFitSettings("learned", rule="temperature", coverage=0.9),
                                        oof.probabilities.copy())
     _, block = study_figures(model, figures, oof, oof, CLASSES, holdout=False)
     assert block["shift"]["drop"] == 0.0 and block["shift"]["robust"] is True

@@ -95,7 +95,7 @@ def test_fit_study_model_cross_fits_every_part_and_certifies_the_sets():
     order = sorted(set(s))
     fold_of_series = {name: i % 5 for i, name in enumerate(order)}
     folds = np.array([fold_of_series[name] for name in s])
-    settings = StudyFitSettings(pooling=LEARNED, rule=True, coverage=0.9, conformal_method="lac")
+    settings = StudyFitSettings(pooling=LEARNED, rule="offsets", coverage=0.9, conformal_method="lac")
     model, figures = fit_study_model(p, y, s, folds, ["Normal", "Tumor"], settings)
     assert figures["order"] == order and len(figures["series_probabilities"]) == 200
     cross_fitted = (figures["series_probabilities"].argmax(1) == figures["labels"]).mean()
