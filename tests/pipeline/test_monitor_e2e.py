@@ -149,5 +149,6 @@ def test_an_unlabelled_folder_feeds_the_same_monitor_in_shadow_mode(weeks):
 def test_predicts_own_output_feeds_the_monitor_with_verdict_shares_and_confidence(weeks):
     report = weeks["predicted"]
     assert report["mode"].startswith("shadow (components.predict") and report["performance"] is None
-    assert {t["column"] for t in report["tests"]} == {"confidence", "series_verdict"}  # no pixels, no embeddings
+    assert {t["column"] for t in report["tests"]} == {"confidence", "series_verdict", "set_size"}  # no pixels, no
+    #   embeddings: what the model said (its verdicts, confidence and the size of each study's conformal set)
     assert report["counts"]["current_images"] == 96 and report["counts"]["current_series"] == 32

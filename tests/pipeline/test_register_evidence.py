@@ -56,6 +56,8 @@ def test_registered_version_carries_provenance_metrics_example_and_card(tmp_path
     evaluation = Path(paths["evaluation"])
     evaluation.mkdir(parents=True)
     (evaluation / "metrics.json").write_text(json.dumps({"paper_cnn": metrics}))
+    (evaluation / "study").mkdir()
+    (evaluation / "study" / "paper_cnn.json").write_text(json.dumps({"pooling": "mean"}))  # evaluate's study model
     (evaluation / "verdict.json").write_text(json.dumps({"winner": "paper_cnn", "candidates": {"paper_cnn": {
         "passed": True, "reasons": [], "run_id": run_id, "model_uri": model_uri, "gate_metric": 0.4}}}))
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_ENABLE_TELEMETRY": "false"}
