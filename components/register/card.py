@@ -144,7 +144,9 @@ def study_card(metrics: Mapping[str, Any]) -> str:
                 return "n/a" if v.get("estimate") is None else f"{v['estimate']:.3f}"
             per_class = ", ".join(f"{k.removeprefix('coverage_')} {fig(k)}" for k in certified
                                   if k.startswith("coverage_"))
-            lines.append(f"- Conformal sets at {target:.0%} ({conformal['calibration']['method']}): coverage "
+            kind = conformal["calibration"]["method"] + (", class-conditional" if conformal["calibration"]["mondrian"]
+                                                         else "")
+            lines.append(f"- Conformal sets at {target:.0%} ({kind}): coverage "
                          f"{fig('coverage')} by grouped CV (per class: {per_class}); mean set size "
                          f"{fig('mean_set_size')}; studies decided (a set of one) {fig('decided')}, accuracy of "
                          f"those {fig('decided_accuracy')}. A set of more than one class reads \"refer to a "
