@@ -29,6 +29,7 @@ from starlette.applications import Starlette
 from starlette.responses import FileResponse
 from starlette.routing import Route
 
+from components.common.conformal import ranked_members
 from components.common.imaging import ImageDecodeError, decode_image, looks_like_dicom, prepare_for_model
 from components.common.study import ArchiveError, StudyVerdict, dicom_series_uid, study_verdict, zip_members
 from serving.auth import BearerTokenAuth
@@ -189,8 +190,7 @@ class KidneyCtClassifier:
             probs = (await asyncio.to_thread(self.run_model, pixels[np.newaxis]))[0]
         probs = np.asarray(probs, dtype=float)
         members = self.study.slice_set(probs) if self.study is not None else None
-        ranked = None if members is None else [self.classes[k] for k in np.argsort(-probs, kind="stable")
-                                               if members[k]]
+        ranked = None if members is None else ranked_members(members, probs, self.classes)
         return Prediction(label=self.classes[int(probs.argmax())],
                           probabilities={name: float(p) for name, p in zip(self.classes, probs)},
                           model_version=self.model_version, prediction_set=ranked,

@@ -188,10 +188,15 @@ def prediction_sets(probabilities: np.ndarray, calibration: ConformalCalibration
     return sets
 
 
+def ranked_members(mask: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> list[str]:
+    """One row's set as class names, most probable first."""
+    order = np.argsort(-np.asarray(probabilities, dtype=np.float64), kind="stable")
+    return [classes[k] for k in order if mask[k]]
+
+
 def set_label(mask: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> str:
     """One row's set as text, most probable first: e.g. "Tumor|Normal"."""
-    order = np.argsort(-np.asarray(probabilities, dtype=np.float64), kind="stable")
-    return "|".join(classes[k] for k in order if mask[k])
+    return "|".join(ranked_members(mask, probabilities, classes))
 
 
 def refer(mask: np.ndarray) -> np.ndarray:

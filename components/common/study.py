@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from components.common.conformal import ranked_members
 from components.common.imaging import looks_like_dicom
 from components.common.pooling import top_slices
 from components.common.study_model import StudyModel
@@ -89,7 +90,7 @@ def study_verdict(probabilities: np.ndarray, classes: list[str], pooling: str, t
     pooled = model.series_probabilities(probabilities)
     verdict = int(pooled.argmax())
     members = model.prediction_set(pooled)
-    ranked = [classes[k] for k in np.argsort(-pooled, kind="stable") if members[k]]
+    ranked = ranked_members(members, pooled, classes)
     return StudyVerdict(classes[verdict], {c: float(p) for c, p in zip(classes, pooled)}, model.pooling,
                         len(probabilities), top_slices(probabilities, verdict, top_k), ranked,
                         model.conformal.coverage if model.conformal is not None else None)

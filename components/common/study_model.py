@@ -50,9 +50,9 @@ def by_series(probabilities: np.ndarray, series: np.ndarray | list[str],
     stats = np.stack([series_statistics(probabilities[names == s]) for s in order])
     if labels is None:
         return order, stats, None
-    labels = np.asarray(labels)
-    truth = np.array([np.bincount(labels[names == s]).argmax() for s in order])
-    return order, stats, truth
+    from components.common.pooling import series_labels
+
+    return order, stats, series_labels(np.asarray(labels), names, order)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from components.common import console
+from components.common.conformal import set_label
 from components.common.imaging import ImageDecodeError, decode_image, prepare_for_model
 from components.common.study import series_key, study_verdict
 from components.common.study_model import StudyModel
@@ -108,7 +109,7 @@ def slice_set(probabilities: np.ndarray, classes: list[str], study: StudyModel |
     members = study.slice_set(probabilities) if study is not None else None
     if members is None:
         return ""
-    return "|".join(classes[k] for k in np.argsort(-probabilities, kind="stable") if members[k])
+    return set_label(members, probabilities, classes)
 
 
 def score_export(items: Iterable[tuple[str, Callable[[], bytes]]], predict: Predict, contract: Contract,
