@@ -10,7 +10,7 @@ export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
 .PHONY: install run test test-fast mlflow-ui serve clean system-deps browser bench-serve bench-train \
-	real-data real-data-cv search cv-table lint bench-airflow bench-adapt bench-series monitor-demo
+	real-data real-data-cv search cv-table lint bench-airflow bench-adapt bench-series monitor-demo kfp-local
 
 # torch's CPU build (the backbone conversion) comes from PyTorch's index where that host resolves; where it does
 # not (an offline mirror, a machine with the wheel in pip's find-links), asking it anyway costs pip five retries
@@ -65,6 +65,15 @@ real-data: install ## the whole pipeline on ../shared/data/kidney-ct with the be
 # monitor -> alert (to a receiver on 127.0.0.1) -> retrain -> register.
 monitor-demo: install ## two weekly exports, the second shifted: drift found, the alert sent, the decision taken
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m components.monitor.demo
+
+# The Kubeflow pipeline executed by KFP's own local runner (kfp.local, SubprocessRunner, local cache on), each step a
+# lightweight Python component running the stage's entry point in kfp-local/ (the workspace a cluster's volume would
+# be), on profiles/tiny.yaml. Run it again: every cached step is served from KFP's cache. `rm -rf kfp-local` starts over.
+KFP_LOCAL := kfp-local
+kfp-local: install ## the Kubeflow pipeline run end to end by kfp.local on the tiny profile (in kfp-local/)
+	@mkdir -p $(KFP_LOCAL) && $(PROFILE) tiny --write $(KFP_LOCAL)/params.yaml
+	PYTHONPATH=$(CURDIR) PATH="$(abspath $(BIN)):$$PATH" TF_CPP_MIN_LOG_LEVEL=$${TF_CPP_MIN_LOG_LEVEL:-2} \
+	  $(BIN)/python -m pipelines.local --params $(KFP_LOCAL)/params.yaml --workspace $(KFP_LOCAL)
 
 real-data-cv: install ## only the grouped 5-fold CV of the real-data recipe (leakage stage and what it needs)
 	@args=$$($(PROFILE) real-data) || exit 2; $(DVC_EXP) -n real-data-cv-$(STAMP) $$args leakage

@@ -13,6 +13,10 @@ the new labelled cases (`reports/monitor/monitor.json`); `alert` then POSTs a dr
 `list_candidates` reads `params.train.candidates` at run time and `train` is mapped over the names it
 returns: a candidate added to the params file is a training task; `evaluate` waits for every candidate.
 
+**A run with nothing new costs one check**: the first task, `changes`, asks DVC once which stages changed since
+`dvc.lock` (`dvc_run --status`); when none did, it pushes the cached outputs and every stage task is skipped
+without starting (runner `dvc` everywhere; with another runner the task is not there).
+
 **Each task runs one stage** (runner `dvc`, the default): `python -m components.common.dvc_run <stage>` in the
 project directory, a git + DVC checkout: DVC runs the stage only when its deps or params changed, pushes its
 outputs and commits `dvc.lock`. An **unchanged stage ends as `skipped`** and its dependents still run.
@@ -30,6 +34,7 @@ found new PACS studies) or `kidney_ct_pacs_export` (a new folder export) is upda
 
 **Where each stage runs**: env `KIDNEY_CT_RUNNERS` (JSON, e.g. `{"default": "dvc", "train": "kubernetes"}`):
 `dvc`, `local` (the stage directly, untracked) or `kubernetes` (a pod, settings in env `KIDNEY_CT_KUBERNETES`).
+Env `KIDNEY_CT_TRAIN_QUEUE` puts `train` on that executor queue (CeleryExecutor: the queue the GPU workers consume).
 
 Reference (runners, settings, pods, how this DAG is built): docs/airflow.md. The runner code is
 `components/common/airflow_runner.py`; this file only wires it.
@@ -46,6 +51,7 @@ from components.common.airflow_runner import (
     DAG_ID,
     DEFAULT_ARGS,
     alert_task,
+    changes_task,
     check_pacs_task,
     resolve_cluster,
     resolve_runners,
@@ -84,6 +90,7 @@ def kidney_ct_retraining() -> None:
     runners = resolve_runners(tuple(STAGE_GRAPH), os.environ)
     cluster = resolve_cluster(os.environ) if "kubernetes" in runners.values() else None
     task_of = {}
+    changes = changes_task(runners)  # one `dvc status` first: nothing changed -> every stage skipped at once
     for stage in topological(STAGE_GRAPH):
         if stage == "train":
             names, task_of[stage] = train_tasks(runners[stage], cluster)
@@ -93,6 +100,8 @@ def kidney_ct_retraining() -> None:
                                         manifest_asset=INGESTED_MANIFEST if stage == "ingest" else None)
         for upstream in sorted(STAGE_GRAPH[stage]):
             task_of[upstream] >> task_of[stage]
+        if changes is not None and not STAGE_GRAPH[stage]:
+            changes >> task_of[stage]
     task_of["monitor"] >> alert_task(runners["monitor"], cluster)  # retraining does not wait for the alert
 
 

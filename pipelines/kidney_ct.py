@@ -85,12 +85,12 @@ def plain_component(cluster: ClusterParams, stage: str) -> Callable:
 
 
 def fingerprint_component(cluster: ClusterParams) -> Callable:
-    """The params digest of the run's params file, computed in the workspace (an input of cached steps)."""
+    """The digest of the params one stage and its upstream stages read, computed in the workspace."""
     from kfp import dsl
 
-    def fingerprint(params_file: str, params_digest: dsl.OutputPath(str)):
-        return _container_spec(cluster, "fingerprint",
-                               ["components.common.fingerprint", "--params", params_file, "--out", params_digest])
+    def fingerprint(params_file: str, stage: str, params_digest: dsl.OutputPath(str)):
+        return _container_spec(cluster, "fingerprint", ["components.common.fingerprint", "--params", params_file,
+                                                        "--stage", stage, "--out", params_digest])
 
     return dsl.container_component(fingerprint)
 
@@ -106,24 +106,66 @@ def ingest_component(cluster: ClusterParams) -> Callable:
     return dsl.container_component(ingest)
 
 
-def _on_cluster(task, cluster: ClusterParams, cache: bool):
-    """Shared volume, config and secrets for one task, and whether KFP may reuse its cached result."""
-    from kfp import kubernetes
+class ClusterSteps:
+    """The cluster form: each step a container component in its stage's image (pinned by digest) on the shared
+    volume, with the ConfigMap and Secret as env; train gets its GPUs and requests."""
 
-    kubernetes.mount_pvc(task, pvc_name=cluster.workspace_pvc, mount_path=cluster.workspace)
-    kubernetes.use_config_map_as_env(task, cluster.config_map, {key: key for key in cluster.config_keys},
-                                     optional=True)
-    kubernetes.use_secret_as_env(task, cluster.secret, {key: key for key in cluster.secret_keys}, optional=True)
-    task.set_caching_options(cache)
-    return task
+    def __init__(self, cluster: ClusterParams):
+        self.cluster = cluster
+        self._fingerprint, self._ingest = fingerprint_component(cluster), ingest_component(cluster)
+
+    def fingerprint(self, params_file, stage: str):
+        task = self._fingerprint(params_file=params_file, stage=stage)
+        return task, task.outputs["params_digest"]
+
+    def ingest(self, params_file):
+        task = self._ingest(params_file=params_file)
+        return task, task.outputs["data_version"]
+
+    def plain(self, stage: str, params_file):
+        return plain_component(self.cluster, stage)(params_file=params_file)
+
+    def stage(self, stage: str, params_file, data_version, params_hash, candidate: str | None = None):
+        return stage_component(self.cluster, stage, candidate)(params_file=params_file, data_version=data_version,
+                                                               params_hash=params_hash)
+
+    def place(self, task, stage: str, cache: bool):
+        """Shared volume, config and secrets for one task, train's resources, and whether KFP may reuse it."""
+        from kfp import kubernetes
+
+        cluster = self.cluster
+        kubernetes.mount_pvc(task, pvc_name=cluster.workspace_pvc, mount_path=cluster.workspace)
+        kubernetes.use_config_map_as_env(task, cluster.config_map, {key: key for key in cluster.config_keys},
+                                         optional=True)
+        kubernetes.use_secret_as_env(task, cluster.secret, {key: key for key in cluster.secret_keys}, optional=True)
+        if stage == "train":
+            _train_resources(task, stage_container(cluster, "train", ()))
+        task.set_caching_options(cache)
+        return task
+
+
+def _train_resources(task, container) -> None:
+    """One candidate's training step: its GPUs and requests (components.common.cluster)."""
+    if container.gpus:
+        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(container.gpus)
+    if "memory" in container.requests:
+        task.set_memory_request(container.requests["memory"])
+    if "cpu" in container.requests:
+        task.set_cpu_request(container.requests["cpu"])
 
 
 NO_DATA = "independent-of-the-data"  # the data_version of a stage that reads no data (the backbone conversion)
 UNCACHED = frozenset({"generate", "ingest", "register", "package"})  # new data / registry side effects
+NOT_KEYED = "not-cached"  # the params_hash of an uncached step: no fingerprint is computed for it
 
 
-def build_pipeline(cluster: ClusterParams, graph: Mapping[str, Iterable[str]], candidates: Sequence[str]) -> Callable:
-    """The pipeline function for dvc.yaml's stage `graph` (stage -> upstream stages), train per candidate."""
+def build_pipeline(steps, graph: Mapping[str, Iterable[str]], candidates: Sequence[str]) -> Callable:
+    """The pipeline function for dvc.yaml's stage `graph` (stage -> upstream stages), train per candidate.
+
+    `steps` makes each task (ClusterSteps: containers; pipelines.local.LocalSteps: lightweight Python
+    components for kfp.local): one graph, two forms. Each cached stage's key is its own params digest
+    (a `fingerprint` step: what it and its upstream stages read) and the data version ingest computed.
+    """
     from kfp import dsl
 
     order, before = topological(graph), ancestors(graph)
@@ -132,46 +174,30 @@ def build_pipeline(cluster: ClusterParams, graph: Mapping[str, Iterable[str]], c
 
     @dsl.pipeline(name="kidney-ct-retraining", description="The stages of dvc.yaml on Kubeflow Pipelines")
     def kidney_ct_retraining(params_file: str = "params.yaml"):
-        fingerprint = fingerprint_component(cluster)(params_file=params_file)
-        fingerprint.set_display_name("fingerprint")
-        _on_cluster(fingerprint, cluster, cache=False)
-        params_hash = fingerprint.outputs["params_digest"]
         tasks: dict[str, list] = {}
         version = None
         for stage in order:
             after = [task for upstream in graph[stage] for task in tasks[upstream]]
             if stage == "ingest":
-                made = [ingest_component(cluster)(params_file=params_file)]
-                version = made[0].outputs["data_version"]
+                task, version = steps.ingest(params_file)
+                made = [task]
             elif stage in before["ingest"]:  # upstream of the data (generate): no data version yet
-                made = [plain_component(cluster, stage)(params_file=params_file)]
-            elif stage == "train":
-                made = [_train_task(cluster, name, params_file, version, params_hash) for name in candidates]
-            else:  # a stage independent of the data (backbone) is keyed on the params only
-                made = [stage_component(cluster, stage)(params_file=params_file, params_hash=params_hash,
-                                                        data_version=version if "ingest" in before[stage] else NO_DATA)]
-            for task in made:
-                if stage != "train":
-                    task.set_display_name(stage)
-                _on_cluster(task.after(*after) if after else task, cluster, stage not in UNCACHED)
+                made = [steps.plain(stage, params_file)]
+            else:  # a stage independent of the data (backbone) is keyed on its params only
+                digest = NOT_KEYED
+                if stage not in UNCACHED:
+                    fingerprint, digest = steps.fingerprint(params_file, stage)
+                    fingerprint.set_display_name(f"fingerprint {stage}")
+                    steps.place(fingerprint, "fingerprint", cache=False)
+                data = version if "ingest" in before[stage] else NO_DATA
+                names = candidates if stage == "train" else [None]
+                made = [steps.stage(stage, params_file, data, digest, name) for name in names]
+            for task, name in zip(made, candidates if stage == "train" else [None], strict=False):
+                task.set_display_name(f"train {name}" if name else stage)
+                steps.place(task.after(*after) if after else task, stage, stage not in UNCACHED)
             tasks[stage] = made
 
     return kidney_ct_retraining
-
-
-def _train_task(cluster: ClusterParams, name: str, params_file, version, params_hash):
-    """One candidate's training step: the GPU image, its GPUs and requests (components.common.cluster)."""
-    task = stage_component(cluster, "train", name)(params_file=params_file, data_version=version,
-                                                   params_hash=params_hash)
-    task.set_display_name(f"train {name}")
-    container = stage_container(cluster, "train", ())
-    if container.gpus:
-        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(container.gpus)
-    if "memory" in container.requests:
-        task.set_memory_request(container.requests["memory"])
-    if "cpu" in container.requests:
-        task.set_cpu_request(container.requests["cpu"])
-    return task
 
 
 def compile_pipeline(cluster: ClusterParams, out: str | Path, graph: Mapping[str, Iterable[str]],
@@ -180,7 +206,7 @@ def compile_pipeline(cluster: ClusterParams, out: str | Path, graph: Mapping[str
     from kfp import compiler
 
     check_pinned(cluster, "kubeflow pipeline (pass --images with the manifest the image build wrote)")
-    compiler.Compiler().compile(build_pipeline(cluster, graph, candidates), str(out))
+    compiler.Compiler().compile(build_pipeline(ClusterSteps(cluster), graph, candidates), str(out))
     return Path(out)
 
 

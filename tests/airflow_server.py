@@ -1,5 +1,7 @@
-"""A real Airflow 3 for tests: scheduler, DAG processor and API server (LocalExecutor, SQLite), all
-bound to 127.0.0.1, started by the test itself; driven through the public REST API (v2).
+"""A real Airflow 3 for tests: scheduler, DAG processor and API server (SQLite), all bound to 127.0.0.1,
+started by the test itself; driven through the public REST API (v2). The executor is the LocalExecutor, or the
+CeleryExecutor with a Redis broker and Celery workers as separate processes (`workers`: name -> queues), each
+reporting its own name as the task instances' hostname (`worker_hostname`), as workers on separate hosts would.
 
 Auth: SimpleAuthManager with `simple_auth_manager_all_admins`, so every request is an admin one (a
 throwaway test instance; a real deployment uses a token from `POST /auth/token`).
@@ -7,9 +9,11 @@ throwaway test instance; a real deployment uses a token from `POST /auth/token`)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +26,12 @@ from tests.services import free_port
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
 FINISHED = {"success", "failed"}
+WORKER_NAME_ENV = "KIDNEY_CT_TEST_WORKER_NAME"
+
+
+def worker_hostname() -> str:
+    """Airflow's `hostname_callable` for the test's workers: the worker's name (they share one host)."""
+    return os.environ.get(WORKER_NAME_ENV) or socket.getfqdn()
 
 
 @dataclass
@@ -32,6 +42,8 @@ class AirflowServer:
     dags_folder: Path
     env: dict[str, str]
     port: int = 0
+    broker: str = ""  # a Redis URL: the CeleryExecutor, with one worker process per entry of `workers`
+    workers: dict[str, str] = field(default_factory=dict)  # worker name -> the queues it consumes (comma-separated)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -44,7 +56,7 @@ class AirflowServer:
                 "AIRFLOW_HOME": str(self.home),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor" if self.broker else "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": "2",  # a shared 2-core machine
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",  # not the default port
@@ -55,7 +67,14 @@ class AirflowServer:
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
                 "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "60",
-                "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600"}
+                "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600",
+                **(self.celery_settings() if self.broker else {})}
+
+    def celery_settings(self) -> dict[str, str]:
+        return {"AIRFLOW__CELERY__BROKER_URL": f"{self.broker}/0",
+                "AIRFLOW__CELERY__RESULT_BACKEND": f"{self.broker}/1",
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.airflow_server.worker_hostname"}
 
     def start(self, timeout_s: float = 240) -> AirflowServer:
         self.port = self.port or free_port()
@@ -73,8 +92,36 @@ class AirflowServer:
             self.processes[name] = subprocess.Popen([sys.executable, "-m", "airflow", name, *args], env=env,
                                                     cwd=self.home, stdout=out, stderr=subprocess.STDOUT,
                                                     start_new_session=True)  # its workers: one group
+        for name, queues in self.workers.items():
+            self.start_worker(name, queues)
         self._wait_healthy(timeout_s)
         return self
+
+    def start_worker(self, name: str, queues: str) -> None:
+        """`airflow celery worker` consuming `queues`, one task at a time, as worker `name` (its own group)."""
+        out = (self.home / "logs" / f"worker-{name}.out").open("w")
+        command = [sys.executable, "-m", "airflow", "celery", "worker", "--queues", queues, "--concurrency", "1",
+                   "--celery-hostname", f"{name}@%h", "--skip-serve-logs"]
+        self.processes[f"worker-{name}"] = subprocess.Popen(command, env={**self.environment(), WORKER_NAME_ENV: name},
+                                                            cwd=self.home, stdout=out, stderr=subprocess.STDOUT,
+                                                            start_new_session=True)
+
+    def kill_worker(self, name: str) -> list[int]:
+        """SIGKILL worker `name` and every process of its session (Celery's pool, the task supervisors, whose task
+        processes have process groups of their own, and the stages they run): a node lost. The pids killed."""
+        import psutil
+
+        process = self.processes.pop(f"worker-{name}")
+        killed = []
+        for candidate in psutil.process_iter():
+            try:
+                if os.getsid(candidate.pid) == process.pid:
+                    os.kill(candidate.pid, signal.SIGKILL)
+                    killed.append(candidate.pid)
+            except (ProcessLookupError, PermissionError):
+                continue
+        process.wait(timeout=30)
+        return killed
 
     def _wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -136,10 +183,19 @@ class AirflowServer:
         raise RuntimeError(f"runs of {dag_id} not finished within {timeout_s} s: "
                            f"{[(r['dag_run_id'], r['state']) for r in self.runs(dag_id)]}\n{self.log_tails()}")
 
+    def task_tries(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> list[dict]:
+        """Every try of one task instance (state, hostname, queue, try_number), the current one included."""
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+        path += f"/{map_index}/tries" if map_index >= 0 else "/tries"
+        return self.request("GET", path)["task_instances"]
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})[
+            "task_instances"]
+
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         """task id (with [map index] when mapped) -> state, for one run."""
-        items = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
-                             params={"limit": 100})["task_instances"]
+        items = self.task_instances(dag_id, run_id)
         return {ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else ""): ti["state"]
                 for ti in items}
 
@@ -152,7 +208,8 @@ class AirflowServer:
         """SIGTERM each component's process group (the component and the workers it forked)."""
         for process in self.processes.values():
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
         for process in self.processes.values():
             try:
                 process.wait(timeout=30)

@@ -1,7 +1,8 @@
-"""Real services for tests, started on 127.0.0.1 by the test itself: moto's S3 server and Orthanc.
+"""Real services for tests, started on 127.0.0.1 by the test itself: moto's S3 server, Orthanc and Redis.
 
-Orthanc comes from Debian's `orthanc` and `orthanc-dicomweb` packages (`make system-deps`); a test
-that needs it skips with a clear message when the binary is absent.
+Orthanc comes from Debian's `orthanc` and `orthanc-dicomweb` packages, Redis (the Celery broker of the
+multi-worker Airflow test) from `redis-server` (`make system-deps`); a test that needs one skips with a clear
+message when its binary is absent.
 """
 
 from __future__ import annotations
@@ -220,6 +221,55 @@ class Orthanc:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self.process = None
+
+
+REDIS_BINARY = "redis-server"
+
+
+@dataclass
+class Redis:
+    """redis-server on 127.0.0.1 only, in memory (no snapshot, no append-only file), its own process group."""
+
+    folder: Path
+    port: int = 0
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 20) -> Redis:
+        binary = shutil.which(REDIS_BINARY) or "/usr/bin/redis-server"
+        self.port = self.port or free_port()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = (self.folder / "redis.out").open("w")
+        self.process = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                                         "--appendonly", "no", "--dir", str(self.folder), "--protected-mode", "yes"],
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {(self.folder / 'redis.out').read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"redis-server did not answer within {timeout_s} s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def redis_available() -> str:
+    """'' when redis-server can be started here, else why not (for a skip)."""
+    if shutil.which(REDIS_BINARY) or Path("/usr/bin/redis-server").is_file():
+        return ""
+    return "redis-server is not installed (Debian package `redis-server`; `make system-deps` installs it)"
 
 
 @dataclass

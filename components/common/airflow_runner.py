@@ -32,6 +32,7 @@ STAGE_REFUSED_EXIT_CODE = 2  # components.common.cli.run_stage: ParamsError / St
 UNCHANGED_EXIT_CODE = 99  # components.common.dvc_run --skip-exit-code: the stage was unchanged
 LOG_TAIL_LINES = 30
 RUNNERS_ENV = "KIDNEY_CT_RUNNERS"  # read at parse time: which operator each stage's task is
+TRAIN_QUEUE_ENV = "KIDNEY_CT_TRAIN_QUEUE"  # read at parse time: the executor queue of `train` (GPU workers)
 POD_ENV = "KIDNEY_CT_KUBERNETES"
 RUNNERS = ("dvc", "local", "kubernetes")
 STAGE_TRIGGER_RULE = "none_failed"  # an unchanged (skipped) upstream stage still lets its dependents run
@@ -42,10 +43,10 @@ POD_MESSAGE_TEMPLATE = f"{DAG_ID} {{{{ run_id }}}}"
 PROJECT_DIR_KEYS = ("project_dir", "kidney_ct_project_dir", "KIDNEY_CT_PROJECT_DIR")
 PARAMS_FILE_KEYS = ("params_file", "kidney_ct_params", "KIDNEY_CT_PARAMS")
 
+# No retry_delay: Airflow's `[core] default_task_retry_delay` (300 s unless configured) decides it.
 DEFAULT_ARGS = {
     "owner": "mlops",
     "retries": 1,
-    "retry_delay": timedelta(minutes=5),
     "execution_timeout": timedelta(hours=3),
 }
 
@@ -335,6 +336,36 @@ def alert_task(runner: str, cluster: ClusterParams | None):
     return alert()
 
 
+def train_queue(environ: Mapping[str, str]) -> dict[str, str]:
+    """`{"queue": NAME}` for the train tasks from env KIDNEY_CT_TRAIN_QUEUE (the Celery queue the GPU workers
+    consume), else {}: the executor's default queue, where every worker takes it."""
+    name = _first_set(environ.get(TRAIN_QUEUE_ENV))
+    return {"queue": name.strip()} if name else {}
+
+
+def changes_task(runners: Mapping[str, str]):
+    """`changes`: one `dvc status` of every stage before any stage task starts (runner `dvc` everywhere). When
+    nothing changed since dvc.lock it pushes every cached output and short-circuits: the scheduler marks every
+    stage task skipped without starting it. None when some stage runs another way (nothing to ask DVC)."""
+    if set(runners.values()) != {"dvc"}:
+        return None
+    from airflow.sdk import task
+
+    @task.short_circuit(task_id="changes")
+    def changes() -> bool:
+        settings = current_settings()
+        command = [sys.executable, "-m", "components.common.dvc_run", "--status", "--params",
+                   str(settings.params_file), "--skip-exit-code", str(UNCHANGED_EXIT_CODE)]
+        returncode, tail = _stream("changes", command, settings.project_dir)
+        if returncode == UNCHANGED_EXIT_CODE:
+            log.info("nothing changed since dvc.lock: every stage is skipped")
+            return False
+        _raise_on_failure("changes", returncode, tail)
+        return True
+
+    return changes()
+
+
 def train_tasks(runner: str, cluster: ClusterParams | None):
     """`list_candidates` and `train` mapped over the candidates it reads from the run's params file."""
     from airflow.sdk import get_current_context, task
@@ -349,9 +380,10 @@ def train_tasks(runner: str, cluster: ClusterParams | None):
 
         arguments = names.map(lambda name: list(pod_container(cluster, dvc_target("train", name)).args))
         kwargs = pod_kwargs(pod_container(cluster, "train"), "train", cluster)
-        return names, KubernetesPodOperator.partial(task_id="train", **kwargs).expand(arguments=arguments)
+        return names, KubernetesPodOperator.partial(task_id="train", **kwargs, **train_queue(os.environ)).expand(
+            arguments=arguments)
 
-    @task(map_index_template="{{ candidate_name }}", trigger_rule=STAGE_TRIGGER_RULE)
+    @task(map_index_template="{{ candidate_name }}", trigger_rule=STAGE_TRIGGER_RULE, **train_queue(os.environ))
     def train(candidate: str) -> None:
         get_current_context()["candidate_name"] = candidate  # type: ignore[typeddict-unknown-key]
         run_stage("train", runner, candidate)

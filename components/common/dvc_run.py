@@ -10,6 +10,11 @@ DVC repo (a git checkout of this project), does under one workspace lock:
 3. `dvc push STAGE` to the default remote (content-addressed: a retry uploads nothing twice);
 4. `git commit dvc.lock params.yaml` on the checked-out branch when they changed.
 
+`python -m components.common.dvc_run --status [--params FILE] [--result FILE]` is the cheap check an
+orchestrator makes before a run (one DVC start instead of one per stage): after the same params sync, the
+stages `dvc status` finds changed; when none is, every cached output is pushed to the remote (so the remote
+stays complete) and, with `--skip-exit-code N`, it exits N (Airflow then skips the whole run).
+
 A retry after a crash at any step is safe: a stage whose lock entry was written is not rerun,
 push and commit are no-ops the second time. Exit codes: 0 done (ran or unchanged, see --result),
 2 the stage refused its input (exit 2 of the stage) or the repo is not usable, 1 anything else;
@@ -149,16 +154,55 @@ def run(root: Path, stage: str, params_file: Path | None, message: str) -> Stage
     return StageRun(stage=stage, ran=ran, pushed=pushed, commit=commit, params_changed=changed)
 
 
+@dataclass
+class StatusCheck:
+    """What `--status` found: the stages DVC would rerun (empty: nothing to do) and what it pushed then."""
+
+    changed: list[str]
+    pushed: int | None
+    params_changed: bool
+
+
+def changed_stages(repo) -> list[str]:
+    """The stages `dvc status` reports (changed deps, params, outs or command), by name (`train@x` as DVC names it)."""
+    return sorted({name.split(":")[-1] for name in repo.status()})
+
+
+def check(root: Path, params_file: Path | None) -> StatusCheck:
+    """Sync params, then `dvc status` once; when nothing changed, push every cached output (a no-op run's work)."""
+    from dvc.config import NoRemoteError
+    from dvc.repo import Repo
+
+    if not (root / ".dvc").is_dir():
+        raise RunRefused(f"{root} is not a DVC repo (run `git init && dvc init` there)")
+    with workspace_lock(root):
+        changed_params = sync_params(root, params_file)
+        with Repo(str(root)) as repo:
+            changed = changed_stages(repo)
+            pushed = None
+            if not changed:
+                try:
+                    pushed = int(repo.push())
+                except NoRemoteError:
+                    log.warning("no default DVC remote configured: outputs stay in the local cache only")
+    return StatusCheck(changed=changed, pushed=pushed, params_changed=changed_params)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [dvc_run] %(message)s", datefmt="%H:%M:%S")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", help="a dvc.yaml stage, e.g. ingest or train@paper_cnn")
+    parser.add_argument("stage", nargs="?", help="a dvc.yaml stage, e.g. ingest or train@paper_cnn")
+    parser.add_argument("--status", action="store_true", help="instead: which stages would rerun (dvc status, once)")
     parser.add_argument("--params", type=Path, default=None, help="params file to run with (default: params.yaml)")
     parser.add_argument("--result", type=Path, default=None, help="write what happened here as JSON")
     parser.add_argument("--message", default="dvc_run", help="commit message prefix (e.g. the DAG run id)")
     parser.add_argument("--skip-exit-code", type=int, default=0,
                         help="exit with this code when the stage was unchanged (an orchestrator marks it skipped)")
     args = parser.parse_args(argv)
+    if bool(args.stage) == args.status:
+        parser.error("name a STAGE, or --status")
+    if args.status:
+        return main_status(args)
     try:
         result = run(Path.cwd(), args.stage, args.params, args.message)
     except RunRefused as exc:
@@ -173,6 +217,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.result is not None:
         args.result.write_text(json.dumps(asdict(result)))
     return 0 if result.ran else args.skip_exit_code
+
+
+def main_status(args: argparse.Namespace) -> int:
+    """`--status`: 0 with the changed stages listed, or the skip exit code when none changed."""
+    try:
+        found = check(Path.cwd(), args.params)
+    except RunRefused as exc:
+        log.error("%s", exc)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a plain reason for the task log; the orchestrator retries
+        log.error("status check: %s: %s", type(exc).__name__, exc)
+        return 1
+    if args.result is not None:
+        args.result.write_text(json.dumps(asdict(found)))
+    if found.changed:
+        log.info("changed since dvc.lock: %s", ", ".join(found.changed))
+        return 0
+    log.info("every stage is up to date with dvc.lock; pushed %s file(s)",
+             "no remote" if found.pushed is None else found.pushed)
+    return args.skip_exit_code
 
 
 if __name__ == "__main__":

@@ -80,6 +80,24 @@ def stage_io(dvc: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, tup
     return io
 
 
+def stage_param_keys(dvc: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, set[str]]:
+    """stage -> the dotted params keys it declares (`params:`, templates resolved; a foreach stage: every item's).
+
+    A `{file: [keys]}` entry counts its keys (a stage reading another params file is keyed on the same names).
+    """
+    keys: dict[str, set[str]] = {}
+    for name, spec in dvc["stages"].items():
+        body = spec.get("do", spec)
+        found: set[str] = set()
+        for item_context in _foreach_items(name, spec, params):
+            context = {**params, **item_context}
+            for entry in body.get("params") or []:
+                listed = [entry] if isinstance(entry, str) else [k for ks in entry.values() for k in ks or []]
+                found |= {resolve(key, context) for key in listed}
+        keys[name] = found
+    return keys
+
+
 def _normalise(path: str) -> str:
     return posixpath.normpath(path.replace("\\", "/"))
 

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
 DAG_ID = "kidney_ct_retraining"
 HELPER_TASKS = {"list_candidates": "train", "alert": "monitor"}  # task id -> the stage it belongs to
+CHECK_TASK = "changes"  # the one `dvc status` before every root stage (runner dvc)
 # The one thing parsing may read: the stage graph, from the code's own dvc.yaml and the params.yaml beside it.
 GRAPH_FILES = {f"open {REPO / 'dvc.yaml'}", f"open {REPO / 'params.yaml'}"}
 PROJECT_ENV = ("KIDNEY_CT_PARAMS", "KIDNEY_CT_PROJECT_DIR", "AIRFLOW_VAR_KIDNEY_CT_PARAMS",
@@ -202,7 +203,8 @@ def test_dagbag_imports_cleanly(parse_report: dict) -> None:
     assert parse_report["trigger_assets"] == ["kidney_ct_new_studies", "kidney_ct_pacs_export"]
     assert parse_report["watch"] == {"check_pacs": ["kidney_ct_new_studies"]}
     assert parse_report["catchup"] is False
-    assert parse_report["default_args"]["retries"] == "1" and "retry_delay" in parse_report["default_args"]
+    assert parse_report["default_args"]["retries"] == "1"
+    assert "retry_delay" not in parse_report["default_args"]  # Airflow's [core] default_task_retry_delay decides
     assert "kidney-ct" in parse_report["tags"]
     assert "list_candidates" in parse_report["doc_md"] and "KIDNEY_CT_PARAMS" in parse_report["doc_md"]
     assert {"params_file", "project_dir"} <= set(parse_report["params"])
@@ -228,8 +230,10 @@ def test_train_is_mapped_over_candidates_read_at_run_time(parse_report: dict) ->
 def test_dag_order_matches_dvc_stage_graph(parse_report: dict) -> None:
     dag_graph: dict[str, set[str]] = {}
     for task_id, info in parse_report["tasks"].items():
+        if task_id == CHECK_TASK:
+            continue
         stage = HELPER_TASKS.get(task_id, task_id)
-        upstream = {HELPER_TASKS.get(up, up) for up in info["upstream"]} - {stage}
+        upstream = {HELPER_TASKS.get(up, up) for up in info["upstream"]} - {stage, CHECK_TASK}
         dag_graph.setdefault(stage, set()).update(upstream)
     dvc_graph = load_stage_graph(REPO / "dvc.yaml", REPO / "params.yaml")
     assert set(dag_graph) == set(dvc_graph)
@@ -238,12 +242,14 @@ def test_dag_order_matches_dvc_stage_graph(parse_report: dict) -> None:
 
 def test_dag_links_are_the_stage_graph_and_two_helpers(parse_report: dict) -> None:
     """Each stage task waits for exactly its stages of dvc.yaml's graph (transitively reduced), plus the helpers:
-    list_candidates (after preprocess) before train, alert after monitor."""
+    list_candidates (after preprocess) before train, alert after monitor, and `changes` (one status check)
+    before each stage that has no upstream stage: every stage is downstream of it."""
     tasks = parse_report["tasks"]
     graph = direct_upstream(load_stage_graph(REPO / "dvc.yaml", REPO / "params.yaml"))
-    assert set(tasks) == set(graph) | set(HELPER_TASKS)
+    assert set(tasks) == set(graph) | set(HELPER_TASKS) | {CHECK_TASK}
+    assert tasks[CHECK_TASK]["upstream"] == []
     for stage, upstream in graph.items():
-        helpers = {"list_candidates"} if stage == "train" else set()
+        helpers = {"list_candidates"} if stage == "train" else {CHECK_TASK} if not upstream else set()
         assert set(tasks[stage]["upstream"]) == upstream | helpers, stage
     assert tasks["list_candidates"]["upstream"] == ["preprocess"]
     assert tasks["alert"]["upstream"] == ["monitor"]

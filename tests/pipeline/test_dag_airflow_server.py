@@ -1,15 +1,21 @@
-"""The retraining DAG under a real Airflow 3 (scheduler, DAG processor, API server, LocalExecutor,
-SQLite, all on 127.0.0.1), in a git + DVC workspace whose DVC remote is moto's S3 server. The workspace is a copy
-of the session's finished tiny pipeline (tests/pipeline/conftest.py: every stage in dvc.lock, a champion registered),
-as a scheduled run finds a project that ran before:
+"""The retraining DAG under a real multi-worker Airflow 3: scheduler, DAG processor and API server, the
+CeleryExecutor with a Redis broker (Debian's redis-server) and two Celery workers as separate processes, `cpu`
+consuming the default queue and `gpu` the `train` queue and the default one, as CPU and GPU nodes would (SQLite,
+all on 127.0.0.1). The DAG file is the project's, unchanged; env KIDNEY_CT_TRAIN_QUEUE=train routes `train`. The
+workspace, a git + DVC copy of the session's finished tiny pipeline (tests/pipeline/conftest.py: every stage in
+dvc.lock, a champion registered) whose DVC remote is moto's S3 server, is shared by both workers as an RWX volume
+would be:
 
 1. nothing new: the weekly run that unpausing starts (or, where none comes, one triggered through the REST API)
-   skips every stage, commits nothing, and still pushes every cached output to the DVC remote;
+   costs one `changes` task (one `dvc status`, which also pushes every cached output to the DVC remote): every
+   stage task is skipped without starting, nothing is committed;
 2. a new export from another scanner (accumulated onto the first), announced by an asset event posted through
    the REST API: the asset-triggered run reruns every stage whose deps or params changed through DVC (each commits
    its dvc.lock entry, the remote holds every output) and skips the one that did not (`backbone`); the monitor calls
-   it drift, the alert task posts it to a webhook receiver on 127.0.0.1 once (it was skipped in the runs before),
-   and the run retrains and registers.
+   it drift, the alert task posts it to a webhook receiver on 127.0.0.1 once, and the run retrains and registers.
+   Both workers take work (the task instances' hostnames), train only on `gpu`. In the middle of a stage on `cpu`,
+   that worker and everything it started are SIGKILLed (a node lost): Airflow's heartbeat timeout (20 s here) fails
+   the try, the retry runs on `gpu`, the run succeeds, and nothing is committed or registered twice.
 
 Slow (minutes): run this file alone. Durations are printed (-s), not asserted (BENCHMARKS.md).
 """
@@ -28,7 +34,7 @@ import yaml
 
 from tests.airflow_server import AirflowServer
 from tests.pipeline.conftest import TinyPipeline
-from tests.services import MotoS3, WebhookReceiver
+from tests.services import MotoS3, Redis, WebhookReceiver, redis_available
 from tests.tiny import wiring_params, write_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -39,6 +45,8 @@ BUCKET = "kidney-ct-dvc"
 STAGE_TASKS = ("generate", "ingest", "monitor", "validate", "preprocess", "augment", "backbone", "features", "train[0]",
                "evaluate", "leakage", "report", "register", "package")
 DVC_STAGES = tuple(t.replace("train[0]", "train@paper_cnn") for t in STAGE_TASKS)
+WORKERS = {"cpu": "default", "gpu": "train,default"}  # name -> queues; `cpu` is the one lost mid-stage
+KILLABLE = {"validate", "preprocess", "augment", "features", "leakage", "evaluate", "report", "monitor", "package"}
 
 
 def git(project: Path, *args: str) -> str:
@@ -65,23 +73,32 @@ def make_workspace(root: Path, s3: MotoS3, pipeline: TinyPipeline) -> Path:
 
 @pytest.fixture
 def airflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_pipeline: TinyPipeline):
+    if why := redis_available():
+        pytest.skip(f"the multi-worker Airflow needs a Celery broker: {why}")
     for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     s3 = MotoS3().start().reset()
     s3.client().create_bucket(Bucket=BUCKET)
+    redis = Redis(tmp_path / "redis").start()
     project = make_workspace(tmp_path, s3, tiny_pipeline)
     ran_in = tiny_pipeline.env()  # PATH with the venv first, the salt the workspace's data was ingested with
     env = {k: v for k, v in ran_in.items() if not k.startswith(("AIRFLOW", "KIDNEY_CT_", "MLFLOW_", "BENTOML_", "DVC_"))}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", KIDNEY_CT_SALT=ran_in["KIDNEY_CT_SALT"],
                AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1",
-               PYTHONPATH=str(project), GX_ANALYTICS_ENABLED="False", MLFLOW_ENABLE_TELEMETRY="false")
-    server = AirflowServer(home=tmp_path / "airflow_home", dags_folder=project / "dags", env=env)
+               PYTHONPATH=str(project), GX_ANALYTICS_ENABLED="False", MLFLOW_ENABLE_TELEMETRY="false",
+               KIDNEY_CT_TRAIN_QUEUE="train",
+               AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY="3",  # a lost worker's task is retried at once
+               AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="20",
+               AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL="5")
+    server = AirflowServer(home=tmp_path / "airflow_home", dags_folder=project / "dags", env=env,
+                           broker=redis.url, workers=dict(WORKERS))
     try:
         server.start()
         yield server, project, s3
     finally:
         server.stop()
+        redis.stop()
         s3.stop()
 
 
@@ -123,6 +140,22 @@ def weekly_run_or_trigger(server: AirflowServer, wait_s: float = 30) -> str:
     return server.trigger(DAG_ID)
 
 
+def kill_cpu_worker_mid_stage(server: AirflowServer, run_id: str, timeout_s: float = 600) -> str:
+    """Wait for a stage task that has run on worker `cpu` for 4 s, SIGKILL that worker's session; the task's id."""
+    from datetime import UTC, datetime
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for ti in server.task_instances(DAG_ID, run_id):
+            if ti["task_id"] in KILLABLE and ti["state"] == "running" and ti.get("hostname") == "cpu":
+                started = datetime.fromisoformat(ti["start_date"].replace("Z", "+00:00"))
+                if (datetime.now(UTC) - started).total_seconds() >= 4:
+                    server.kill_worker("cpu")
+                    return ti["task_id"]
+        time.sleep(0.5)
+    raise AssertionError(f"worker `cpu` ran no stage task long enough to be killed\n{server.log_tails()}")
+
+
 def test_scheduled_runs_are_dvc_runs_that_skip_what_did_not_change(airflow) -> None:
     server, project, s3 = airflow
     server.wait_for_dag(DAG_ID)
@@ -133,12 +166,18 @@ def test_scheduled_runs_are_dvc_runs_that_skip_what_did_not_change(airflow) -> N
     runs = server.wait_until_idle(DAG_ID, timeout_s=900)
     print(f"no-op run took {round(time.monotonic() - started)} s wall: "
           f"{[(r['dag_run_id'], r['run_type'], duration_s(r)) for r in runs]}")
-    # 1. Nothing new since dvc.lock: every stage is skipped, nothing is committed, every cached output is pushed.
+    # 1. Nothing new since dvc.lock: one status check, every stage skipped unstarted, nothing committed, every cached
+    # output pushed.
     assert first in {r["dag_run_id"] for r in runs}
     assert {r["state"] for r in runs} == {"success"}, server.log_tails()
     for run in runs:  # one, unless a late weekly run joined the triggered one: then both are no-op runs
-        states = server.task_states(DAG_ID, run["dag_run_id"])
-        assert {states.get(task) for task in (*STAGE_TASKS, "alert")} == {"skipped"}, (run["dag_run_id"], states)
+        instances = server.task_instances(DAG_ID, run["dag_run_id"])
+        states = {ti["task_id"]: ti["state"] for ti in instances}
+        assert states.pop("changes") == "success"
+        assert set(states.values()) == {"skipped"}, (run["dag_run_id"], states)  # train unexpanded: one instance
+        assert {ti["task_id"] for ti in instances} >= {task.split("[")[0] for task in (*STAGE_TASKS, "alert")}
+        assert not [ti for ti in instances if ti["task_id"] != "changes" and ti.get("start_date")], \
+            "a skipped stage was started"
     assert git(project, "log", "--format=%s").splitlines() == commits
     missing = cached_md5s(project) - remote_md5s(s3)
     assert not missing, f"outputs not on the DVC remote: {missing}"
@@ -159,6 +198,7 @@ def test_scheduled_runs_are_dvc_runs_that_skip_what_did_not_change(airflow) -> N
                            if r["dag_run_id"] not in known and r["run_type"] == "asset_triggered"]):
             assert time.monotonic() < deadline, f"no run after the asset event\n{server.log_tails()}"
             time.sleep(3)
+        killed = kill_cpu_worker_mid_stage(server, new[0]["dag_run_id"])
         runs = server.wait_until_idle(DAG_ID, timeout_s=1200)
     run = next(r for r in runs if r["dag_run_id"] == new[0]["dag_run_id"])
     shifted, tasks = run["dag_run_id"], server.task_states(DAG_ID, run["dag_run_id"])
@@ -174,12 +214,22 @@ def test_scheduled_runs_are_dvc_runs_that_skip_what_did_not_change(airflow) -> N
     assert alert["status"] == monitor["status"] in {"drift", "degraded"}
     assert "kernel" in alert["text"] and shifted in alert["text"]
 
+    # Both workers took work, train only the GPU one; the lost worker's stage was retried on the other, once.
+    instances = server.task_instances(DAG_ID, shifted)
+    tries = server.task_tries(DAG_ID, shifted, killed)
+    print(f"killed `cpu` in the middle of {killed}: tries {[(t['try_number'], t['hostname'], t['state']) for t in tries]}")
+    print("hosts:", sorted((ti["task_id"], ti["hostname"], ti["queue"]) for ti in instances if ti.get("hostname")))
+    assert [(t["hostname"], t["state"]) for t in tries] == [("cpu", "failed"), ("gpu", "success")], tries
+    worked = {ti["hostname"] for ti in instances if ti["state"] == "success"} | {t["hostname"] for t in tries}
+    assert worked == {"cpu", "gpu"}, instances
+    assert {(ti["hostname"], ti["queue"]) for ti in instances if ti["task_id"] == "train"} == {("gpu", "train")}
+
     # Each stage that ran committed its dvc.lock entry on the branch; the lock and params.yaml record the new export.
     assert set(DVC_STAGES) <= set(lock_stages(project)), "dvc.lock lacks stages"
     assert git(project, "status", "--porcelain", "dvc.lock", "params.yaml") == ""
-    log = git(project, "log", "--format=%s")
+    log = git(project, "log", "--format=%s").splitlines()
     ran = [stage for stage in DVC_STAGES if stage != "backbone"]
-    assert not [stage for stage in ran if f"{DAG_ID} {shifted}: {stage}" not in log], log
+    assert {stage: log.count(f"{DAG_ID} {shifted}: {stage}") for stage in ran} == dict.fromkeys(ran, 1), log
     assert lock_stages(project)["generate"]["params"]["params.yaml"]["generate"]["seed"] == 8
     assert "manufacturer: OTHER-VENDOR PHANTOM" in git(project, "show", "HEAD:params.yaml")
     missing = cached_md5s(project) - remote_md5s(s3)

@@ -98,3 +98,25 @@ def test_a_retry_after_a_crash_past_the_stage_pushes_and_commits_without_rerunni
     assert retry["ran"] is False and retry["pushed"] == 1 and retry["commit"]
     assert (toy_repo / "out.txt").stat().st_mtime_ns == mtime
     assert sum(1 for p in (tmp_path / "remote").rglob("*") if p.is_file()) == 1
+
+
+def test_status_lists_what_changed_and_when_nothing_did_pushes_and_exits_with_the_skip_code(
+        toy_repo: Path, tmp_path: Path) -> None:
+    code, found, output = dvc_run(toy_repo, "--status", "--skip-exit-code", "99")
+    assert code == 0 and found["changed"] == ["double"] and found["pushed"] is None, output  # never ran: changed
+
+    dvc_run(toy_repo, "double")
+    (tmp_path / "remote").rename(tmp_path / "remote-before")  # an empty remote: the check fills it
+    code, found, output = dvc_run(toy_repo, "--status", "--skip-exit-code", "99")
+    assert code == 99 and found == {"changed": [], "pushed": 1, "params_changed": False}, output
+    assert sum(1 for p in (tmp_path / "remote").rglob("*") if p.is_file()) == 1
+
+    other = tmp_path / "run-params.yaml"
+    other.write_text("toy: {n: 3, code: 0}\n")  # the run's params file differs: the stage that reads it changed
+    code, found, output = dvc_run(toy_repo, "--status", "--params", str(other), "--skip-exit-code", "99")
+    assert code == 0 and found == {"changed": ["double"], "pushed": None, "params_changed": True}, output
+
+
+def test_status_and_a_stage_name_are_exclusive(toy_repo: Path) -> None:
+    code, _, output = dvc_run(toy_repo, "double", "--status")
+    assert code == 2 and "name a STAGE, or --status" in output

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.common.fingerprint import stage_params_digest
 from components.common.params import ClusterParams
 from components.common.stage_graph import ancestors, load_stage_graph
 from pipelines.kidney_ct import NO_DATA, compile_pipeline, main, params_hash
@@ -58,30 +59,37 @@ def test_train_requests_a_gpu_per_candidate(compiled):
         assert any(arg in ("small", "wide") for arg in executor(compiled, task)["args"])
 
 
-def test_cache_is_keyed_on_the_ingested_data_version_and_the_params_hash(compiled):
+def fingerprinted_stage(spec: dict, task_name: str) -> str:
+    """The stage a fingerprint task computes the params digest of (its constant `stage` input)."""
+    assert task_name.startswith("fingerprint"), task_name
+    return tasks(spec)[task_name]["inputs"]["parameters"]["stage"]["runtimeValue"]["constant"]
+
+
+def test_cache_is_keyed_on_the_ingested_data_version_and_the_stage_params(compiled):
     for name, task in tasks(compiled).items():
         cached = task.get("cachingOptions", {}).get("enableCache", False)
         stage = name.split("-")[0]
         assert cached == (stage not in ("fingerprint", "generate", "ingest", "register", "package")), name
         if cached:
             inputs = task["inputs"]["parameters"]
+            digest = inputs["params_hash"]["taskOutputParameter"]
+            assert digest["outputParameterKey"] == "params_digest"
+            assert fingerprinted_stage(compiled, digest["producerTask"]) == stage  # its own params, not the file's
             if stage == "backbone":  # converts pinned weights, reads no data: keyed on the params only
                 assert inputs["data_version"]["runtimeValue"]["constant"] == NO_DATA
                 continue
             assert inputs["data_version"]["taskOutputParameter"] == {"outputParameterKey": "data_version",
                                                                      "producerTask": "ingest"}
-            assert inputs["params_hash"]["taskOutputParameter"] == {"outputParameterKey": "params_digest",
-                                                                    "producerTask": "fingerprint"}
     assert set(compiled["root"]["inputDefinitions"]["parameters"]) == {"params_file"}  # nothing caller-supplied
 
 
 def test_task_order_matches_dvc_stage_graph(compiled):
     graph: dict[str, set[str]] = {}
     for name, task in tasks(compiled).items():
-        if name in HELPERS:
+        if name.split("-")[0] in HELPERS:
             continue
         graph.setdefault(name.split("-")[0], set()).update(
-            dep.split("-")[0] for dep in task.get("dependentTasks", []) if dep not in HELPERS)
+            dep.split("-")[0] for dep in task.get("dependentTasks", []) if dep.split("-")[0] not in HELPERS)
     for stage in graph:
         graph[stage].discard(stage)
     assert ancestors(graph) == ancestors(load_stage_graph(REPO / "dvc.yaml", REPO / "params.yaml"))
@@ -111,11 +119,13 @@ def test_params_hash_ignores_formatting_but_not_values(tmp_path, capsys):
 def cache_keys(spec: dict, params_file: Path, manifest: bytes) -> dict[str, str]:
     """Each cached task's cache key as KFP's driver forms it: container spec + resolved input values.
 
-    The runtime outputs are computed the way the steps compute them: the params digest of
-    `params_file` (fingerprint) and the sha256 of `manifest` (ingest's data version).
+    The runtime outputs are computed the way the steps compute them: each fingerprint task's stage digest of
+    `params_file` and the sha256 of `manifest` (ingest's data version).
     """
-    outputs = {("fingerprint", "params_digest"): params_hash(params_file),
-               ("ingest", "data_version"): hashlib.sha256(manifest).hexdigest()}
+    dvc, params = yaml.safe_load((REPO / "dvc.yaml").read_text()), yaml.safe_load(params_file.read_text())
+    outputs = {("ingest", "data_version"): hashlib.sha256(manifest).hexdigest()}
+    outputs |= {(name, "params_digest"): stage_params_digest(dvc, params, fingerprinted_stage(spec, name))
+                for name in tasks(spec) if name.startswith("fingerprint")}
     keys = {}
     for name, task in tasks(spec).items():
         if not task.get("cachingOptions", {}).get("enableCache"):
@@ -134,18 +144,32 @@ def cache_keys(spec: dict, params_file: Path, manifest: bytes) -> dict[str, str]
     return keys
 
 
+def params_with(tmp_path: Path, name: str, section: str, key: str, value) -> Path:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw[section][key] = value
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 def test_cache_key_changes_when_params_data_or_code_change(compiled, tmp_path):
-    params_a, params_b = tmp_path / "a.yaml", tmp_path / "b.yaml"
-    params_a.write_text("train: {seed: 1}\n")
-    params_b.write_text("train: {seed: 2}\n")
+    params_a = params_with(tmp_path, "a.yaml", "train", "seed", 1)
     manifest_a, manifest_b = b"image,label\na.dcm,Cyst\n", b"image,label\na.dcm,Cyst\nb.dcm,Stone\n"
     base = cache_keys(compiled, params_a, manifest_a)
-    assert base and base == cache_keys(compiled, tmp_path / "a.yaml", manifest_a)  # same content, same key
+    reformatted = tmp_path / "a-reformatted.yaml"
+    reformatted.write_text("# the same values\n" + yaml.safe_dump(yaml.safe_load(params_a.read_text()), indent=4))
+    assert base and base == cache_keys(compiled, reformatted, manifest_a)  # same content, same key
+
+    # A params change misses the cache for exactly the stages that read it or sit downstream of one that does.
+    seed = cache_keys(compiled, params_with(tmp_path, "b.yaml", "train", "seed", 2), manifest_a)
+    assert {name for name in base if seed[name] != base[name]} == {"train", "train-2", "leakage", "evaluate",
+                                                                   "report"}
+    resamples = cache_keys(compiled, params_with(tmp_path, "c.yaml", "report", "gradcam_per_class", 7), manifest_a)
+    assert {name for name in base if resamples[name] != base[name]} == {"report"}
 
     new_code = compile_spec(tmp_path / "new-code.yaml", cpu="registry.local/kct-cpu@sha256:" + "d" * 64)
-    params_changed, data_changed = cache_keys(compiled, params_b, manifest_a), cache_keys(compiled, params_a, manifest_b)
-    assert all(params_changed[name] != base[name] for name in base), "a params change must miss the cache"
-    assert all(data_changed[name] != base[name] for name in base if name != "backbone"), "so must a data change"
+    data_changed = cache_keys(compiled, params_a, manifest_b)
+    assert all(data_changed[name] != base[name] for name in base if name != "backbone"), "a data change must miss"
     assert data_changed["backbone"] == base["backbone"]  # the conversion reads no data: it stays cached
     code = cache_keys(new_code, params_a, manifest_a)
     assert all(code[name] != base[name] for name in base if not name.startswith("train"))  # CPU image

@@ -128,3 +128,31 @@ def test_the_project_graph_is_the_repo_dvc_yaml() -> None:
     root = Path(__file__).resolve().parents[2]
     assert project_stage_graph() == load_stage_graph(root / "dvc.yaml", root / "params.yaml")
     assert {"ingest", "train", "evaluate", "register"} <= set(project_stage_graph())
+
+
+def test_stage_params_digest_changes_for_the_stages_a_param_feeds_and_no_other() -> None:
+    from components.common.fingerprint import stage_params_digest
+    from components.common.stage_graph import stage_param_keys
+
+    dvc = {"stages": {
+        "prep": {"cmd": "p", "deps": ["raw"], "params": ["prep", "shared.size"], "outs": ["ready"]},
+        "fit": {"foreach": "${models}", "do": {"cmd": "f ${key}", "deps": ["ready"], "params": ["models.${key}"],
+                                               "outs": ["model-${key}"]}},
+        "show": {"cmd": "s", "deps": ["model-a"], "params": [{"other.yaml": ["look"]}], "outs": ["page"]},
+    }}
+    params = {"prep": {"n": 1}, "shared": {"size": 4, "unused": 0}, "models": {"a": {"lr": 1}, "b": {"lr": 2}},
+              "look": "dark"}
+    assert stage_param_keys(dvc, params) == {"prep": {"prep", "shared.size"}, "fit": {"models.a", "models.b"},
+                                             "show": {"look"}}
+
+    def digests(changed: dict) -> dict[str, str]:
+        return {stage: stage_params_digest(dvc, changed, stage) for stage in dvc["stages"]}
+
+    base = digests(params)
+    assert digests({**params, "shared": {"size": 4, "unused": 9}}) == base  # read by no stage
+    moved = digests({**params, "shared": {"size": 5, "unused": 0}})  # prep's: everything downstream of it too
+    assert all(moved[stage] != base[stage] for stage in base)
+    looked = digests({**params, "look": "light"})
+    assert [stage for stage in base if looked[stage] != base[stage]] == ["show"]
+    with pytest.raises(StageGraphError, match="no stage 'absent'"):
+        stage_params_digest(dvc, params, "absent")
