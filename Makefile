@@ -28,10 +28,11 @@ install: $(BIN)/.installed ## create .venv with the pinned dependencies
 
 ORTHANC_PLUGIN := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
-system-deps: ## Orthanc + its DICOMweb plugin (Debian) for the PACS tests; does nothing when present
-	@if command -v Orthanc >/dev/null && [ -f $(ORTHANC_PLUGIN) ]; then echo "orthanc + orthanc-dicomweb present"; \
+system-deps: ## Orthanc + its DICOMweb plugin (PACS tests), redis-server (the Celery broker of the Airflow test); Debian
+	@if command -v Orthanc >/dev/null && [ -f $(ORTHANC_PLUGIN) ] && [ -x /usr/bin/redis-server ]; then \
+	  echo "orthanc + orthanc-dicomweb + redis-server present"; \
 	else $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-	  --no-install-recommends orthanc orthanc-dicomweb; fi
+	  --no-install-recommends orthanc orthanc-dicomweb redis-server; fi
 
 browser: ## Debian chromium + chromium-driver for the page test; does nothing when present
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then echo "chromium + chromium-driver present"; \
@@ -113,7 +114,7 @@ lint: install ## ruff check of the tree (rules and line length in pyproject.toml
 # a subprocess's imports, the other computes. TEST_WORKERS=0 runs the suite in one process.
 TEST_WORKERS ?= 2
 test: install lint ## lint, then the whole test suite (installs Orthanc and Chromium first when it can)
-	@$(MAKE) --no-print-directory system-deps || echo "WARNING: no orthanc/orthanc-dicomweb: the PACS tests will skip"
+	@$(MAKE) --no-print-directory system-deps || echo "WARNING: no orthanc/orthanc-dicomweb/redis-server: the PACS and Airflow tests will skip"
 	@$(MAKE) --no-print-directory browser || echo "WARNING: no chromium/chromium-driver: the browser test will skip"
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 

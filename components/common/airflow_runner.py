@@ -344,10 +344,11 @@ def train_queue(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def changes_task(runners: Mapping[str, str]):
-    """`changes`: one `dvc status` of every stage before any stage task starts (runner `dvc` everywhere). When
-    nothing changed since dvc.lock it pushes every cached output and short-circuits: the scheduler marks every
-    stage task skipped without starting it. None when some stage runs another way (nothing to ask DVC)."""
-    if set(runners.values()) != {"dvc"}:
+    """`changes`: one `dvc status` of every stage before any stage task starts, on a worker (which mounts the
+    workspace). When nothing changed since dvc.lock it pushes every cached output and short-circuits: the
+    scheduler marks every stage task skipped without starting it. None when a stage runs untracked (runner
+    `local`: DVC cannot say whether it would change); runners `dvc` and `kubernetes` both run DVC's stages."""
+    if "local" in runners.values():
         return None
     from airflow.sdk import task
 

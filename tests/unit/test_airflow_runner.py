@@ -9,7 +9,14 @@ import sys
 
 import pytest
 
-from components.common.airflow_runner import dvc_run_arguments, dvc_target, pod_container, resolve_runners
+from components.common.airflow_runner import (
+    changes_task,
+    dvc_run_arguments,
+    dvc_target,
+    pod_container,
+    resolve_runners,
+    train_queue,
+)
 from components.common.cluster import cluster_settings
 from tests.tiny import REPO
 
@@ -50,3 +57,12 @@ def test_a_training_pod_runs_the_candidate_dvc_stage() -> None:
     assert container.image == cluster.gpu_image
     assert list(container.args)[1:] == dvc_run_arguments("train@wide", "{{ params.params_file or 'params.yaml' }}",
                                                          "kidney_ct_retraining {{ run_id }}")
+
+
+def test_train_queue_comes_from_the_environment_or_is_the_default_one() -> None:
+    assert train_queue({"KIDNEY_CT_TRAIN_QUEUE": " train "}) == {"queue": "train"}
+    assert train_queue({"KIDNEY_CT_TRAIN_QUEUE": "  "}) == {} == train_queue({})  # any worker takes it
+
+
+def test_no_status_check_when_a_stage_runs_untracked() -> None:
+    assert changes_task({"ingest": "local", "train": "dvc"}) is None  # DVC cannot say what an untracked stage did
