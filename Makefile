@@ -134,7 +134,7 @@ bench-serve: install ## load-test the service on 127.0.0.1 (1/8/32 clients, batc
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m serving.bench
 
 bench-airflow: install ## a real Airflow 3 on 127.0.0.1, on a tiny project that ran: no-op weekly run vs asset-triggered retrain
-	$(BIN)/pytest tests/pipeline/test_dag_airflow_server.py -q -s | grep -E "took|passed|failed"
+	$(BIN)/pytest tests/pipeline/test_dag_airflow_server.py -q -s | grep -E "took|killed|passed|failed"
 
 clean: ## remove pipeline outputs (keeps .venv)
 	rm -rf data models reports mlruns.db mlartifacts .bentoml dvc.lock
