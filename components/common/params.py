@@ -280,7 +280,7 @@ class RegisterParams(_Strict):
 class MonitorParams(_Strict):
     """What the monitor stage compares (the champion's training data vs what arrived since) and when it alerts."""
 
-    max_reference_images: int = Field(2000, ge=10)  # the champion's training images read, drawn by series
+    max_reference_images: int = Field(5000, ge=10)  # the champion's labelled images described once, by series
     min_new_series: int = Field(3, ge=1)  # fewer new scan series than this: too few to judge drift
     alpha: float = Field(0.01, gt=0, lt=1)  # chance of a false drift call per pass, shared by all its tests
     #   (Bonferroni): a column drifts when its test's p-value is below alpha / tests ...

@@ -59,16 +59,23 @@ def load_registered_keras(model_uri: str):
 
 
 REFERENCE_ARTIFACT = "registration/reference.csv"  # a version's data record, logged by the register stage
+HELDOUT_ARTIFACT = "registration/heldout_predictions.csv"  # its predictions on slices it was not fitted on
+MONITOR_REFERENCE_ARTIFACT = "monitor/reference.csv.gz"  # the monitor's described reference, computed once
 
 
-def version_reference(run_id: str):
-    """The data record (key, split, group, label, fitted) of a registered version's run, or None when absent."""
+def version_table(run_id: str, artifact: str = REFERENCE_ARTIFACT, dtype=str):
+    """A CSV artifact of a registered version's run as a DataFrame, or None when absent."""
     import mlflow
     import pandas as pd
 
     with tempfile.TemporaryDirectory(prefix="kidney-ct-reference-") as tmp:
         try:
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp)
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp)
         except Exception:  # mlflow raises several types for a missing artifact or run
             return None
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pd.read_csv(path, dtype=dtype, keep_default_na=dtype is not str)
+
+
+def version_reference(run_id: str):
+    """The data record (key, split, group, label, fitted) of a registered version's run, or None when absent."""
+    return version_table(run_id, REFERENCE_ARTIFACT)

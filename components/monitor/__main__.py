@@ -1,17 +1,23 @@
 """CLI: python -m components.monitor — the new data against the champion's training data, and the champion on it.
 
-Reads the registry's champion (its serving contract, and `registration/reference.csv`: the keys of the data it
-was developed on, which the register stage logs) and the ingest manifest. What was ingested since is the new
-export; with `--source DIR` an unlabelled folder (shadow mode: what `components.predict` or the service is
-given) stands in for it. Writes `<paths.monitor>/monitor.json` (the verdict: no champion | no new data | too
-few new series | no drift | drift | degraded, with every test's numbers), `summaries.csv` (one row per image),
-`series.csv`, `drift.png`, Evidently's own `evidently.html`, and an MLflow run. Exit 0 whatever the verdict:
-the DAG's alert task acts on it (`python -m components.monitor.alert`).
+Reads the registry's champion (its serving contract, `registration/reference.csv`: the keys of the data it was
+developed on, and `registration/heldout_predictions.csv`: its predictions on the slices it was not fitted on,
+both logged by the register stage) and the ingest manifest. The champion's reference images are read and scored
+once per registered version (one forward pass gives probabilities and embeddings) and logged to its run
+(`monitor/reference.csv.gz`); every later pass reads them. The reference for the champion's outputs is the
+held-out predictions (out-of-fold under cv_refit, the test split's under holdout), never its own training slices.
+What was ingested since is the new export; with `--source DIR` an unlabelled folder (shadow mode: what
+`components.predict` or the service is given) stands in for it. Writes `<paths.monitor>/monitor.json` (the
+verdict: no champion | no new data | too few new series | no drift | drift | degraded, with every test's numbers
+and where the reference came from), `summaries.csv` (one row per image), `series.csv`, `drift.png`, Evidently's
+own `evidently.html`, and an MLflow run. Exit 0 whatever the verdict: the DAG's alert task acts on it
+(`python -m components.monitor.alert`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import time
 from pathlib import Path
@@ -34,14 +40,16 @@ from components.monitor.core import (
     class_counts,
     decide,
     new_keys,
-    sample_by_series,
+    reference_rows,
     series_table,
+    with_heldout_outputs,
 )
 from components.monitor.performance import champion_performance
 from components.monitor.summaries import CATEGORICAL_SUMMARIES, NUMERIC_SUMMARIES, dicom_header, image_summary
 
 BATCH = 32
 LABELLED = "new labelled export"
+REFERENCE_FORMAT = 1  # the cached reference's columns; bump when describe() changes what it writes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +72,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     found = champion_and_reference(params)
     if isinstance(found, Verdict):
         return finish(params, folder, {"status": found.status, "reasons": found.reasons}, started)
-    champion, reference, certified = found
+    champion, reference, certified, heldout = found
     manifest = read_manifest(params)
     current = current_rows(args, manifest, reference)
     report = {"champion": {"model_name": champion.model_name, "version": champion.version}, "mode": mode_of(args),
@@ -77,15 +85,13 @@ def run(params: Params, args: argparse.Namespace) -> None:
     if new_series < params.monitor.min_new_series:
         return finish(params, folder, {**report, "status": "too few new series", "reasons": [
             f"{new_series} new series (fewer than monitor.min_new_series {params.monitor.min_new_series})"]}, started)
-    fitted = reference[reference["fitted"].astype(str).str.lower() == "true"]
-    reference_rows = sample_by_series(fitted[["key", "label", "series"]], params.monitor.max_reference_images)
-    model = load_champion_model(champion)
+    model = functools.cache(lambda: load_champion_model(champion))  # not loaded when nothing is left to score
     store = open_store(params.paths.store, params.storage)
     read = (lambda key: (args.source / key).read_bytes()) if args.source else store.get
+    reference_images, report["reference"] = champion_reference(champion, reference, heldout, model, store, params)
     scored = (scored_rows(current, champion) if args.predictions else
-              describe(current.assign(side="current"), read, model, champion, params))
-    images = pd.concat([describe(reference_rows.assign(side="reference"), store.get, model, champion, params), scored],
-                       ignore_index=True)
+              describe(current.assign(side="current"), read, model(), champion, params))
+    images = pd.concat([reference_images, scored], ignore_index=True)
     report |= judge(images, champion, certified, params, labelled=mode_of(args) == LABELLED)
     report["counts"] |= {"reference_images": int((images["side"] == "reference").sum()),
                          "current_images": int((images["side"] == "current").sum()),
@@ -122,17 +128,19 @@ def scored_rows(rows: pd.DataFrame, champion: Champion) -> pd.DataFrame:
     return rows.assign(side="current", unreadable=False)
 
 
-def champion_and_reference(params: Params) -> tuple[Champion, pd.DataFrame, float | None] | Verdict:
-    """The champion, the record of its data and its certified gate metric, or why there is nothing to compare
-    with yet."""
+def champion_and_reference(params: Params) -> tuple[Champion, pd.DataFrame, float | None, pd.DataFrame | None] | Verdict:
+    """The champion, the record of its data, its certified gate metric and its held-out predictions (None for a
+    version registered before register logged them), or why there is nothing to compare with yet."""
     import mlflow
 
     from components.common.registry import (
+        HELDOUT_ARTIFACT,
         REFERENCE_ARTIFACT,
         connect_mlflow,
         existing_registry_uri,
         mlflow_alias_lookup,
         version_reference,
+        version_table,
     )
 
     try:
@@ -152,7 +160,53 @@ def champion_and_reference(params: Params) -> tuple[Champion, pd.DataFrame, floa
     tags = mlflow.MlflowClient().get_model_version(champion.model_name, champion.version).tags or {}
     metric = params.evaluate.gate_metric
     certified = tags.get(f"certified_{metric}") or tags.get(f"test_{metric}")
-    return champion, reference, float(certified) if certified else None
+    heldout = version_table(champion.run_id, HELDOUT_ARTIFACT, dtype={"key": str, "series": str, "label": str})
+    return champion, reference, float(certified) if certified else None, heldout
+
+
+def champion_reference(champion: Champion, reference: pd.DataFrame, heldout: pd.DataFrame | None, model,
+                       store, params: Params) -> tuple[pd.DataFrame, dict]:
+    """The champion's reference images, described once per registered version: read from its run where an earlier
+    pass logged them, else read from the store and scored in one pass (progress shown) and logged there for every
+    later pass; their outputs are the held-out predictions (`with_heldout_outputs`). And what the report says."""
+    from components.common.registry import MONITOR_REFERENCE_ARTIFACT, version_table
+
+    started = time.monotonic()
+    rows = reference_rows(reference, params.monitor.max_reference_images)
+    digest = reference_digest(rows, champion)
+    cached = version_table(champion.run_id, MONITOR_REFERENCE_ARTIFACT, dtype={"key": str, "series": str,
+                                                                               "label": str, "digest": str})
+    hit = cached is not None and len(cached) and (cached["digest"] == digest).all()
+    if hit:
+        images = cached.drop(columns=["digest"])
+    else:
+        images = describe(rows.assign(side="reference"), store.get, model(), champion, params)
+        log_reference_cache(champion.run_id, images.assign(digest=digest), MONITOR_REFERENCE_ARTIFACT)
+    outputs = "in-sample: the champion's own outputs on its training slices (re-register it to log held-out ones)"
+    if heldout is not None:
+        images = with_heldout_outputs(images, heldout, champion.classes)
+        outputs = f"held out: {int(images['confidence'].notna().sum())} of {len(images)} images"
+    return images, {"images": len(images), "series": int(images["series"].nunique()), "cached": bool(hit),
+                    "seconds": round(time.monotonic() - started, 1), "outputs": outputs}
+
+
+def reference_digest(rows: pd.DataFrame, champion: Champion) -> str:
+    """What a cached reference must match: its images and the champion's input contract."""
+    contract = f"{champion.version}|{champion.image_size}|{champion.window_center}|{champion.window_width}|" \
+               f"{champion.body_crop}|{REFERENCE_FORMAT}"
+    return hashlib.sha256("\n".join([contract, *sorted(rows["key"])]).encode()).hexdigest()[:20]
+
+
+def log_reference_cache(run_id: str, images: pd.DataFrame, artifact: str) -> None:
+    """The described reference as a gzipped CSV artifact of the champion's run (float32 precision is plenty)."""
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="kidney-ct-monitor-") as tmp:
+        path = Path(tmp) / Path(artifact).name
+        images.to_csv(path, index=False, float_format="%.6g", compression="gzip")
+        mlflow.MlflowClient().log_artifact(run_id, str(path), str(Path(artifact).parent))
 
 
 def read_manifest(params: Params) -> pd.DataFrame:
@@ -175,17 +229,16 @@ def folder_rows(source: Path) -> pd.DataFrame:
 
 
 def load_champion_model(champion: Champion):
-    """(the champion's Keras model, a model of its penultimate layer)."""
+    """The champion's Keras model with two outputs, its probabilities and its penultimate layer: one pass gives both."""
     import keras
 
     from components.common.registry import load_registered_keras
 
     model = load_registered_keras(champion.model_uri)
-    last = model.layers[-1]
-    return model, keras.Model(model.inputs, last.input)
+    return keras.Model(model.inputs, [model.outputs[0], model.layers[-1].input])
 
 
-def describe(rows: pd.DataFrame, read, models, champion: Champion, params: Params) -> pd.DataFrame:
+def describe(rows: pd.DataFrame, read, model, champion: Champion, params: Params) -> pd.DataFrame:
     """Each row's summaries, headers, champion probabilities and embedding; unreadable files flagged."""
     records, inputs = [], []
     for row in progress(rows.itertuples(index=False), total=len(rows), desc=f"monitor {rows['side'].iat[0]}",
@@ -205,7 +258,7 @@ def describe(rows: pd.DataFrame, read, models, champion: Champion, params: Param
                                         champion.body_crop))
     frame = pd.DataFrame(records)
     readable = ~frame["unreadable"]
-    probabilities, embeddings = predict(models, inputs)
+    probabilities, embeddings = predict(model, inputs, str(rows["side"].iat[0]))
     for i, name in enumerate(champion.classes):
         frame.loc[readable, f"p_{name}"] = probabilities[:, i]
     frame.loc[readable, "predicted"] = [champion.classes[i] for i in probabilities.argmax(axis=1)]
@@ -217,15 +270,18 @@ def describe(rows: pd.DataFrame, read, models, champion: Champion, params: Param
     return frame
 
 
-def predict(models, inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Champion probabilities and penultimate-layer embeddings of prepared uint8 images."""
-    model, embedder = models
+def predict(model, inputs: list[np.ndarray], side: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Champion probabilities and penultimate-layer embeddings of prepared uint8 images: one forward pass a batch."""
     if not inputs:
         raise StageError("no image could be read: nothing to compare (the log names each unreadable file)")
-    x = np.stack(inputs)[..., None].astype("float32")
-    probabilities = np.asarray(model.predict(x, batch_size=BATCH, verbose=0))
-    embeddings = np.asarray(embedder.predict(x, batch_size=BATCH, verbose=0)).reshape(len(x), -1)
-    return probabilities, embeddings
+    probabilities, embeddings = [], []
+    for start in progress(range(0, len(inputs), BATCH), total=-(-len(inputs) // BATCH),
+                          desc=f"monitor {side} scoring".strip(), unit="batch"):
+        x = np.stack(inputs[start:start + BATCH])[..., None].astype("float32")
+        p, e = model.predict_on_batch(x)
+        probabilities.append(np.asarray(p))
+        embeddings.append(np.asarray(e).reshape(len(x), -1))
+    return np.concatenate(probabilities), np.concatenate(embeddings)
 
 
 def judge(images: pd.DataFrame, champion: Champion, certified: float | None, params: Params,
@@ -234,10 +290,11 @@ def judge(images: pd.DataFrame, champion: Champion, certified: float | None, par
     from components.monitor.drift import drift_report, save_html
     from components.monitor.figures import drift_figure
 
-    images = images[~images["unreadable"]].copy()
+    images = images[~images["unreadable"].astype(bool)].copy()
     probabilities = images[[f"p_{c}" for c in champion.classes]].to_numpy(dtype=float)
+    scored = ~np.isnan(probabilities).any(axis=1)  # a reference slice the champion was fitted on has no outputs
     study = champion.study or StudyModel(fixed_pooling(champion.series_pooling))
-    order, pooled, sets = study.by_series(probabilities, images["series"].tolist())
+    order, pooled, sets = study.by_series(probabilities[scored], images.loc[scored, "series"].tolist())
     images["series_verdict"] = images["series"].map(dict(zip(order, (champion.classes[i] for i in
                                                                       pooled.argmax(axis=1)))))
     with_sets = study.conformal is not None  # a set-size shift is a drift signal that needs no label

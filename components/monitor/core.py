@@ -43,7 +43,9 @@ class Finding:
         return f"{self.column}: {p}{self.distance_name} {self.distance:.3f} (min {self.min_distance:g}) {flag}"
 
     def record(self) -> dict:
-        return {**vars(self), "drifted": self.drifted}
+        """The finding for monitor.json: no p-value where the test gives none (null, not NaN)."""
+        p_value = None if self.p_value != self.p_value else self.p_value
+        return {**vars(self), "p_value": p_value, "drifted": self.drifted}
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,27 @@ def sample_by_series(rows: pd.DataFrame, max_images: int, seed: int = 0) -> pd.D
         kept.append(series)
         total += sizes[series]
     return rows[rows["series"].isin(kept)]
+
+
+def reference_rows(reference: pd.DataFrame, max_images: int) -> pd.DataFrame:
+    """The champion's reference images: every labelled one (fitted or held out), whole series drawn at random when
+    there are more than `max_images` (the sample is described once per registered version, so it can be all)."""
+    return sample_by_series(reference[["key", "label", "series"]], max_images)
+
+
+def with_heldout_outputs(images: pd.DataFrame, heldout: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    """The reference's outputs (p_<class>, predicted, confidence) from predictions on slices the champion was not
+    fitted on: a held-out row gets its own, the others none (their summaries and embeddings still count)."""
+    columns = [f"p_{c}" for c in classes]
+    images = images.copy()
+    known = heldout.drop_duplicates("key").set_index("key")[columns].astype(float)
+    outputs = known.reindex(images["key"]).to_numpy(dtype=float)
+    images[columns] = outputs
+    scored = ~np.isnan(outputs).any(axis=1)
+    images["predicted"] = pd.Series([classes[i] if ok else None for i, ok in zip(
+        np.nan_to_num(outputs).argmax(axis=1), scored)], index=images.index, dtype=object)
+    images["confidence"] = np.where(scored, np.nan_to_num(outputs).max(axis=1), np.nan)
+    return images
 
 
 def series_table(images: pd.DataFrame) -> pd.DataFrame:

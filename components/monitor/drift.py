@@ -113,8 +113,8 @@ def column_findings(result: dict, kinds: dict[str, list[str]], alpha: float, min
 def embedding_finding(method, reference: pd.DataFrame, current: pd.DataFrame, alpha: float) -> Finding:
     """Evidently's domain classifier on the series' mean embeddings (the call the report shows)."""
     auc, beats_chance, _ = method(current.copy(), reference.copy())
-    return Finding("embeddings", "domain classifier ROC AUC vs chance", float("nan"), alpha, "ROC AUC",
-                   float(auc), MIN_EMBEDDING_AUC, bool(beats_chance))
+    return Finding("embeddings", "domain classifier ROC AUC above the chance quantile (no p-value)", float("nan"),
+                   alpha, "ROC AUC", float(auc), MIN_EMBEDDING_AUC, bool(beats_chance))
 
 
 def save_html(snapshot, path: Path) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 from components.common.champion import STUDY_MODEL_TAG
 from components.common.cli import StageError, log, read_json, run_stage, stage_parser, write_json
 from components.common.params import Params
-from components.common.registry import REFERENCE_ARTIFACT
+from components.common.registry import HELDOUT_ARTIFACT, REFERENCE_ARTIFACT
 from components.common.tracking import configure_mlflow
 from components.lib.predictions import load_probabilities, read_split
 from components.register.card import dvc_data_version, model_card, provenance_tags
@@ -22,6 +22,7 @@ from components.register.core import (
     cv_champion_score,
     decide_champion,
     decide_paired,
+    heldout_predictions,
     reference_record,
     registrable_winner,
 )
@@ -192,6 +193,28 @@ def log_reference(client, run_id: str, params: Params, fitted_on: list[str]) -> 
     client.log_text(run_id, buffer.getvalue(), REFERENCE_ARTIFACT)
 
 
+def log_heldout(client, run_id: str, params: Params, winner: str, protocol: str) -> int:
+    """The winner's predictions on slices it was not fitted on (the monitor's reference for its outputs); how many."""
+    import io
+
+    import pandas as pd
+
+    from components.lib.predictions import CV_PREDICTIONS, CV_SPLIT, PROBABILITIES
+
+    folder, split = ((Path(params.paths.leakage), CV_SPLIT) if protocol == "cv_refit"
+                     else (Path(params.paths.predictions), "test"))
+    frame = load_probabilities(folder, CV_PREDICTIONS if protocol == "cv_refit" else PROBABILITIES)
+    try:
+        rows = heldout_predictions(frame.to_dict("records"), winner, split, params.classes)
+    except ValueError as exc:
+        raise StageError(f"{folder}: {exc}") from None
+    buffer = io.StringIO()
+    pd.DataFrame(rows, columns=["key", "series", "label", *[f"p_{c}" for c in params.classes]]).to_csv(buffer,
+                                                                                                     index=False)
+    client.log_text(run_id, buffer.getvalue(), HELDOUT_ARTIFACT)
+    return len(rows)
+
+
 def run(params: Params, args: argparse.Namespace) -> None:
     from mlflow import MlflowClient
 
@@ -226,6 +249,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     attach_evidence(client, name, str(version.version), winner, params, verdict, metrics, x_test)
     run_record = read_json(Path(params.paths.models) / winner / "run.json")
     log_reference(client, entry["run_id"], params, run_record.get("fitted_on") or ["train"])
+    log_heldout(client, entry["run_id"], params, winner, protocol["name"])
     current, decision, incomparable, comparison = champion_decision(client, name, winner, entry, params, protocol,
                                                                     x_test)
     if current is not None and current.version == version.version:

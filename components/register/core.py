@@ -101,3 +101,15 @@ def cv_champion_score(champion_tags: dict, folds_fingerprint: str | None, metric
     if value is None:
         return None, f"the champion carries no certified_{metric} tag: compare and promote by hand"
     return float(value), ""
+
+
+def heldout_predictions(rows: list[dict], candidate: str, split: str, classes: list[str]) -> list[dict]:
+    """The winner's predictions on slices it was not fitted on (key, series, label, p_<class>): its out-of-fold
+    ones under cv_refit (split "cv"), the test split's under holdout. The monitor's reference for the champion's
+    outputs: a model's own training slices would make a same-distribution week look like drift."""
+    columns = ["key", "series", "label", *[f"p_{c}" for c in classes]]
+    chosen = [row for row in rows if row.get("candidate") == candidate and row.get("split") == split]
+    missing = [c for c in columns if chosen and c not in chosen[0]]
+    if missing:
+        raise ValueError(f"the {split} predictions of {candidate} lack {missing}")
+    return [{c: row[c] for c in columns} for row in chosen]

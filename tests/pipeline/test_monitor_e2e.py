@@ -116,6 +116,15 @@ def test_new_patients_from_the_same_scanner_are_no_drift_and_send_no_alert(weeks
     assert report["performance"]["cases"] == 96  # the champion scored on every new labelled slice
 
 
+def test_the_reference_is_described_once_per_champion_with_held_out_outputs(weeks):
+    first, later = weeks["week2"]["monitor"]["reference"], weeks["predicted"]["reference"]
+    assert first["cached"] is False and first["outputs"].startswith("held out")
+    held_out = int(first["outputs"].split()[2])  # "held out: N of M images": the test split's slices only
+    assert 0 < held_out < first["images"]
+    assert weeks["shadow"]["champion"] == weeks["predicted"]["champion"]  # the same version: scored once
+    assert later["cached"] is True and later["images"] == weeks["shadow"]["reference"]["images"]
+
+
 def test_the_shifted_week_drifts_on_what_changed_and_alerts_once(weeks):
     report = weeks["week3"]["monitor"]
     assert report["status"] == "drift", report["reasons"]

@@ -11,7 +11,16 @@ import pytest
 from components.common.imaging import LoadedImage
 from components.common.params import MonitorParams
 from components.monitor.alert import alert_body, alert_id, deliver, send_once
-from components.monitor.core import Finding, Performance, decide, new_keys, sample_by_series, series_table
+from components.monitor.core import (
+    Finding,
+    Performance,
+    decide,
+    new_keys,
+    reference_rows,
+    sample_by_series,
+    series_table,
+    with_heldout_outputs,
+)
 from components.monitor.summaries import image_summary, texture
 from tests.fixtures import ct_dicom_bytes
 
@@ -173,3 +182,29 @@ def test_conformal_sets_that_stop_covering_the_new_labelled_series_make_the_cham
     right = pd.DataFrame(rows).assign(label="Normal")
     fine = champion_performance(right, classes, None, params, study)
     assert fine.set_coverage == 1.0 and not fine.coverage_broken and not fine.degraded
+
+
+def test_the_reference_outputs_are_the_held_out_predictions_and_none_for_fitted_slices():
+    images = pd.DataFrame({"key": ["fit-1", "held-1", "held-2"], "series": ["a", "b", "c"],
+                           "p_Cyst": [0.99, 0.6, 0.2], "p_Stone": [0.01, 0.4, 0.8], "emb_0": [1.0, 2.0, 3.0]})
+    heldout = pd.DataFrame({"key": ["held-1", "held-2", "elsewhere"], "series": ["b", "c", "d"],
+                            "label": ["Cyst", "Stone", "Cyst"], "p_Cyst": [0.3, 0.45, 0.5], "p_Stone": [0.7, 0.55, 0.5]})
+    out = with_heldout_outputs(images, heldout, ["Cyst", "Stone"])
+    assert out["p_Cyst"].isna().tolist() == [True, False, False]  # the fitted slice's in-sample 0.99 is gone
+    assert out["predicted"].tolist() == [None, "Stone", "Stone"]
+    assert out["confidence"].round(2).tolist()[1:] == [0.7, 0.55] and np.isnan(out["confidence"].iat[0])
+    assert out["emb_0"].tolist() == [1.0, 2.0, 3.0]  # summaries and embeddings stay for every slice
+
+
+def test_reference_rows_take_every_labelled_image_up_to_the_cap_by_whole_series():
+    reference = pd.DataFrame({"key": [f"k{i}" for i in range(12)], "label": "Cyst", "fitted": ["true", "false"] * 6,
+                              "series": [f"s{i // 3}" for i in range(12)], "split": "train"})
+    assert len(reference_rows(reference, 100)) == 12  # fitted or held out: all of them
+    capped = reference_rows(reference, 7)
+    assert len(capped) == 6 and capped.groupby("series").size().eq(3).all()
+
+
+def test_a_test_without_a_p_value_records_none_not_nan():
+    finding = Finding("embeddings", "domain classifier", float("nan"), 0.01, "ROC AUC", 0.7, 0.55, True)
+    assert finding.record()["p_value"] is None and finding.drifted
+    assert "p " not in finding.line()

@@ -7,6 +7,7 @@ from components.register.core import (
     comparison_cases,
     decide_champion,
     decide_paired,
+    heldout_predictions,
     reference_record,
     registrable_winner,
 )
@@ -82,3 +83,16 @@ def test_dvc_data_version_reads_the_manifest_md5_from_dvc_lock():
     assert dvc_data_version(lock, "data/ingested/manifest.csv") == "1a2b"
     assert dvc_data_version(lock, "elsewhere.csv") == "not in dvc.lock"
     assert dvc_data_version(None, "data/ingested/manifest.csv") == "no dvc.lock"
+
+
+def test_held_out_predictions_are_the_winners_out_of_fold_or_test_rows_only():
+    rows = [{"candidate": c, "split": split, "key": f"{c}-{split}-{i}", "series": f"s{i}", "label": "Cyst", "fold": 0,
+             "p_Cyst": 0.6, "p_Stone": 0.4} for c in ("cnn", "other") for split in ("val", "test", "cv")
+            for i in range(2)]
+    assert [r["key"] for r in heldout_predictions(rows, "cnn", "test", ["Cyst", "Stone"])] == ["cnn-test-0",
+                                                                                             "cnn-test-1"]
+    oof = heldout_predictions(rows, "cnn", "cv", ["Cyst", "Stone"])
+    assert [set(r) for r in oof] == [{"key", "series", "label", "p_Cyst", "p_Stone"}] * 2
+    assert heldout_predictions(rows, "absent", "cv", ["Cyst", "Stone"]) == []
+    with pytest.raises(ValueError, match="lack"):
+        heldout_predictions(rows, "cnn", "cv", ["Cyst", "Tumor"])
