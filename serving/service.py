@@ -34,7 +34,7 @@ from components.common.imaging import ImageDecodeError, decode_image, looks_like
 from components.common.study import ArchiveError, StudyVerdict, dicom_series_uid, study_verdict, zip_members
 from serving.auth import BearerTokenAuth
 from serving.batching import MicroBatcher, size_buckets
-from serving.config import certified_pooling, load_config, packaged_study_model
+from serving.config import certified_pooling, load_config, packaged_study_model, request_timeout_s, study_refusal
 from serving.inputs import RejectedUpload, check_size
 
 MODEL_ENV = "KIDNEY_CT_BENTO_MODEL"  # explicit BentoML model tag, e.g. kidney_ct_classifier:abc123
@@ -110,6 +110,17 @@ def resolve_bento_model() -> bentoml.Model:
         return bentoml.models.get(DEFAULT_MODEL)
 
 
+def packaged_scorer(stored: bentoml.Model, meta: dict, keras_model):
+    """What scores slices: the OpenVINO form the package stage converted and checked (package.runtime: openvino),
+    else the Keras model (a Bento packaged with runtime tensorflow, or before there was a converted form)."""
+    from components.common.inference import IR_FILE, RUNTIME_DIR, KerasScorer, OpenVinoScorer
+
+    ir_file = Path(stored.path_of(RUNTIME_DIR)) / IR_FILE
+    if meta.get("runtime") == "openvino" and ir_file.is_file():
+        return OpenVinoScorer(ir_file)
+    return KerasScorer(keras_model)
+
+
 def batch_size_histogram(max_batch_size: int):
     """The Prometheus histogram of /predict's batch sizes (buckets 1, 2, 4, ... up to max_batch_size)."""
     from prometheus_client import Histogram  # only now: BentoML sets up multiprocess metrics before __init__
@@ -132,7 +143,7 @@ def refused(exc: RejectedUpload) -> BentoMLException:
 
 
 @bentoml.asgi_app(page, path="/ui")
-@bentoml.service(workers=1, traffic={"timeout": 30})
+@bentoml.service(workers=1, traffic={"timeout": request_timeout_s()})
 class KidneyCtClassifier:
     """Loads the packaged Keras model once; preprocesses exactly as training did."""
 
@@ -153,12 +164,30 @@ class KidneyCtClassifier:
         self.served = {"mlflow_model": str(meta.get("mlflow_model", "")), "mlflow_version": self.model_version,
                        "bento_model": str(stored.tag)}
         self.model = keras.saving.load_model(stored.path_of(meta.get("model_file", "model.keras")), compile=False)
+        self.scorer = packaged_scorer(stored, meta, self.model)  # the converted form scores; Grad-CAM on Keras
+        self.served["runtime"] = self.scorer.runtime
         self.batcher = MicroBatcher(self.run_model, self.config.max_batch_size, self.config.max_latency_ms,
                                     batch_size_histogram(self.config.max_batch_size).observe)
+        self.seconds_per_slice, self.seconds_per_gradcam = self.measure_costs()
+
+    def measure_costs(self) -> tuple[float, float]:
+        """Seconds a slice takes to score (a warm batch) and a Grad-CAM takes, on this CPU: what sizes a study."""
+        import time
+
+        from components.common.gradcam import gradcam
+
+        batch = np.zeros((min(8, self.config.max_batch_size), self.size, self.size), dtype=np.uint8)
+        self.run_model(batch)  # the first call compiles
+        started = time.perf_counter()
+        self.run_model(batch)
+        per_slice = (time.perf_counter() - started) / len(batch)
+        started = time.perf_counter()
+        gradcam(self.model, batch[:1, ..., np.newaxis].astype(np.float32), class_index=0)
+        return per_slice, time.perf_counter() - started
 
     def run_model(self, batch: np.ndarray) -> np.ndarray:
-        """(N, size, size) uint8 pixels -> (N, classes) probabilities."""
-        return np.asarray(self.model(batch[..., np.newaxis].astype(np.float32), training=False))
+        """(N, size, size) uint8 pixels -> (N, classes) probabilities, by the packaged runtime."""
+        return self.scorer(batch[..., np.newaxis].astype(np.float32))[0]
 
     def prepare(self, image: Path) -> np.ndarray:
         """Upload -> checked, decoded, windowed (size, size) uint8 pixels, or a 4xx for the sender."""
@@ -258,6 +287,10 @@ class KidneyCtClassifier:
         from components.common.gradcam import gradcam, overlay
 
         names, pixels, skipped, uids, kept = self.prepare_series(images, keep=sr)
+        refusal = study_refusal(len(pixels), top_k, self.seconds_per_slice, self.seconds_per_gradcam,
+                                self.config.request_timeout_s)
+        if refusal:  # answered now, not timed out later with the worker still computing for nobody
+            raise BentoMLException(refusal, error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         step = self.config.max_batch_size
         probs = np.concatenate([self.run_model(pixels[i:i + step]) for i in range(0, len(pixels), step)]).astype(float)
         verdict = study_verdict(probs, self.classes, self.series_pooling, top_k, self.study)

@@ -229,13 +229,11 @@ def folder_rows(source: Path) -> pd.DataFrame:
 
 
 def load_champion_model(champion: Champion):
-    """The champion's Keras model with two outputs, its probabilities and its penultimate layer: one pass gives both."""
-    import keras
+    """The champion's scorer: one pass gives its probabilities and its penultimate layer (the embedding); its
+    converted form where package logged one to its run (components.common.inference), else its Keras model."""
+    from components.common.inference import load_scorer
 
-    from components.common.registry import load_registered_keras
-
-    model = load_registered_keras(champion.model_uri)
-    return keras.Model(model.inputs, [model.outputs[0], model.layers[-1].input])
+    return load_scorer(champion.model_uri, champion.run_id)
 
 
 def describe(rows: pd.DataFrame, read, model, champion: Champion, params: Params) -> pd.DataFrame:
@@ -278,7 +276,7 @@ def predict(model, inputs: list[np.ndarray], side: str = "") -> tuple[np.ndarray
     for start in progress(range(0, len(inputs), BATCH), total=-(-len(inputs) // BATCH),
                           desc=f"monitor {side} scoring".strip(), unit="batch"):
         x = np.stack(inputs[start:start + BATCH])[..., None].astype("float32")
-        p, e = model.predict_on_batch(x)
+        p, e = model(x)
         probabilities.append(np.asarray(p))
         embeddings.append(np.asarray(e).reshape(len(x), -1))
     return np.concatenate(probabilities), np.concatenate(embeddings)

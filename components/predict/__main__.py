@@ -88,7 +88,7 @@ def source_items(source: Path) -> tuple[list[tuple[str, Callable[[], bytes]]], C
 class Loaded(NamedTuple):
     """A model to score with, its preprocessing contract, and where it came from."""
 
-    model: object
+    model: object  # a scorer (components.common.inference): batch -> (probabilities, embeddings)
     contract: Contract
     described: str  # the file or URI it was loaded from
     certified: str | None  # the series pooling a registry version was certified with (None for a file)
@@ -97,8 +97,9 @@ class Loaded(NamedTuple):
     study: StudyModel | None = None  # the registry version's study model: series head, rule, conformal sets
 
 
-def keras_predict(model) -> Predict:
-    return lambda batch: model.predict(batch, batch_size=len(batch), verbose=0)
+def scorer_predict(scorer) -> Predict:
+    """The probabilities of a scorer: the registered version's converted form, or its Keras model."""
+    return lambda batch: scorer(batch)[0]
 
 
 def contract_from_params(params: Params) -> Contract:
@@ -117,10 +118,12 @@ def load_local(path: Path, params: Params):
         model = keras.saving.load_model(file, compile=False)
     except Exception as exc:  # keras raises many types for a broken file
         raise StageError(f"cannot load {file} as a Keras model: {exc}") from None
+    from components.common.inference import KerasScorer
+
     name = file.parent.name if file.name == "model.keras" else file.stem
     study_file = Path(params.paths.evaluation) / "study" / f"{name}.json"  # evaluate's fit for this candidate
     study = StudyModel.from_dict(json.loads(study_file.read_text())) if study_file.is_file() else None
-    return Loaded(model, contract_from_params(params), str(file), None, name, "unregistered", study)
+    return Loaded(KerasScorer(model), contract_from_params(params), str(file), None, name, "unregistered", study)
 
 
 def champion_contract(champion) -> Contract:
@@ -132,6 +135,7 @@ def champion_contract(champion) -> Contract:
 def load_registered(uri: str | None, params: Params):
     """The champion (or an MLflow URI) with the preprocessing its registry version was tagged with."""
     from components.common.champion import Champion, champion_from_version, resolve_champion
+    from components.common.inference import KerasScorer, load_scorer
     from components.common.registry import connect_mlflow, existing_registry_uri, load_registered_keras, mlflow_alias_lookup
 
     registry = existing_registry_uri(params)
@@ -140,8 +144,8 @@ def load_registered(uri: str | None, params: Params):
     if uri is None:
         champion = resolve_champion(mlflow_alias_lookup(registry), name)
         contract = champion_contract(champion)
-        return Loaded(load_registered_keras(champion.model_uri), contract, champion.model_uri, champion.series_pooling,
-                      champion.model_name, champion.version, champion.study)
+        return Loaded(load_scorer(champion.model_uri, champion.run_id), contract, champion.model_uri,
+                      champion.series_pooling, champion.model_name, champion.version, champion.study)
     contract, certified, name, version, study = contract_from_params(params), None, uri, "unregistered", None
     if uri.startswith("models:/"):
         from mlflow import MlflowClient
@@ -158,7 +162,8 @@ def load_registered(uri: str | None, params: Params):
         champion: Champion = champion_from_version(model, found)
         contract, certified = champion_contract(champion), champion.series_pooling
         name, version, study = champion.model_name, champion.version, champion.study
-    return Loaded(load_registered_keras(uri), contract, uri, certified, name, version, study)
+        return Loaded(load_scorer(uri, found.run_id), contract, uri, certified, name, version, study)
+    return Loaded(KerasScorer(load_registered_keras(uri)), contract, uri, certified, name, version, study)
 
 
 def load_model(spec: str | None, params: Params) -> Loaded:
@@ -242,7 +247,7 @@ def run(args: argparse.Namespace) -> dict:
     loaded = load_model(args.model, params)
     pooling = series_pooling(args.pooling, loaded.certified, params)
     try:
-        scored = score_export(items, keras_predict(loaded.model), loaded.contract, pooling, total=len(items),
+        scored = score_export(items, scorer_predict(loaded.model), loaded.contract, pooling, total=len(items),
                               batch_size=args.batch_size, progress=not args.no_progress, study=loaded.study)
         headers = read_headers(items, {row["file"] for row in scored.slices}) if args.sr else {}
     except ValueError as exc:

@@ -203,7 +203,12 @@ def log_heldout(client, run_id: str, params: Params, winner: str, protocol: str)
 
     folder, split = ((Path(params.paths.leakage), CV_SPLIT) if protocol == "cv_refit"
                      else (Path(params.paths.predictions), "test"))
-    frame = load_probabilities(folder, CV_PREDICTIONS if protocol == "cv_refit" else PROBABILITIES)
+    name = CV_PREDICTIONS if protocol == "cv_refit" else PROBABILITIES
+    if not (folder / name).is_file():
+        log.warning("no %s: the version carries no held-out predictions, so the monitor compares its outputs on "
+                    "its training slices (run evaluate and leakage before register)", folder / name)
+        return 0
+    frame = load_probabilities(folder, name)
     try:
         rows = heldout_predictions(frame.to_dict("records"), winner, split, params.classes)
     except ValueError as exc:

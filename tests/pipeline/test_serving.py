@@ -17,7 +17,7 @@ import requests
 from components.common.imaging import decode_image, prepare_for_model
 from components.common.procs import stop_process_group
 from tests.fixtures import ct_dicom_bytes, png_bytes
-from tests.package_support import CLASSES, register_tiny_model, run_package, write_project
+from tests.package_support import CLASSES, register_tiny_model, run_package, write_project, write_validation_slices
 
 READY_TIMEOUT_S = 120
 TOKEN = "test-token-123"
@@ -72,6 +72,7 @@ def serve_tiny_champion(root: Path):
     the server. The session's `served` fixture (tests/pipeline/conftest.py), for this file and test_page_browser."""
     write_project(root, register_tiny_model(root, extra_tags={"series_pooling": POOLING,
                                                               "study_model": tiny_study_model()}))
+    write_validation_slices(root)  # package converts the champion to OpenVINO and checks it on these
     packaged = run_package(root)
     assert packaged.returncode == 0, packaged.stderr[-3000:]
     record = json.loads((root / "reports/package/bento.json").read_text())
@@ -123,13 +124,23 @@ def test_predict_returns_the_champions_probabilities(served, name, make):
     assert body["refer"] == (len(body["prediction_set"]) > 1)
 
 
+def test_the_champion_is_served_by_its_checked_openvino_form(served):
+    _, record, root = served
+    check = record["runtime_check"]
+    assert record["runtime"] == "openvino" and check["passed"] and check["precision"] == "f32"
+    assert check["slices"] == 24 and check["series"] == 6 and check["series_agreement"] == 1.0
+    assert check["max_probability_diff"] <= check["max_allowed_diff"] == 1e-3
+    model_dir = root / ".bentoml/models" / record["bento_model_tag"].replace(":", "/")
+    assert (model_dir / "openvino" / "model.xml").is_file() and (model_dir / "model.keras").is_file()
+
+
 def test_the_service_reports_the_version_it_serves(served):
     url, record, _ = served
     response = requests.post(f"{url}/version", json={}, timeout=30)
     assert response.status_code == 200, response.text
     assert response.json() == {"mlflow_model": record["mlflow_model_name"],
                                "mlflow_version": record["mlflow_model_version"],
-                               "bento_model": record["bento_model_tag"]}
+                               "bento_model": record["bento_model_tag"], "runtime": record["runtime"]}
 
 
 def test_garbage_gets_a_readable_400_and_the_service_keeps_serving(served):

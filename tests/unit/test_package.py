@@ -184,3 +184,25 @@ def test_the_build_context_holds_exactly_the_bentofiles_includes_and_refuses_one
     assert staged == sorted(include)  # the bentofile names files, not globs: one each, nothing else
     with pytest.raises(StageError, match="serving/missing.py, which matches no file"):
         staged_context(["serving/missing.py"], tmp_path / "other")
+
+
+def test_a_conversion_that_disagrees_with_the_keras_model_is_refused_with_its_figures(tmp_path, monkeypatch):
+    import keras
+
+    from components.common import inference
+    from components.common.params import load_params
+    from components.package.__main__ import converted_runtime, validation_slices
+    from tests.package_support import tiny_keras_model, write_validation_slices
+
+    prepared = write_validation_slices(tmp_path)
+    params = load_params(write_project(tmp_path, "3"))
+    params = params.model_copy(update={"paths": params.paths.model_copy(update={"prepared": str(prepared)})})
+    slices = validation_slices(prepared, champion())
+    assert slices is not None and slices[0].shape == (24, IMAGE_SIZE, IMAGE_SIZE)
+    right = tiny_keras_model()
+    wrong = keras.models.clone_model(right)  # the same graph, fresh weights: a conversion gone wrong
+    real_convert = inference.convert
+    monkeypatch.setattr(inference, "convert", lambda model, folder: real_convert(wrong, folder))
+    with pytest.raises(StageError, match=r"refused: on 24 validation slices of 6 series: max probability difference"):
+        converted_runtime(right, champion(), params, slices, tmp_path / "out")
+    assert validation_slices(tmp_path / "absent", champion()) is None  # nothing to check on: the Keras model serves

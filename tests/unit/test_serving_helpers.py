@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from serving.batching import MicroBatcher, size_buckets
-from serving.config import load_config
+from serving.config import load_config, study_cost_s, study_refusal
 from serving.inputs import RejectedUpload, check_size, check_token
 from tests.fixtures import png_bytes
 
@@ -110,3 +110,14 @@ def test_token_is_required_only_when_configured():
         with pytest.raises(RejectedUpload, match="Authorization: Bearer") as refused:
             check_token("s3cret", header)
         assert refused.value.status == 401
+
+
+def test_a_study_past_the_request_timeout_is_refused_up_front_with_what_would_fit():
+    assert study_cost_s(300, 3, 0.1, 0.8) == pytest.approx(32.4)
+    assert study_refusal(100, 3, 0.1, 0.8, timeout_s=120) is None  # 12.4 s: well inside
+    why = study_refusal(300, 3, 0.5, 0.8, timeout_s=120)  # 152 s
+    assert why is not None and "300 slices needs about 152 s" in why and "at most 187 slices" in why
+    assert "components.predict" in why
+    assert load_config({"KIDNEY_CT_REQUEST_TIMEOUT_S": "45"}).request_timeout_s == 45.0
+    with pytest.raises(ValueError):
+        load_config({"KIDNEY_CT_REQUEST_TIMEOUT_S": "0"})

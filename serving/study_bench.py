@@ -1,0 +1,164 @@
+"""Per-study latency: a CT study of N slices through the service's study path, by runtime (`make bench-serve`).
+
+What `predict_series` does for a study, in process: score every slice (`components.common.inference`: the Keras
+model by TensorFlow, or its OpenVINO form at f32 / bf16), pool the study verdict (the champion's study model), the
+Grad-CAM of the top-k slices on the Keras graph, their PNGs. The champion is the registry's real-data one where it
+exists (`--model`), else the embedded default's; the study's slices are real ones from `--source` (the first N
+files of a class folder, prepared with the champion's contract), else CT-like stand-ins. Prints p50/p95 per study
+size and runtime, img/s, peak RSS, and the OpenVINO form's agreement with Keras on those slices; writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_MODELS = ("models:/kidney-ct-classifier-real@champion", "models:/kidney-ct-classifier@champion")
+
+
+def host() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    avx512 = "avx512f" in Path("/proc/cpuinfo").read_text()
+    return f"{os.cpu_count()} cores, {cpu}, AVX-512: {'yes' if avx512 else 'no'}"
+
+
+def load_champion(uris: list[str]):
+    """(uri, Champion, Keras model) of the first URI the registry resolves."""
+    from mlflow import MlflowClient
+
+    from components.common.champion import champion_from_version
+    from components.common.registry import load_registered_keras
+
+    client = MlflowClient()
+    for uri in uris:
+        name, _, alias = uri.removeprefix("models:/").partition("@")
+        try:
+            version = client.get_model_version_by_alias(name, alias)
+        except Exception:  # noqa: BLE001 - not registered here: the next one
+            continue
+        return uri, champion_from_version(name, version), load_registered_keras(uri)
+    raise SystemExit(f"none of {uris} is registered in {os.environ.get('MLFLOW_TRACKING_URI')}: run make run first")
+
+
+def study_slices(source: Path, champion, count: int) -> tuple[np.ndarray, str]:
+    """`count` prepared slices of one study-like sequence: real files where `source` has them, else stand-ins."""
+    from components.common.imaging import decode_image, prepare_for_model
+
+    files = sorted(p for folder in sorted(source.glob("*")) if folder.is_dir() for p in sorted(folder.rglob("*"))
+                   if p.is_file())[:count] if source.is_dir() else []
+    if len(files) < count:
+        from serving.bench import ct_like_slice
+
+        slices = [ct_like_slice() for _ in range(count)]
+        return np.stack([prepare_for_model(_loaded(s), champion.image_size, champion.window_center,
+                                           champion.window_width, champion.body_crop) for s in slices]), "CT-like stand-ins"
+    prepared = [prepare_for_model(decode_image(p.read_bytes()), champion.image_size, champion.window_center,
+                                  champion.window_width, champion.body_crop) for p in files]
+    return np.stack(prepared), f"real slices of {source}"
+
+
+def _loaded(gray: np.ndarray):
+    from components.common.imaging import decode_image
+    from serving.bench import png_bytes
+
+    return decode_image(png_bytes(gray))
+
+
+def study_once(scorer, keras_model, champion, pixels: np.ndarray, top_k: int) -> float:
+    """Seconds for one study the way the service's series_verdict does it."""
+    from components.common.gradcam import gradcam, overlay
+    from components.common.inference import score
+    from components.common.pooling import fixed_pooling
+    from components.common.study import study_verdict
+    from components.common.study_model import StudyModel
+    from serving.service import png_base64
+
+    started = time.perf_counter()
+    probabilities, _ = score(scorer, pixels)
+    study = champion.study or StudyModel(fixed_pooling(champion.series_pooling))
+    verdict = study_verdict(probabilities, list(champion.classes), champion.series_pooling, top_k, study)
+    heat = gradcam(keras_model, pixels[verdict.top][..., None].astype(np.float32),
+                   class_index=list(champion.classes).index(verdict.label))
+    for i, h in zip(verdict.top, heat):
+        png_base64(pixels[i], "L"), png_base64(overlay(pixels[i], h), "RGB")
+    return time.perf_counter() - started
+
+
+def scorers(keras_model, names: list[str], folder: Path) -> dict:
+    from components.common.inference import KerasScorer, OpenVinoScorer, convert
+
+    made = {}
+    if "tensorflow" in names:
+        made["tensorflow"] = (KerasScorer(keras_model), 0.0)
+    if any(n.startswith("openvino") for n in names):
+        started = time.perf_counter()
+        ir_file = convert(keras_model, folder)
+        seconds = time.perf_counter() - started
+        for name in names:
+            if name.startswith("openvino-"):
+                made[name] = (OpenVinoScorer(ir_file, name.split("-", 1)[1]), seconds)
+    return made
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", help=f"registry URI(s), first found wins (default {DEFAULT_MODELS})")
+    parser.add_argument("--source", type=Path, default=Path("../shared/data/kidney-ct"), help="real slices, by class")
+    parser.add_argument("--slices", type=int, nargs="+", default=[100, 300], help="study sizes")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--runtimes", nargs="+", default=["tensorflow", "openvino-f32", "openvino-bf16"])
+    parser.add_argument("--out", type=Path, default=Path("reports/serving/study_bench.json"))
+    args = parser.parse_args(argv)
+    import tempfile
+
+    from components.common.inference import check_conversion, score
+    from components.common.pooling import fixed_pooling
+    from components.common.study_model import StudyModel
+    from components.package.core import series_verdicts
+
+    os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlruns.db")
+    uri, champion, keras_model = load_champion(args.model or list(DEFAULT_MODELS))
+    pixels, what = study_slices(args.source, champion, max(args.slices))
+    result = {"host": host(), "model": uri, "image_size": champion.image_size, "slices_from": what, "runs": []}
+    print(f"{uri} ({champion.image_size} px), {what}; host: {result['host']}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="study-bench-") as tmp:
+        made = scorers(keras_model, args.runtimes, Path(tmp) / "openvino")
+        reference = score(made["tensorflow"][0], pixels)[0] if "tensorflow" in made else None
+        study = champion.study or StudyModel(fixed_pooling(champion.series_pooling))
+        for name, (scorer, convert_s) in made.items():
+            agreement = None
+            if reference is not None and name != "tensorflow":
+                series = [f"study-{i // 50}" for i in range(len(pixels))]  # 50-slice stretches as studies
+                agreement = vars(check_conversion(reference, score(scorer, pixels)[0], series, series_verdicts(study),
+                                                  1e-3, 0.99))
+            for count in args.slices:
+                study_once(scorer, keras_model, champion, pixels[:count], args.top_k)  # warm-up
+                times = sorted(study_once(scorer, keras_model, champion, pixels[:count], args.top_k)
+                               for _ in range(args.repeats))
+                row = {"runtime": name, "slices": count, "p50_s": round(statistics.median(times), 2),
+                       "p95_s": round(float(np.percentile(times, 95)), 2),
+                       "img_per_s": round(count / statistics.median(times), 1), "convert_s": round(convert_s, 1),
+                       "agreement": agreement}
+                result["runs"].append(row)
+                print(f"{name:>14} {count:>4} slices: p50 {row['p50_s']:6.2f} s  p95 {row['p95_s']:6.2f} s  "
+                      f"{row['img_per_s']:5.1f} img/s", file=sys.stderr)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

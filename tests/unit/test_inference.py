@@ -1,0 +1,77 @@
+"""components.common.inference: the OpenVINO form of a Keras model scores as the Keras one does, both outputs, and a
+conversion that does not is refused with its figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+
+from components.common.inference import (  # noqa: E402
+    KerasScorer,
+    OpenVinoScorer,
+    check_conversion,
+    convert,
+    score,
+)
+
+CLASSES = 4
+
+
+def small_model(seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((32, 32, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(8, activation="relu")(x)
+    return keras.Model(inputs, keras.layers.Dense(CLASSES, activation="softmax")(x))
+
+
+def verdicts(probabilities: np.ndarray, series: list[str]) -> dict[str, int]:
+    """Mean pooling per series, the study verdict's simplest form."""
+    return {s: int(probabilities[[i for i, t in enumerate(series) if t == s]].mean(axis=0).argmax()) for s in set(series)}
+
+
+@pytest.fixture(scope="module")
+def pixels() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (40, 32, 32), dtype=np.uint8)
+
+
+def test_the_converted_model_gives_the_keras_probabilities_and_embedding(tmp_path: Path, pixels) -> None:
+    model = small_model(0)
+    ir_file = convert(model, tmp_path / "openvino")
+    assert ir_file.is_file() and ir_file.with_suffix(".bin").is_file()
+    keras_p, keras_e = score(KerasScorer(model), pixels, batch=16)
+    seen = []
+    ov_p, ov_e = score(OpenVinoScorer(ir_file), pixels, batch=16, on_batch=seen.append)
+    assert seen == [16, 16, 8] and ov_p.shape == (40, CLASSES) and ov_e.shape == keras_e.shape == (40, 8)
+    assert np.abs(ov_p - keras_p).max() < 1e-5 and np.abs(ov_e - keras_e).max() < 1e-4
+    check = check_conversion(keras_p, ov_p, [f"s{i // 5}" for i in range(40)], verdicts, 1e-3, 0.99)
+    assert check.passed and check.slices == 40 and check.series == 8 and check.series_agreement == 1.0
+
+
+def test_a_wrong_conversion_is_refused_with_its_figures(tmp_path: Path, pixels) -> None:
+    right, wrong = small_model(0), small_model(1)  # the same graph, other weights: a conversion gone wrong
+    series = [f"s{i // 5}" for i in range(40)]
+    keras_p, _ = score(KerasScorer(right), pixels)
+    wrong_p, _ = score(OpenVinoScorer(convert(wrong, tmp_path / "wrong")), pixels)
+    check = check_conversion(keras_p, wrong_p, series, verdicts, 1e-3, 0.99)
+    assert not check.passed and check.max_probability_diff > 1e-3
+    assert "max probability difference" in check.summary() and "allowed 0.001" in check.summary()
+    with pytest.raises(ValueError, match="cannot compare"):
+        check_conversion(keras_p, wrong_p[:10], series, verdicts, 1e-3, 0.99)
+
+
+def test_a_series_verdict_that_flips_refuses_even_within_the_probability_tolerance() -> None:
+    keras_p = np.array([[0.5004, 0.4996, 0, 0], [0.6, 0.4, 0, 0]])
+    converted = np.array([[0.4996, 0.5004, 0, 0], [0.6, 0.4, 0, 0]])  # 8e-4 apart, one slice and its series flip
+    check = check_conversion(keras_p, converted, ["a", "b"], verdicts, 1e-3, 0.5)
+    assert check.max_probability_diff < 1e-3 and check.slice_agreement == 0.5 and check.series_agreement == 0.5
+    assert not check.passed
