@@ -18,10 +18,11 @@ export DO_NOT_TRACK := 1
 TORCH_CPU_INDEX = $(shell $(PYTHON) -c "import socket; socket.getaddrinfo('download.pytorch.org', 443)" 2>/dev/null \
 	&& echo --extra-index-url https://download.pytorch.org/whl/cpu)
 
-$(BIN)/.installed: requirements/base.txt requirements/test.txt requirements/constraints.txt
+$(BIN)/.installed: requirements/base.txt requirements/test.txt requirements/no-deps.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements/test.txt -c requirements/constraints.txt $(TORCH_CPU_INDEX)
+	$(BIN)/python -m pip install -q --no-deps -r requirements/no-deps.txt
 	touch $@
 
 install: $(BIN)/.installed ## create .venv with the pinned dependencies

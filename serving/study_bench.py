@@ -1,11 +1,12 @@
 """Per-study latency: a CT study of N slices through the service's study path, by runtime (`make bench-serve`).
 
 What `predict_series` does for a study, in process: score every slice (`components.common.inference`: the Keras
-model by TensorFlow, or its OpenVINO form at f32 / bf16), pool the study verdict (the champion's study model), the
-Grad-CAM of the top-k slices on the Keras graph, their PNGs. The champion is the registry's real-data one where it
-exists (`--model`), else the embedded default's; the study's slices are real ones from `--source` (the first N
-files of a class folder, prepared with the champion's contract), else CT-like stand-ins. Prints p50/p95 per study
-size and runtime, img/s, peak RSS, and the OpenVINO form's agreement with Keras on those slices; writes JSON.
+model by TensorFlow, or its OpenVINO form at f32 / bf16 / int8, int8 calibrated on 300 other real slices), pool
+the study verdict (the champion's study model), the Grad-CAM of the top-k slices on the Keras graph, their PNGs.
+The champion is the registry's real-data one where it exists (`--model`), else the embedded default's; the study's
+slices are real ones from `--source` (the first N files of a class folder, prepared with the champion's contract),
+else CT-like stand-ins. Prints p50/p95 per study size and runtime, img/s, peak RSS, and each OpenVINO form's
+agreement with Keras on those slices; writes JSON.
 """
 
 from __future__ import annotations
@@ -50,12 +51,29 @@ def load_champion(uris: list[str]):
     raise SystemExit(f"none of {uris} is registered in {os.environ.get('MLFLOW_TRACKING_URI')}: run make run first")
 
 
+def _source_files(source: Path) -> list[Path]:
+    return sorted(p for folder in sorted(source.glob("*")) if folder.is_dir() for p in sorted(folder.rglob("*"))
+                  if p.is_file()) if source.is_dir() else []
+
+
+def calibration_slices(source: Path, champion, skip: int, count: int = 300) -> np.ndarray:
+    """`count` prepared real slices evenly spaced over every class folder, past the first `skip` files (the study's):
+    what int8 quantisation calibrates on; CT-like stand-ins where `source` has too few."""
+    from components.common.imaging import decode_image, prepare_for_model
+
+    files = _source_files(source)[skip:]
+    if len(files) < count:
+        return study_slices(Path("/nonexistent"), champion, count)[0]
+    picks = [files[i] for i in np.linspace(0, len(files) - 1, count).astype(int)]
+    return np.stack([prepare_for_model(decode_image(p.read_bytes()), champion.image_size, champion.window_center,
+                                       champion.window_width, champion.body_crop) for p in picks])
+
+
 def study_slices(source: Path, champion, count: int) -> tuple[np.ndarray, str]:
     """`count` prepared slices of one study-like sequence: real files where `source` has them, else stand-ins."""
     from components.common.imaging import decode_image, prepare_for_model
 
-    files = sorted(p for folder in sorted(source.glob("*")) if folder.is_dir() for p in sorted(folder.rglob("*"))
-                   if p.is_file())[:count] if source.is_dir() else []
+    files = _source_files(source)[:count]
     if len(files) < count:
         from serving.bench import ct_like_slice
 
@@ -94,8 +112,11 @@ def study_once(scorer, keras_model, champion, pixels: np.ndarray, top_k: int) ->
     return time.perf_counter() - started
 
 
-def scorers(keras_model, names: list[str], folder: Path) -> dict:
-    from components.common.inference import KerasScorer, OpenVinoScorer, convert
+def scorers(keras_model, names: list[str], folder: Path, calibration) -> dict:
+    """name -> (scorer, seconds to make it); openvino-int8 is the f32 IR quantised on `calibration()`'s slices."""
+    import shutil
+
+    from components.common.inference import KerasScorer, OpenVinoScorer, convert, quantize
 
     made = {}
     if "tensorflow" in names:
@@ -105,8 +126,13 @@ def scorers(keras_model, names: list[str], folder: Path) -> dict:
         ir_file = convert(keras_model, folder)
         seconds = time.perf_counter() - started
         for name in names:
-            if name.startswith("openvino-"):
+            if name in ("openvino-f32", "openvino-bf16"):
                 made[name] = (OpenVinoScorer(ir_file, name.split("-", 1)[1]), seconds)
+        if "openvino-int8" in names:
+            started = time.perf_counter()
+            int8_folder = shutil.copytree(folder, folder.with_name("openvino-int8"))
+            int8_file = quantize(Path(int8_folder) / ir_file.name, calibration())
+            made["openvino-int8"] = (OpenVinoScorer(int8_file, "int8"), seconds + time.perf_counter() - started)
     return made
 
 
@@ -117,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, nargs="+", default=[100, 300], help="study sizes")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--top-k", type=int, default=3)
-    parser.add_argument("--runtimes", nargs="+", default=["tensorflow", "openvino-f32", "openvino-bf16"])
+    parser.add_argument("--runtimes", nargs="+", default=["tensorflow", "openvino-f32", "openvino-bf16",
+                                                                 "openvino-int8"])
     parser.add_argument("--out", type=Path, default=Path("reports/serving/study_bench.json"))
     args = parser.parse_args(argv)
     import tempfile
@@ -133,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"host": host(), "model": uri, "image_size": champion.image_size, "slices_from": what, "runs": []}
     print(f"{uri} ({champion.image_size} px), {what}; host: {result['host']}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="study-bench-") as tmp:
-        made = scorers(keras_model, args.runtimes, Path(tmp) / "openvino")
+        made = scorers(keras_model, args.runtimes, Path(tmp) / "openvino",
+                       lambda: calibration_slices(args.source, champion, max(args.slices)))
         reference = score(made["tensorflow"][0], pixels)[0] if "tensorflow" in made else None
         study = champion.study or StudyModel(fixed_pooling(champion.series_pooling))
         for name, (scorer, convert_s) in made.items():

@@ -31,6 +31,7 @@ from components.lib.scanner import SEEDS, scanner_copy
 
 VIEWS = ("full", "crop")
 VARIANTS = ("plain", "shift", "aug")
+MEDSAM_SIDE = 128                                   # LiteMedSAM at 128 px: 4x cheaper than its native 256 (issue 33)
 CTR_BLOCKS = [("layer2", "mean"), ("layer2", "max"), ("layer3", "mean"), ("layer3", "max")]  # 512+512+1024+1024
 
 
@@ -46,12 +47,11 @@ def ctr152_embedder(side: int, weights: Path):
     return lambda batch: np.asarray(model.predict_on_batch(batch.astype("float32")))
 
 
-def medsam_embedder():
-    """uint8 batches -> LiteMedSAM's pooled image-encoder features (components.lib.medsam)."""
-    from components.lib.medsam import embed, load_image_encoder
+def medsam_embedder(side: int):
+    """uint8 batches -> (N, 512) LiteMedSAM neck mean+max at `side` px, through OpenVINO (components.lib.medsam)."""
+    from components.lib.medsam import load_encoder, openvino_features
 
-    encoder = load_image_encoder()
-    return lambda batch: embed(encoder, batch.astype("float32") / 255.0)
+    return openvino_features(load_encoder(side), side)
 
 
 def build_cache(images: np.ndarray, embed, out: Path, name: str, batch: int = 16,
@@ -144,38 +144,50 @@ def score_fold(truth_slices: np.ndarray, slice_p: np.ndarray, series: np.ndarray
             "series": f1(series_truth, series_p), **{f"series_recall_{c}": float(r) for c, r in zip(classes, recalls)}}
 
 
+def _parts(recipe: dict) -> list[list[str]]:
+    """The encoder groups a recipe fits a head on: one group (early fusion: features side by side), or one group per
+    encoder (`fusion: late`: a head each, their slice probabilities averaged)."""
+    return [[e] for e in recipe["encoders"]] if recipe.get("fusion") == "late" else [recipe["encoders"]]
+
+
 def run_recipe(recipe: dict, data: dict, folds: list) -> dict:
-    """One recipe over every fold: the slice head on the fold's training series, the product's study model
+    """One recipe over every fold: the slice head(s) on the fold's training series, the product's study model
     (components.common.study_model.fit_study_model, cross-fitted) on the inner out-of-fold predictions of those
     series, both scored on the fold's test series, plain and shifted; and the seconds it took."""
     from components.common.study_model import StudyFitSettings, StudyModel, by_series, fit_study_model
     from components.lib.heads import fit_head, head_probabilities
 
     y, groups, series, classes = data["y"], data["groups"], data["series"], data["classes"]
-    n = len(classes)
-    plain = load_features(data["cache"], recipe["encoders"], recipe["view"], "plain")
-    shifted = load_features(data["cache"], recipe["encoders"], recipe["view"], "shift") \
+    n, parts = len(classes), _parts(recipe)
+    if len(parts) > 1 and (recipe["series"] == "learned" or recipe.get("rule")):
+        raise ValueError("late fusion is measured with the mean series verdict and no rule only")
+    plain = [load_features(data["cache"], part, recipe["view"], "plain") for part in parts]
+    shifted = [load_features(data["cache"], part, recipe["view"], "shift") for part in parts] \
         if available(recipe, data["cache"], ("shift",)) else None
-    aug = load_features(data["cache"], recipe["encoders"], recipe["view"], "aug") if recipe.get("aug") else None
+    aug = [load_features(data["cache"], part, recipe["view"], "aug") if recipe.get("aug") else None for part in parts]
     settings = StudyFitSettings(recipe["series"], "offsets" if recipe.get("rule") else "none", None)
     rows = []
     for seed, split in folds:
         began = time.perf_counter()
-        x_train, y_train = _with_aug(plain, aug, split.train, y)
         weighted = bool(recipe.get("series_weights"))
-        train_groups = _repeat_for_aug(groups[split.train], aug)
-        head = fit_head(x_train, y_train, plain[split.val], y[split.val], n, list(recipe.get("cs", [0.01, 0.1, 1.0])),
-                        groups=(train_groups, groups[split.val]) if weighted else None)
+        heads = []
+        for features, copies in zip(plain, aug):
+            x_train, y_train = _with_aug(features, copies, split.train, y)
+            train_groups = _repeat_for_aug(groups[split.train], copies)
+            heads.append(fit_head(x_train, y_train, features[split.val], y[split.val], n,
+                                  list(recipe.get("cs", [0.01, 0.1, 1.0])),
+                                  groups=(train_groups, groups[split.val]) if weighted else None))
         fitted = np.concatenate([split.train, split.val])
         study = StudyModel(recipe["series"])
         if recipe["series"] == "learned" or recipe.get("rule"):
-            oof, inner = inner_oof(plain, y, groups, fitted, head.c, n, seed=seed, aug=aug, series_weights=weighted)
+            oof, inner = inner_oof(plain[0], y, groups, fitted, heads[0].c, n, seed=seed, aug=aug[0],
+                                   series_weights=weighted)
             study, _ = fit_study_model(oof, y[fitted], series[fitted], inner, classes, settings)
         row = {"seconds": 0.0}
         for name, features in (("plain", plain), ("shift", shifted)):
             if features is None:
                 continue
-            p = head_probabilities(head, features[split.test])
+            p = np.mean([head_probabilities(h, f[split.test]) for h, f in zip(heads, features)], axis=0)
             order, series_p, _ = study.by_series(p, series[split.test])
             truth = by_series(p, series[split.test], y[split.test])[2]
             scores = score_fold(y[split.test], p, series[split.test], series_p, order, truth, classes)
@@ -201,9 +213,13 @@ RECIPES = {
                                           "rule": True, "aug": True},
     "R6 full + aug, series head + rule": {"encoders": ["ctr152 l2mm+l3m"], "view": "full", "series": "learned",
                                           "rule": True, "aug": True},
-    "M1 medsam, series head + rule": {"encoders": ["medsam"], "view": "full", "series": "learned", "rule": True},
-    "M2 ctr152 + medsam, series head + rule": {"encoders": ["ctr152 l2mm+l3m", "medsam"], "view": "full",
-                                               "series": "learned", "rule": True},
+    # the second encoder (LiteMedSAM at MEDSAM_SIDE px, neck mean + max), on the crop, with the product's mean verdict
+    "E0 crop, ctr152 l2mm+l3mm, mean": {"encoders": ["ctr152 l2mm+l3mm"], "view": "crop", "series": "mean"},
+    "E1 crop, medsam, mean": {"encoders": ["medsam"], "view": "crop", "series": "mean"},
+    "E2 crop, ctr152 + medsam concatenated, mean": {"encoders": ["ctr152 l2mm+l3mm", "medsam"], "view": "crop",
+                                                    "series": "mean"},
+    "E3 crop, ctr152 and medsam heads averaged (late fusion), mean": {
+        "encoders": ["ctr152 l2mm+l3mm", "medsam"], "view": "crop", "series": "mean", "fusion": "late"},
 }
 
 
@@ -306,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cache":
         for name in args.encoders:
             embed = ctr152_embedder(images.shape[1], Path(params.paths.backbone) / WEIGHTS_FILE) \
-                if name == "ctr152" else medsam_embedder()
+                if name == "ctr152" else medsam_embedder(MEDSAM_SIDE)
             build_cache(images, embed, cache, name, views=tuple(args.views), variants=tuple(args.variants))
         return 0
     from components.lib.folds import grouped_folds

@@ -102,6 +102,16 @@ def validation_slices(prepared: Path, champion: Champion) -> tuple[np.ndarray, l
     return pixels, series
 
 
+def calibration_slices(prepared: Path, count: int = 300) -> np.ndarray:
+    """`count` training slices, evenly spaced: what int8 quantisation calibrates its activation ranges on."""
+    file = prepared / "arrays" / "X_train.npy"
+    if not file.is_file():
+        raise StageError(f"package.runtime_precision int8 calibrates on the training slices, and {file} is missing: "
+                         "run the preprocess stage, or choose f32")
+    pixels = np.load(file, mmap_mode="r")
+    return np.asarray(pixels[np.linspace(0, len(pixels) - 1, min(count, len(pixels))).astype(int)])
+
+
 def converted_runtime(keras_model, champion: Champion, params: Params, slices: tuple[np.ndarray, list[str]],
                       folder: Path) -> dict:
     """Convert the champion to OpenVINO IR in folder/openvino, check it against the Keras model on the validation
@@ -116,6 +126,7 @@ def converted_runtime(keras_model, champion: Champion, params: Params, slices: t
         OpenVinoScorer,
         check_conversion,
         convert,
+        quantize,
         score,
     )
     from components.common.pooling import fixed_pooling
@@ -124,6 +135,8 @@ def converted_runtime(keras_model, champion: Champion, params: Params, slices: t
     settings, (pixels, series) = params.package, slices
     started = time.monotonic()
     ir_file = convert(keras_model, folder / RUNTIME_DIR)
+    if settings.runtime_precision == "int8":
+        ir_file = quantize(ir_file, calibration_slices(Path(params.paths.prepared)))
     converted_s = time.monotonic() - started
     keras_probabilities, _ = score(KerasScorer(keras_model), pixels)
     converted = OpenVinoScorer(ir_file, settings.runtime_precision)

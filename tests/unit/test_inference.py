@@ -75,3 +75,26 @@ def test_a_series_verdict_that_flips_refuses_even_within_the_probability_toleran
     check = check_conversion(keras_p, converted, ["a", "b"], verdicts, 1e-3, 0.5)
     assert check.max_probability_diff < 1e-3 and check.slice_agreement == 0.5 and check.series_agreement == 0.5
     assert not check.passed
+
+
+def test_the_int8_form_is_quantised_and_still_scores_like_the_keras_model(tmp_path: Path, pixels) -> None:
+    from components.common.inference import quantize
+
+    model = small_model(0)
+    ir_file = convert(model, tmp_path / "openvino")
+    f32_ops = {op.get_type_name() for op in _ops(ir_file)}
+    quantize(ir_file, pixels[:20], subset=10)
+    int8_ops = {op.get_type_name() for op in _ops(ir_file)}
+    assert "FakeQuantize" in int8_ops and "FakeQuantize" not in f32_ops
+    keras_p, _ = score(KerasScorer(model), pixels[20:])
+    int8_p, _ = score(OpenVinoScorer(ir_file, "int8"), pixels[20:])
+    assert int8_p.shape == keras_p.shape and np.abs(int8_p - keras_p).max() < 0.1
+    assert np.mean(int8_p.argmax(1) == keras_p.argmax(1)) >= 0.8
+    with pytest.raises(ValueError, match="calibration slices"):
+        quantize(ir_file, pixels[:0])
+
+
+def _ops(ir_file: Path):
+    import openvino as ov
+
+    return ov.Core().read_model(str(ir_file)).get_ops()

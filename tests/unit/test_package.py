@@ -206,3 +206,28 @@ def test_a_conversion_that_disagrees_with_the_keras_model_is_refused_with_its_fi
     with pytest.raises(StageError, match=r"refused: on 24 validation slices of 6 series: max probability difference"):
         converted_runtime(right, champion(), params, slices, tmp_path / "out")
     assert validation_slices(tmp_path / "absent", champion()) is None  # nothing to check on: the Keras model serves
+
+
+def test_the_int8_form_is_calibrated_on_training_slices_and_checked_like_any_conversion(tmp_path):
+    import numpy as np
+    import openvino as ov
+
+    from components.common.params import load_params
+    from components.package.__main__ import converted_runtime, validation_slices
+    from tests.package_support import tiny_keras_model, write_validation_slices
+
+    prepared = write_validation_slices(tmp_path)
+    params = load_params(write_project(tmp_path, "3"))
+    package = params.package.model_copy(update={"runtime_precision": "int8", "max_probability_diff": 1e-9})
+    params = params.model_copy(update={"package": package,
+                                       "paths": params.paths.model_copy(update={"prepared": str(prepared)})})
+    slices = validation_slices(prepared, champion())
+    with pytest.raises(StageError, match=r"X_train.npy is missing: run the preprocess stage, or choose f32"):
+        converted_runtime(tiny_keras_model(), champion(), params, slices, tmp_path / "out")
+    np.save(prepared / "arrays" / "X_train.npy", np.random.default_rng(2).integers(0, 256, (30, IMAGE_SIZE, IMAGE_SIZE),
+                                                                                   dtype=np.uint8))
+    with pytest.raises(StageError, match=r"refused: on 24 validation slices of 6 series: max probability difference "
+                                         r"[0-9.e-]+ \(allowed 1e-09\)"):
+        converted_runtime(tiny_keras_model(), champion(), params, slices, tmp_path / "out2")
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(tmp_path / "out2" / "openvino" / "model.xml")).get_ops()}
+    assert "FakeQuantize" in ops  # what was checked (and refused) is the quantised form
