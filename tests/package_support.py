@@ -77,14 +77,14 @@ def run_package(cwd: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 def write_validation_slices(root: Path, slices: int = 24, size: int = IMAGE_SIZE, per_series: int = 4) -> Path:
-    """data/prepared/arrays/X_val.npy and split.csv's val rows under `root`: the slices package checks a converted
-    model on (the params' paths.prepared)."""
+    """data/prepared/arrays/X_val.npy (N, size, size, 1) as preprocess writes it, and split.csv's val rows under
+    `root`: the slices package checks a converted model on (the params' paths.prepared)."""
     import numpy as np
 
     prepared = root / "data" / "prepared"
     (prepared / "arrays").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
-    np.save(prepared / "arrays" / "X_val.npy", rng.integers(0, 256, (slices, size, size), dtype=np.uint8))
+    np.save(prepared / "arrays" / "X_val.npy", rng.integers(0, 256, (slices, size, size, 1), dtype=np.uint8))
     rows = ["key,label,group,split,sha256,series"] + [
         f"val/{i}.dcm,{CLASSES[(i // per_series) % len(CLASSES)]},g{i // per_series},val,{i:064x},s{i // per_series}"
         for i in range(slices)]

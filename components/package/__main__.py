@@ -94,7 +94,7 @@ def validation_slices(prepared: Path, champion: Champion) -> tuple[np.ndarray, l
     file = prepared / "arrays" / "X_val.npy"
     if not file.is_file() or not (prepared / "split.csv").is_file():
         return None
-    pixels = np.load(file)
+    pixels = _grey(np.load(file))
     rows = load_rows(prepared)
     series = rows.loc[rows["split"] == "val", "study"].tolist()
     if pixels.shape[1:] != (champion.image_size, champion.image_size) or len(series) != len(pixels) or not len(series):
@@ -109,7 +109,12 @@ def calibration_slices(prepared: Path, count: int = 300) -> np.ndarray:
         raise StageError(f"package.runtime_precision int8 calibrates on the training slices, and {file} is missing: "
                          "run the preprocess stage, or choose f32")
     pixels = np.load(file, mmap_mode="r")
-    return np.asarray(pixels[np.linspace(0, len(pixels) - 1, min(count, len(pixels))).astype(int)])
+    return _grey(np.asarray(pixels[np.linspace(0, len(pixels) - 1, min(count, len(pixels))).astype(int)]))
+
+
+def _grey(pixels: np.ndarray) -> np.ndarray:
+    """Prepared slices as (N, size, size): the arrays preprocess writes carry a channel axis of 1."""
+    return pixels[..., 0] if pixels.ndim == 4 and pixels.shape[-1] == 1 else pixels
 
 
 def converted_runtime(keras_model, champion: Champion, params: Params, slices: tuple[np.ndarray, list[str]],
