@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from components.common.runtime import openvino_model
+
 RUNTIME_DIR = "openvino"          # the converted model's folder, in a Bento model and under a run's runtime/
 IR_FILE = "model.xml"             # OpenVINO IR (with model.bin beside it)
 RUN_ARTIFACT = f"runtime/{RUNTIME_DIR}"
@@ -86,10 +88,7 @@ def convert(model, folder: str | Path) -> Path:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="kidney-ct-convert-") as tmp:
-        two_output_model(model).export(f"{tmp}/saved_model", format="tf_saved_model", verbose=False)
-        converted = ov.convert_model(f"{tmp}/saved_model")
-    ov.save_model(converted, str(folder / IR_FILE), compress_to_fp16=False)
+    ov.save_model(openvino_model(two_output_model(model)), str(folder / IR_FILE), compress_to_fp16=False)
     return folder / IR_FILE
 
 

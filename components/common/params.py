@@ -232,6 +232,7 @@ class BackboneParams(_Strict):
     layers: list[BackboneLayer] = ["layer3", "layer4"]  # pooled outputs cached per image (one forward pass)
     pooling: list[FeaturePooling] = ["mean"]      # each layer's map pooled these ways (a candidate picks)
     batch_size: int = Field(16, ge=1)
+    runtime: Literal["openvino", "tensorflow"] = "openvino"  # what runs the forward passes (checked against Keras)
     copies: list[Literal["shift", "aug"]] = []    # also cache the features of each slice's copy as another scanner
     #   shows it (components.lib.scanner): shift = the outside test's sharper kernel + noise (the grouped CV scores
     #   it beside the plain one); aug = a random scanner per slice (the heads also train on it). One forward pass each

@@ -29,6 +29,27 @@ def through_copies(predict, kind: str, body_crop: bool, stream: int):
     return lambda batch: predict(copy(batch).astype("float32"))
 
 
+MAX_RELATIVE_DIFF = 1e-3  # the converted backbone against Keras on the first training batch
+
+
+def backbone_runtime(model, runtime: str, sample: np.ndarray):
+    """(batch -> features, the conversion's check) of the frozen backbone: TensorFlow's compiled call, or its OpenVINO
+    form, used only when its features of `sample` match Keras' within MAX_RELATIVE_DIFF (StageError otherwise)."""
+    from components.common.runtime import compiled_function, relative_difference
+
+    keras_predict = lambda batch: np.asarray(model.predict_on_batch(batch))  # noqa: E731
+    if runtime == "tensorflow" or not len(sample):
+        return keras_predict, None
+    converted = compiled_function(model)
+    difference = relative_difference(keras_predict(sample), converted(sample))
+    check = {"slices": int(len(sample)), "max_relative_diff": difference, "allowed": MAX_RELATIVE_DIFF}
+    if difference > MAX_RELATIVE_DIFF:
+        raise StageError(f"the backbone's OpenVINO form differs from Keras by {difference:.2g} (relative) on "
+                         f"{len(sample)} training slices, past {MAX_RELATIVE_DIFF:g}: set backbone.runtime: tensorflow")
+    log.info("backbone through OpenVINO (f32): within %.1g of Keras on %d training slices", difference, len(sample))
+    return converted, check
+
+
 def run(params: Params, args: argparse.Namespace) -> None:
     settings, out = params.backbone, Path(params.paths.features)
     out.mkdir(parents=True, exist_ok=True)
@@ -50,7 +71,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
         assign_weights(model, load_weights(weights_file))
     except ConversionError as exc:
         raise StageError(f"{weights_file}: {exc}; re-run the backbone stage") from None
-    predict = lambda batch: model.predict_on_batch(batch)  # noqa: E731
+    predict, check = backbone_runtime(model, settings.runtime, np.asarray(images["train"][:settings.batch_size],
+                                                                           dtype="float32"))
     began, counts = time.perf_counter(), {}
     for kind in ("plain", *settings.copies):
         for stream, (split, x) in enumerate(images.items()):
@@ -66,7 +88,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
         "enabled": True, "layers": list(settings.layers), "pooling": list(settings.pooling),
         "blocks": [list(b) for b in blocks], "widths": [LAYER_WIDTHS[layer] for layer, _ in blocks],
         "image_size": size, "array_size": side, "images": counts, "copies": list(settings.copies),
-        "body_crop": params.preprocess.body_crop, "seconds": round(seconds, 1),
+        "body_crop": params.preprocess.body_crop, "runtime": settings.runtime, "runtime_check": check,
+        "seconds": round(seconds, 1),
         "images_per_second": round(total / seconds, 2) if seconds else None,
         "machine": f"{os.cpu_count()} CPU cores", "threads": int(os.environ.get("OMP_NUM_THREADS", 0)) or None})
     passes = total * (1 + len(settings.copies))

@@ -186,3 +186,31 @@ def test_backbone_pooling_names_only_layers_the_candidate_reads():
         CandidateParams(**{**CANDIDATE, "backbone_pooling": {"layer2": ["max"]}})
     with pytest.raises(ValueError, match="distinct poolings"):
         CandidateParams(**{**CANDIDATE, "backbone_pooling": {"layer1": ["max", "max"]}})
+
+
+def test_the_features_stage_runs_the_backbone_through_its_checked_openvino_form(project: Path, monkeypatch):
+    import yaml
+
+    from components.common import runtime
+    from components.common.cli import StageError
+    from components.common.params import load_params
+    from components.features.__main__ import backbone_runtime
+    from components.lib.ct_resnet import feature_extractor
+
+    assert features_main(["--params", str(project)]) == 0
+    params = load_params(project)
+    folder = Path(params.paths.features)
+    meta = json.loads((folder / "features.json").read_text())
+    assert meta["runtime"] == "openvino" and meta["runtime_check"]["max_relative_diff"] < 1e-3
+    converted = np.load(folder / "train.npy")
+    raw = yaml.safe_load(project.read_text())
+    raw["backbone"]["runtime"] = "tensorflow"
+    project.write_text(yaml.safe_dump(raw))
+    assert features_main(["--params", str(project)]) == 0
+    assert json.loads((folder / "features.json").read_text())["runtime_check"] is None
+    assert np.allclose(np.load(folder / "train.npy"), converted, rtol=1e-4, atol=1e-5)
+
+    monkeypatch.setattr(runtime, "compiled_function", lambda model: lambda batch: np.zeros((len(batch), 256)))
+    sample = np.load(Path(params.paths.prepared) / "arrays" / "X_train.npy")[:4].astype("float32")
+    with pytest.raises(StageError, match=r"OpenVINO form differs from Keras by 1 \(relative\) on 4 training slices"):
+        backbone_runtime(feature_extractor(SIDE, [("layer1", "mean")], SIDE), "openvino", sample)
