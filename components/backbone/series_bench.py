@@ -194,7 +194,9 @@ def run_recipe(recipe: dict, data: dict, folds: list) -> dict:
             row |= {(k if name == "plain" else f"shift_{k}"): v for k, v in scores.items()}
         row["seconds"] = round(time.perf_counter() - began, 1)
         rows.append(row)
-    return {k: [float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows], ddof=1))] for k in rows[0]}
+    summary = {k: [float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows], ddof=1))] for k in rows[0]}
+    return summary | {"per_fold": {k: [round(r[k], 4) for r in rows] for k in ("slice", "series", "shift_series")
+                                   if k in rows[0]}}
 
 
 RECIPES = {
