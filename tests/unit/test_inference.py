@@ -98,3 +98,25 @@ def _ops(ir_file: Path):
     import openvino as ov
 
     return ov.Core().read_model(str(ir_file)).get_ops()
+
+
+def test_a_trained_model_with_augmentation_and_batch_norm_converts_to_what_keras_computes(tmp_path: Path, pixels):
+    """The default's compact CNN: a RandomFlip (training only) whose random ops OpenVINO cannot convert, and batch
+    normalisation whose moving statistics a SavedModel export got wrong."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((32, 32, 1))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.RandomFlip("horizontal", name="aug_flip")(x)
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", use_bias=False)(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.GlobalMaxPooling2D()(keras.layers.ReLU()(x))
+    x = keras.layers.Dense(8, activation="relu")(x)
+    model = keras.Model(inputs, keras.layers.Dense(CLASSES, activation="softmax")(x))
+    gamma, beta, _, _ = model.get_layer("bn").get_weights()
+    model.get_layer("bn").set_weights([gamma * 1.7, beta - 0.3, np.full(4, 0.2), np.full(4, 0.05)])  # "trained"
+    keras_p, keras_e = score(KerasScorer(model), pixels)
+    ov_p, ov_e = score(OpenVinoScorer(convert(model, tmp_path / "openvino")), pixels)
+    assert np.abs(ov_p - keras_p).max() < 1e-5 and np.abs(ov_e - keras_e).max() < 1e-4
+    assert "aug_flip" in [layer.name for layer in model.layers]  # the model itself is left as it was
