@@ -8,36 +8,17 @@ from collections.abc import Callable
 
 import numpy as np
 
-AUGMENTATION_PREFIX = "aug_"  # components.lib.augmentation names every training-only layer so
-
-
-def inference_graph(model):
-    """The model without its training-only augmentation layers (`aug_*`: the identity at inference, but their random
-    ops stay in an exported graph, and OpenVINO has no conversion rule for them): a copy, every other layer's
-    weights copied."""
-    import keras
-
-    if not any(layer.name.startswith(AUGMENTATION_PREFIX) for layer in model.layers):
-        return model
-    clone = keras.models.clone_model(model, clone_function=lambda layer: keras.layers.Identity(name=layer.name)
-                                     if layer.name.startswith(AUGMENTATION_PREFIX) else layer.__class__.from_config(
-                                         layer.get_config()))
-    for layer in model.layers:
-        if layer.weights and not layer.name.startswith(AUGMENTATION_PREFIX):
-            clone.get_layer(layer.name).set_weights(layer.get_weights())
-    return clone
-
 
 def openvino_model(model):
-    """A Keras model as an in-memory OpenVINO model: its inference graph (augmentation layers left out) traced as a
-    TensorFlow function called with training=False. (Through `model.export(format="tf_saved_model")` instead, a
-    trained compact CNN's batch normalisation came out wrong: 0.26 off after the first BN, 0.89 on a probability.)"""
+    """A Keras model as an in-memory OpenVINO model: the model traced as a TensorFlow function called with
+    training=False, so augmentation layers are the identity and leave no random ops behind. (Through
+    `model.export(format="tf_saved_model")` instead, the default's compact CNN kept RandomFlip's random ops, which
+    OpenVINO cannot convert, and, those removed, its batch normalisation came out wrong: 0.89 on a probability.)"""
     import openvino as ov
     import tensorflow as tf
 
-    graph = inference_graph(model)
-    specs = [tf.TensorSpec([None, *tensor.shape[1:]], tf.float32) for tensor in graph.inputs]
-    traced = tf.function(lambda *inputs: graph(inputs[0] if len(inputs) == 1 else list(inputs), training=False))
+    specs = [tf.TensorSpec([None, *tensor.shape[1:]], tf.float32) for tensor in model.inputs]
+    traced = tf.function(lambda *inputs: model(inputs[0] if len(inputs) == 1 else list(inputs), training=False))
     return ov.convert_model(traced.get_concrete_function(*specs))
 
 

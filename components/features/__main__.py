@@ -16,7 +16,7 @@ import numpy as np
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.console import progress
 from components.common.params import Params
-from components.features.core import cached_blocks, extract
+from components.features.core import RuntimeMismatch, backbone_runtime, cached_blocks, extract
 from components.lib.ct_resnet import WEIGHTS_FILE, ConversionError, assign_weights, feature_extractor, load_weights
 from components.lib.features import LAYER_WIDTHS, copy_file
 from components.lib.prepared import SPLITS
@@ -27,27 +27,6 @@ def through_copies(predict, kind: str, body_crop: bool, stream: int):
     """`predict` of each batch's `kind` copies (components.lib.scanner), one seeded stream per split."""
     copy = copier(kind, body_crop, stream)
     return lambda batch: predict(copy(batch).astype("float32"))
-
-
-MAX_RELATIVE_DIFF = 1e-3  # the converted backbone against Keras on the first training batch
-
-
-def backbone_runtime(model, runtime: str, sample: np.ndarray):
-    """(batch -> features, the conversion's check) of the frozen backbone: TensorFlow's compiled call, or its OpenVINO
-    form, used only when its features of `sample` match Keras' within MAX_RELATIVE_DIFF (StageError otherwise)."""
-    from components.common.runtime import compiled_function, relative_difference
-
-    keras_predict = lambda batch: np.asarray(model.predict_on_batch(batch))  # noqa: E731
-    if runtime == "tensorflow" or not len(sample):
-        return keras_predict, None
-    converted = compiled_function(model)
-    difference = relative_difference(keras_predict(sample), converted(sample))
-    check = {"slices": int(len(sample)), "max_relative_diff": difference, "allowed": MAX_RELATIVE_DIFF}
-    if difference > MAX_RELATIVE_DIFF:
-        raise StageError(f"the backbone's OpenVINO form differs from Keras by {difference:.2g} (relative) on "
-                         f"{len(sample)} training slices, past {MAX_RELATIVE_DIFF:g}: set backbone.runtime: tensorflow")
-    log.info("backbone through OpenVINO (f32): within %.1g of Keras on %d training slices", difference, len(sample))
-    return converted, check
 
 
 def run(params: Params, args: argparse.Namespace) -> None:
@@ -71,8 +50,14 @@ def run(params: Params, args: argparse.Namespace) -> None:
         assign_weights(model, load_weights(weights_file))
     except ConversionError as exc:
         raise StageError(f"{weights_file}: {exc}; re-run the backbone stage") from None
-    predict, check = backbone_runtime(model, settings.runtime, np.asarray(images["train"][:settings.batch_size],
-                                                                           dtype="float32"))
+    try:
+        predict, check = backbone_runtime(model, settings.runtime,
+                                          np.asarray(images["train"][:settings.batch_size], dtype="float32"))
+    except RuntimeMismatch as exc:
+        raise StageError(str(exc)) from None
+    if check:
+        log.info("backbone through OpenVINO (f32): within %.1g of Keras on %d training slices",
+                 check["max_relative_diff"], check["slices"])
     began, counts = time.perf_counter(), {}
     for kind in ("plain", *settings.copies):
         for stream, (split, x) in enumerate(images.items()):

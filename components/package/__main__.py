@@ -102,14 +102,14 @@ def validation_slices(prepared: Path, champion: Champion) -> tuple[np.ndarray, l
     return pixels, series
 
 
-def calibration_slices(prepared: Path, count: int = 300) -> np.ndarray:
-    """`count` training slices, evenly spaced: what int8 quantisation calibrates its activation ranges on."""
+def calibration_slices(prepared: Path) -> np.ndarray:
+    """The training slices (memory-mapped): what int8 quantisation calibrates its activation ranges on (`quantize`
+    reads 300 of them, evenly spaced)."""
     file = prepared / "arrays" / "X_train.npy"
     if not file.is_file():
         raise StageError(f"package.runtime_precision int8 calibrates on the training slices, and {file} is missing: "
                          "run the preprocess stage, or choose f32")
-    pixels = np.load(file, mmap_mode="r")
-    return _grey(np.asarray(pixels[np.linspace(0, len(pixels) - 1, min(count, len(pixels))).astype(int)]))
+    return _grey(np.load(file, mmap_mode="r"))
 
 
 def _grey(pixels: np.ndarray) -> np.ndarray:

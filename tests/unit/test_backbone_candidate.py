@@ -192,9 +192,8 @@ def test_the_features_stage_runs_the_backbone_through_its_checked_openvino_form(
     import yaml
 
     from components.common import runtime
-    from components.common.cli import StageError
     from components.common.params import load_params
-    from components.features.__main__ import backbone_runtime
+    from components.features.core import RuntimeMismatch, backbone_runtime
     from components.lib.ct_resnet import feature_extractor
 
     assert features_main(["--params", str(project)]) == 0
@@ -212,5 +211,5 @@ def test_the_features_stage_runs_the_backbone_through_its_checked_openvino_form(
 
     monkeypatch.setattr(runtime, "compiled_function", lambda model: lambda batch: np.zeros((len(batch), 256)))
     sample = np.load(Path(params.paths.prepared) / "arrays" / "X_train.npy")[:4].astype("float32")
-    with pytest.raises(StageError, match=r"OpenVINO form differs from Keras by 1 \(relative\) on 4 training slices"):
+    with pytest.raises(RuntimeMismatch, match=r"OpenVINO form differs from Keras by 1 \(relative\) on 4 training slices"):
         backbone_runtime(feature_extractor(SIDE, [("layer1", "mean")], SIDE), "openvino", sample)
