@@ -25,7 +25,7 @@ class Finding:
     (a distance at least the minimum)? Embeddings: a domain classifier's ROC AUC against chance."""
 
     column: str
-    test: str  # e.g. "K-S p_value", "chi-square p_value", "domain classifier ROC AUC vs chance"
+    test: str  # e.g. "K-S p_value", "chi-square homogeneity p_value (permutation)", "domain classifier ROC AUC vs chance"
     p_value: float  # NaN where the test gives none (embeddings: `significant` says it)
     alpha: float  # this test's share of monitor.alpha
     distance_name: str
@@ -144,6 +144,34 @@ def series_table(images: pd.DataFrame) -> pd.DataFrame:
     if "label" in images.columns and images["label"].notna().any():
         table["label"] = grouped["label"].agg(lambda s: s.value_counts().sort_index().idxmax())
     return table.reset_index()
+
+
+def homogeneity_p_value(reference: Sequence, current: Sequence, alpha: float = 0.01, seed: int = 0) -> float:
+    """Do two samples of categories come from one distribution? The chi-square statistic of their 2 x K table
+    (missing values left out), its p-value by permutation: valid at any count, and a category only one side has
+    counts as evidence, not as a division by zero. (Evidently's chi-square is a goodness-of-fit of the current
+    counts to the reference shares: a category the reference lacks gives p = 0, the false alarm issue 36 met.)
+    Enough permutations that a p-value under `alpha` can be reached (at least 20 / alpha)."""
+    ref = [str(v) for v in reference if not pd.isna(v)]
+    cur = [str(v) for v in current if not pd.isna(v)]
+    categories, codes = np.unique(np.array(ref + cur, dtype=object).astype(str), return_inverse=True)
+    if not ref or not cur or len(categories) < 2:
+        return 1.0
+    onehot = np.eye(len(categories))[codes]
+    total, n_cur = onehot.sum(axis=0), len(cur)
+    expected = np.outer([len(ref), n_cur], total) / len(codes)
+
+    def statistic(current_counts: np.ndarray) -> np.ndarray:  # rows: permutations, columns: categories
+        table = np.stack([total - current_counts, current_counts], axis=1)
+        return ((table - expected) ** 2 / expected).sum(axis=(1, 2))
+
+    observed = statistic(onehot[len(ref):].sum(axis=0, keepdims=True))[0]
+    rng, permutations, exceed = np.random.default_rng(seed), max(1000, int(np.ceil(20 / alpha))), 0
+    for start in range(0, permutations, 1000):
+        draws = min(1000, permutations - start)
+        picks = np.argsort(rng.random((draws, len(codes))), axis=1)[:, :n_cur]
+        exceed += int((statistic(onehot[picks].sum(axis=1)) >= observed - 1e-9).sum())
+    return (exceed + 1) / (permutations + 1)
 
 
 def class_counts(table: pd.DataFrame, column: str, classes: Sequence[str]) -> dict[str, int]:

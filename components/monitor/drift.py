@@ -1,6 +1,7 @@
 """Drift tests by Evidently (docs/monitoring.md says why Evidently): one report over the series tables.
 
-Each column gets two of Evidently's tests: a p-value (K-S for numbers, chi-square for categories) that must
+Each column gets two of Evidently's tests: a p-value (K-S for numbers; for categories a chi-square test of
+homogeneity by permutation, `core.homogeneity_p_value`, registered with Evidently as `homogeneity`) that must
 fall below the pass's share of `monitor.alpha` (Bonferroni over every test), and a distance (normed
 Wasserstein, Jensen-Shannon) that must reach `monitor.min_distance`: a shift that is real and big enough
 to matter. The champion's embeddings get Evidently's domain classifier: drift when its ROC AUC beats what
@@ -20,14 +21,16 @@ import numpy as np
 import pandas as pd
 
 from components.common.params import MonitorParams
-from components.monitor.core import EMBEDDING_PREFIX, Finding
+from components.monitor.core import EMBEDDING_PREFIX, Finding, homogeneity_p_value
 
 EMBEDDING_NAME = "champion_embeddings"
 MIN_EMBEDDING_AUC = 0.55  # Evidently's own threshold for its domain classifier
 MIN_SERIES_FOR_EMBEDDING_PLOT = 30  # Evidently draws embeddings with t-SNE (perplexity 30): fewer rows fail; the
 #                                     test itself (embedding_finding) runs at any size
+HOMOGENEITY = "homogeneity"
 TESTS = {"numeric": ("ks", "K-S p_value", "wasserstein", "normed Wasserstein"),
-         "categorical": ("chisquare", "chi-square p_value", "jensenshannon", "Jensen-Shannon")}
+         "categorical": (HOMOGENEITY, "chi-square homogeneity p_value (permutation)", "jensenshannon",
+                         "Jensen-Shannon")}
 
 
 def import_evidently():
@@ -38,7 +41,21 @@ def import_evidently():
         dtypes.infer_dtype_from_object = lambda dtype: np.dtype(dtype).type
     import evidently
 
+    register_homogeneity()
     return evidently
+
+
+def register_homogeneity() -> None:
+    """The categorical test as an Evidently stat test, so that its report shows the p-value the verdict used."""
+    from evidently.legacy.calculations.stattests.registry import StatTest, register_stattest
+    from evidently.legacy.core import ColumnType
+
+    def test(reference: pd.Series, current: pd.Series, feature_type, threshold: float) -> tuple[float, bool]:
+        p_value = homogeneity_p_value(reference, current, alpha=threshold)
+        return p_value, p_value < threshold
+
+    register_stattest(StatTest(name=HOMOGENEITY, display_name=TESTS["categorical"][1],
+                               allowed_feature_types=[ColumnType.Categorical]), default_impl=test)
 
 
 def testable_columns(reference: pd.DataFrame, current: pd.DataFrame, columns: Sequence[str]) -> list[str]:

@@ -15,6 +15,7 @@ from components.monitor.core import (
     Finding,
     Performance,
     decide,
+    homogeneity_p_value,
     new_keys,
     reference_rows,
     sample_by_series,
@@ -103,6 +104,25 @@ def test_the_drift_report_flags_the_shifted_columns_not_the_others():
     assert snapshot.dict()["metrics"]
     few, _ = drift_report(series(9, 0.0, "B30f"), series(12, 0.0, "B30f"), ["texture"], ["kernel"], MonitorParams())
     assert "embeddings" in {f.column for f in few}  # tested at any size; Evidently's t-SNE plot needs 30+
+
+
+def test_a_category_only_the_new_week_shows_is_evidence_not_a_certain_drift():
+    reference = ["Normal"] * 3 + ["Tumor"] * 2 + [None] * 16  # 16 series without held-out outputs
+    current = ["Tumor"] * 25 + ["Normal"] * 5 + ["Cyst"] * 2
+    p_value = homogeneity_p_value(reference, current, alpha=0.01 / 14)
+    assert 0.001 < p_value < 0.5  # some evidence from 5 reference series, far from certain (goodness-of-fit: p 0)
+    assert p_value == homogeneity_p_value([v for v in reference if v], current, alpha=0.01 / 14)  # None left out
+
+
+def test_homogeneity_tells_a_changed_mix_from_the_same_one():
+    rng = np.random.default_rng(3)
+    mix = rng.choice(["Normal", "Cyst", "Tumor", "Stone"], 120, p=[0.4, 0.3, 0.2, 0.1])
+    again = rng.choice(["Normal", "Cyst", "Tumor", "Stone"], 40, p=[0.4, 0.3, 0.2, 0.1])
+    assert homogeneity_p_value(mix, again, alpha=0.001) > 0.05
+    changed = rng.choice(["Normal", "Cyst", "Tumor", "Stone"], 40, p=[0.1, 0.1, 0.7, 0.1])
+    p_value = homogeneity_p_value(mix, changed, alpha=0.001)
+    assert p_value < 0.001 and p_value >= 1 / 20_001  # reachable under alpha: 20 / alpha permutations
+    assert homogeneity_p_value(["B30f"] * 5, ["B30f"] * 5) == 1.0 and homogeneity_p_value([], ["B30f"]) == 1.0
 
 
 def report(status: str = "drift") -> dict:
