@@ -6,7 +6,10 @@ the study verdict (the champion's study model), the Grad-CAM of the top-k slices
 The champion is the registry's real-data one where it exists (`--model`), else the embedded default's; the study's
 slices are real ones from `--source` (the first N files of a class folder, prepared with the champion's contract),
 else CT-like stand-ins. Prints p50/p95 per study size and runtime, img/s, peak RSS, and each OpenVINO form's
-agreement with Keras on those slices; writes JSON.
+agreement with Keras on those slices; writes JSON. With `--served`, the same studies also go through a running
+service (`bentoml serve` on 127.0.0.1 with the champion's packaged BentoML model): the study's original files in
+one zip posted to `/predict_series`, p50/p95, and the ratio of served to in-process time for the runtime the
+packaged model scores with (what the service adds: the upload, decoding and preparing each file, the response).
 """
 
 from __future__ import annotations
@@ -136,6 +139,71 @@ def scorers(keras_model, names: list[str], folder: Path, calibration) -> dict:
     return made
 
 
+def packaged_tag(champion) -> str | None:
+    """The newest BentoML model packaged from the champion's registry version (its labels say which)."""
+    import bentoml
+
+    found = [m for m in bentoml.models.list("kidney_ct_classifier")
+             if m.info.labels.get("mlflow_model") == champion.model_name
+             and str(m.info.labels.get("mlflow_version")) == str(champion.version)]
+    return str(max(found, key=lambda m: m.info.creation_time).tag) if found else None
+
+
+def zipped(files: list[Path]) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for i, path in enumerate(files):
+            archive.writestr(f"study/{i:04d}{path.suffix}", path.read_bytes())
+    return buffer.getvalue()
+
+
+def served_runs(champion, files: list[Path], sizes: list[int], repeats: int, top_k: int, log: Path) -> dict:
+    """Each study size through a running service's /predict_series (one zip of the original files): the runtime
+    the service reports, and per size p50/p95 seconds and img/s."""
+    import requests
+
+    from serving.bench import start_server, stop
+
+    tag = packaged_tag(champion)
+    if tag is None:
+        raise SystemExit(f"{champion.model_name} v{champion.version} was never packaged: run the package stage")
+    home = Path(os.environ.get("BENTOML_HOME", ".bentoml")).resolve()
+    server, url = start_server(home, tag, batching=False, log=log)
+    try:
+        runtime = requests.post(f"{url}/version", json={}, timeout=30).json().get("runtime", "tensorflow")
+        out = {"bento_model": tag, "runtime": runtime, "sizes": {}}
+        for count in sizes:
+            payload = zipped(files[:count])
+            times = []
+            for attempt in range(repeats + 1):  # the first is a warm-up
+                started = time.perf_counter()
+                response = requests.post(f"{url}/predict_series", files=[("images", ("study.zip", payload))],
+                                         data={"top_k": top_k}, timeout=600)
+                if not response.ok:
+                    raise SystemExit(f"/predict_series answered {response.status_code}: {response.text[:300]}")
+                times.append(time.perf_counter() - started) if attempt else None
+            times.sort()
+            out["sizes"][count] = {"p50_s": round(statistics.median(times), 2),
+                                   "p95_s": round(float(np.percentile(times, 95)), 2),
+                                   "img_per_s": round(count / statistics.median(times), 1)}
+            print(f"{'served':>14} {count:>4} slices: p50 {out['sizes'][count]['p50_s']:6.2f} s  p95 "
+                  f"{out['sizes'][count]['p95_s']:6.2f} s  ({runtime})", file=sys.stderr)
+        return out
+    finally:
+        stop(server)
+
+
+def served_ratios(runs: list[dict], served: dict) -> dict:
+    """Served over in-process p50, per study size, for the runtime the service scores with."""
+    name = {"tensorflow": "tensorflow", "openvino": "openvino-f32"}.get(served["runtime"], served["runtime"])
+    in_process = {r["slices"]: r["p50_s"] for r in runs if r["runtime"] == name}
+    return {count: round(v["p50_s"] / in_process[count], 2) for count, v in served["sizes"].items()
+            if count in in_process}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", help=f"registry URI(s), first found wins (default {DEFAULT_MODELS})")
@@ -145,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--runtimes", nargs="+", default=["tensorflow", "openvino-f32", "openvino-bf16",
                                                                  "openvino-int8"])
+    parser.add_argument("--served", action="store_true", help="also time the studies through a running service "
+                        "(the champion's packaged BentoML model) and give the served / in-process ratio")
     parser.add_argument("--out", type=Path, default=Path("reports/serving/study_bench.json"))
     args = parser.parse_args(argv)
     import tempfile
@@ -182,6 +252,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:>14} {count:>4} slices: p50 {row['p50_s']:6.2f} s  p95 {row['p95_s']:6.2f} s  "
                       f"{row['img_per_s']:5.1f} img/s", file=sys.stderr)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if args.served:
+        del made, keras_model  # the service holds its own copy: not two ResNets in memory beside it
+        files = _source_files(args.source)[:max(args.slices)]
+        if len(files) < max(args.slices):
+            raise SystemExit(f"--served posts real files: {args.source} has fewer than {max(args.slices)}")
+        result["served"] = served_runs(champion, files, args.slices, args.repeats, args.top_k,
+                                       args.out.with_suffix(".serve.log"))
+        result["served"]["ratio_served_over_in_process"] = served_ratios(result["runs"], result["served"])
+        print(f"served / in-process: {result['served']['ratio_served_over_in_process']}", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}), file=sys.stderr)

@@ -119,6 +119,17 @@ def monitor_pass(params: Path, source: Path) -> dict:
             "champion": report.get("champion"), "reasons": report.get("reasons")}
 
 
+def with_monitor_folder(params: Path, folder: Path) -> Path:
+    """A copy of the params file (beside it) whose paths.monitor is `folder`."""
+    import yaml
+
+    raw = yaml.safe_load(params.read_text())
+    raw["paths"]["monitor"] = str(folder)
+    copy = params.with_name(f"{params.stem}.monitor-bench.yaml")
+    copy.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return copy
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=Path, required=True, help="params naming the registry's champion (the "
@@ -126,10 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/kidney-ct"), help="class folders")
     parser.add_argument("--slices", type=int, default=1000, help="slices in the week (whole series)")
     parser.add_argument("--seed", type=int, default=36)
+    parser.add_argument("--out", type=Path, default=Path("reports/bench/monitor"),
+                        help="the passes' monitor outputs (not the pipeline's paths.monitor, a DVC output)")
     parser.add_argument("--json", type=Path, default=Path("reports/bench/monitor_bench.json"))
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         raise SystemExit(f"{args.data} not found: the benchmark needs real slices in class folders")
+    args.params = with_monitor_folder(args.params, args.out)
     week = draw_week(args.data, args.slices, args.seed)
     result: dict = {"host": host(), "series": len(week), "slices": sum(len(f) for _, f in week), "passes": {}}
     print(f"a week of {result['slices']} real slices in {result['series']} series; host: {result['host']}")

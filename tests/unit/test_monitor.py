@@ -228,3 +228,27 @@ def test_a_test_without_a_p_value_records_none_not_nan():
     finding = Finding("embeddings", "domain classifier", float("nan"), 0.01, "ROC AUC", 0.7, 0.55, True)
     assert finding.record()["p_value"] is None and finding.drifted
     assert "p " not in finding.line()
+
+
+def test_the_real_week_bench_cuts_numbered_files_into_series_and_draws_whole_ones(tmp_path):
+    from PIL import Image
+
+    from components.monitor.bench import class_series, draw_week, lay_out_week
+    from components.monitor.summaries import texture
+
+    rng = np.random.default_rng(0)
+    patterns = [rng.integers(0, 255, (8, 8)).repeat(8, 0).repeat(8, 1) for _ in range(2)]  # two unlike series
+    folder = tmp_path / "data" / "Cyst"
+    folder.mkdir(parents=True)
+    for number in range(1, 11):  # files 1-4 one series, 5-10 the other; numbered like the public files
+        pixels = np.clip(patterns[number > 4] + rng.normal(0, 3, (64, 64)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"Cyst- ({number}).png")
+    series = class_series(folder)
+    assert [[int(p.stem.split("(")[1][:-1]) for p in s] for s in series] == [[1, 2, 3, 4], [5, 6, 7, 8, 9, 10]]
+    week = draw_week(tmp_path / "data", slices=5, seed=0)
+    assert len(week) in (1, 2) and sum(len(files) for _, files in week) >= 5  # whole series until there are 5
+    plain, shifted = tmp_path / "week", tmp_path / "shifted"
+    assert lay_out_week(week, plain) == lay_out_week(week, shifted, shifted=True)
+    name, files = week[0]
+    grey = lambda path: np.asarray(Image.open(path).convert("L"), dtype=float) / 255  # noqa: E731
+    assert texture(grey(shifted / name / files[0].name)) > 1.5 * texture(grey(plain / name / files[0].name))

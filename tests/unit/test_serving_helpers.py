@@ -121,3 +121,22 @@ def test_a_study_past_the_request_timeout_is_refused_up_front_with_what_would_fi
     assert load_config({"KIDNEY_CT_REQUEST_TIMEOUT_S": "45"}).request_timeout_s == 45.0
     with pytest.raises(ValueError):
         load_config({"KIDNEY_CT_REQUEST_TIMEOUT_S": "0"})
+
+
+def test_the_study_bench_compares_served_with_in_process_on_the_runtime_the_service_uses(tmp_path):
+    import zipfile
+
+    from serving.study_bench import served_ratios, zipped
+
+    runs = [{"runtime": "tensorflow", "slices": 100, "p50_s": 10.0}, {"runtime": "openvino-f32", "slices": 100,
+                                                                       "p50_s": 8.0}]
+    served = {"runtime": "openvino", "sizes": {100: {"p50_s": 10.0}, 300: {"p50_s": 30.0}}}
+    assert served_ratios(runs, served) == {100: 1.25}  # openvino is the f32 form; no in-process 300 to compare
+    assert served_ratios(runs, served | {"runtime": "tensorflow"}) == {100: 1.0}
+    files = [tmp_path / f"s{i}.jpg" for i in range(3)]
+    for i, file in enumerate(files):
+        file.write_bytes(bytes([i]) * 10)
+    import io
+
+    names = zipfile.ZipFile(io.BytesIO(zipped(files))).namelist()
+    assert names == ["study/0000.jpg", "study/0001.jpg", "study/0002.jpg"]  # one series folder, order kept
