@@ -135,9 +135,9 @@ bench-monitor: install ## after `make real-data`: the monitor on a real week of 
 bench-train: install ## per candidate: params, img/s synthetic vs through the feeder, ratio, peak RSS (KERAS_BACKEND picks the backend)
 	$(BIN)/python -m components.train.bench --json reports/bench/train-$${KERAS_BACKEND:-tensorflow}.json
 
-bench-serve: install ## load-test the service (1/8/32 clients) and time 100/300-slice studies by runtime -> reports/serving/
+bench-serve: install ## load-test the service (1/8/32 clients); 100/300-slice studies by runtime, in process and served -> reports/serving/
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m serving.bench
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m serving.study_bench
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m serving.study_bench --served
 
 bench-airflow: install ## a real Airflow 3 on 127.0.0.1, on a tiny project that ran: no-op weekly run vs asset-triggered retrain
 	$(BIN)/pytest tests/pipeline/test_dag_airflow_server.py -q -s | grep -E "took|killed|passed|failed"

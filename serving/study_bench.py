@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     from components.package.core import series_verdicts
 
     os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlruns.db")
+    os.environ.setdefault("BENTOML_HOME", str(Path(".bentoml").resolve()))  # params.yaml's package.bentoml_home
     uri, champion, keras_model = load_champion(args.model or list(DEFAULT_MODELS))
     pixels, what = study_slices(args.source, champion, max(args.slices))
     result = {"host": host(), "model": uri, "image_size": champion.image_size, "slices_from": what, "runs": []}
