@@ -116,3 +116,19 @@ def test_removing_a_module_from_a_stages_deps_is_caught():
 def test_the_closure_follows_imports_inside_functions():
     closure = {str(p.relative_to(REPO)) for p in code_closure(REPO / "components/register/__main__.py")}
     assert "components/lib/registry_store.py" in closure  # imported inside run(): promote through the CLI's path
+
+
+COSTLY = ("backbone", "features", "train", "leakage")  # minutes each: rerun only for the code they run
+
+
+COSTLY_SPECS = [spec for spec in stage_specs() if spec[0] in COSTLY]
+
+
+@pytest.mark.parametrize("stage, module, deps", COSTLY_SPECS, ids=[spec[0] for spec in COSTLY_SPECS])
+def test_a_costly_stage_lists_each_common_module_it_runs_and_no_other(stage, module, deps):
+    """An edit to a components/common module the stage never runs (the serving runtime, the monitor's helpers)
+    must not retrain the default or recompute the real data's features."""
+    listed = {d for d in deps if d.startswith("components/common")}
+    runs = {str(p.relative_to(REPO)) for p in code_closure(stage_entry(module))
+            if p.relative_to(REPO).is_relative_to("components/common")}
+    assert listed == runs, f"dvc.yaml stage {stage}: common deps {sorted(listed)}, runs {sorted(runs)}"
