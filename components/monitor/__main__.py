@@ -28,7 +28,7 @@ import pandas as pd
 from components.common.champion import Champion, resolve_champion
 from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.console import progress
-from components.common.imaging import ImageDecodeError, decode_image, prepare_for_model
+from components.common.imaging import ImageDecodeError, decode_image, prepare_for_model, resize, window_unit
 from components.common.params import Params
 from components.common.pooling import fixed_pooling
 from components.common.storage import open_store
@@ -36,12 +36,14 @@ from components.common.study import series_key
 from components.common.study_model import StudyModel
 from components.monitor.core import (
     EMBEDDING_PREFIX,
+    UNKNOWN_SERIES,
     Verdict,
     class_counts,
     decide,
     new_keys,
     reference_rows,
     series_table,
+    series_where_unknown,
     with_heldout_outputs,
 )
 from components.monitor.performance import champion_performance
@@ -82,15 +84,17 @@ def run(params: Params, args: argparse.Namespace) -> None:
         return finish(params, folder, {**report, "status": "no new data",
                                        "reasons": ["nothing was ingested since the champion's data was recorded"]},
                       started)
-    if new_series < params.monitor.min_new_series:
-        return finish(params, folder, {**report, "status": "too few new series", "reasons": [
-            f"{new_series} new series (fewer than monitor.min_new_series {params.monitor.min_new_series})"]}, started)
+    unknown = current["series"].fillna("").astype(str).isin(UNKNOWN_SERIES).any()  # counted once read (describe)
+    if new_series < params.monitor.min_new_series and not unknown:
+        return too_few_series(params, folder, report, new_series, started)
     model = functools.cache(lambda: load_champion_model(champion))  # not loaded when nothing is left to score
     store = open_store(params.paths.store, params.storage)
     read = (lambda key: (args.source / key).read_bytes()) if args.source else store.get
     reference_images, report["reference"] = champion_reference(champion, reference, heldout, model, store, params)
     scored = (scored_rows(current, champion) if args.predictions else
               describe(current.assign(side="current"), read, model(), champion, params))
+    if scored["series"].nunique() < params.monitor.min_new_series:
+        return too_few_series(params, folder, report, scored["series"].nunique(), started)
     images = pd.concat([reference_images, scored], ignore_index=True)
     report |= judge(images, champion, certified, params, labelled=mode_of(args) == LABELLED)
     report["counts"] |= {"reference_images": int((images["side"] == "reference").sum()),
@@ -99,6 +103,11 @@ def run(params: Params, args: argparse.Namespace) -> None:
     images.drop(columns=[c for c in images.columns if c.startswith(EMBEDDING_PREFIX)]).to_csv(
         folder / "summaries.csv", index=False)
     finish(params, folder, report, started)
+
+
+def too_few_series(params: Params, folder: Path, report: dict, new_series: int, started: float) -> None:
+    finish(params, folder, {**report, "status": "too few new series", "reasons": [
+        f"{new_series} new series (fewer than monitor.min_new_series {params.monitor.min_new_series})"]}, started)
 
 
 def mode_of(args: argparse.Namespace) -> str:
@@ -237,10 +246,13 @@ def load_champion_model(champion: Champion):
 
 
 def describe(rows: pd.DataFrame, read, model, champion: Champion, params: Params) -> pd.DataFrame:
-    """Each row's summaries, headers, champion probabilities and embedding; unreadable files flagged."""
+    """Each row's summaries, headers, champion probabilities and embedding; unreadable files flagged; a slice
+    without a series (a flat raster export) gets its near-duplicate group (`series_where_unknown`)."""
     records, inputs = [], []
-    for row in progress(rows.itertuples(index=False), total=len(rows), desc=f"monitor {rows['side'].iat[0]}",
-                        unit="img"):
+    size = params.preprocess.duplicate_size
+    thumbnails = np.zeros((len(rows), size, size), dtype=np.float32)  # an unreadable file: a group of its own
+    for i, row in enumerate(progress(rows.itertuples(index=False), total=len(rows),
+                                     desc=f"monitor {rows['side'].iat[0]}", unit="img")):
         record = {"key": row.key, "series": row.series, "label": getattr(row, "label", None) or None,
                   "side": row.side, "unreadable": False}
         try:
@@ -251,10 +263,13 @@ def describe(rows: pd.DataFrame, read, model, champion: Champion, params: Params
             records.append(record | {"unreadable": True})
             continue
         record |= image_summary(image, champion.window_center, champion.window_width) | dicom_header(data)
+        thumbnails[i] = resize(window_unit(image, champion.window_center, champion.window_width), size)
         records.append(record)
         inputs.append(prepare_for_model(image, champion.image_size, champion.window_center, champion.window_width,
                                         champion.body_crop))
     frame = pd.DataFrame(records)
+    frame["series"] = series_where_unknown(frame["series"].fillna("").astype(str).tolist(), thumbnails,
+                                           params.preprocess.duplicate_threshold)
     readable = ~frame["unreadable"]
     probabilities, embeddings = predict(model, inputs, str(rows["side"].iat[0]))
     for i, name in enumerate(champion.classes):

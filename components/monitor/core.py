@@ -174,6 +174,23 @@ def homogeneity_p_value(reference: Sequence, current: Sequence, alpha: float = 0
     return (exceed + 1) / (permutations + 1)
 
 
+UNKNOWN_SERIES = ("", ".")  # no DICOM series and no folder of its own: a raster file of a flat export
+
+
+def series_where_unknown(series: Sequence[str], thumbnails: np.ndarray, threshold: float) -> list[str]:
+    """Each slice's series; where it has none (a JPEG/PNG export: no DICOM SeriesInstanceUID, no folder per
+    series), its near-duplicate group, drawn as preprocess draws groups (thumbnail correlation >= threshold),
+    named apart from the reference's groups. Without this a flat raster export is one series, and every pass
+    says "too few new series"."""
+    from components.lib.grouping import assign_groups
+
+    known = [s if s not in UNKNOWN_SERIES else "" for s in series]
+    if all(known):
+        return known
+    groups = assign_groups(known, thumbnails, threshold)
+    return [g if k else f"new-{g}" for g, k in zip(groups, known)]
+
+
 def class_counts(table: pd.DataFrame, column: str, classes: Sequence[str]) -> dict[str, int]:
     """Series per class of `column` (label or verdict), every class listed."""
     counts = table[column].value_counts() if column in table.columns else pd.Series(dtype=int)

@@ -11,8 +11,8 @@ import numpy as np
 from components.common import console
 from components.common.imaging import decode_image, prepare_for_model, resize, window_unit
 from components.common.params import PreprocessParams
+from components.lib.grouping import assign_groups
 from components.lib.prepared import SPLITS, pixel_statistics
-from components.preprocess.grouping import assign_groups
 from components.preprocess.split import split_by_group, straddling_groups
 
 

@@ -120,7 +120,7 @@ def test_real_model_beats_chance_on_held_out_series():
     """Trained on real slices, tested on near-duplicate groups (scan series) it never saw."""
     if not REAL_DATA.is_dir():
         pytest.skip(f"real data not found at {REAL_DATA} (a fresh clone has no ../shared): skipping")
-    from components.preprocess.grouping import assign_groups
+    from components.lib.grouping import assign_groups
     from components.preprocess.split import split_by_group
 
     files = sorted(REAL_DATA.glob("*/*.jpg"))[::3]  # every third slice keeps it a couple of minutes

@@ -20,6 +20,7 @@ from components.monitor.core import (
     reference_rows,
     sample_by_series,
     series_table,
+    series_where_unknown,
     with_heldout_outputs,
 )
 from components.monitor.summaries import image_summary, texture
@@ -112,6 +113,17 @@ def test_a_category_only_the_new_week_shows_is_evidence_not_a_certain_drift():
     p_value = homogeneity_p_value(reference, current, alpha=0.01 / 14)
     assert 0.001 < p_value < 0.5  # some evidence from 5 reference series, far from certain (goodness-of-fit: p 0)
     assert p_value == homogeneity_p_value([v for v in reference if v], current, alpha=0.01 / 14)  # None left out
+
+
+def test_slices_without_a_series_get_their_near_duplicate_group_named_apart_from_the_reference():
+    rng = np.random.default_rng(1)
+    patterns = rng.normal(0, 1, (2, 8, 8))
+    thumbnails = np.stack([patterns[i % 2] + rng.normal(0, 0.05, (8, 8)) for i in range(6)] + [patterns[0]])
+    series = series_where_unknown(["", ".", "", "", "", "", "1.2.840.99"], thumbnails, threshold=0.92)
+    assert series[6] == "1.2.840.99"  # a DICOM series stays what its header says
+    assert len(set(series[:6:2])) == 1 and len(set(series[1:6:2])) == 1 and series[0] != series[1]
+    assert all(s.startswith("new-dup-") for s in series[:6])  # never pooled with a reference group "dup-..."
+    assert series_where_unknown(["a", "b"], thumbnails[:2], 0.92) == ["a", "b"]
 
 
 def test_homogeneity_tells_a_changed_mix_from_the_same_one():

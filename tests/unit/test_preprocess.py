@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from components.common.params import PreprocessParams
+from components.lib.grouping import assign_groups, near_duplicate_clusters
 from components.lib.prepared import pixel_statistics
 from components.preprocess.core import ImageRow, build_prepared
-from components.preprocess.grouping import assign_groups, near_duplicate_clusters
 from components.preprocess.split import split_by_group, straddling_groups
 
 WINDOW = {"window_center": 40, "window_width": 400}  # build_prepared takes images already windowed
