@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
 from components.common.calibration import fit_temperature
+from components.common.folded_lr import fit_folded
 
 if TYPE_CHECKING:
     from components.common.conformal import ConformalCalibration
@@ -70,17 +70,7 @@ class SeriesHead:
         """Class-balanced multinomial LR; a class absent from `labels` gets a logit it never wins with."""
         if len(stats) != len(labels) or len(stats) < 2:
             raise ValueError(f"need at least 2 series with one label each, got {len(stats)} rows, {len(labels)} labels")
-        mean, std = stats.mean(axis=0), stats.std(axis=0)
-        std[std == 0] = 1.0
-        model = LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=seed)
-        model.fit((stats - mean) / std, labels)
-        kernel, bias = np.zeros((stats.shape[1], n_classes)), np.full(n_classes, -30.0)
-        coef, intercept = model.coef_, model.intercept_
-        if len(model.classes_) == 2:
-            coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
-        for row, k in enumerate(model.classes_):
-            kernel[:, k] = coef[row] / std
-            bias[k] = intercept[row] - float(np.sum(coef[row] * mean / std))
+        kernel, bias = fit_folded(stats, labels, n_classes, c, seed, max_iter=5000)
         return cls(kernel.tolist(), bias.tolist(), float(c), int(len(stats)))
 
     def logits(self, stats: np.ndarray) -> np.ndarray:

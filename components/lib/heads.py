@@ -10,12 +10,10 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
 from components.common.cli import log
-
-ABSENT_LOGIT = -30.0  # bias of a class the training data lacks: the head never predicts it
+from components.common.folded_lr import fit_folded
 
 
 @dataclass
@@ -32,22 +30,11 @@ class Head:
 
 def fit_with_c(features: np.ndarray, labels: np.ndarray, n_classes: int, c: float,
          seed: int, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Standardise, fit, and fold the standardisation into (kernel, bias) over all `n_classes`.
+    """Standardise, fit, and fold the standardisation into (kernel, bias) over all `n_classes` (float32).
 
     Classes are balanced; with `weights` (per slice, e.g. components.lib.feeders.loss_weights, which balance
     classes themselves) those weights are used instead."""
-    mean, std = features.mean(axis=0), features.std(axis=0)
-    std[std == 0] = 1.0
-    model = LogisticRegression(C=c, class_weight=None if weights is not None else "balanced", max_iter=3000,
-                               random_state=seed)
-    model.fit((features - mean) / std, labels, sample_weight=weights)
-    kernel, bias = np.zeros((features.shape[1], n_classes)), np.full(n_classes, ABSENT_LOGIT)
-    coef, intercept = model.coef_, model.intercept_
-    if len(model.classes_) == 2:  # sklearn keeps one row for two classes: logits (-z/2, z/2) give the same softmax
-        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
-    for row, cls in enumerate(model.classes_):
-        kernel[:, cls] = coef[row] / std
-        bias[cls] = intercept[row] - float(np.sum(coef[row] * mean / std))
+    kernel, bias = fit_folded(features, labels, n_classes, c, seed, weights)
     return kernel.astype("float32"), bias.astype("float32")
 
 
