@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -26,14 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from components.lib.host import host_line
+
 DEFAULT_MODELS = ("models:/kidney-ct-classifier-real@champion", "models:/kidney-ct-classifier@champion")
-
-
-def host() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    avx512 = "avx512f" in Path("/proc/cpuinfo").read_text()
-    return f"{os.cpu_count()} cores, {cpu}, AVX-512: {'yes' if avx512 else 'no'}"
 
 
 def load_champion(uris: list[str]):
@@ -139,6 +133,13 @@ def scorers(keras_model, names: list[str], folder: Path, calibration) -> dict:
     return made
 
 
+def latency(times: list[float], count: int) -> dict:
+    """p50 / p95 seconds of a study's timed runs, and img/s at the median."""
+    median = statistics.median(times)
+    return {"p50_s": round(median, 2), "p95_s": round(float(np.percentile(times, 95)), 2),
+            "img_per_s": round(count / median, 1)}
+
+
 def packaged_tag(champion) -> str | None:
     """The newest BentoML model packaged from the champion's registry version (its labels say which)."""
     import bentoml
@@ -177,23 +178,25 @@ def served_runs(champion, files: list[Path], sizes: list[int], repeats: int, top
         out = {"bento_model": tag, "runtime": runtime, "sizes": {}}
         for count in sizes:
             payload = zipped(files[:count])
-            times = []
-            for attempt in range(repeats + 1):  # the first is a warm-up
-                started = time.perf_counter()
-                response = requests.post(f"{url}/predict_series", files=[("images", ("study.zip", payload))],
-                                         data={"top_k": top_k}, timeout=600)
-                if not response.ok:
-                    raise SystemExit(f"/predict_series answered {response.status_code}: {response.text[:300]}")
-                times.append(time.perf_counter() - started) if attempt else None
-            times.sort()
-            out["sizes"][count] = {"p50_s": round(statistics.median(times), 2),
-                                   "p95_s": round(float(np.percentile(times, 95)), 2),
-                                   "img_per_s": round(count / statistics.median(times), 1)}
+            times = [posted_seconds(url, payload, top_k) for _ in range(repeats + 1)][1:]  # the first: a warm-up
+            out["sizes"][count] = latency(times, count)
             print(f"{'served':>14} {count:>4} slices: p50 {out['sizes'][count]['p50_s']:6.2f} s  p95 "
                   f"{out['sizes'][count]['p95_s']:6.2f} s  ({runtime})", file=sys.stderr)
         return out
     finally:
         stop(server)
+
+
+def posted_seconds(url: str, payload: bytes, top_k: int) -> float:
+    """Seconds for one zipped study through /predict_series (SystemExit on an error answer)."""
+    import requests
+
+    started = time.perf_counter()
+    response = requests.post(f"{url}/predict_series", files=[("images", ("study.zip", payload))],
+                             data={"top_k": top_k}, timeout=600)
+    if not response.ok:
+        raise SystemExit(f"/predict_series answered {response.status_code}: {response.text[:300]}")
+    return time.perf_counter() - started
 
 
 def served_ratios(runs: list[dict], served: dict) -> dict:
@@ -228,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("BENTOML_HOME", str(Path(".bentoml").resolve()))  # params.yaml's package.bentoml_home
     uri, champion, keras_model = load_champion(args.model or list(DEFAULT_MODELS))
     pixels, what = study_slices(args.source, champion, max(args.slices))
-    result = {"host": host(), "model": uri, "image_size": champion.image_size, "slices_from": what, "runs": []}
+    result = {"host": host_line(), "model": uri, "image_size": champion.image_size, "slices_from": what, "runs": []}
     print(f"{uri} ({champion.image_size} px), {what}; host: {result['host']}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="study-bench-") as tmp:
         made = scorers(keras_model, args.runtimes, Path(tmp) / "openvino",
@@ -243,11 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                                                   1e-3, 0.99))
             for count in args.slices:
                 study_once(scorer, keras_model, champion, pixels[:count], args.top_k)  # warm-up
-                times = sorted(study_once(scorer, keras_model, champion, pixels[:count], args.top_k)
-                               for _ in range(args.repeats))
-                row = {"runtime": name, "slices": count, "p50_s": round(statistics.median(times), 2),
-                       "p95_s": round(float(np.percentile(times, 95)), 2),
-                       "img_per_s": round(count / statistics.median(times), 1), "convert_s": round(convert_s, 1),
+                times = [study_once(scorer, keras_model, champion, pixels[:count], args.top_k)
+                         for _ in range(args.repeats)]
+                row = {"runtime": name, "slices": count, **latency(times, count), "convert_s": round(convert_s, 1),
                        "agreement": agreement}
                 result["runs"].append(row)
                 print(f"{name:>14} {count:>4} slices: p50 {row['p50_s']:6.2f} s  p95 {row['p95_s']:6.2f} s  "

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import random
 import re
 import tempfile
@@ -23,6 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from components.lib.grouping import thumbnail_vectors
+from components.lib.host import host_line
 
 SERIES_BREAK = 0.7  # thumbnail correlation under which the next numbered file starts another series
 
@@ -35,9 +36,7 @@ def _number(path: Path) -> int:
 def _thumbnail(path: Path) -> np.ndarray:
     from PIL import Image
 
-    pixels = np.asarray(Image.open(path).convert("L").resize((32, 32)), dtype=np.float32).ravel()
-    pixels -= pixels.mean()
-    return pixels / (np.linalg.norm(pixels) + 1e-6)
+    return np.asarray(Image.open(path).convert("L").resize((32, 32)), dtype=np.float32)
 
 
 def class_series(folder: Path) -> list[list[Path]]:
@@ -46,7 +45,7 @@ def class_series(folder: Path) -> list[list[Path]]:
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"}), key=_number)
     if len(files) < 2:
         return [files] if files else []
-    thumbs = np.stack([_thumbnail(p) for p in files])
+    thumbs = thumbnail_vectors(np.stack([_thumbnail(p) for p in files]))  # rows: zero mean, unit norm
     breaks = np.flatnonzero((thumbs[1:] * thumbs[:-1]).sum(axis=1) < SERIES_BREAK) + 1
     return [list(chunk) for chunk in np.split(np.array(files, dtype=object), breaks) if len(chunk)]
 
@@ -95,13 +94,6 @@ def draw_week(data: Path, slices: int, seed: int) -> list[tuple[str, list[Path]]
     return week
 
 
-def host() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-               platform.processor())
-    return f"{os.cpu_count()} cores, {cpu}, AVX-512: {'yes' if 'avx512f' in info else 'no'}"
-
-
 def monitor_pass(params: Path, source: Path) -> dict:
     """One shadow pass of the monitor on `source`: its seconds and what monitor.json says."""
     import yaml
@@ -145,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.data} not found: the benchmark needs real slices in class folders")
     args.params = with_monitor_folder(args.params, args.out)
     week = draw_week(args.data, args.slices, args.seed)
-    result: dict = {"host": host(), "series": len(week), "slices": sum(len(f) for _, f in week), "passes": {}}
+    result: dict = {"host": host_line(), "series": len(week), "slices": sum(len(f) for _, f in week), "passes": {}}
     print(f"a week of {result['slices']} real slices in {result['series']} series; host: {result['host']}")
     with tempfile.TemporaryDirectory(prefix="kidney-ct-week-") as tmp:
         plain, shifted = Path(tmp) / "week", Path(tmp) / "week-shifted"
