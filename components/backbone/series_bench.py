@@ -33,6 +33,7 @@ VIEWS = ("full", "crop")
 VARIANTS = ("plain", "shift", "aug")
 MEDSAM_SIDE = 128                                   # LiteMedSAM at 128 px: 4x cheaper than its native 256 (issue 33)
 CTR_BLOCKS = [("layer2", "mean"), ("layer2", "max"), ("layer3", "mean"), ("layer3", "max")]  # 512+512+1024+1024
+CUT_BLOCKS = (6, 12, 18, 24, 36)                    # `ctr152cut`: layer3 read after this many of its 36 blocks
 
 
 def transform(image: np.ndarray, view: str, variant: str, rng: np.random.Generator) -> np.ndarray:
@@ -45,6 +46,28 @@ def ctr152_embedder(side: int, weights: Path):
     model = feature_extractor(side, CTR_BLOCKS, side)
     assign_weights(model, load_weights(weights))
     return lambda batch: np.asarray(model.predict_on_batch(batch.astype("float32")))
+
+
+def cut_embedder(side: int, weights: Path, cuts: tuple[int, ...] = CUT_BLOCKS):
+    """uint8 batches -> (N, 1024 + 2048 * len(cuts)): layer2 mean+max, then layer3's map after each of `cuts`
+    blocks mean+max, from one forward pass (the deepest cut pays for the others)."""
+    import keras
+
+    full = feature_extractor(side, CTR_BLOCKS, side)
+    assign_weights(full, load_weights(weights))
+    pooled = [full.get_layer("layer2_pool").output, full.get_layer("layer2_maxpool").output]
+    for k in cuts:
+        block = full.get_layer(f"layer3_{k - 1}_out").output
+        pooled += [keras.layers.GlobalAveragePooling2D(name=f"cut{k}_pool")(block),
+                   keras.layers.GlobalMaxPooling2D(name=f"cut{k}_maxpool")(block)]
+    model = keras.Model(full.inputs, keras.layers.Concatenate(name="cuts")(pooled))
+    return lambda batch: np.asarray(model.predict_on_batch(batch.astype("float32")))
+
+
+def cut_columns(k: int, cuts: tuple[int, ...] = CUT_BLOCKS) -> np.ndarray:
+    """Columns of `ctr152cut` holding layer2 mean+max and layer3 after `k` blocks mean+max."""
+    start = 1024 + 2048 * cuts.index(k)
+    return np.concatenate([np.arange(1024), np.arange(start, start + 2048)])
 
 
 def medsam_embedder(side: int):
@@ -80,7 +103,9 @@ def build_cache(images: np.ndarray, embed, out: Path, name: str, batch: int = 16
 # ---- the grouped CV of recipes on the caches ------------------------------------------------------------------
 
 ENCODER_COLUMNS = {"ctr152 l2mm+l3m": ("ctr152", slice(0, 2048)), "ctr152 l2mm+l3mm": ("ctr152", slice(0, 3072)),
-                   "medsam": ("medsam", slice(None))}
+                   "medsam": ("medsam", slice(None)),
+                   "ctr152 l2mm": ("ctr152cut", np.arange(1024)),
+                   **{f"ctr152 l2mm+l3[:{k}]mm": ("ctr152cut", cut_columns(k)) for k in CUT_BLOCKS}}
 
 
 def load_features(cache: Path, encoders: list[str], view: str, variant: str) -> np.ndarray:
@@ -222,6 +247,12 @@ RECIPES = {
                                                     "series": "mean"},
     "E3 crop, ctr152 and medsam heads averaged (late fusion), mean": {
         "encoders": ["ctr152 l2mm+l3mm", "medsam"], "view": "crop", "series": "mean", "fusion": "late"},
+    # issue 36: how much of layer3 the recipe needs (the cost of a slice is ~linear in layer3's blocks); the
+    # product's recipe (crop, plain + aug copies, mean verdict) with layer3 read after k of its 36 blocks
+    "D00 crop + aug, l2mm only (no layer3), mean": {"encoders": ["ctr152 l2mm"], "view": "crop", "series": "mean",
+                                                     "aug": True},
+    **{f"D{k:02d} crop + aug, l2mm + layer3 after {k} blocks mm, mean": {
+        "encoders": [f"ctr152 l2mm+l3[:{k}]mm"], "view": "crop", "series": "mean", "aug": True} for k in CUT_BLOCKS},
 }
 
 
@@ -292,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="reports/bench/series.json")
     commands = parser.add_subparsers(dest="command", required=True)
     cache_cmd = commands.add_parser("cache", help="feature caches of every view and variant")
-    cache_cmd.add_argument("--encoders", nargs="+", default=["ctr152"], choices=["ctr152", "medsam"])
+    cache_cmd.add_argument("--encoders", nargs="+", default=["ctr152"], choices=["ctr152", "ctr152cut", "medsam"])
     cache_cmd.add_argument("--views", nargs="+", default=list(VIEWS), choices=VIEWS)
     cache_cmd.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     cv_cmd = commands.add_parser("cv", help="grouped CV of every recipe whose caches exist")
@@ -323,8 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     images, y, groups = load_all_images(prepared)
     if args.command == "cache":
         for name in args.encoders:
-            embed = ctr152_embedder(images.shape[1], Path(params.paths.backbone) / WEIGHTS_FILE) \
-                if name == "ctr152" else medsam_embedder(MEDSAM_SIDE)
+            weights = Path(params.paths.backbone) / WEIGHTS_FILE
+            embed = {"ctr152": lambda: ctr152_embedder(images.shape[1], weights),
+                     "ctr152cut": lambda: cut_embedder(images.shape[1], weights),
+                     "medsam": lambda: medsam_embedder(MEDSAM_SIDE)}[name]()
             build_cache(images, embed, cache, name, views=tuple(args.views), variants=tuple(args.variants))
         return 0
     from components.lib.folds import grouped_folds

@@ -132,6 +132,15 @@ class AugmentParams(_Strict):
 Architecture = Literal["paper_cnn", "compact_cnn", "efficientnet_b0", "mobilenet_v2", "resnet50", "inception_v3", "vit",
                        "ct_resnet152"]
 BackboneLayer = Literal["layer1", "layer2", "layer3", "layer4"]
+LAYER_BLOCKS = {"layer1": 3, "layer2": 8, "layer3": 36, "layer4": 3}  # ResNet-152's bottleneck blocks per layer
+
+
+def check_blocks(layers: list[str], blocks: int | None) -> None:
+    """Refuse a cut deeper than the deepest of `layers` has blocks."""
+    if blocks is not None and layers:
+        deepest = max(layers, key=list(LAYER_BLOCKS).index)
+        if blocks > LAYER_BLOCKS[deepest]:
+            raise ValueError(f"deepest_layer_blocks: {deepest} has {LAYER_BLOCKS[deepest]} blocks, not {blocks}")
 FeaturePooling = Literal["mean", "max"]  # how a backbone layer's map becomes features: over all positions
 FIXED_WIDTH = ("efficientnet_b0", "resnet50", "inception_v3")  # keras.applications without a width knob
 
@@ -169,6 +178,9 @@ class CandidateParams(_Strict):
     min_epochs: int = Field(0, ge=0)              # epochs trained before early stopping may stop or pick
     backbone_layers: list[BackboneLayer] = ["layer3"]  # ct_resnet152: pooled outputs the head reads
     backbone_pooling: dict[BackboneLayer, list[FeaturePooling]] = {}  # per layer: mean and/or max; absent = mean
+    deepest_layer_blocks: int | None = Field(None, ge=1)  # ct_resnet152: the deepest of backbone_layers read after
+    #                                               this many of its bottleneck blocks (None = all; layer3 has 36):
+    #                                               equal to backbone.deepest_layer_blocks, which cached the features
     trainable: str = Field("frozen", pattern=r"^(frozen|all|last_blocks_[1-9][0-9]*)$")  # ct_resnet152: frozen =
     #                                               head on cached features; last_blocks_N / all = fine-tune
     head_c: list[float] = [0.01, 0.1, 1.0]        # ct_resnet152 frozen: logistic-regression C values; the
@@ -195,6 +207,7 @@ class CandidateParams(_Strict):
                                  f"({'not in backbone_layers: ' + ', '.join(unknown) if unknown else 'e.g. [mean, max]'})")
             if not self.head_c or min(self.head_c) <= 0:
                 raise ValueError("head_c: list one or more positive C values")
+            check_blocks(self.backbone_layers, self.deepest_layer_blocks)
             return self
         if self.architecture in FIXED_WIDTH and self.width != 1.0:
             raise ValueError(f"{self.architecture} has a fixed width: leave `width` at 1.0")
@@ -231,11 +244,18 @@ class BackboneParams(_Strict):
     image_size: int | None = Field(None, ge=32)   # side the backbone sees; None = the prepared arrays' size
     layers: list[BackboneLayer] = ["layer3", "layer4"]  # pooled outputs cached per image (one forward pass)
     pooling: list[FeaturePooling] = ["mean"]      # each layer's map pooled these ways (a candidate picks)
+    deepest_layer_blocks: int | None = Field(None, ge=1)  # the deepest of `layers` read after this many of its
+    #   bottleneck blocks (None = all): a slice costs ~linearly in layer3's 36 blocks; candidates say the same number
     batch_size: int = Field(16, ge=1)
     runtime: Literal["openvino", "tensorflow"] = "openvino"  # what runs the forward passes (checked against Keras)
     copies: list[Literal["shift", "aug"]] = []    # also cache the features of each slice's copy as another scanner
     #   shows it (components.lib.scanner): shift = the outside test's sharper kernel + noise (the grouped CV scores
     #   it beside the plain one); aug = a random scanner per slice (the heads also train on it). One forward pass each
+
+    @model_validator(mode="after")
+    def _blocks_exist(self) -> BackboneParams:
+        check_blocks(self.layers, self.deepest_layer_blocks)
+        return self
 
 
 class TrainParams(_Strict):

@@ -17,7 +17,7 @@ from components.common.cli import StageError, log, run_stage, stage_parser, writ
 from components.common.console import progress
 from components.common.params import Params
 from components.features.core import RuntimeMismatch, backbone_runtime, cached_blocks, extract
-from components.lib.ct_resnet import WEIGHTS_FILE, ConversionError, assign_weights, feature_extractor, load_weights
+from components.lib.ct_resnet import WEIGHTS_FILE, ConversionError, assign_weights, cut_depths, feature_extractor, load_weights
 from components.lib.features import LAYER_WIDTHS, copy_file
 from components.lib.prepared import SPLITS
 from components.lib.scanner import copier
@@ -45,7 +45,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
     side = images["train"].shape[1]
     size = settings.image_size or side
     blocks = cached_blocks(list(settings.layers), list(settings.pooling))
-    model = feature_extractor(side, blocks, size)
+    model = feature_extractor(side, blocks, size, cut_depths(list(settings.layers), settings.deepest_layer_blocks))
     try:
         assign_weights(model, load_weights(weights_file))
     except ConversionError as exc:
@@ -72,7 +72,8 @@ def run(params: Params, args: argparse.Namespace) -> None:
     write_json(out / "features.json", {
         "enabled": True, "layers": list(settings.layers), "pooling": list(settings.pooling),
         "blocks": [list(b) for b in blocks], "widths": [LAYER_WIDTHS[layer] for layer, _ in blocks],
-        "image_size": size, "array_size": side, "images": counts, "copies": list(settings.copies),
+        "deepest_layer_blocks": settings.deepest_layer_blocks, "image_size": size, "array_size": side,
+        "images": counts, "copies": list(settings.copies),
         "body_crop": params.preprocess.body_crop, "runtime": settings.runtime, "runtime_check": check,
         "seconds": round(seconds, 1),
         "images_per_second": round(total / seconds, 2) if seconds else None,

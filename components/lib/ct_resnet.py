@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-DEPTHS = (3, 8, 36, 3)                      # bottleneck blocks of layer1..layer4 (ResNet-152)
-LAYERS = ("layer1", "layer2", "layer3", "layer4")
+from components.common.params import LAYER_BLOCKS
+
+DEPTHS = tuple(LAYER_BLOCKS.values())       # bottleneck blocks of layer1..layer4 (ResNet-152)
+LAYERS = tuple(LAYER_BLOCKS)
 STEM_WIDTH = 64
 BN_EPSILON = 1e-5                           # PyTorch's BatchNorm default
 WEIGHTS_FILE = "ct_resnet152.npz"           # the converted weights inside paths.backbone
@@ -28,6 +30,16 @@ def layer_names(upto: str) -> list[str]:
     if upto not in LAYERS:
         raise ValueError(f"unknown backbone layer {upto!r}; have {list(LAYERS)}")
     return list(LAYERS[:LAYERS.index(upto) + 1])
+
+
+def cut_depths(layers: list[str], blocks: int | None, depths: tuple[int, ...] = DEPTHS) -> tuple[int, ...]:
+    """`depths` with the deepest of `layers` cut after `blocks` bottleneck blocks (None: whole)."""
+    if blocks is None:
+        return tuple(depths)
+    deepest = max(LAYERS.index(layer) for layer in layers)
+    if not 1 <= blocks <= depths[deepest]:
+        raise ValueError(f"{LAYERS[deepest]} has {depths[deepest]} blocks; cannot read it after {blocks}")
+    return tuple(blocks if i == deepest else d for i, d in enumerate(depths))
 
 
 def _conv(x, filters: int, kernel: int, stride: int, name: str):

@@ -70,6 +70,11 @@ def load_features(params: Params, candidate: CandidateParams, image_size: int,
     if meta["image_size"] != size or meta["array_size"] != image_size:
         raise FeaturesError(f"features were cached at {meta['image_size']} px from {meta['array_size']} px arrays; "
                             f"the candidate needs {size} px from {image_size} px: set backbone.image_size to match")
+    cached_cut = meta.get("deepest_layer_blocks")
+    if cached_cut != candidate.deepest_layer_blocks:
+        raise FeaturesError(f"features were cached with the deepest layer read after {cached_cut or 'all its'} "
+                            f"blocks; the candidate reads {candidate.deepest_layer_blocks or 'all'}: set "
+                            "backbone.deepest_layer_blocks and the candidate's deepest_layer_blocks alike")
     if meta["images"] != counts:
         raise FeaturesError(f"features cover {meta['images']} images, the arrays {counts}: re-run the features stage")
     try:

@@ -206,19 +206,20 @@ def ct_resnet152_model(name: str, candidate: CandidateParams, image_size: int, n
     """The CT ResNet-152 candidate: 0-1 grey -> augmentation -> orientation -> backbone -> pooled layers -> softmax.
 
     The same layers as the features stage's extractor (components/lib/ct_resnet.py), so a head fitted on cached
-    features gives this model's output. `weights`: the converted backbone ({layer: arrays}); None = random.
+    features gives this model's output (the deepest layer read after `deepest_layer_blocks` of its blocks, as the
+    features stage cut it). `weights`: the converted backbone ({layer: arrays}); None = random.
     `trainable` freezes the backbone (frozen), or all but its last N bottleneck blocks (last_blocks_N).
     """
     import keras
 
-    from components.lib.ct_resnet import assign_weights, front_and_backbone, set_orientation_weights
+    from components.lib.ct_resnet import assign_weights, cut_depths, front_and_backbone, set_orientation_weights
 
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit")(inputs)
     for layer in augmentation:
         x = layer(x)
     x = front_and_backbone(x, candidate.feature_blocks(), model_input_size(candidate, image_size),
-                           rescale=False)
+                           cut_depths(candidate.backbone_layers, candidate.deepest_layer_blocks), rescale=False)
     x = keras.layers.Dropout(candidate.dropout, name="dropout")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name=name)

@@ -181,6 +181,51 @@ def test_several_layers_each_pooled_its_own_ways_make_one_model_that_matches_the
     assert maps.shape == (2, SIDE, SIDE) and np.all((maps >= 0) & (maps <= 1)) and maps.max() > 0
 
 
+def test_a_backbone_cut_inside_its_deepest_layer_is_cached_trained_and_served_alike(project: Path, tmp_path: Path):
+    """deepest_layer_blocks: the features stage and the candidate read layer1 after 2 of its 3 blocks; the model
+    matches the cache, holds no third block, and features cut otherwise are refused with what to set."""
+    import yaml
+
+    from components.common.cli import StageError
+    from components.common.params import load_params
+    from components.lib.ct_resnet import assign_weights, feature_extractor, load_weights
+    from components.lib.features import resolve_backbone
+    from components.train.__main__ import load_split_arrays, train_frozen_head
+
+    raw = yaml.safe_load(project.read_text())
+    raw["backbone"]["deepest_layer_blocks"] = 2
+    raw["train"]["candidates"]["ct"]["deepest_layer_blocks"] = 2
+    project.write_text(yaml.safe_dump(raw))
+    assert features_main(["--params", str(project)]) == 0
+    params = load_params(project)
+    cached = np.load(Path(params.paths.features) / "train.npy")
+    x_train = np.load(Path(params.paths.prepared) / "arrays" / "X_train.npy").astype("float32")
+    whole = feature_extractor(SIDE, ["layer1"])
+    assign_weights(whole, load_weights(Path(params.paths.backbone) / WEIGHTS_FILE))
+    assert not np.allclose(cached, whole.predict(x_train, verbose=0), atol=1e-3)  # not the whole layer's features
+
+    candidate = resolve_backbone(params, params.train.candidates["ct"])
+    result = train_frozen_head(params, "ct", candidate, load_split_arrays(Path(params.paths.prepared) / "arrays"))
+    assert result.runtime["check_gap"] < 1e-4
+    names = {layer.name for layer in result.model.layers}
+    assert "layer1_1_out" in names and not any(n.startswith("layer1_2") for n in names)
+
+    with pytest.raises(StageError, match="deepest_layer_blocks alike"):
+        train_frozen_head(params, "ct", candidate.model_copy(update={"deepest_layer_blocks": None}),
+                          load_split_arrays(Path(params.paths.prepared) / "arrays"))
+
+
+def test_a_cut_deeper_than_the_layer_is_refused():
+    from components.common.params import ParamsError
+
+    with pytest.raises(ValueError, match="layer1 has 3 blocks, not 4"):
+        CandidateParams(**{**CANDIDATE, "deepest_layer_blocks": 4})
+    raw = tiny_params(Path("/tmp"))
+    raw["backbone"] = {"enabled": True, "layers": ["layer2", "layer3"], "deepest_layer_blocks": 37}
+    with pytest.raises(ParamsError, match="layer3 has 36 blocks, not 37"):
+        parse_params(raw)
+
+
 def test_backbone_pooling_names_only_layers_the_candidate_reads():
     with pytest.raises(ValueError, match="not in backbone_layers: layer2"):
         CandidateParams(**{**CANDIDATE, "backbone_pooling": {"layer2": ["max"]}})
