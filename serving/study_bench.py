@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     from components.common.inference import check_conversion, score
     from components.common.pooling import fixed_pooling
     from components.common.study_model import StudyModel
-    from components.package.core import series_verdicts
+    from components.package.core import study_probabilities
 
     os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///mlruns.db")
     os.environ.setdefault("BENTOML_HOME", str(Path(".bentoml").resolve()))  # params.yaml's package.bentoml_home
@@ -242,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             agreement = None
             if reference is not None and name != "tensorflow":
                 series = [f"study-{i // 50}" for i in range(len(pixels))]  # 50-slice stretches as studies
-                agreement = vars(check_conversion(reference, score(scorer, pixels)[0], series, series_verdicts(study),
-                                                  1e-3, 0.99))
+                agreement = vars(check_conversion(reference, score(scorer, pixels)[0], series,
+                                                  study_probabilities(study), 1e-3, 0.99, 1e-3))
             for count in args.slices:
                 study_once(scorer, keras_model, champion, pixels[:count], args.top_k)  # warm-up
                 times = [study_once(scorer, keras_model, champion, pixels[:count], args.top_k)

@@ -356,7 +356,9 @@ class PackageParams(_Strict):
     runtime: Literal["openvino", "tensorflow"] = "openvino"  # what scores slices in the service, predict, monitor
     runtime_precision: Literal["f32", "bf16", "int8"] = "f32"  # bf16: ~2x on CPUs with AVX-512 BF16/AMX; int8: NNCF
     #   static quantisation calibrated on 300 training slices; either is checked against Keras like f32
-    max_probability_diff: float = Field(1e-3, gt=0, le=0.5)  # converted vs Keras on the validation slices
+    max_probability_diff: float = Field(1e-3, gt=0, le=0.5)  # converted vs Keras on any validation slice
+    max_study_probability_diff: float = Field(1e-3, gt=0, le=0.5)  # on any validation series' study verdict
+    #   probabilities (what the verdict, the conformal set and the page's study answer read)
     min_slice_agreement: float = Field(0.99, ge=0.5, le=1.0)  # same predicted class; every series verdict must agree
 
 

@@ -182,7 +182,9 @@ def champion_reference(champion: Champion, reference: pd.DataFrame, heldout: pd.
 
     started = time.monotonic()
     rows = reference_rows(reference, params.monitor.max_reference_images)
-    digest = reference_digest(rows, champion)
+    from components.common.inference import scorer_form
+
+    digest = reference_digest(rows, champion, scorer_form(champion.run_id))
     cached = version_table(champion.run_id, MONITOR_REFERENCE_ARTIFACT, dtype={"key": str, "series": str,
                                                                                "label": str, "digest": str})
     hit = cached is not None and len(cached) and (cached["digest"] == digest).all()
@@ -199,10 +201,11 @@ def champion_reference(champion: Champion, reference: pd.DataFrame, heldout: pd.
                     "seconds": round(time.monotonic() - started, 1), "outputs": outputs}
 
 
-def reference_digest(rows: pd.DataFrame, champion: Champion) -> str:
-    """What a cached reference must match: its images and the champion's input contract."""
+def reference_digest(rows: pd.DataFrame, champion: Champion, form: str) -> str:
+    """What a cached reference must match: its images, the champion's input contract and what scored them (a
+    version packaged again at another precision describes its reference again: like with like)."""
     contract = f"{champion.version}|{champion.image_size}|{champion.window_center}|{champion.window_width}|" \
-               f"{champion.body_crop}|{REFERENCE_FORMAT}"
+               f"{champion.body_crop}|{REFERENCE_FORMAT}|{form}"
     return hashlib.sha256("\n".join([contract, *sorted(rows["key"])]).encode()).hexdigest()[:20]
 
 

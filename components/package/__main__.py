@@ -34,7 +34,7 @@ from components.package.core import (
     find_packaged,
     pin_packages,
     resolve_champion,
-    series_verdicts,
+    study_probabilities,
 )
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the code (build context), not the data (cwd)
@@ -60,7 +60,7 @@ def ensure_bento_model(champion: Champion, params: Params) -> tuple[str, bool, s
     """
     import bentoml
 
-    name, runtime = params.package.bento_name, params.package.runtime
+    name, runtime, precision = params.package.bento_name, params.package.runtime, params.package.runtime_precision
     slices = validation_slices(Path(params.paths.prepared), champion) if runtime == "openvino" else None
     if runtime == "openvino" and slices is None:
         log.warning("no validation slices of the champion's input (%d px) in %s to check a conversion on: the Keras "
@@ -68,18 +68,18 @@ def ensure_bento_model(champion: Champion, params: Params) -> tuple[str, bool, s
                     champion.image_size, params.paths.prepared)
         runtime = "tensorflow"  # an unchecked conversion is never served
     stored = [(str(m.tag), m.info.labels) for m in bentoml.models.list()]
-    existing = find_packaged(stored, name, champion, runtime)
+    existing = find_packaged(stored, name, champion, runtime, precision)
     if existing and str(bentoml.models.get(f"{name}:latest").tag) == existing:
         log.info("reusing BentoML model %s (already packaged from %s)", existing, champion.model_uri)
         return existing, True, runtime, None
     if existing:
-        return _resave_as_latest(bentoml.models.get(existing), name, champion, runtime), False, runtime, None
+        return _resave_as_latest(bentoml.models.get(existing), name, champion, runtime, precision), False, runtime, None
     keras_model = load_registered_keras(champion.model_uri)
     check_model_shapes(keras_model.input_shape, keras_model.output_shape, champion)
     with tempfile.TemporaryDirectory(prefix="kidney-ct-runtime-") as tmp:
         check = converted_runtime(keras_model, champion, params, slices, Path(tmp)) if slices else None
-        with bentoml.models.create(name, labels=bento_model_labels(champion, runtime),
-                                   metadata=bento_model_metadata(champion, runtime)) as bento_model:
+        with bentoml.models.create(name, labels=bento_model_labels(champion, runtime, precision),
+                                   metadata=bento_model_metadata(champion, runtime, precision)) as bento_model:
             keras_model.save(bento_model.path_of(MODEL_FILE))
             if check is not None:
                 shutil.copytree(Path(tmp) / RUNTIME_DIR, bento_model.path_of(RUNTIME_DIR))
@@ -147,8 +147,9 @@ def converted_runtime(keras_model, champion: Champion, params: Params, slices: t
     converted = OpenVinoScorer(ir_file, settings.runtime_precision)
     converted_probabilities, _ = score(converted, pixels)
     check = check_conversion(keras_probabilities, converted_probabilities, series,
-                             series_verdicts(champion.study or StudyModel(fixed_pooling(champion.series_pooling))),
-                             settings.max_probability_diff, settings.min_slice_agreement)
+                             study_probabilities(champion.study or StudyModel(fixed_pooling(champion.series_pooling))),
+                             settings.max_probability_diff, settings.min_slice_agreement,
+                             settings.max_study_probability_diff)
     record = {"runtime": "openvino", "precision": settings.runtime_precision, "passed": check.passed,
               "convert_seconds": round(converted_s, 1), **vars(check)}
     if not check.passed:
@@ -161,12 +162,12 @@ def converted_runtime(keras_model, champion: Champion, params: Params, slices: t
     return record
 
 
-def _resave_as_latest(stored, name: str, champion: Champion, runtime: str) -> str:
+def _resave_as_latest(stored, name: str, champion: Champion, runtime: str, precision: str) -> str:
     """A copy of an older BentoML model of the champion, so that `<name>:latest` is the champion again."""
     import bentoml
 
-    with bentoml.models.create(name, labels=bento_model_labels(champion, runtime),
-                               metadata=bento_model_metadata(champion, runtime)) as bento_model:
+    with bentoml.models.create(name, labels=bento_model_labels(champion, runtime, precision),
+                               metadata=bento_model_metadata(champion, runtime, precision)) as bento_model:
         shutil.copy2(stored.path_of(MODEL_FILE), bento_model.path_of(MODEL_FILE))
         if Path(stored.path_of(RUNTIME_DIR)).is_dir():
             shutil.copytree(stored.path_of(RUNTIME_DIR), bento_model.path_of(RUNTIME_DIR))
@@ -192,7 +193,7 @@ def staged_context(include: list[str], folder: Path) -> Path:
     return folder
 
 
-def build_bento(name: str, model_tag: str, champion: Champion, runtime: str) -> str:
+def build_bento(name: str, model_tag: str, champion: Champion, runtime: str, precision: str = "f32") -> str:
     """Build the Bento from serving/bentofile.yaml, pinning the model as alias `champion`."""
     import bentoml
     from bentoml.exceptions import BentoMLException
@@ -201,7 +202,8 @@ def build_bento(name: str, model_tag: str, champion: Champion, runtime: str) -> 
     python = dict(config.get("python") or {})
     constraints = CONSTRAINTS.read_text() if CONSTRAINTS.is_file() else ""
     python["packages"] = pin_packages(python.get("packages") or [], constraints)
-    labels = {**(config.get("labels") or {}), **bento_model_labels(champion, runtime), "bento_model": model_tag}
+    labels = {**(config.get("labels") or {}), **bento_model_labels(champion, runtime, precision),
+              "bento_model": model_tag}
     options = {**config, "python": python, "labels": labels, "name": name,
                "models": [{"tag": model_tag, "alias": CHAMPION_ALIAS}]}
     try:
@@ -222,7 +224,7 @@ def package(params: Params, args: argparse.Namespace) -> None:
     check_registration(read_json(Path(params.paths.registration) / "registration.json"), champion)
     log.info("champion is %s", champion.model_uri)
     model_tag, reused, runtime, check = ensure_bento_model(champion, params)
-    bento_tag = build_bento(params.package.bento_name, model_tag, champion, runtime)
+    bento_tag = build_bento(params.package.bento_name, model_tag, champion, runtime, params.package.runtime_precision)
     created = datetime.now(UTC).isoformat(timespec="seconds")
     out = Path(params.paths.package) / "bento.json"
     write_json(out, {**bento_record(champion, bento_tag, model_tag, reused, created),

@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 from components.common.champion import (  # noqa: F401  (re-exported: the package stage's contract)
     CHAMPION_ALIAS,
     REQUIRED_TAGS,
@@ -54,19 +56,21 @@ def check_model_shapes(input_shape: tuple, output_shape: tuple, champion: Champi
                          f"{len(champion.classes)} classes {list(champion.classes)}")
 
 
-def bento_model_labels(champion: Champion, runtime: str = "tensorflow") -> dict[str, str]:
+def bento_model_labels(champion: Champion, runtime: str = "tensorflow", precision: str = "f32") -> dict[str, str]:
     """Labels that identify which registry version a BentoML model was packaged from, and with which contract: a
     version whose tags changed (e.g. a recalibrated study model) is packaged again, never served stale."""
     import hashlib
 
-    contract = json.dumps(bento_model_metadata(champion, runtime), sort_keys=True)
+    contract = json.dumps(bento_model_metadata(champion, runtime, precision), sort_keys=True)
     return {"mlflow_model": champion.model_name, "mlflow_version": champion.version,
             "mlflow_run_id": champion.run_id, "contract": hashlib.sha256(contract.encode()).hexdigest()[:16]}
 
 
-def bento_model_metadata(champion: Champion, runtime: str = "tensorflow") -> dict[str, Any]:
-    """What the service reads back at start-up: the preprocessing contract, the runtime and provenance."""
-    return {"model_file": MODEL_FILE, "runtime": runtime, "classes": list(champion.classes), "image_size": champion.image_size,
+def bento_model_metadata(champion: Champion, runtime: str = "tensorflow", precision: str = "f32") -> dict[str, Any]:
+    """What the service reads back at start-up: the preprocessing contract, the runtime (and the converted form's
+    precision: an f32 package is not reused where int8 is asked) and provenance."""
+    return {"model_file": MODEL_FILE, "runtime": runtime, **({"precision": precision} if runtime == "openvino" else {}),
+            "classes": list(champion.classes), "image_size": champion.image_size,
             "window_center": champion.window_center, "window_width": champion.window_width,
             "series_pooling": champion.series_pooling, "body_crop": champion.body_crop,
             "study_model": json.dumps(champion.study.to_dict()) if champion.study else "",  # BentoML: no None
@@ -75,9 +79,9 @@ def bento_model_metadata(champion: Champion, runtime: str = "tensorflow") -> dic
 
 
 def find_packaged(stored: Iterable[tuple[str, Mapping[str, str]]], name: str, champion: Champion,
-                  runtime: str = "tensorflow") -> str | None:
+                  runtime: str = "tensorflow", precision: str = "f32") -> str | None:
     """Tag of an existing BentoML model named `name` packaged from this same registry version for this runtime."""
-    wanted = bento_model_labels(champion, runtime)
+    wanted = bento_model_labels(champion, runtime, precision)
     for tag, labels in stored:
         if tag.split(":", 1)[0] == name and all(labels.get(k) == v for k, v in wanted.items()):
             return tag
@@ -110,10 +114,10 @@ def bento_record(champion: Champion, bento_tag: str, model_tag: str, reused: boo
             "window_width": champion.window_width, "created": created}
 
 
-def series_verdicts(study) -> Callable:
-    """(probabilities, series) -> {series: verdict class index} through the champion's study model (its pooling)."""
-    def verdicts(probabilities, series: list[str]) -> dict[str, int]:
+def study_probabilities(study) -> Callable:
+    """(probabilities, series) -> {series: its verdict's class probabilities} through the champion's study model."""
+    def pooled_by_series(probabilities, series: list[str]) -> dict[str, np.ndarray]:
         order, pooled, _ = study.by_series(probabilities, series)
-        return {name: int(row.argmax()) for name, row in zip(order, pooled)}
+        return dict(zip(order, pooled))
 
-    return verdicts
+    return pooled_by_series

@@ -34,9 +34,9 @@ def small_model(seed: int):
     return keras.Model(inputs, keras.layers.Dense(CLASSES, activation="softmax")(x))
 
 
-def verdicts(probabilities: np.ndarray, series: list[str]) -> dict[str, int]:
+def study_means(probabilities: np.ndarray, series: list[str]) -> dict[str, np.ndarray]:
     """Mean pooling per series, the study verdict's simplest form."""
-    return {s: int(probabilities[[i for i, t in enumerate(series) if t == s]].mean(axis=0).argmax()) for s in set(series)}
+    return {s: probabilities[[i for i, t in enumerate(series) if t == s]].mean(axis=0) for s in set(series)}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_the_converted_model_gives_the_keras_probabilities_and_embedding(tmp_pat
     ov_p, ov_e = score(OpenVinoScorer(ir_file), pixels, batch=16, on_batch=seen.append)
     assert seen == [16, 16, 8] and ov_p.shape == (40, CLASSES) and ov_e.shape == keras_e.shape == (40, 8)
     assert np.abs(ov_p - keras_p).max() < 1e-5 and np.abs(ov_e - keras_e).max() < 1e-4
-    check = check_conversion(keras_p, ov_p, [f"s{i // 5}" for i in range(40)], verdicts, 1e-3, 0.99)
+    check = check_conversion(keras_p, ov_p, [f"s{i // 5}" for i in range(40)], study_means, 1e-3, 0.99)
     assert check.passed and check.slices == 40 and check.series == 8 and check.series_agreement == 1.0
 
 
@@ -62,19 +62,31 @@ def test_a_wrong_conversion_is_refused_with_its_figures(tmp_path: Path, pixels) 
     series = [f"s{i // 5}" for i in range(40)]
     keras_p, _ = score(KerasScorer(right), pixels)
     wrong_p, _ = score(OpenVinoScorer(convert(wrong, tmp_path / "wrong")), pixels)
-    check = check_conversion(keras_p, wrong_p, series, verdicts, 1e-3, 0.99)
+    check = check_conversion(keras_p, wrong_p, series, study_means, 1e-3, 0.99)
     assert not check.passed and check.max_probability_diff > 1e-3
     assert "max probability difference" in check.summary() and "allowed 0.001" in check.summary()
     with pytest.raises(ValueError, match="cannot compare"):
-        check_conversion(keras_p, wrong_p[:10], series, verdicts, 1e-3, 0.99)
+        check_conversion(keras_p, wrong_p[:10], series, study_means, 1e-3, 0.99)
 
 
 def test_a_series_verdict_that_flips_refuses_even_within_the_probability_tolerance() -> None:
     keras_p = np.array([[0.5004, 0.4996, 0, 0], [0.6, 0.4, 0, 0]])
     converted = np.array([[0.4996, 0.5004, 0, 0], [0.6, 0.4, 0, 0]])  # 8e-4 apart, one slice and its series flip
-    check = check_conversion(keras_p, converted, ["a", "b"], verdicts, 1e-3, 0.5)
+    check = check_conversion(keras_p, converted, ["a", "b"], study_means, 1e-3, 0.5)
     assert check.max_probability_diff < 1e-3 and check.slice_agreement == 0.5 and check.series_agreement == 0.5
     assert not check.passed
+
+
+def test_studies_that_move_together_refuse_even_when_every_slice_is_within_its_tolerance() -> None:
+    keras_p = np.tile([0.7, 0.3, 0.0, 0.0], (6, 1))
+    converted = np.tile([0.55, 0.45, 0.0, 0.0], (6, 1))  # every slice 0.15 off, the same way: the study too
+    series = ["a"] * 3 + ["b"] * 3
+    check = check_conversion(keras_p, converted, series, study_means, 0.3, 0.99, 0.05)
+    assert check.slice_agreement == check.series_agreement == 1.0 and check.max_probability_diff <= 0.3
+    assert check.max_study_probability_diff == pytest.approx(0.15) and not check.passed
+    assert "0.15 on a study (allowed 0.05)" in check.summary()
+    scattered = keras_p + np.array([[-0.15, 0.15, 0, 0], [0.15, -0.15, 0, 0], [0, 0, 0, 0]] * 2)  # slices cancel out
+    assert check_conversion(keras_p, scattered, series, study_means, 0.3, 0.99, 0.05).passed
 
 
 def test_the_int8_form_is_quantised_and_still_scores_like_the_keras_model(tmp_path: Path, pixels) -> None:
@@ -86,6 +98,9 @@ def test_the_int8_form_is_quantised_and_still_scores_like_the_keras_model(tmp_pa
     quantize(ir_file, pixels[:20], subset=10)
     int8_ops = {op.get_type_name() for op in _ops(ir_file)}
     assert "FakeQuantize" in int8_ops and "FakeQuantize" not in f32_ops
+    matmul_inputs = {node.get_node().get_type_name() for op in _ops(ir_file) if op.get_type_name() == "MatMul"
+                     for node in op.input_values()}
+    assert matmul_inputs and "FakeQuantize" not in matmul_inputs  # the Dense layers stay f32 (the head's scales)
     keras_p, _ = score(KerasScorer(model), pixels[20:])
     int8_p, _ = score(OpenVinoScorer(ir_file, "int8"), pixels[20:])
     assert int8_p.shape == keras_p.shape and np.abs(int8_p - keras_p).max() < 0.1

@@ -264,3 +264,14 @@ def test_the_real_week_bench_cuts_numbered_files_into_series_and_draws_whole_one
     name, files = week[0]
     grey = lambda path: np.asarray(Image.open(path).convert("L"), dtype=float) / 255  # noqa: E731
     assert texture(grey(shifted / name / files[0].name)) > 1.5 * texture(grey(plain / name / files[0].name))
+
+
+def test_a_reference_described_by_one_runtime_is_not_read_back_for_another():
+    from types import SimpleNamespace
+
+    from components.monitor.__main__ import reference_digest
+
+    champion = SimpleNamespace(version="3", image_size=224, window_center=40, window_width=400, body_crop=True)
+    rows = pd.DataFrame({"key": ["b.dcm", "a.dcm"]})
+    f32, int8 = reference_digest(rows, champion, "openvino-f32"), reference_digest(rows, champion, "openvino-int8")
+    assert f32 != int8 and f32 == reference_digest(rows.iloc[::-1], champion, "openvino-f32")  # order-free

@@ -99,6 +99,9 @@ def test_find_packaged_matches_name_and_registry_version_labels():
     stored = [("other:a", labels), ("kct:b", bento_model_labels(champion("2"))), ("kct:c", labels)]
     assert find_packaged(stored, "kct", champion("3")) == "kct:c"
     assert find_packaged(stored, "kct", champion("4")) is None
+    f32 = bento_model_labels(champion("3"), "openvino", "f32")
+    assert find_packaged([("kct:f", f32)], "kct", champion("3"), "openvino", "f32") == "kct:f"
+    assert find_packaged([("kct:f", f32)], "kct", champion("3"), "openvino", "int8") is None  # packaged again
 
 
 def test_pin_packages_uses_constraints_and_leaves_unknown_names_bare():
@@ -227,7 +230,7 @@ def test_the_int8_form_is_calibrated_on_training_slices_and_checked_like_any_con
     np.save(prepared / "arrays" / "X_train.npy", np.random.default_rng(2).integers(0, 256, (30, IMAGE_SIZE, IMAGE_SIZE),
                                                                                    dtype=np.uint8))
     with pytest.raises(StageError, match=r"refused: on 24 validation slices of 6 series: max probability difference "
-                                         r"[0-9.e-]+ \(allowed 1e-09\)"):
+                                         r"[0-9.e-]+ on a slice \(allowed 1e-09\)"):
         converted_runtime(tiny_keras_model(), champion(), params, slices, tmp_path / "out2")
     ops = {op.get_type_name() for op in ov.Core().read_model(str(tmp_path / "out2" / "openvino" / "model.xml")).get_ops()}
     assert "FakeQuantize" in ops  # what was checked (and refused) is the quantised form
