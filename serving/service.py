@@ -166,6 +166,8 @@ class KidneyCtClassifier:
         self.model = keras.saving.load_model(stored.path_of(meta.get("model_file", "model.keras")), compile=False)
         self.scorer = packaged_scorer(stored, meta, self.model)  # the converted form scores; Grad-CAM on Keras
         self.served["runtime"] = self.scorer.runtime
+        if getattr(self.scorer, "precision", None):
+            self.served["precision"] = self.scorer.precision  # the converted form's: f32, bf16 or int8
         self.batcher = MicroBatcher(self.run_model, self.config.max_batch_size, self.config.max_latency_ms,
                                     batch_size_histogram(self.config.max_batch_size).observe)
         self.seconds_per_slice, self.seconds_per_gradcam = self.measure_costs()

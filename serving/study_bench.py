@@ -174,14 +174,17 @@ def served_runs(champion, files: list[Path], sizes: list[int], repeats: int, top
     home = Path(os.environ.get("BENTOML_HOME", ".bentoml")).resolve()
     server, url = start_server(home, tag, batching=False, log=log)
     try:
-        runtime = requests.post(f"{url}/version", json={}, timeout=30).json().get("runtime", "tensorflow")
-        out = {"bento_model": tag, "runtime": runtime, "sizes": {}}
+        version = requests.post(f"{url}/version", json={}, timeout=30).json()
+        out = {"bento_model": tag, "runtime": version.get("runtime", "tensorflow"), "sizes": {}}
+        if version.get("precision"):
+            out["precision"] = version["precision"]
         for count in sizes:
             payload = zipped(files[:count])
             times = [posted_seconds(url, payload, top_k) for _ in range(repeats + 1)][1:]  # the first: a warm-up
             out["sizes"][count] = latency(times, count)
             print(f"{'served':>14} {count:>4} slices: p50 {out['sizes'][count]['p50_s']:6.2f} s  p95 "
-                  f"{out['sizes'][count]['p95_s']:6.2f} s  ({runtime})", file=sys.stderr)
+                  f"{out['sizes'][count]['p95_s']:6.2f} s  ({out['runtime']} {out.get('precision', '')})",
+                  file=sys.stderr)
         return out
     finally:
         stop(server)
@@ -200,8 +203,8 @@ def posted_seconds(url: str, payload: bytes, top_k: int) -> float:
 
 
 def served_ratios(runs: list[dict], served: dict) -> dict:
-    """Served over in-process p50, per study size, for the runtime the service scores with."""
-    name = {"tensorflow": "tensorflow", "openvino": "openvino-f32"}.get(served["runtime"], served["runtime"])
+    """Served over in-process p50, per study size, for the runtime (and precision) the service scores with."""
+    name = f"openvino-{served.get('precision', 'f32')}" if served["runtime"] == "openvino" else served["runtime"]
     in_process = {r["slices"]: r["p50_s"] for r in runs if r["runtime"] == name}
     return {count: round(v["p50_s"] / in_process[count], 2) for count, v in served["sizes"].items()
             if count in in_process}

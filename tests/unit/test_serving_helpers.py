@@ -133,6 +133,8 @@ def test_the_study_bench_compares_served_with_in_process_on_the_runtime_the_serv
     served = {"runtime": "openvino", "sizes": {100: {"p50_s": 10.0}, 300: {"p50_s": 30.0}}}
     assert served_ratios(runs, served) == {100: 1.25}  # openvino is the f32 form; no in-process 300 to compare
     assert served_ratios(runs, served | {"runtime": "tensorflow"}) == {100: 1.0}
+    int8 = runs + [{"runtime": "openvino-int8", "slices": 100, "p50_s": 4.0}]
+    assert served_ratios(int8, served | {"precision": "int8"}) == {100: 2.5}  # against the same precision in process
     files = [tmp_path / f"s{i}.jpg" for i in range(3)]
     for i, file in enumerate(files):
         file.write_bytes(bytes([i]) * 10)
