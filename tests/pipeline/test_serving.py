@@ -140,7 +140,8 @@ def test_the_service_reports_the_version_it_serves(served):
     assert response.status_code == 200, response.text
     assert response.json() == {"mlflow_model": record["mlflow_model_name"],
                                "mlflow_version": record["mlflow_model_version"],
-                               "bento_model": record["bento_model_tag"], "runtime": record["runtime"]}
+                               "bento_model": record["bento_model_tag"], "runtime": record["runtime"],
+                               "precision": record["runtime_check"]["precision"]}  # the converted form's: f32 here
 
 
 def test_garbage_gets_a_readable_400_and_the_service_keeps_serving(served):
