@@ -61,13 +61,10 @@ class OpenVinoScorer:
     runtime = "openvino"
 
     def __init__(self, ir_file: str | Path, precision: str | None = None):
-        import json
-
         import openvino as ov
 
-        settings = Path(ir_file).with_name(SETTINGS_FILE)
         if precision is None:
-            precision = json.loads(settings.read_text()).get("precision", "f32") if settings.is_file() else "f32"
+            precision = checked_precision(Path(ir_file).with_name(SETTINGS_FILE))
         core = ov.Core()
         self.precision, self.lock = precision, threading.Lock()  # one infer request: one batch at a time
         self.compiled = core.compile_model(core.read_model(str(ir_file)), "CPU", {
@@ -174,10 +171,8 @@ def check_conversion(keras_probabilities: np.ndarray, converted_probabilities: n
     series = list(series)
     reference = study_probabilities(keras_probabilities, series)
     converted = study_probabilities(converted_probabilities, series)
-    same_series = np.mean([name in converted and reference[name].argmax() == converted[name].argmax()
-                           for name in reference])
-    study_diff = max(float(np.abs(reference[name] - converted[name]).max()) if name in converted else 1.0
-                     for name in reference)
+    same_series = np.mean([reference[name].argmax() == converted[name].argmax() for name in reference])
+    study_diff = max(float(np.abs(reference[name] - converted[name]).max()) for name in reference)
     return ConversionCheck(
         slices=len(series), series=len(reference),
         max_probability_diff=float(np.abs(keras_probabilities - converted_probabilities).max()),
@@ -200,11 +195,16 @@ def load_scorer(model_uri: str, run_id: str) -> Scorer:
             return KerasScorer(load_registered_keras(model_uri))
 
 
+def checked_precision(settings: Path) -> str:
+    """The precision package checked a converted form at, from the settings file beside its IR (f32 without one)."""
+    import json
+
+    return json.loads(settings.read_text()).get("precision", "f32") if settings.is_file() else "f32"
+
+
 def scorer_form(run_id: str) -> str:
     """What `load_scorer` scores a version with, from its run's settings file alone: `openvino-<precision>`, or
     `tensorflow` where package logged no converted form (what a cached description of its outputs must match)."""
-    import json
-
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="kidney-ct-runtime-") as tmp:
@@ -213,4 +213,4 @@ def scorer_form(run_id: str) -> str:
                                                            dst_path=tmp)
         except Exception:  # noqa: BLE001 - no converted form: the Keras model scores
             return KerasScorer.runtime
-        return f"openvino-{json.loads(Path(settings).read_text()).get('precision', 'f32')}"
+        return f"openvino-{checked_precision(Path(settings))}"
