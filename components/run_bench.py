@@ -142,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     repo = Path.cwd()
     if not (repo / "dvc.yaml").is_file():
         parser.error("run it from the repository root (where dvc.yaml is)")
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "dvc").is_file():
+        parser.error(f"no dvc beside {sys.executable}: run it with the project's venv (make bench-run)")
     if args.isa:
         os.environ["ONEDNN_MAX_CPU_ISA"] = args.isa  # host_line names the cap
-    bin_dir = Path(sys.executable).parent
     tree = Path(tempfile.mkdtemp(prefix="run-bench-"))
     try:
         scratch_tree(repo, args.ref, tree)

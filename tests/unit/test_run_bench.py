@@ -93,3 +93,12 @@ def test_it_refuses_to_run_outside_the_repository_root(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as stopped:
         run_bench.main([])
     assert stopped.value.code == 2
+
+
+def test_it_refuses_a_python_without_dvc_beside_it(tmp_path, monkeypatch, capsys):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run_bench.sys, "executable", str(tmp_path / "bin" / "python"))
+    with pytest.raises(SystemExit) as stopped:
+        run_bench.main([])
+    assert stopped.value.code == 2 and "run it with the project's venv" in capsys.readouterr().err
