@@ -178,12 +178,11 @@ def champion_reference(champion: Champion, reference: pd.DataFrame, heldout: pd.
     """The champion's reference images, described once per registered version: read from its run where an earlier
     pass logged them, else read from the store and scored in one pass (progress shown) and logged there for every
     later pass; their outputs are the held-out predictions (`with_heldout_outputs`). And what the report says."""
+    from components.common.inference import scorer_form
     from components.common.registry import MONITOR_REFERENCE_ARTIFACT, version_table
 
     started = time.monotonic()
     rows = reference_rows(reference, params.monitor.max_reference_images)
-    from components.common.inference import scorer_form
-
     digest = reference_digest(rows, champion, scorer_form(champion.run_id))
     cached = version_table(champion.run_id, MONITOR_REFERENCE_ARTIFACT, dtype={"key": str, "series": str,
                                                                                "label": str, "digest": str})
