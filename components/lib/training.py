@@ -16,6 +16,7 @@ import numpy as np
 
 from components.common.params import AugmentParams, CandidateParams, RuntimeParams
 from components.lib.augmentation import augmentation_layers
+from components.lib.batchnorm import fuse_batch_normalization
 from components.lib.feeders import batch_feeder, tensor_feeder, tensor_feeder_usable
 from components.lib.models import SetupError, build_model
 
@@ -230,6 +231,7 @@ def train_candidate(name: str, candidate: CandidateParams, augment: AugmentParam
         steps = math.ceil((candidate.epoch_images or len(data.y_train)) / candidate.batch_size)
         compile_model(model, learning_rate_for(candidate, steps), n_classes, runtime.jit_compile,
                       candidate.weight_decay, candidate.label_smoothing)
+    used["fused_batchnorm_layers"] = fuse_batch_normalization(model) if runtime.fused_batchnorm else 0
     if checkpoint_dir is not None:
         stopper, saver = resumable_callbacks(checkpoint_dir, key, stopping, state, extra_state or {})
         own = [stopper, saver]
