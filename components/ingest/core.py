@@ -27,10 +27,10 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import islice
 from pathlib import PurePosixPath
 
 from components.common.imaging import DICOM_SUFFIXES, ImageDecodeError, LoadedImage, decode_image, looks_like_dicom
-from components.common.parallel import ordered_map
 from components.common.params import IngestParams
 from components.common.storage import ObjectStore
 from components.ingest.deid import DEIDENTIFICATION_METHOD, PROFILE_CODES, dataset_bytes, deidentify, profile_table
@@ -270,11 +270,25 @@ def _deidentified(data: bytes, salt: str) -> tuple[bytes, str, str]:
         raise Rejection(f"DICOM file cannot be de-identified ({type(exc).__name__}: {exc})") from None
 
 
+EXAMINE_CHUNK = 64  # files in flight to the worker processes at a time
+
+
 def examined(files: Iterable[SourceFile], classes: Sequence[str], salt: str, limits: ImageLimits,
              workers: int = 1) -> Iterator[tuple[SourceFile, Accepted | Rejected]]:
-    """Each file with its verdict, in order; decoding and de-identification on `workers` processes, a bounded
-    number of files in flight at a time (`ordered_map`)."""
-    return ordered_map(partial(examine, classes=classes, salt=salt, limits=limits), files, workers)
+    """Each file with its verdict, in order; decoding and de-identification on `workers` processes.
+
+    Files go to the workers EXAMINE_CHUNK at a time, so memory stays bounded however large the export.
+    """
+    judge = partial(examine, classes=classes, salt=salt, limits=limits)
+    if workers <= 1:
+        yield from ((file, judge(file)) for file in files)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    source = iter(files)
+    with ProcessPoolExecutor(workers) as pool:
+        while chunk := list(islice(source, EXAMINE_CHUNK)):
+            yield from zip(chunk, pool.map(judge, chunk, chunksize=max(1, EXAMINE_CHUNK // (4 * workers))))
 
 
 @dataclass(slots=True)

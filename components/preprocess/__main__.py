@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.common.cli import StageError, log, run_stage, stage_parser, worker_processes, write_json
+from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.imaging import ImageDecodeError
 from components.common.params import Params
 from components.common.storage import StorageError, open_store
@@ -36,7 +36,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
         raise StageError(f"{table_path} has no images")
     store = open_store(params.paths.store, params.storage)
     try:
-        images, thumbs = decode_all(rows, store.get, params.preprocess, workers=worker_processes())
+        images, thumbs = decode_all(rows, store.get, params.preprocess)
         prepared = build_prepared(rows, images, thumbs, params.classes, params.preprocess)
     except (ImageDecodeError, StorageError, ValueError) as exc:
         raise StageError(str(exc)) from None

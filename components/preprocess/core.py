@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 
 from components.common import console
 from components.common.imaging import decode_image, prepare_for_model, resize, window_unit
-from components.common.parallel import ordered_map
 from components.common.params import PreprocessParams
 from components.lib.grouping import assign_groups
 from components.lib.prepared import SPLITS, pixel_statistics
@@ -37,25 +35,16 @@ class PreparedData:
 
 
 def decode_all(rows: list[ImageRow], get_bytes: Callable[[str], bytes], params: PreprocessParams,
-               progress: bool = True, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Model inputs (N,S,S) uint8 and grouping thumbnails (N,t,t) float32 for every row; the bytes are read here,
-    in order, and decoded on `workers` processes."""
+               progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs (N,S,S) uint8 and grouping thumbnails (N,t,t) float32 for every row."""
     size, thumb = params.image_size, params.duplicate_size
     images = np.empty((len(rows), size, size), dtype=np.uint8)
     thumbs = np.empty((len(rows), thumb, thumb), dtype=np.float32)
-    decoded = ordered_map(partial(model_input_and_thumbnail, params=params), (get_bytes(row.key) for row in rows),
-                          workers)
-    for i, (_, (image, thumbnail)) in enumerate(console.progress(decoded, total=len(rows), desc="preprocess",
-                                                                 unit="img", disable=not progress)):
-        images[i], thumbs[i] = image, thumbnail
+    for i, row in enumerate(console.progress(rows, desc="preprocess", unit="img", disable=not progress)):
+        loaded = decode_image(get_bytes(row.key))
+        images[i] = prepare_for_model(loaded, size, params.window_center, params.window_width, params.body_crop)
+        thumbs[i] = resize(window_unit(loaded, params.window_center, params.window_width), thumb)
     return images, thumbs
-
-
-def model_input_and_thumbnail(data: bytes, params: PreprocessParams) -> tuple[np.ndarray, np.ndarray]:
-    """One image's model input (S,S) uint8 and grouping thumbnail (t,t) float32 (what a worker process runs)."""
-    loaded = decode_image(data)
-    return (prepare_for_model(loaded, params.image_size, params.window_center, params.window_width, params.body_crop),
-            resize(window_unit(loaded, params.window_center, params.window_width), params.duplicate_size))
 
 
 def summarise(labels: list[str], groups: list[str], splits: list[str], group_source: str) -> dict:

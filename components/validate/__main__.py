@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from components.common.cli import StageError, log, run_stage, stage_parser, worker_processes, write_json
+from components.common.cli import StageError, log, run_stage, stage_parser, write_json
 from components.common.params import Params
 from components.common.storage import StorageError, open_store
 from components.lib.gx_suite import SuiteError, SuiteOutcome, load_declared_suite, run_suite
@@ -82,7 +82,7 @@ def run(params: Params, args: argparse.Namespace) -> None:
         store = open_store(params.paths.store, params.storage)
     except StorageError as exc:
         raise StageError(str(exc)) from None
-    table = build_table(rows, store.get, workers=worker_processes())
+    table = build_table(rows, store.get)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "table.csv", index=False)
     docs_dir = out_dir / "data_docs"

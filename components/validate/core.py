@@ -13,7 +13,6 @@ import pandas as pd
 
 from components.common import console
 from components.common.imaging import ImageDecodeError, decode_image
-from components.common.parallel import ordered_map
 from components.common.storage import StorageError
 
 SUITE_FILE = Path(__file__).parent / "expectations" / "kidney_ct_manifest.json"  # the declared image-table suite
@@ -46,45 +45,27 @@ def image_facts(data: bytes) -> dict[str, Any]:
     }
 
 
-def fetched_row(manifest_row: Mapping[str, Any], get_bytes: GetBytes) -> tuple[dict[str, Any], bytes | None]:
-    """A table row with the manifest fields and the image's bytes to decode; None and the reason when it has none."""
+def table_row(manifest_row: Mapping[str, Any], get_bytes: GetBytes) -> dict[str, Any]:
+    """One table row: the manifest fields plus the decoded image's facts, or why it failed."""
     row: dict[str, Any] = {name: _clean(manifest_row.get(name)) for name in MANIFEST_COLUMNS}
     row.update({name: None for name in IMAGE_COLUMNS})
     row["decode_error"] = None
     if row["key"] is None:
         row["decode_error"] = "manifest row has no storage key"
-        return row, None
-    try:
-        return row, get_bytes(str(row["key"]))
-    except StorageError as exc:
-        row["decode_error"] = str(exc)
-        return row, None
-
-
-def completed_row(fetched: tuple[dict[str, Any], bytes | None]) -> dict[str, Any]:
-    """The row with the decoded image's facts, or why it could not be decoded (what a worker process runs)."""
-    row, data = fetched
-    if data is None:
         return row
     try:
-        return {**row, **image_facts(data)}
-    except ImageDecodeError as exc:
-        return {**row, "decode_error": str(exc)}
+        row.update(image_facts(get_bytes(str(row["key"]))))
+    except (ImageDecodeError, StorageError) as exc:
+        row["decode_error"] = str(exc)
+    return row
 
 
-def table_row(manifest_row: Mapping[str, Any], get_bytes: GetBytes) -> dict[str, Any]:
-    """One table row: the manifest fields plus the decoded image's facts, or why it failed."""
-    return completed_row(fetched_row(manifest_row, get_bytes))
-
-
-def build_table(manifest_rows: Iterable[Mapping[str, Any]], get_bytes: GetBytes, progress: bool = True,
-                workers: int = 1) -> pd.DataFrame:
-    """Decode every image listed in the manifest into one table row (never raises on bad images); the bytes are
-    read here, in order, and decoded on `workers` processes."""
+def build_table(manifest_rows: Iterable[Mapping[str, Any]], get_bytes: GetBytes,
+                progress: bool = True) -> pd.DataFrame:
+    """Decode every image listed in the manifest into one table row (never raises on bad images)."""
     rows = list(manifest_rows)
-    fetched = (fetched_row(row, get_bytes) for row in rows)
-    records = [record for _, record in console.progress(ordered_map(completed_row, fetched, workers), total=len(rows),
-                                                        desc="decoding images", unit="img", disable=not progress)]
+    records = [table_row(row, get_bytes)
+               for row in console.progress(rows, desc="decoding images", unit="img", disable=not progress)]
     table = pd.DataFrame.from_records(records, columns=list(TABLE_COLUMNS))
     for name in ("width", "height"):
         table[name] = table[name].astype("Int64")

@@ -417,9 +417,9 @@ def test_ingest_into_s3_with_moto(tiny_files, monkeypatch):
 
 
 def test_two_worker_processes_judge_every_file_as_one_does(tiny_files, tmp_path, monkeypatch):
-    import components.common.parallel as parallel
+    import components.ingest.core as core
 
-    monkeypatch.setattr(parallel, "CHUNK", 4)  # several chunks: the order must survive chunking
+    monkeypatch.setattr(core, "EXAMINE_CHUNK", 4)  # several chunks: the order must survive chunking
     files = [*tiny_files, *(SourceFile(path, data) for path, data, _ in _quarantine_cases(tiny_files)),
              SourceFile(tiny_files[1].path.rsplit("/", 1)[0] + "/copy.dcm", tiny_files[1].data),
              SourceFile("Stone/relabelled.dcm", tiny_files[2].data)]

@@ -106,25 +106,3 @@ def test_pixel_statistics_on_unit_scale():
     assert mean == pytest.approx(0.5) and variance == pytest.approx(0.25)
     with pytest.raises(ValueError, match="empty"):
         pixel_statistics(np.zeros((0, 4, 4, 1), np.uint8))
-
-
-def test_two_worker_processes_decode_what_one_does_and_a_broken_image_stops_both(monkeypatch):
-    import components.common.parallel as parallel
-    from components.common.imaging import ImageDecodeError
-    from components.preprocess.core import decode_all
-    from tests.unit.test_validate import dicom_bytes
-
-    rng = np.random.default_rng(2)
-    files = {f"k{i}.dcm": dicom_bytes(rng.integers(0, 2000, (40, 48)).astype(np.int16)) for i in range(7)}
-    rows = [ImageRow(key, "Normal", "") for key in files]
-    params = PreprocessParams(image_size=24, duplicate_size=8, **WINDOW)
-    monkeypatch.setattr(parallel, "CHUNK", 3)
-    images, thumbs = decode_all(rows, files.__getitem__, params, progress=False)
-    parallel_images, parallel_thumbs = decode_all(rows, files.__getitem__, params, progress=False, workers=2)
-    assert images.shape == (7, 24, 24) and thumbs.shape == (7, 8, 8) and images.std() > 0
-    np.testing.assert_array_equal(parallel_images, images)
-    np.testing.assert_array_equal(parallel_thumbs, thumbs)
-    files["k3.dcm"] = b"not an image"
-    for workers in (1, 2):
-        with pytest.raises(ImageDecodeError):
-            decode_all(rows, files.__getitem__, params, progress=False, workers=workers)

@@ -106,21 +106,6 @@ def test_unreadable_images_are_reported_in_the_table_not_raised(tmp_path):
     assert table["width"].isna().all() and table["key"].isna().tolist() == [False, False, True]
 
 
-def test_two_worker_processes_build_the_table_one_does(tmp_path, monkeypatch):
-    import components.common.parallel as parallel
-
-    monkeypatch.setattr(parallel, "CHUNK", 2)  # several chunks: the order must survive chunking
-    store = LocalStore(tmp_path)
-    store.put("ct.dcm", dicom_bytes(np.arange(48 * 80, dtype=np.int16).reshape(48, 80) % 2000))
-    store.put("gray.png", png_bytes(np.tile(np.linspace(10, 250, 90), (70, 1))))
-    store.put("junk.png", b"this is not an image")
-    rows = [manifest_row("ct.dcm", fmt="dicom"), manifest_row("junk.png"), manifest_row("missing.png"),
-            {**manifest_row("x"), "key": ""}, manifest_row("gray.png")]
-    serial = build_table(rows, store.get, progress=False)
-    pd.testing.assert_frame_equal(build_table(rows, store.get, progress=False, workers=2), serial)
-    assert serial["decode_error"].notna().tolist() == [False, True, True, True, False]
-
-
 def test_blank_manifest_cells_become_nulls(tmp_path):
     store = LocalStore(tmp_path)
     store.put("a.png", png_bytes(np.full((64, 64), 9)))
