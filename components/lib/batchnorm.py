@@ -1,11 +1,11 @@
 """Batch normalisation through TensorFlow's fused kernel while a model trains.
 
 Keras 3 normalises a batch with separate moments and arithmetic ops, each a pass over the feature map, and as many
-again in the gradient. On the CPU that was half of the compact CNN's training step (4.0 s of an epoch against
-2.3 s through `tf.nn.fused_batch_norm`, BENCHMARKS.md). The fused kernel computes the same normalisation, batch
-moments and gradients; only the training-mode call of each BatchNormalization layer is rerouted, on the layer
-object, so the model keeps Keras' own layers: it saves, loads, converts and explains exactly as before, and
-inference (training=False) runs Keras' path unchanged.
+again in the gradient. Through `tf.compat.v1.nn.fused_batch_norm` an epoch of the default compact CNN took 25-35%
+less on two CPU cores (BENCHMARKS.md). The fused kernel computes the same normalisation, batch moments and
+gradients; only the training-mode call of each BatchNormalization layer is rerouted, on the layer object, so the
+model keeps Keras' own layers: it saves, loads, converts and explains exactly as before, and inference
+(training=False) runs Keras' path unchanged.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def fusable(layer, inputs) -> bool:
 
 
 def fused_training_call(layer, inputs, training=None, mask=None):
-    """A BatchNormalization layer's call, with the training case through `tf.nn.fused_batch_norm`.
+    """A BatchNormalization layer's call, with the training case through `tf.compat.v1.nn.fused_batch_norm`.
 
     The moving averages are updated as Keras does (momentum, the batch's biased variance); anything the fused
     kernel does not cover falls back to the layer's own call.
