@@ -147,12 +147,35 @@ def compact_cnn_body(x, candidate: CandidateParams, mean: float = 0.0, variance:
             x = keras.layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
     if candidate.global_pooling == "max":  # presence of a finding anywhere: the slice's layout cannot be memorised
         x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    elif candidate.global_pooling == "softmax":
+        x = softmax_pooling(x, candidate.pooling_temperature)
     else:
         pooled = [keras.layers.GlobalAveragePooling2D(name="avg_pool")(x),
                   keras.layers.GlobalMaxPooling2D(name="max_pool")(x)]
         x = keras.layers.Concatenate(name="pooled")(pooled)
     x = keras.layers.Dropout(candidate.dropout, name="dropout")(x)
     return keras.layers.Dense(candidate.dense_units, activation="relu", name="dense")(x)
+
+
+def softmax_pooling(x, temperature: float):
+    """Each channel pooled with weights softmax(scores) over the positions: a smooth maximum with a gradient at every
+    position, where global max pooling sends it to one.
+
+    The scores are a learned linear map of the channels started at `temperature` times the identity (each channel
+    scores itself); built-in layers only, so the model saves, converts and explains like the others.
+    """
+    import keras
+
+    height, width, channels = x.shape[1:]
+    positions = height * width
+    scores = keras.layers.Dense(channels, use_bias=False, name="pool_scores",
+                                kernel_initializer=keras.initializers.Identity(gain=temperature))(x)
+    weights = keras.layers.Softmax(axis=1, name="pool_weights")(
+        keras.layers.Reshape((positions, channels), name="pool_score_positions")(scores))
+    values = keras.layers.Reshape((positions, channels), name="pool_positions")(x)
+    weighted = keras.layers.Multiply(name="pool_weighted")([weights, values])
+    mean = keras.layers.GlobalAveragePooling1D(name="pool_mean")(weighted)
+    return keras.layers.Rescaling(float(positions), name="softmax_pool")(mean)  # the weighted sum
 
 
 def vit_body(x, candidate: CandidateParams, mean: float = 0.0, variance: float = 1.0):

@@ -141,3 +141,28 @@ def test_roi_is_refused_when_malformed_or_on_a_body_that_needs_the_whole_slice()
             CandidateParams(architecture="compact_cnn", roi=roi)
     with pytest.raises(ValidationError, match="roi"):
         CandidateParams(architecture="resnet50", roi=[0.0, 0.5, 0.0, 1.0])
+
+
+def test_softmax_pooling_is_a_smooth_maximum_that_saves_and_leaves_grad_cam_on_the_last_conv(tmp_path):
+    import keras
+
+    from components.common.gradcam import find_last_conv_layer
+    from components.lib.models import softmax_pooling
+
+    maps = np.zeros((2, 4, 5, 3), "float32")
+    maps[0, 1, 2] = [6.0, 0.0, 1.0]  # one bright position in channel 0, a faint one in channel 2
+    maps[1] = 1.0  # a flat map: every weighting gives its value
+    inputs = keras.Input((4, 5, 3))
+    for temperature, near_max in ((0.05, False), (8.0, True)):
+        pooled = np.asarray(keras.Model(inputs, softmax_pooling(inputs, temperature))(maps))
+        assert np.allclose(pooled[1], 1.0, atol=1e-5)
+        mean, peak = maps[0].mean(axis=(0, 1)), maps[0].max(axis=(0, 1))
+        assert np.all((pooled[0] >= mean - 1e-5) & (pooled[0] <= peak + 1e-5))
+        assert np.isclose(pooled[0, 0], peak[0], atol=1e-3) == near_max  # cool = near the mean, hot = the max
+    candidate = CandidateParams(architecture="compact_cnn", filters=[4, 8], dense_units=8, global_pooling="softmax")
+    model = build_model("soft", candidate, 32, 4, [], MEAN, VARIANCE)
+    assert find_last_conv_layer(model) == "conv2b"  # the pooling's scores are no convolution Grad-CAM would pick
+    images = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 1)).astype("float32")
+    out = np.asarray(model.predict(images, verbose=0))
+    model.save(tmp_path / "m.keras")
+    assert np.allclose(np.asarray(keras.saving.load_model(tmp_path / "m.keras").predict(images, verbose=0)), out, atol=1e-6)
