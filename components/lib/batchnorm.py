@@ -25,12 +25,13 @@ def fusable(layer, inputs) -> bool:
 def fused_training_call(layer, inputs, training=None, mask=None):
     """A BatchNormalization layer's call, with the training case through `tf.compat.v1.nn.fused_batch_norm`.
 
-    The moving averages are updated as Keras does (momentum, the batch's biased variance); anything the fused
-    kernel does not cover falls back to the layer's own call.
+    The moving averages are updated as Keras does (momentum, the batch's biased variance). A frozen layer
+    (trainable=False) normalises with its moving statistics even in training, as in Keras, and anything the fused
+    kernel does not cover: both fall back to the layer's own call.
     """
     import tensorflow as tf
 
-    if not training or mask is not None or not fusable(layer, inputs):
+    if not (training and layer.trainable) or mask is not None or not fusable(layer, inputs):
         return type(layer).call(layer, inputs, training=training, mask=mask)
     channels = inputs.shape[-1]
     scale = layer.gamma if layer.scale else tf.ones([channels], inputs.dtype)

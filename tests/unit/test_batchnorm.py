@@ -74,6 +74,23 @@ def test_only_training_calls_on_maps_take_the_fused_kernel():
         keras.layers.BatchNormalization.call = original
 
 
+def test_a_frozen_layer_keeps_its_moving_statistics_in_training_as_in_keras():
+    import keras
+
+    keras.utils.set_random_seed(5)
+    keras_model = small_model()
+    fused = keras.Model.from_config(keras_model.get_config())
+    fused.set_weights(keras_model.get_weights())
+    for model in (keras_model, fused):
+        model.get_layer("bn_map").trainable = False  # a frozen block of a fine-tuned backbone
+    fuse_batch_normalization(fused)
+    frozen = np.asarray(fused.get_layer("bn_map").moving_mean)
+    x = np.random.default_rng(2).normal(2.0, 3.0, (8, 12, 10, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(fused(x, training=True)), np.asarray(keras_model(x, training=True)),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(fused.get_layer("bn_map").moving_mean), frozen)
+
+
 def test_a_fused_model_saves_as_plain_keras_layers(tmp_path):
     import keras
 
