@@ -18,12 +18,13 @@ def deep_merge(base: dict, overlay: dict) -> dict:
     """`base` with `overlay` laid over it, mapping by mapping (lists and scalars are replaced).
 
     A mapping set to null is removed (e.g. `train: {candidates: {compact_cnn: null}}` drops that candidate);
-    a scalar set to null stays null.
+    a scalar set to null stays null. A null for an entry a mapping of mappings lacks (a candidate removed by an
+    earlier application of the same profile: `dvc exp run` leaves it applied to params.yaml) removes nothing.
     """
     merged = dict(base)
     for key, value in overlay.items():
-        if value is None and isinstance(merged.get(key), dict):
-            del merged[key]
+        if removes(merged, key, value):
+            merged.pop(key, None)
         elif isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
         else:
@@ -31,14 +32,25 @@ def deep_merge(base: dict, overlay: dict) -> dict:
     return merged
 
 
-def removals(base: dict, overlay: dict, prefix: str = "") -> list[str]:
-    """Dotted keys of the mappings in `base` that `overlay` sets to null (removed by deep_merge)."""
+def removes(container: dict, key: str, value: Any) -> bool:
+    """Whether `key: value` laid over `container` removes an entry: null over a mapping, or null for an entry
+    missing from a mapping of mappings (already removed)."""
+    if value is not None:
+        return False
+    if isinstance(container.get(key), dict):
+        return True
+    return key not in container and bool(container) and all(isinstance(v, dict) for v in container.values())
+
+
+def removals(base: dict, overlay: dict, prefix: str = "", present: bool = True) -> list[str]:
+    """Dotted keys of the mappings in `base` that `overlay` sets to null (removed by deep_merge); with
+    `present=False`, those it sets to null that `base` has already lost (nothing for DVC to delete)."""
     keys = []
     for key, value in overlay.items():
-        if value is None and isinstance(base.get(key), dict):
+        if removes(base, key, value) and (key in base) == present:
             keys.append(f"{prefix}{key}")
         elif isinstance(value, dict) and isinstance(base.get(key), dict):
-            keys.extend(removals(base[key], value, f"{prefix}{key}."))
+            keys.extend(removals(base[key], value, f"{prefix}{key}.", present))
     return keys
 
 
@@ -91,9 +103,10 @@ def overrides(base: dict, *overlays: dict) -> list[str]:
     """`~key` per mapping an overlay removes from `base`, then `++key=value` per leaf of the overlays (later ones
     win), after checking the merged params are valid."""
     parse_params(merge(base, *overlays))  # raises ParamsError naming the bad key
-    gone, merged = [], dict(base)
+    gone, already_gone, merged = [], [], dict(base)
     for overlay in overlays:
         gone.extend(removals(merged, overlay))
+        already_gone.extend(removals(merged, overlay, present=False))  # Hydra's `~` refuses a missing key
         merged = deep_merge(merged, overlay)
-    leaves = [(key, value) for key, value in flatten(merge(*overlays)) if key not in gone]
+    leaves = [(key, value) for key, value in flatten(merge(*overlays)) if key not in gone + already_gone]
     return [f"~{key}" for key in gone] + [f"++{key}={_leaf_text(key, value)}" for key, value in leaves]
