@@ -10,7 +10,7 @@ export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
 .PHONY: install run test test-fast mlflow-ui serve clean system-deps browser bench-serve bench-train \
-	real-data real-data-cv search cv-table lint bench-airflow bench-adapt bench-series bench-monitor bench-run monitor-demo kfp-local
+	real-data real-data-cv search cv-table lint bench-airflow bench-adapt bench-series bench-monitor bench-run bench-recipe monitor-demo kfp-local
 
 # torch's CPU build (the backbone conversion) comes from PyTorch's index where that host resolves; where it does
 # not (an offline mirror, a machine with the wheel in pip's find-links), asking it anyway costs pip five retries
@@ -135,6 +135,11 @@ bench-monitor: install ## after `make real-data`: the monitor on a real week of 
 # ISA=AVX2 caps oneDNN's kernels as a host without AVX-512 would (a stand-in, not such a host: BENCHMARKS.md).
 bench-run: install ## `make run` from nothing, timed stage by stage, in a scratch copy of HEAD -> reports/bench/run.json
 	$(BIN)/python -m components.run_bench $(if $(ISA),--isa $(ISA))
+
+# SET holds key=value changes to the candidate, space-separated, each without spaces: SET="epochs=20 filters=[8,32,64]".
+bench-recipe: install ## after `make run`: the default's recipe on SEEDS (1 2 3), with SET changes: test macro-F1 and recalls per seed
+	$(BIN)/python -m components.recipe_bench --seeds $(or $(SEEDS),1 2 3) $(foreach change,$(SET),--set '$(change)') \
+	  $(if $(CANDIDATE),--candidate $(CANDIDATE)) --json reports/bench/recipe.json
 
 bench-train: install ## per candidate: params, img/s synthetic vs through the feeder, ratio, peak RSS (KERAS_BACKEND picks the backend)
 	$(BIN)/python -m components.train.bench --json reports/bench/train-$${KERAS_BACKEND:-tensorflow}.json

@@ -211,6 +211,10 @@ class CandidateParams(_Strict):
                 raise ValueError("head_c: list one or more positive C values")
             check_blocks(self.backbone_layers, self.deepest_layer_blocks)
             return self
+        if "pooling_temperature" in self.model_fields_set and (self.architecture, self.global_pooling) != (
+                "compact_cnn", "softmax"):
+            raise ValueError("pooling_temperature is the starting scale of the compact CNN's softmax pooling: set "
+                             "`global_pooling: softmax` on a compact_cnn, or leave it out")
         if self.architecture in FIXED_WIDTH and self.width != 1.0:
             raise ValueError(f"{self.architecture} has a fixed width: leave `width` at 1.0")
         if self.weights != "none" and self.architecture in ("paper_cnn", "compact_cnn", "vit"):

@@ -39,6 +39,18 @@ def test_out_of_range_value_is_named():
         parse_params(raw)
 
 
+def test_a_pooling_temperature_without_softmax_pooling_is_refused_not_ignored():
+    raw = raw_params()
+    default = raw["train"]["candidates"]["compact_cnn"]
+    parse_params(raw | {"train": {**raw["train"], "candidates": {"c": {**default, "pooling_temperature": 4.0}}}})
+    for change in ({"global_pooling": "max"}, {"architecture": "paper_cnn", "global_pooling": "avg_max", "roi": []}):
+        raw["train"]["candidates"] = {"c": {**default, **change, "pooling_temperature": 4.0}}
+        with pytest.raises(ParamsError, match=r"train\.candidates\.c: .*pooling_temperature is the starting scale"):
+            parse_params(raw)
+        raw["train"]["candidates"] = {"c": {**default, **change}}  # left out: accepted
+        parse_params(raw)
+
+
 def test_no_candidates_refused():
     raw = raw_params()
     raw["train"]["candidates"] = {}
