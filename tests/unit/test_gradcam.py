@@ -191,3 +191,36 @@ def test_features_of_another_layer_concatenated_beside_the_explained_one_are_hel
     cams = np.maximum((grads.mean(axis=(1, 2), keepdims=True) * activations.numpy()).sum(-1), 0.0)
     peak = cams.reshape(2, -1).max(axis=1).reshape(-1, 1, 1)
     assert heat.shape == (2, SIZE, SIZE) and np.allclose(heat, np.where(peak > 0, cams / peak, 0), atol=1e-4)
+
+
+def test_the_split_is_checked_on_a_models_first_call_per_layer_and_a_refused_one_on_every_call(square_detector):
+    import keras
+
+    from components.common import gradcam as module
+
+    images = square_images(2)[0]
+    whole_calls = []
+    original = square_detector.call
+
+    def counted(*args, **kwargs):  # the whole model's own forward pass (the check), not the body or head
+        whole_calls.append(1)
+        return original(*args, **kwargs)
+
+    first = gradcam(square_detector, images)
+    square_detector.call = counted
+    try:
+        again = gradcam(square_detector, images)
+    finally:
+        del square_detector.call
+    assert whole_calls == [] and np.allclose(first, again)  # checked once for this model and layer
+    layers = [layer.name for layer in square_detector.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert set(module._FAITHFUL_SPLITS[square_detector]) == {layers[-1]}
+
+    inputs = keras.Input((SIZE, SIZE, 1))
+    a = keras.layers.Conv2D(4, 3, padding="same", name="first")(inputs)
+    b = keras.layers.Conv2D(4, 3, padding="same", name="second")(a)
+    merged = keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([a, b]))
+    skipping = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(merged))
+    for _ in range(2):  # a refusal is not remembered as a pass
+        with pytest.raises(GradCamError, match="plain chain"):
+            gradcam(skipping, images[:1], layer_name="second")
