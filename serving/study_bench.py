@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:>14} {count:>4} slices: p50 {row['p50_s']:6.2f} s  p95 {row['p95_s']:6.2f} s  "
                       f"{row['img_per_s']:5.1f} img/s", file=sys.stderr)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # the service's log goes beside the results
     if args.served:
         del made, keras_model  # the service holds its own copy: not two ResNets in memory beside it
         files = _source_files(args.source)[:max(args.slices)]
@@ -266,7 +267,6 @@ def main(argv: list[str] | None = None) -> int:
                                        args.out.with_suffix(".serve.log"))
         result["served"]["ratio_served_over_in_process"] = served_ratios(result["runs"], result["served"])
         print(f"served / in-process: {result['served']['ratio_served_over_in_process']}", file=sys.stderr)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}), file=sys.stderr)
     return 0
