@@ -138,7 +138,7 @@ bench-run: install ## `make run` from nothing, timed stage by stage, in a scratc
 
 # SET holds key=value changes to the candidate, space-separated, each without spaces: SET="epochs=20 filters=[8,32,64]".
 bench-recipe: install ## after `make run`: the default's recipe on SEEDS (1 2 3), with SET changes: test macro-F1 and recalls per seed
-	$(BIN)/python -m components.recipe_bench --seeds $(or $(SEEDS),1 2 3) $(foreach change,$(SET),--set '$(change)') \
+	$(BIN)/python -m components.train.recipe_bench --seeds $(or $(SEEDS),1 2 3) $(foreach change,$(SET),--set '$(change)') \
 	  $(if $(CANDIDATE),--candidate $(CANDIDATE)) --json reports/bench/recipe.json
 
 bench-train: install ## per candidate: params, img/s synthetic vs through the feeder, ratio, peak RSS (KERAS_BACKEND picks the backend)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from components.common.params import CandidateParams
-from components.recipe_bench import RecipeError, changed_candidate, main, summary
+from components.train.recipe_bench import RecipeError, changed_candidate, main, summary
 from tests.tiny import tiny_params, write_params
 
 DEFAULT = CandidateParams(architecture="compact_cnn", global_pooling="softmax", epochs=30, filters=[16, 32, 64])

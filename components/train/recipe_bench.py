@@ -1,4 +1,4 @@
-"""Recipe bench: python -m components.train.seeds — one candidate's recipe trained on several seeds, scored on test.
+"""Recipe bench: python -m components.train.recipe_bench — a candidate's recipe on several seeds, scored on test.
 
 A recipe that scores 0.96 on one seed and 0.75 on the next is not a recipe to ship: the default's changes
 (pooling, epochs, filters) are judged on several seeds. This trains the candidate from the params file, with any
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="e.g. python -m components.train.seeds --seeds 1 2 3 --set epochs=20 "
+                                     epilog="e.g. python -m components.train.recipe_bench --seeds 1 2 3 --set epochs=20 "
                                             "--set global_pooling=max")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--candidate", default="compact_cnn", help="a key of train.candidates (default compact_cnn)")
