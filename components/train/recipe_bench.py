@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> dict:
         log.info("seed %d: test macro-F1 %.3f, worst recall %s %.2f (%.0f s)", seed, rows[-1]["macro_f1"],
                  rows[-1]["worst_class"], rows[-1]["worst_recall"], time.perf_counter() - started)
     return {"candidate": args.candidate, "changes": args.set, "host": host_line(),
-            "train_images": len(data.y_train), "test_images": len(y_test), "rows": rows, "summary": summary(rows),
+            "classes": params.classes, "train_images": len(data.y_train), "test_images": len(y_test), "rows": rows,
+            "summary": summary(rows),
             "recipe": candidate.model_dump()}
 
 
@@ -146,10 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as exc:
         print(f"bench-recipe: {exc}")
         return 2
-    params = load_params(args.params)
     print(f"\n{args.candidate}{' with ' + ', '.join(args.set) if args.set else ''}: {report['train_images']} training "
           f"and {report['test_images']} test images; {report['host']}\n")
-    print(table(report["rows"], params.classes))
+    print(table(report["rows"], report["classes"]))
     s = report["summary"]
     print(f"\nlowest test macro-F1 {s['min_macro_f1']:.3f}, mean {s['mean_macro_f1']:.3f} over {s['seeds']} seed(s); "
           f"worst recall {s['worst_class']} {s['worst_recall']:.2f} (seed {s['worst_seed']})")
